@@ -1,0 +1,122 @@
+//! Listeners: an address the proxy accepts on and the route table it serves (Envoy's LDS).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{non_empty, Validate, ValidationError};
+use crate::{LocalRateLimit, RouteConfiguration};
+
+/// A listener of the sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// The socket address accepted on.
+    pub address: SocketAddr,
+    /// Whether it takes the local app's calls out, or calls in to the local app.
+    pub direction: Direction,
+    /// The route configuration it serves (fetched by RDS, or one of the static ones).
+    #[serde(default)]
+    pub route_config_name: String,
+    /// A route configuration carried inline instead of by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_config: Option<RouteConfiguration>,
+    /// HTTP protocol options and protections.
+    #[serde(default)]
+    pub http: HttpProtocolOptions,
+    /// A rate limit for every request on the listener (Envoy's `local_ratelimit` filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<LocalRateLimit>,
+}
+
+impl Listener {
+    /// The name of the route configuration this listener serves.
+    pub fn route_name(&self) -> &str {
+        match &self.route_config {
+            Some(rc) => &rc.name,
+            None => &self.route_config_name,
+        }
+    }
+}
+
+/// Which way a listener's traffic flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Calls from other sidecars to the local app.
+    Inbound,
+    /// Calls from the local app to other services.
+    Outbound,
+}
+
+/// HTTP options of a listener: which protocols, and the protections against abuse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpProtocolOptions {
+    /// Accept HTTP/1.1.
+    pub http1: bool,
+    /// Accept HTTP/2 with prior knowledge (h2c, gRPC).
+    pub http2: bool,
+    /// Largest request body accepted (413 beyond).
+    pub max_request_bytes: u64,
+    /// Largest request header block in KiB (431 beyond; Envoy's default 60).
+    pub max_request_headers_kb: u32,
+    /// Time to receive a request's headers (slowloris protection).
+    #[serde(with = "humantime_serde")]
+    pub request_headers_timeout: Duration,
+    /// Idle time after which a downstream connection is closed (Envoy's default 1 h).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpProtocolOptions {
+    fn default() -> Self {
+        Self {
+            http1: true,
+            http2: true,
+            max_request_bytes: 16 * 1024 * 1024,
+            max_request_headers_kb: 60,
+            request_headers_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+impl Validate for Listener {
+    fn validate(&self) -> Result<(), ValidationError> {
+        non_empty("name", &self.name)?;
+        match &self.route_config {
+            Some(rc) => rc.validate().map_err(|e| e.within("route_config"))?,
+            None => non_empty("route_config_name", &self.route_config_name)?,
+        }
+        let h = &self.http;
+        if !h.http1 && !h.http2 {
+            return Err(ValidationError::new(
+                "http",
+                "at least one of http1 and http2 must be enabled",
+            ));
+        }
+        if h.max_request_headers_kb == 0 || h.max_request_headers_kb > 8192 {
+            return Err(ValidationError::new(
+                "http.max_request_headers_kb",
+                "must be within 1–8192",
+            ));
+        }
+        if h.max_concurrent_streams == 0 {
+            return Err(ValidationError::new(
+                "http.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if let Some(rl) = &self.rate_limit {
+            rl.validate().map_err(|e| e.within("rate_limit"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! The ADS client: filled by the xDS client issue.

@@ -1,0 +1,1 @@
+//! The control plane: filled by the xDS server issue.
