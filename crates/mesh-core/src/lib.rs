@@ -31,7 +31,7 @@
 //! }
 //!
 //! let table = Table(Shared::new(RouteConfiguration::default()));
-//! let bad: RouteConfiguration = serde_yaml::from_str(r#"
+//! let bad: RouteConfiguration = mesh_core::yaml::from_str(r#"
 //! name: main
 //! virtual_hosts:
 //!   - name: vh
@@ -56,6 +56,7 @@ mod ratelimit;
 mod reload;
 mod route;
 mod validate;
+pub mod yaml;
 
 pub use body::{Body, BoxError};
 pub use cluster::{
