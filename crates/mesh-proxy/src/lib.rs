@@ -5,4 +5,8 @@
 //! (rate limit → router → per-route policy → load balancer → pooled upstream), the admin endpoint
 //! with Prometheus metrics, and the registration API. Policy lives in the layer crates.
 //!
-//! This crate is filled by the sidecar issue; until then it only states what it owns.
+//! Landed so far: the per-hop header handling ([`headers`]) and the metrics ([`metrics`]). The
+//! listeners, admin endpoint and binary land with the sidecar issue.
+
+pub mod headers;
+pub mod metrics;

@@ -1,0 +1,181 @@
+//! What a proxy must do to headers on each hop: drop hop-by-hop headers, append
+//! `x-forwarded-for`, and make sure every request carries `x-request-id` and a W3C `traceparent`.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and so are never
+/// forwarded. `te` is handled apart: `te: trailers` must survive, gRPC needs it.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The W3C trace-context header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The request-id header, as Envoy and Linkerd use it.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The forwarded-for header.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Removes hop-by-hop headers, including those the `connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let keeps_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if keeps_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends the client's address to `x-forwarded-for`.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Keeps a present `x-request-id`, or generates a random (version 4) UUID.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.get(&X_REQUEST_ID).is_some_and(|v| !v.is_empty()) {
+        return;
+    }
+    let b: [u8; 16] = rand::random();
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        // Version 4 and the RFC 4122 variant bits.
+        let byte = match i {
+            6 => (byte & 0x0f) | 0x40,
+            8 => (byte & 0x3f) | 0x80,
+            _ => *byte,
+        };
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{byte:02x}");
+    }
+    if let Ok(v) = HeaderValue::from_str(&s) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// Passes a valid `traceparent` on, or starts a new sampled trace when it is absent or invalid.
+pub fn ensure_traceparent(headers: &mut HeaderMap) {
+    if headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(valid_traceparent)
+    {
+        return;
+    }
+    let trace: u128 = rand::random::<u128>() | 1; // all-zero ids are invalid
+    let span: u64 = rand::random::<u64>() | 1;
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")) {
+        headers.insert(TRACEPARENT, v);
+    }
+}
+
+/// `version-traceid-parentid-flags` with lowercase hex of 2-32-16-2 digits, ids not all zero.
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_but_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "gzip, trailers".parse().unwrap());
+        h.insert("x-app", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-app"], "kept");
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, ::1");
+    }
+
+    #[test]
+    fn request_id_is_kept_or_generated_as_uuid_v4() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h[X_REQUEST_ID].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        ensure_request_id(&mut h);
+        assert_eq!(h[X_REQUEST_ID], id.as_str(), "an existing id is passed on");
+    }
+
+    #[test]
+    fn traceparent_is_passed_on_when_valid_and_replaced_when_not() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, good.parse().unwrap());
+        ensure_traceparent(&mut h);
+        assert_eq!(h[TRACEPARENT], good);
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            h.insert(TRACEPARENT, bad.parse().unwrap());
+            ensure_traceparent(&mut h);
+            let v = h[TRACEPARENT].to_str().unwrap();
+            assert!(valid_traceparent(v) && v != bad, "{v}");
+        }
+        let mut h = HeaderMap::new();
+        ensure_traceparent(&mut h);
+        assert!(valid_traceparent(h[TRACEPARENT].to_str().unwrap()));
+    }
+}

@@ -1,0 +1,193 @@
+//! The sidecar's Prometheus metrics (prometheus-client), shared by every listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The listener that accepted it.
+    pub listener: String,
+    /// The matched route (empty when none matched).
+    pub route: String,
+    /// The target cluster (empty when none was chosen).
+    pub cluster: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status_class: String,
+}
+
+/// Labels keyed by listener only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener.
+    pub listener: String,
+}
+
+/// Labels of a request the mesh answered itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The listener.
+    pub listener: String,
+    /// `MeshError::code()`, e.g. `rate_limited`, `no_route`.
+    pub code: String,
+}
+
+/// Every metric the data path records. Cheap to clone (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ListenerLabels, Histogram>,
+    active_requests: Family<ListenerLabels, Gauge>,
+    active_connections: Family<ListenerLabels, Gauge>,
+    mesh_errors: Family<ErrorLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under the `mesh` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let inner = Inner {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                // 100 µs .. ~26 s.
+                Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+            }),
+            active_requests: Family::default(),
+            active_connections: Family::default(),
+            mesh_errors: Family::default(),
+        };
+        let reg = registry.sub_registry_with_prefix("mesh");
+        reg.register(
+            "requests",
+            "Requests by listener, route, cluster and status class",
+            inner.requests.clone(),
+        );
+        reg.register(
+            "request_duration_seconds",
+            "Request latency, from headers received to response headers sent",
+            inner.latency.clone(),
+        );
+        reg.register(
+            "active_requests",
+            "Requests in flight",
+            inner.active_requests.clone(),
+        );
+        reg.register(
+            "downstream_connections",
+            "Open downstream connections",
+            inner.active_connections.clone(),
+        );
+        reg.register(
+            "local_replies",
+            "Requests the mesh answered itself, by reason (rate_limited, no_route, ...)",
+            inner.mesh_errors.clone(),
+        );
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Records a finished request.
+    pub fn record_request(&self, labels: RequestLabels, elapsed: Duration) {
+        self.inner
+            .latency
+            .get_or_create(&ListenerLabels {
+                listener: labels.listener.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.inner.requests.get_or_create(&labels).inc();
+    }
+
+    /// Records a local reply.
+    pub fn record_mesh_error(&self, listener: &str, code: &str) {
+        self.inner
+            .mesh_errors
+            .get_or_create(&ErrorLabels {
+                listener: listener.into(),
+                code: code.into(),
+            })
+            .inc();
+    }
+
+    /// The in-flight request gauge of a listener.
+    pub fn active_requests(&self, listener: &str) -> Gauge {
+        self.inner
+            .active_requests
+            .get_or_create(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .clone()
+    }
+
+    /// The open-connection gauge of a listener.
+    pub fn active_connections(&self, listener: &str) -> Gauge {
+        self.inner
+            .active_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .clone()
+    }
+}
+
+/// `2xx`-style class of a status code.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_requests_show_in_the_text_exposition() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.record_request(
+            RequestLabels {
+                listener: "outbound".into(),
+                route: "r".into(),
+                cluster: "c".into(),
+                status_class: status_class(http::StatusCode::NOT_FOUND).into(),
+            },
+            Duration::from_millis(3),
+        );
+        m.record_mesh_error("outbound", "no_route");
+        m.active_requests("outbound").inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"mesh_requests_total{listener="outbound",route="r",cluster="c",status_class="4xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mesh_local_replies_total{listener="outbound",code="no_route"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mesh_active_requests{listener="outbound"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesh_request_duration_seconds_count{listener=\"outbound\"} 1"),
+            "{text}"
+        );
+    }
+}
