@@ -1,0 +1,423 @@
+//! The compiled rules, the per-request check, and reloading that keeps unchanged buckets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::Request;
+use mesh_core::extensions::MatchedRoute;
+use mesh_core::{
+    DescriptorSource, MeshError, RateLimitConfig, RateLimitMode, RateLimitScope, Reload,
+    ReloadError, Shared, TokenBucketConfig, Validate,
+};
+
+use crate::clock::Clock;
+use crate::descriptor::{DescriptorMap, Source};
+use crate::gcra::{nanos, Acquire, Bucket, Gcra};
+
+/// What the `x-ratelimit-*` headers report: the tightest rule that applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateInfo {
+    pub(crate) limit: u32,
+    pub(crate) remaining: u32,
+    /// Nanoseconds until the bucket is full again.
+    pub(crate) reset: u64,
+}
+
+/// A rule's live state: what a reload keeps when the rule's name and limit are unchanged.
+#[derive(Debug)]
+pub(crate) struct RuleState {
+    pub(crate) name: Arc<str>,
+    /// Identity for reloads: same bucket and same descriptor → same state.
+    identity: (TokenBucketConfig, Option<DescriptorSource>),
+    pub(crate) gcra: Gcra,
+    buckets: Buckets,
+    /// Requests currently held in wait mode.
+    pub(crate) waiting: AtomicU32,
+}
+
+#[derive(Debug)]
+enum Buckets {
+    Single(Arc<Bucket>),
+    Keyed {
+        source: Source,
+        /// Requests without the descriptor share this one.
+        missing: Arc<Bucket>,
+        map: DescriptorMap,
+    },
+}
+
+/// Outcome of one rule: the acquisition, and the bucket when it must be held across a wait.
+struct RuleOutcome {
+    acquire: Acquire,
+    held: Option<Arc<Bucket>>,
+}
+
+impl RuleState {
+    fn new(
+        name: &str,
+        bucket: &TokenBucketConfig,
+        descriptor: Option<&DescriptorSource>,
+        max_descriptors: usize,
+    ) -> Result<Self, String> {
+        let buckets = match descriptor {
+            None => Buckets::Single(Arc::default()),
+            Some(src) => Buckets::Keyed {
+                source: Source::new(src).ok_or_else(|| format!("bad descriptor {src:?}"))?,
+                missing: Arc::default(),
+                map: DescriptorMap::new(max_descriptors),
+            },
+        };
+        Ok(Self {
+            name: name.into(),
+            identity: (bucket.clone(), descriptor.cloned()),
+            gcra: Gcra::new(bucket),
+            buckets,
+            waiting: AtomicU32::new(0),
+        })
+    }
+
+    /// Runs `f` on the request's bucket (creating a descriptor bucket if needed).
+    fn with_bucket<B, R>(
+        &self,
+        req: &Request<B>,
+        now: u64,
+        f: impl FnOnce(&Arc<Bucket>) -> R,
+    ) -> R {
+        match &self.buckets {
+            Buckets::Single(b) => f(b),
+            Buckets::Keyed {
+                source,
+                missing,
+                map,
+            } => source.with_key(req, |key| match key {
+                None => f(missing),
+                Some(k) => map.with_bucket(k, now, f),
+            }),
+        }
+    }
+
+    fn acquire<B>(&self, req: &Request<B>, now: u64, mode: &Mode) -> RuleOutcome {
+        let (max_wait, max_waiting) = match *mode {
+            Mode::Reject => (0, 0),
+            Mode::Wait {
+                max_wait,
+                max_waiting,
+            } => (max_wait, max_waiting),
+        };
+        let mut claimed = false;
+        let out = self.with_bucket(req, now, |b| {
+            let acquire = b.acquire(&self.gcra, now, max_wait, &mut claimed, || {
+                // The waiting bound: claim a slot before committing a reservation.
+                if self.waiting.fetch_add(1, Ordering::AcqRel) < max_waiting {
+                    true
+                } else {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    false
+                }
+            });
+            let held = match acquire {
+                Acquire::Admit { wait, .. } if wait > 0 => Some(Arc::clone(b)),
+                _ => None,
+            };
+            RuleOutcome { acquire, held }
+        });
+        if claimed && out.held.is_none() {
+            // A retry of the CAS found a token without waiting, or none within max_wait.
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        out
+    }
+
+    /// Gives back the token this request took (a later rule refused it).
+    fn refund<B>(&self, req: &Request<B>) {
+        match &self.buckets {
+            Buckets::Single(b) => b.refund(&self.gcra),
+            Buckets::Keyed {
+                source,
+                missing,
+                map,
+            } => source.with_key(req, |key| match key {
+                None => missing.refund(&self.gcra),
+                Some(k) => map.with_existing(k, |b| b.refund(&self.gcra)),
+            }),
+        }
+    }
+
+    /// Descriptor buckets held now (0 for a single-bucket rule).
+    pub(crate) fn descriptor_count(&self) -> usize {
+        match &self.buckets {
+            Buckets::Single(_) => 0,
+            Buckets::Keyed { map, .. } => map.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Reject,
+    Wait { max_wait: u64, max_waiting: u32 },
+}
+
+#[derive(Debug)]
+struct Rule {
+    state: Arc<RuleState>,
+    mode: Mode,
+}
+
+/// One compiled `RateLimitConfig`: what the data path loads with one atomic load.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    rules: Vec<Rule>,
+    /// Indices of listener-scoped rules.
+    listener: Vec<usize>,
+    /// Indices of route-scoped rules, by route name.
+    routes: HashMap<Box<str>, Vec<usize>>,
+}
+
+impl Snapshot {
+    fn build(cfg: &RateLimitConfig, old: &Snapshot) -> Result<Self, String> {
+        let mut snap = Snapshot::default();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let identity = (r.limit.token_bucket.clone(), r.limit.descriptor.clone());
+            let kept = old
+                .rules
+                .iter()
+                .map(|o| &o.state)
+                .find(|s| *s.name == *r.name && s.identity == identity);
+            let state = match kept {
+                Some(s) => {
+                    if let Buckets::Keyed { map, .. } = &s.buckets {
+                        map.set_max(cfg.max_descriptors);
+                    }
+                    Arc::clone(s)
+                }
+                None => Arc::new(RuleState::new(
+                    &r.name,
+                    &r.limit.token_bucket,
+                    r.limit.descriptor.as_ref(),
+                    cfg.max_descriptors,
+                )?),
+            };
+            let mode = match &r.limit.mode {
+                RateLimitMode::Reject => Mode::Reject,
+                RateLimitMode::Wait {
+                    max_wait,
+                    max_waiting,
+                } => Mode::Wait {
+                    max_wait: u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX),
+                    max_waiting: *max_waiting,
+                },
+            };
+            snap.rules.push(Rule { state, mode });
+            match &r.scope {
+                RateLimitScope::Listener => snap.listener.push(i),
+                RateLimitScope::Route(name) => {
+                    snap.routes.entry(name.as_str().into()).or_default().push(i)
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The rules that apply to `req`, in config order within each scope.
+    fn applicable<'a, B>(&'a self, req: &Request<B>) -> impl Iterator<Item = &'a Rule> + 'a {
+        let route: &[usize] = if self.routes.is_empty() {
+            &[]
+        } else {
+            req.extensions()
+                .get::<MatchedRoute>()
+                .and_then(|m| self.routes.get(m.route.name.as_str()))
+                .map_or(&[], Vec::as_slice)
+        };
+        self.listener.iter().chain(route).map(|&i| &self.rules[i])
+    }
+}
+
+/// What the limiter decided for one request.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Go now; `info` is the tightest rule's state (`None` when no rule applied).
+    Go { info: Option<RateInfo> },
+    /// Go after `wait` nanoseconds; the guard gives the tokens back if the wait is cancelled.
+    Wait {
+        wait: u64,
+        guard: WaitGuard,
+        info: Option<RateInfo>,
+    },
+    /// Refused.
+    Reject { error: MeshError, info: RateInfo },
+}
+
+/// Tokens held by a waiting request, returned if it is dropped before its turn.
+#[derive(Debug)]
+pub(crate) struct WaitGuard {
+    held: Vec<(Arc<RuleState>, Arc<Bucket>, bool)>,
+    done: bool,
+}
+
+impl WaitGuard {
+    /// The wait is over and the request goes on: keep the tokens, free the waiting slots.
+    pub(crate) fn complete(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        for (rule, bucket, counted) in &self.held {
+            if !self.done {
+                bucket.refund(&rule.gcra);
+            }
+            if *counted {
+                rule.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+fn tighter(info: Option<RateInfo>, next: RateInfo) -> Option<RateInfo> {
+    match info {
+        Some(i) if i.remaining <= next.remaining => Some(i),
+        _ => Some(next),
+    }
+}
+
+/// The shared state behind every clone of a layer: the current snapshot and the clock.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    snapshot: Shared<Snapshot>,
+    clock: Clock,
+    /// Serialises reloads (off the data path) so two never build from the same old snapshot.
+    reloading: Mutex<()>,
+}
+
+impl Limiter {
+    pub(crate) fn new(cfg: RateLimitConfig, clock: Clock) -> Result<Self, ReloadError> {
+        let limiter = Self {
+            snapshot: Shared::new(Snapshot::default()),
+            clock,
+            reloading: Mutex::new(()),
+        };
+        limiter.reload(cfg)?;
+        Ok(limiter)
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The live state of rule `name`, for inspection.
+    pub(crate) fn rule(&self, name: &str) -> Option<Arc<RuleState>> {
+        let snap = self.snapshot.load();
+        let rule = snap.rules.iter().find(|r| *r.state.name == *name)?;
+        Some(Arc::clone(&rule.state))
+    }
+
+    /// Checks `req` against every rule that applies, taking one token from each, or none.
+    pub(crate) fn check<B>(&self, req: &Request<B>) -> Decision {
+        let snap = self.snapshot.load();
+        if snap.rules.is_empty() {
+            return Decision::Go { info: None };
+        }
+        let now = self.clock.now_nanos();
+        let mut info = None;
+        let mut wait = 0u64;
+        // Only requests that must wait allocate: the buckets they hold across the wait.
+        let mut held: Vec<(Arc<RuleState>, Arc<Bucket>, bool)> = Vec::new();
+        for (pos, rule) in snap.applicable(req).enumerate() {
+            let out = rule.state.acquire(req, now, &rule.mode);
+            let limit = rule.state.gcra.max_tokens;
+            match out.acquire {
+                Acquire::Admit {
+                    wait: w,
+                    remaining,
+                    reset,
+                } => {
+                    info = tighter(
+                        info,
+                        RateInfo {
+                            limit,
+                            remaining,
+                            reset,
+                        },
+                    );
+                    if let Some(bucket) = out.held {
+                        wait = wait.max(w);
+                        held.push((Arc::clone(&rule.state), bucket, true));
+                    }
+                }
+                Acquire::Reject { retry_after, reset } => {
+                    // All or nothing: give back what the earlier rules took.
+                    for earlier in snap.applicable(req).take(pos) {
+                        if !held.iter().any(|(s, _, _)| Arc::ptr_eq(s, &earlier.state)) {
+                            earlier.state.refund(req);
+                        }
+                    }
+                    drop(WaitGuard { held, done: false });
+                    let error = MeshError::RateLimited {
+                        rule: rule.state.name.to_string(),
+                        retry_after: nanos(retry_after),
+                    };
+                    let info = RateInfo {
+                        limit,
+                        remaining: 0,
+                        reset: reset.max(retry_after),
+                    };
+                    return Decision::Reject { error, info };
+                }
+            }
+        }
+        if held.is_empty() {
+            return Decision::Go { info };
+        }
+        // The immediate tokens go back too if the waiter is cancelled.
+        for rule in snap.applicable(req) {
+            if !held.iter().any(|(s, _, _)| Arc::ptr_eq(s, &rule.state)) {
+                if let Some(b) = rule.state.with_existing_bucket(req) {
+                    held.push((Arc::clone(&rule.state), b, false));
+                }
+            }
+        }
+        Decision::Wait {
+            wait,
+            guard: WaitGuard { held, done: false },
+            info,
+        }
+    }
+}
+
+impl RuleState {
+    fn with_existing_bucket<B>(&self, req: &Request<B>) -> Option<Arc<Bucket>> {
+        match &self.buckets {
+            Buckets::Single(b) => Some(Arc::clone(b)),
+            Buckets::Keyed {
+                source,
+                missing,
+                map,
+            } => source.with_key(req, |key| match key {
+                None => Some(Arc::clone(missing)),
+                Some(k) => {
+                    let mut out = None;
+                    map.with_existing(k, |b| out = Some(Arc::clone(b)));
+                    out
+                }
+            }),
+        }
+    }
+}
+
+impl Reload<RateLimitConfig> for Limiter {
+    fn reload(&self, update: RateLimitConfig) -> Result<(), ReloadError> {
+        const KIND: &str = "rate_limit_config";
+        update
+            .validate()
+            .map_err(|e| ReloadError::invalid(KIND, "local_rate_limit", e))?;
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.snapshot.load_full();
+        let snap = Snapshot::build(&update, &old)
+            .map_err(|e| ReloadError::new(KIND, "local_rate_limit", e))?;
+        self.snapshot.store(snap);
+        Ok(())
+    }
+}
