@@ -10,3 +10,4 @@
 
 pub mod headers;
 pub mod metrics;
+pub mod server;
