@@ -1,10 +1,90 @@
 //! # mesh-router
 //!
-//! The routing tower Layer (`RouterLayer` / `Router<S>`): each request is matched against the
-//! live `RouteConfiguration` (virtual host by authority, then the first route whose match holds)
-//! and the decision (matched route, target cluster, per-route policy) goes into the request
-//! extensions for the inner layers. Per-route policy (timeout, retries with a budget, rewrites,
-//! header edits, named extra layers such as fault injection) wraps the inner service. The table
-//! is reloaded through mesh-core's `Reload` contract (fed by RDS) and swapped atomically.
+//! The routing tower Layer ([`RouterLayer`] / [`Router`]): each request is matched against the
+//! live route table — the virtual host by authority (exact domain, then the longest `*suffix`
+//! wildcard, then `*`, ignoring port and case), then the first route whose match holds (path
+//! prefix, exact path, regex, gRPC service/method, header and query-parameter conditions). The
+//! decision goes into the request extensions for the inner layers:
+//! [`MatchedRoute`](mesh_core::extensions::MatchedRoute),
+//! [`TargetCluster`](mesh_core::extensions::TargetCluster) (after a weighted or header-based
+//! choice) and, when the route's hash policy yields one,
+//! [`RequestHash`](mesh_core::extensions::RequestHash).
 //!
-//! This crate is filled by the router issue; until then it only states what it owns.
+//! Around the inner service the route's policy applies: prefix and host rewrites, request and
+//! response header edits, the request timeout, retries (retry-on conditions, backoff with full
+//! jitter, a retry budget; only for bodies that can be replayed, see [`MAX_REPLAY_BODY`]; each
+//! retry marked with [`RetryAttempt`](mesh_core::extensions::RetryAttempt)), and the route's
+//! named extra layers from a [`LayerRegistry`] (fault injection ships as `fault`).
+//!
+//! **Error rule.** The router's own decisions are answered as responses built by
+//! `MeshError::to_response`: no route is 404 (gRPC: UNIMPLEMENTED), a timeout 504 (gRPC:
+//! DEADLINE_EXCEEDED), a fault abort its status. So a `Router` can serve a hyper connection
+//! directly. Errors of the inner service pass through unchanged.
+//!
+//! **Reload.** [`RouterLayer`] implements `Reload<RouteConfiguration>`: the new table is
+//! validated and compiled (regexes, tries, domain maps) off the data path and swapped in with
+//! one atomic store; a request in flight keeps the route it matched. A bad table is refused
+//! with an error naming the route and the reason, and the old table keeps serving.
+//!
+//! **Speed.** Exact domains are a hash map, wildcard domains a map per suffix length; exact and
+//! prefix paths live in radix tries walked once per request (case-insensitive routes in a
+//! second, lowered trie), and only regex routes are scanned. Every index yields ascending route
+//! positions and the smallest one whose whole match holds wins, which keeps first-match order.
+//!
+//! ```
+//! use http::Request;
+//! use mesh_core::extensions::TargetCluster;
+//! use mesh_core::{body, Body, BoxError, Reload, RouteConfiguration};
+//! use mesh_router::RouterLayer;
+//! use tower::{Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let config: RouteConfiguration = serde_yaml::from_str(r#"
+//! name: main
+//! virtual_hosts:
+//!   - name: api
+//!     domains: ["api.example.com"]
+//!     routes:
+//!       - name: users
+//!         match: { prefix: "/users" }
+//!         route: { cluster: users-v1 }
+//! "#).unwrap();
+//! let layer = RouterLayer::new(&config).unwrap();
+//! // The inner service answers with the cluster the router chose.
+//! let router = layer.layer(tower::service_fn(|req: Request<Body>| async move {
+//!     let cluster = req.extensions().get::<TargetCluster>().unwrap().0.to_string();
+//!     Ok::<_, BoxError>(http::Response::new(body::full(cluster)))
+//! }));
+//! let req = Request::get("http://api.example.com/users/7").body(body::empty()).unwrap();
+//! let resp = router.clone().oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), 200);
+//!
+//! let req = Request::get("http://api.example.com/other").body(body::empty()).unwrap();
+//! assert_eq!(router.clone().oneshot(req).await.unwrap().status(), 404);
+//!
+//! // A bad table is refused, naming the route; the old one keeps serving.
+//! let mut bad = config.clone();
+//! bad.virtual_hosts[0].routes[0].matcher.path = mesh_core::PathMatch::Regex("([".into());
+//! let err = layer.reload(bad).unwrap_err();
+//! assert!(err.to_string().contains("route \"users\""), "{err}");
+//! assert_eq!(layer.table().route_count(), 1);
+//! # }
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod domains;
+mod fault;
+mod filters;
+mod layer;
+mod matcher;
+mod policy;
+mod table;
+mod trie;
+
+pub use fault::{Fault, FaultLayer};
+pub use filters::{HttpService, LayerFactory, LayerRegistry, RouteLayer};
+pub use layer::{ResponseFuture, Router, RouterLayer};
+pub use policy::MAX_REPLAY_BODY;
+pub use table::{Decision, RouteTable};

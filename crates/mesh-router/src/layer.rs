@@ -1,0 +1,208 @@
+//! `RouterLayer`, the `Router<S>` service and its `ResponseFuture`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use mesh_core::{Body, BoxError, Reload, ReloadError, RouteConfiguration, Shared};
+use tower::util::BoxCloneService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::filters::{HttpService, LayerRegistry};
+use crate::policy::{BoxFuture, Policy};
+use crate::table::{CompiledRoute, RouteTable};
+
+/// The routing layer, and the handle its route table is reloaded through.
+///
+/// Clones share one table: a [`Reload`] on any clone is seen by every [`Router`] built from it.
+#[derive(Clone, Debug)]
+pub struct RouterLayer {
+    table: Shared<RouteTable>,
+    registry: Arc<LayerRegistry>,
+}
+
+impl RouterLayer {
+    /// A layer serving `config`, with the default layer registry (`fault`).
+    pub fn new(config: &RouteConfiguration) -> Result<Self, ReloadError> {
+        Self::with_registry(config, LayerRegistry::default())
+    }
+
+    /// A layer serving `config`, building route filters from `registry`.
+    pub fn with_registry(
+        config: &RouteConfiguration,
+        registry: LayerRegistry,
+    ) -> Result<Self, ReloadError> {
+        let table = RouteTable::compile(config, &registry)?;
+        Ok(Self {
+            table: Shared::new(table),
+            registry: Arc::new(registry),
+        })
+    }
+
+    /// A layer with an empty table (every request answers 404 until the first reload).
+    pub fn empty(registry: LayerRegistry) -> Self {
+        Self {
+            table: Shared::new(RouteTable::empty()),
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The table serving now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+}
+
+impl Reload<RouteConfiguration> for RouterLayer {
+    /// Compiles and validates `update` off the data path, then swaps it in with one atomic
+    /// store; requests in flight keep the route they matched. A bad table is refused and the
+    /// old one keeps serving.
+    fn reload(&self, update: RouteConfiguration) -> Result<(), ReloadError> {
+        let table = RouteTable::compile(&update, &self.registry)?;
+        self.table.store(table);
+        Ok(())
+    }
+}
+
+impl<S> Layer<S> for RouterLayer {
+    type Service = Router<S>;
+
+    fn layer(&self, inner: S) -> Router<S> {
+        Router {
+            inner,
+            table: self.table.clone(),
+        }
+    }
+}
+
+/// Routes each request, records the decision in its extensions, and calls the inner service
+/// under the route's policy and filters.
+///
+/// Error rule: the router's own decisions become responses through
+/// `MeshError::to_response` — no route (404 / gRPC UNIMPLEMENTED), route or per-try timeout
+/// (504 / DEADLINE_EXCEEDED), fault abort (its status) — so the router can sit directly under a
+/// hyper server. Errors of the inner service pass through unchanged as `Err`.
+#[derive(Clone, Debug)]
+pub struct Router<S> {
+    inner: S,
+    table: Shared<RouteTable>,
+}
+
+impl<S> Router<S> {
+    /// The table serving now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+}
+
+impl<S> Service<Request<Body>> for Router<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // One atomic load; the guard is dropped before any await, the route Arc kept.
+        let decision = self.table.load().decide(&req);
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) => {
+                let resp = e.to_response(mesh_core::is_grpc(&req));
+                return ResponseFuture::new(Kind::Ready { resp: Some(resp) }, None);
+            }
+        };
+        let route = decision.route;
+        let policy = &route.policy;
+        policy.rewrite.apply(&mut req);
+        policy.request_headers.apply(req.headers_mut());
+        let ext = req.extensions_mut();
+        ext.insert(route.matched.clone());
+        ext.insert(decision.cluster);
+        if let Some(h) = decision.hash {
+            ext.insert(h);
+        }
+        // Take the service that was polled ready, leaving a clone for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let kind = if route.filters.is_empty() && !policy.wraps_call() {
+            Kind::Direct {
+                fut: inner.call(req),
+            }
+        } else if route.filters.is_empty() {
+            Kind::Boxed {
+                fut: Policy::new(inner, Arc::clone(policy)).call(req),
+            }
+        } else {
+            let mut svc: HttpService = BoxCloneService::new(Policy::new(inner, Arc::clone(policy)));
+            for filter in route.filters.iter().rev() {
+                svc = filter.apply(svc);
+            }
+            Kind::Boxed {
+                fut: Box::pin(svc.oneshot(req)),
+            }
+        };
+        let edits = (!route.policy.response_headers.is_empty()).then_some(route);
+        ResponseFuture::new(kind, edits)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Router`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+        route: Option<Arc<CompiledRoute>>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Ready { resp: Option<Response<Body>> },
+        Direct { #[pin] fut: F },
+        Boxed { fut: BoxFuture },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn new(kind: Kind<F>, route: Option<Arc<CompiledRoute>>) -> Self {
+        Self { kind, route }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = match this.kind.project() {
+            KindProj::Ready { resp } => resp
+                .take()
+                .ok_or_else(|| "router response polled after completion".into()),
+            KindProj::Direct { fut } => ready!(fut.poll(cx)),
+            KindProj::Boxed { fut } => ready!(fut.as_mut().poll(cx)),
+        };
+        if let (Ok(resp), Some(route)) = (&mut result, this.route.as_ref()) {
+            route.policy.response_headers.apply(resp.headers_mut());
+        }
+        Poll::Ready(result)
+    }
+}

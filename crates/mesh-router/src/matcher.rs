@@ -1,0 +1,298 @@
+//! Compiled matchers: what a route's `match` becomes once, at reload, so the data path only
+//! compares bytes and runs pre-built regexes.
+
+use http::{HeaderMap, HeaderName};
+use mesh_core::{HeaderMatcher, PathMatch, QueryParamMatcher, RouteMatch, StringMatch};
+use regex::Regex;
+
+/// Why a matcher could not be compiled (the field path and reason).
+pub(crate) type CompileError = mesh_core::ValidationError;
+
+/// Compiles a regex that must match a whole value (anchored), as Envoy's `safe_regex` does.
+pub(crate) fn whole(re: &str, ignore_case: bool) -> Result<Regex, CompileError> {
+    let flags = if ignore_case { "(?i)" } else { "" };
+    Regex::new(&format!("{flags}^(?:{re})$")).map_err(|e| {
+        let why = e.to_string();
+        let why = why.lines().last().unwrap_or("invalid").trim().to_string();
+        CompileError::new("regex", format!("invalid regex {re:?}: {why}"))
+    })
+}
+
+/// A compiled condition on a string value.
+#[derive(Debug, Clone)]
+pub(crate) enum StrMatcher {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+impl StrMatcher {
+    fn compile(m: &StringMatch, ignore_case: bool) -> Result<(Self, bool), CompileError> {
+        // With ignore_case the pattern is lowered once here, and values are compared lowered.
+        let fold = |s: &str| {
+            if ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
+        Ok(match m {
+            StringMatch::Exact(s) => (Self::Exact(fold(s)), ignore_case),
+            StringMatch::Prefix(s) => (Self::Prefix(fold(s)), ignore_case),
+            StringMatch::Suffix(s) => (Self::Suffix(fold(s)), ignore_case),
+            StringMatch::Contains(s) => (Self::Contains(fold(s)), ignore_case),
+            // Regexes ignore `ignore_case` (as Envoy's do); write `(?i)` in the pattern instead.
+            StringMatch::Regex(r) => (Self::Regex(whole(r, false)?), false),
+            StringMatch::Present(p) => (Self::Present(*p), false),
+        })
+    }
+
+    /// Whether `value` (None: absent) satisfies the condition.
+    fn matches(&self, value: Option<&str>, ignore_case: bool) -> bool {
+        let Some(v) = value else {
+            return matches!(self, Self::Present(false));
+        };
+        let lowered;
+        let v = if ignore_case && v.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = v.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            v
+        };
+        match self {
+            Self::Exact(s) => v == s,
+            Self::Prefix(s) => v.starts_with(s.as_str()),
+            Self::Suffix(s) => v.ends_with(s.as_str()),
+            Self::Contains(s) => v.contains(s.as_str()),
+            Self::Regex(r) => r.is_match(v),
+            Self::Present(p) => *p,
+        }
+    }
+}
+
+/// A compiled header condition.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderMatch {
+    name: HeaderName,
+    value: StrMatcher,
+    ignore_case: bool,
+    invert: bool,
+}
+
+impl HeaderMatch {
+    fn compile(h: &HeaderMatcher) -> Result<Self, CompileError> {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| CompileError::new("name", "not a valid header name"))?;
+        let (value, ignore_case) = StrMatcher::compile(&h.value, h.ignore_case)?;
+        Ok(Self {
+            name,
+            value,
+            ignore_case,
+            invert: h.invert,
+        })
+    }
+
+    /// Envoy's rule: several values of one header are matched joined with `,`; a value that is
+    /// not UTF-8 never matches a value condition.
+    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter();
+        let held = match values.next() {
+            None => self.value.matches(None, false),
+            Some(first) => match values.next() {
+                None => first
+                    .to_str()
+                    .is_ok_and(|v| self.value.matches(Some(v), self.ignore_case)),
+                Some(_) => {
+                    let joined: Option<Vec<&str>> = headers
+                        .get_all(&self.name)
+                        .iter()
+                        .map(|v| v.to_str().ok())
+                        .collect();
+                    joined
+                        .is_some_and(|vs| self.value.matches(Some(&vs.join(",")), self.ignore_case))
+                }
+            },
+        };
+        held != self.invert
+    }
+}
+
+/// A compiled query-parameter condition (on the first occurrence of the parameter).
+#[derive(Debug, Clone)]
+pub(crate) struct QueryMatch {
+    name: String,
+    value: StrMatcher,
+    ignore_case: bool,
+}
+
+impl QueryMatch {
+    fn compile(q: &QueryParamMatcher) -> Result<Self, CompileError> {
+        let (value, ignore_case) = StrMatcher::compile(&q.value, q.ignore_case)?;
+        Ok(Self {
+            name: q.name.clone(),
+            value,
+            ignore_case,
+        })
+    }
+
+    pub(crate) fn matches(&self, query: Option<&str>) -> bool {
+        let found = query.and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k) == self.name).then(|| percent_decode(v))
+            })
+        });
+        self.value.matches(found.as_deref(), self.ignore_case)
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding) in a query component. Hand-written because it
+/// is a dozen lines and the only decoding the router needs; invalid escapes pass through as is.
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return s.into();
+    }
+    let bytes = s.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
+                    // Two hex digits make one byte, so the cast cannot truncate.
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+/// A compiled path condition.
+#[derive(Debug, Clone)]
+pub(crate) enum PathMatcher {
+    /// Prefix; lowered when case-insensitive.
+    Prefix(String),
+    /// Exact path; lowered when case-insensitive.
+    Exact(String),
+    /// Anchored regex over the whole path (without query).
+    Regex(Regex),
+}
+
+/// Everything a route's `match` asks, compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteMatcher {
+    pub(crate) path: PathMatcher,
+    pub(crate) case_sensitive: bool,
+    /// gRPC matches also require a gRPC request (`content-type: application/grpc...`).
+    pub(crate) grpc: bool,
+    headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
+}
+
+impl RouteMatcher {
+    /// Compiles a route's match; errors carry the field path within `match`.
+    pub(crate) fn compile(m: &RouteMatch) -> Result<Self, CompileError> {
+        let fold = |s: &str| {
+            if m.case_sensitive {
+                s.to_string()
+            } else {
+                s.to_ascii_lowercase()
+            }
+        };
+        let (path, grpc) = match &m.path {
+            PathMatch::Prefix(p) => (PathMatcher::Prefix(fold(p)), false),
+            PathMatch::Exact(p) => (PathMatcher::Exact(fold(p)), false),
+            PathMatch::Regex(r) => (PathMatcher::Regex(whole(r, !m.case_sensitive)?), false),
+            // A gRPC path is `/pkg.Service/Method`: a whole service is a prefix, a method exact.
+            PathMatch::Grpc { service, method } => match method {
+                Some(method) => (
+                    PathMatcher::Exact(fold(&format!("/{service}/{method}"))),
+                    true,
+                ),
+                None => (PathMatcher::Prefix(fold(&format!("/{service}/"))), true),
+            },
+        };
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HeaderMatch::compile(h).map_err(|e| e.within(format!("headers[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let query = m
+            .query_parameters
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                QueryMatch::compile(q).map_err(|e| e.within(format!("query_parameters[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            path,
+            case_sensitive: m.case_sensitive,
+            grpc,
+            headers,
+            query,
+        })
+    }
+
+    /// Whether the path condition alone holds (the plain, unindexed check).
+    pub(crate) fn path_matches(&self, path: &str) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if self.case_sensitive {
+                a == b
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
+        };
+        match &self.path {
+            PathMatcher::Prefix(p) => {
+                path.len() >= p.len() && eq(&path.as_bytes()[..p.len()], p.as_bytes())
+            }
+            PathMatcher::Exact(p) => eq(path.as_bytes(), p.as_bytes()),
+            PathMatcher::Regex(r) => r.is_match(path),
+        }
+    }
+
+    /// Whether every condition but the path holds (the path is known to match).
+    pub(crate) fn rest_matches(&self, req: &RequestView<'_>) -> bool {
+        (!self.grpc || req.grpc)
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+
+    /// The whole match: path and the rest.
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.path_matches(req.path) && self.rest_matches(req)
+    }
+}
+
+/// The parts of a request matching looks at, borrowed once per request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestView<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) grpc: bool,
+}
+
+impl<'a> RequestView<'a> {
+    pub(crate) fn of<B>(req: &'a http::Request<B>) -> Self {
+        Self {
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            grpc: mesh_core::is_grpc(req),
+        }
+    }
+}

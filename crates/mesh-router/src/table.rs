@@ -1,0 +1,352 @@
+//! The compiled route table: virtual-host lookup, the per-host route index, and the decision
+//! (route, target cluster, request hash) for one request.
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Request};
+use mesh_core::extensions::{ClientAddr, MatchedRoute, RequestHash, TargetCluster};
+use mesh_core::{
+    ClusterSpecifier, HashPolicy, MeshError, ReloadError, Route, RouteConfiguration, Validate,
+    ValidationError,
+};
+use rand::Rng;
+
+use crate::domains::Domains;
+use crate::filters::{LayerRegistry, RouteLayer};
+use crate::matcher::{PathMatcher, RequestView, RouteMatcher};
+use crate::policy::RoutePolicy;
+use crate::trie::PathTrie;
+
+/// One route, compiled.
+#[derive(Debug)]
+pub(crate) struct CompiledRoute {
+    /// What goes into the request extensions.
+    pub(crate) matched: MatchedRoute,
+    pub(crate) matcher: RouteMatcher,
+    destination: Destination,
+    hash_policy: Vec<HashPolicy>,
+    pub(crate) policy: Arc<RoutePolicy>,
+    /// Extra layers, outermost first.
+    pub(crate) filters: Vec<RouteLayer>,
+}
+
+/// Where a route sends requests, with cluster names shared rather than copied per request.
+#[derive(Debug)]
+enum Destination {
+    One(TargetCluster),
+    /// Clusters with the running sum of weights (zero-weight clusters are never picked).
+    Weighted(Vec<(TargetCluster, u64)>),
+    Header(HeaderName),
+}
+
+impl Destination {
+    fn compile(spec: &ClusterSpecifier) -> Result<Self, ValidationError> {
+        Ok(match spec {
+            ClusterSpecifier::Cluster(c) => Self::One(TargetCluster::new(c.as_str())),
+            ClusterSpecifier::WeightedClusters(w) => {
+                let mut sum = 0u64;
+                Self::Weighted(
+                    w.iter()
+                        .map(|c| {
+                            sum += u64::from(c.weight);
+                            (TargetCluster::new(c.name.as_str()), sum)
+                        })
+                        .collect(),
+                )
+            }
+            ClusterSpecifier::ClusterHeader(h) => Self::Header(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| ValidationError::new("cluster_header", "not a header name"))?,
+            ),
+        })
+    }
+
+    fn pick(&self, headers: &HeaderMap) -> Option<TargetCluster> {
+        match self {
+            Self::One(c) => Some(c.clone()),
+            Self::Weighted(w) => {
+                let total = w.last().map_or(0, |(_, sum)| *sum);
+                let r = rand::rng().random_range(0..total.max(1));
+                let i = w.partition_point(|(_, sum)| *sum <= r);
+                w.get(i).map(|(c, _)| c.clone())
+            }
+            Self::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(TargetCluster::new),
+        }
+    }
+}
+
+/// One virtual host, indexed: exact and prefix routes live in path tries (one case-sensitive,
+/// one lowered), regex routes in a list; all are identified by their position in `routes`.
+#[derive(Debug)]
+struct VirtualHostIndex {
+    routes: Vec<Arc<CompiledRoute>>,
+    cased: PathTrie,
+    folded: PathTrie,
+    /// Routes no trie can index (regex paths), ascending.
+    others: Vec<u32>,
+}
+
+/// A compiled, validated `RouteConfiguration`, ready for the data path.
+#[derive(Debug)]
+pub struct RouteTable {
+    name: Arc<str>,
+    domains: Domains,
+    vhosts: Vec<VirtualHostIndex>,
+}
+
+/// The router's decision for one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub(crate) route: Arc<CompiledRoute>,
+    /// The cluster the request goes to (after a weighted or header-based choice).
+    pub cluster: TargetCluster,
+    /// The consistent-hash key from the route's hash policy, if one yielded.
+    pub hash: Option<RequestHash>,
+}
+
+impl Decision {
+    /// The matched route (table, virtual host, route), as inserted into the extensions.
+    pub fn matched(&self) -> &MatchedRoute {
+        &self.route.matched
+    }
+}
+
+impl RouteTable {
+    /// A table that routes nothing (every request answers 404).
+    pub fn empty() -> Self {
+        Self {
+            name: Arc::from(""),
+            domains: Domains::default(),
+            vhosts: Vec::new(),
+        }
+    }
+
+    /// Validates and compiles `config`, building each route's extra layers from `registry`.
+    /// The error names the route (by name, or by position) and the reason.
+    pub fn compile(
+        config: &RouteConfiguration,
+        registry: &LayerRegistry,
+    ) -> Result<Self, ReloadError> {
+        let refuse = |reason: String| ReloadError::new("route_configuration", &config.name, reason);
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let mut domains = Domains::default();
+        let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
+        for (i, vh) in config.virtual_hosts.iter().enumerate() {
+            let vh_name: Arc<str> = Arc::from(vh.name.as_str());
+            let mut index = VirtualHostIndex {
+                routes: Vec::with_capacity(vh.routes.len()),
+                cased: PathTrie::default(),
+                folded: PathTrie::default(),
+                others: Vec::new(),
+            };
+            for (j, route) in vh.routes.iter().enumerate() {
+                let compiled = compile_route(&name, &vh_name, route, registry).map_err(|e| {
+                    let label = if route.name.is_empty() {
+                        format!("#{j}")
+                    } else {
+                        format!("{:?}", route.name)
+                    };
+                    let e = e.within(format!("virtual_hosts[{i}].routes[{j}]"));
+                    refuse(format!("route {label}: {e}"))
+                })?;
+                let j = u32::try_from(j).map_err(|_| refuse("too many routes".into()))?;
+                let m = &compiled.matcher;
+                let trie = if m.case_sensitive {
+                    &mut index.cased
+                } else {
+                    &mut index.folded
+                };
+                match &m.path {
+                    PathMatcher::Prefix(p) => trie.insert(p.as_bytes(), j, false),
+                    PathMatcher::Exact(p) => trie.insert(p.as_bytes(), j, true),
+                    PathMatcher::Regex(_) => index.others.push(j),
+                }
+                index.routes.push(Arc::new(compiled));
+            }
+            let vh_i = u32::try_from(i).map_err(|_| refuse("too many virtual hosts".into()))?;
+            for d in &vh.domains {
+                domains.add(vh_i, d);
+            }
+            vhosts.push(index);
+        }
+        // Routes are checked above with their names; this catches table-wide problems
+        // (duplicate virtual hosts, domains or route names).
+        config.validate().map_err(|e| refuse(e.to_string()))?;
+        Ok(Self {
+            name,
+            domains,
+            vhosts,
+        })
+    }
+
+    /// The route configuration's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many routes the table holds.
+    pub fn route_count(&self) -> usize {
+        self.vhosts.iter().map(|v| v.routes.len()).sum()
+    }
+
+    /// Decides where `req` goes: the first matching route of its virtual host, the target
+    /// cluster and the request hash. No match (or no cluster header) is `MeshError::NoRoute`.
+    pub fn decide<B>(&self, req: &Request<B>) -> Result<Decision, MeshError> {
+        let authority = authority(req);
+        let view = RequestView::of(req);
+        let no_route = || MeshError::NoRoute {
+            authority: authority.to_string(),
+            path: req.uri().path().to_string(),
+        };
+        let (v, r) = self.find(authority, &view).ok_or_else(no_route)?;
+        let route = &self.vhosts[v].routes[r];
+        let cluster = route.destination.pick(req.headers()).ok_or_else(no_route)?;
+        Ok(Decision {
+            route: Arc::clone(route),
+            cluster,
+            hash: request_hash(&route.hash_policy, req).map(RequestHash),
+        })
+    }
+
+    /// The (virtual host, route) indices of the first route whose match holds, through the
+    /// indexes: every candidate list is ascending, so each is read only while its indices are
+    /// below the best match so far, and the minimum wins (first-match order is preserved).
+    pub(crate) fn find(&self, authority: &str, view: &RequestView<'_>) -> Option<(usize, usize)> {
+        let v = self.domains.lookup(authority)? as usize;
+        let vh = &self.vhosts[v];
+        let mut best = u32::MAX;
+        let mut consider = |list: &[u32], path_known: bool| {
+            for &i in list {
+                if i >= best {
+                    break;
+                }
+                let m = &vh.routes[i as usize].matcher;
+                if if path_known {
+                    m.rest_matches(view)
+                } else {
+                    m.matches(view)
+                } {
+                    best = i;
+                    break;
+                }
+            }
+        };
+        let path = view.path.as_bytes();
+        vh.cased.walk(path, false, |l| consider(l, true));
+        if !vh.folded.is_empty() {
+            vh.folded.walk(path, true, |l| consider(l, true));
+        }
+        consider(&vh.others, false);
+        (best != u32::MAX).then_some((v, best as usize))
+    }
+
+    /// The same answer as [`find`](Self::find) by a plain scan of every route, the reference
+    /// the indexes are tested against.
+    #[cfg(test)]
+    pub(crate) fn find_linear(
+        &self,
+        authority: &str,
+        view: &RequestView<'_>,
+    ) -> Option<(usize, usize)> {
+        let v = self.domains.lookup(authority)? as usize;
+        let r = self.vhosts[v]
+            .routes
+            .iter()
+            .position(|r| r.matcher.matches(view))?;
+        Some((v, r))
+    }
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+fn compile_route(
+    table: &Arc<str>,
+    vhost: &Arc<str>,
+    route: &Route,
+    registry: &LayerRegistry,
+) -> Result<CompiledRoute, ValidationError> {
+    route.validate()?;
+    let matcher = RouteMatcher::compile(&route.matcher).map_err(|e| e.within("match"))?;
+    let prefix_len = match &matcher.path {
+        PathMatcher::Prefix(p) => Some(p.len()),
+        _ => None,
+    };
+    let policy = RoutePolicy::compile(&route.action, prefix_len).map_err(|e| e.within("route"))?;
+    let destination =
+        Destination::compile(&route.action.destination).map_err(|e| e.within("route"))?;
+    let filters = route
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            registry
+                .build(f)
+                .map_err(|why| ValidationError::new(format!("filters[{k}]"), why))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CompiledRoute {
+        matched: MatchedRoute {
+            route_config: Arc::clone(table),
+            virtual_host: Arc::clone(vhost),
+            route: Arc::new(route.clone()),
+        },
+        matcher,
+        destination,
+        hash_policy: route.action.hash_policy.clone(),
+        policy: Arc::new(policy),
+        filters,
+    })
+}
+
+/// The request's authority: the URI's (HTTP/2 `:authority`, absolute form), else `Host`.
+fn authority<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
+/// The first hash the policies yield. SipHash with fixed keys: stable within the process,
+/// which is all the load balancer's ring needs.
+fn request_hash<B>(policies: &[HashPolicy], req: &Request<B>) -> Option<u64> {
+    let hash = |bytes: &[u8]| BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes);
+    policies.iter().find_map(|p| match p {
+        HashPolicy::Header(name) => req.headers().get(name.as_str()).map(|v| hash(v.as_bytes())),
+        HashPolicy::Cookie(name) => req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash(v.as_bytes())),
+        HashPolicy::QueryParameter(name) => req.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash(v.as_bytes()))
+        }),
+        HashPolicy::SourceIp => req
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|a| hash(a.0.ip().to_string().as_bytes())),
+    })
+}
+
+#[cfg(test)]
+mod tests;
