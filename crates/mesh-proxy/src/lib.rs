@@ -8,6 +8,7 @@
 //! Landed so far: the per-hop header handling ([`headers`]) and the metrics ([`metrics`]). The
 //! listeners, admin endpoint and binary land with the sidecar issue.
 
+pub mod admin;
 pub mod headers;
 pub mod metrics;
 pub mod server;

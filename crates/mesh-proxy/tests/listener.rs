@@ -256,3 +256,42 @@ async fn shutdown_drains_in_flight_requests() {
         "the port is closed after the drain"
     );
 }
+
+#[tokio::test]
+async fn admin_serves_health_readiness_metrics_and_config_dump() {
+    use mesh_proxy::admin::Admin;
+    use std::sync::atomic::Ordering;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    metrics.record_mesh_error("outbound", "no_route");
+    let admin = Admin::new(
+        registry,
+        Arc::new(|| serde_json::json!({"listeners": ["outbound"]})),
+    );
+    let ready = admin.ready_flag();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(admin.serve(listener, stop.clone()));
+
+    assert_eq!(
+        get(addr, false, req("/healthz")).await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(get(addr, false, req("/ready")).await.0, 503);
+    ready.store(true, Ordering::Release);
+    assert_eq!(get(addr, false, req("/ready")).await.0, 200);
+    let (status, text) = get(addr, false, req("/stats/prometheus")).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"mesh_local_replies_total{listener="outbound",code="no_route"} 1"#),
+        "{text}"
+    );
+    let (status, text) = get(addr, false, req("/config_dump")).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["listeners"][0], "outbound");
+    assert_eq!(get(addr, false, req("/nope")).await.0, 404);
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -1,0 +1,164 @@
+//! The admin endpoint (127.0.0.1:15000 by default): `/healthz`, `/ready`, `/stats/prometheus`
+//! and `/config_dump`. Routes registered by other parts (the registration API) are served too.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use mesh_core::{body, Body};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What `/config_dump` shows: a function so it always reflects the live config.
+pub type ConfigDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// A handler for an extra admin route: gets the method and the whole body, returns a response.
+pub type AdminHandler = Arc<
+    dyn Fn(Method, Bytes) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// Largest admin request body read (the registration API's JSON is small).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// The admin endpoint's state.
+#[derive(Clone)]
+pub struct Admin {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    config_dump: ConfigDump,
+    routes: Arc<HashMap<String, AdminHandler>>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// An admin endpoint exposing `registry`, with `/config_dump` from `config_dump`.
+    pub fn new(registry: Registry, config_dump: ConfigDump) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            ready: Arc::new(AtomicBool::new(false)),
+            config_dump,
+            routes: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// Adds a route (e.g. `/pub`) served by `handler`.
+    #[must_use]
+    pub fn with_route(mut self, path: &str, handler: AdminHandler) -> Self {
+        Arc::make_mut(&mut self.routes).insert(path.to_string(), handler);
+        self
+    }
+
+    /// The readiness flag: set once the first full config is in place.
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ready)
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, incoming) = req.into_parts();
+        let path = parts.uri.path();
+        if let Some(handler) = self.routes.get(path) {
+            let limited = http_body_util::Limited::new(incoming, MAX_ADMIN_BODY);
+            return match http_body_util::BodyExt::collect(limited).await {
+                Ok(b) => handler(parts.method.clone(), b.to_bytes()).await,
+                Err(e) => text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}\n")),
+            };
+        }
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        match path {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/ready" => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "LIVE\n".into())
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "PRE_INITIALIZING: waiting for the first config\n".into(),
+                    )
+                }
+            }
+            "/stats/prometheus" => {
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+                    Ok(()) => Response::builder()
+                        .header(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(body::full(out))
+                        .unwrap_or_else(|_| {
+                            text(StatusCode::INTERNAL_SERVER_ERROR, "encode\n".into())
+                        }),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            }
+            "/config_dump" => {
+                let dump = (self.config_dump)();
+                let json = serde_json::to_string_pretty(&dump)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body::full(json))
+                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "dump\n".into()))
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "admin: /healthz /ready /stats/prometheus /config_dump\n".into(),
+            ),
+        }
+    }
+
+    /// Serves the admin endpoint on `listener` until `shutdown` is cancelled.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                },
+            };
+            let (admin, builder, stop) = (self.clone(), Arc::clone(&builder), shutdown.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+}
+
+fn text(status: StatusCode, msg: String) -> Response<Body> {
+    let mut r = Response::new(body::full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
