@@ -1,1 +1,0 @@
-//! The ADS client: filled by the xDS client issue.

@@ -1,1 +1,0 @@
-//! proto ↔ mesh-core conversion, in one place: filled by the xDS client issue.

@@ -1,0 +1,547 @@
+//! `Cluster` (CDS) ↔ [`mesh_core::Cluster`].
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cpb;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as uhttp;
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf as pbw;
+use mesh_core::{
+    CircuitBreakers, Cluster, ClusterLoadAssignment, Discovery, HealthCheck, LbPolicy,
+    OutlierDetection, UpstreamProtocol,
+};
+
+use super::{
+    ads_config_source, check_ads_source, duration_from, duration_to, opt_duration, pack, u32_from,
+    u32_to, unpack, ConvertError, XdsResource, CLUSTER_TYPE,
+};
+
+/// The `typed_extension_protocol_options` key of the upstream HTTP protocol options.
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+impl XdsResource for Cluster {
+    type Proto = cpb::Cluster;
+    const TYPE_URL: &'static str = CLUSTER_TYPE;
+    const KIND: &'static str = "cluster";
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+
+    fn proto_name(proto: &Self::Proto) -> &str {
+        &proto.name
+    }
+
+    fn from_proto(p: Self::Proto) -> Result<Self, ConvertError> {
+        refuse_unsupported(&p)?;
+        let mut c = Cluster::new(p.name.clone());
+        c.discovery = discovery_from(p.cluster_discovery_type.as_ref())?;
+        if let Some(eds) = &p.eds_cluster_config {
+            check_ads_source(eds.eds_config.as_ref(), "eds_cluster_config.eds_config")?;
+            if !eds.service_name.is_empty() {
+                c.eds_service_name = Some(eds.service_name.clone());
+            }
+        }
+        if let Some(t) = opt_duration(p.connect_timeout.as_ref(), "connect_timeout")? {
+            c.connect_timeout = t;
+        }
+        c.lb_policy = lb_policy_from(&p)?;
+        c.protocol = protocol_from(&p)?;
+        if let Some(cb) = &p.circuit_breakers {
+            c.circuit_breakers = circuit_breakers_from(cb)?;
+        }
+        c.health_check = health_check_from(&p.health_checks)?;
+        if let Some(od) = &p.outlier_detection {
+            c.outlier_detection =
+                Some(outlier_from(od).map_err(|e| e.within("outlier_detection"))?);
+        }
+        if let Some(common) = &p.common_lb_config {
+            use cpb::cluster::common_lb_config::LocalityConfigSpecifier as L;
+            if let Some(t) = &common.healthy_panic_threshold {
+                c.healthy_panic_threshold = t.value;
+            }
+            match &common.locality_config_specifier {
+                Some(L::LocalityWeightedLbConfig(_)) => c.locality_weighted = true,
+                Some(L::ZoneAwareLbConfig(_)) => {
+                    return Err(ConvertError::unsupported(
+                        "common_lb_config.zone_aware_lb_config",
+                        "zone-aware routing",
+                    ))
+                }
+                None => {}
+            }
+        }
+        if let Some(la) = p.load_assignment {
+            c.load_assignment = Some(
+                ClusterLoadAssignment::from_proto(la).map_err(|e| e.within("load_assignment"))?,
+            );
+        }
+        Ok(c)
+    }
+
+    fn to_proto(&self) -> Self::Proto {
+        use cpb::cluster::{ClusterDiscoveryType, DiscoveryType};
+        let (kind, eds) = match self.discovery {
+            Discovery::Static => (DiscoveryType::Static, None),
+            Discovery::Eds => (
+                DiscoveryType::Eds,
+                Some(cpb::cluster::EdsClusterConfig {
+                    eds_config: Some(ads_config_source()),
+                    service_name: self.eds_service_name.clone().unwrap_or_default(),
+                }),
+            ),
+        };
+        let (lb_policy, lb_config) = lb_policy_to(&self.lb_policy);
+        let mut out = cpb::Cluster {
+            name: self.name.clone(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+            eds_cluster_config: eds,
+            connect_timeout: Some(duration_to(self.connect_timeout)),
+            lb_policy: lb_policy as i32,
+            lb_config,
+            circuit_breakers: Some(circuit_breakers_to(&self.circuit_breakers)),
+            health_checks: self.health_check.iter().map(health_check_to).collect(),
+            outlier_detection: self.outlier_detection.as_ref().map(outlier_to),
+            common_lb_config: Some(cpb::cluster::CommonLbConfig {
+                healthy_panic_threshold: Some(Percent {
+                    value: self.healthy_panic_threshold,
+                }),
+                locality_config_specifier: self.locality_weighted.then_some(
+                    cpb::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                        Default::default(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            load_assignment: self.load_assignment.as_ref().map(|la| {
+                let mut la = la.to_proto();
+                if la.cluster_name.is_empty() {
+                    // Envoy requires it (min_len 1) even for inline assignments.
+                    la.cluster_name = self.name.clone();
+                }
+                la
+            }),
+            ..Default::default()
+        };
+        if let Some(opts) = protocol_to(self.protocol) {
+            out.typed_extension_protocol_options
+                .insert(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), pack(&opts));
+        }
+        out
+    }
+}
+
+fn refuse_unsupported(p: &cpb::Cluster) -> Result<(), ConvertError> {
+    let checks: [(bool, &str, &str); 8] = [
+        (
+            p.transport_socket.is_some(),
+            "transport_socket",
+            "upstream TLS",
+        ),
+        (
+            !p.transport_socket_matches.is_empty(),
+            "transport_socket_matches",
+            "upstream TLS",
+        ),
+        (
+            p.lb_subset_config.is_some(),
+            "lb_subset_config",
+            "subset load balancing",
+        ),
+        (!p.filters.is_empty(), "filters", "upstream network filters"),
+        (
+            p.load_balancing_policy.is_some(),
+            "load_balancing_policy",
+            "extension load-balancing policies (use lb_policy)",
+        ),
+        (
+            p.upstream_bind_config.is_some(),
+            "upstream_bind_config",
+            "source address binding",
+        ),
+        (
+            p.upstream_config.is_some(),
+            "upstream_config",
+            "custom upstreams",
+        ),
+        (p.lrs_server.is_some(), "lrs_server", "load reporting (LRS)"),
+    ];
+    match checks.into_iter().find(|(bad, _, _)| *bad) {
+        Some((_, path, what)) => Err(ConvertError::unsupported(path, what)),
+        None => Ok(()),
+    }
+}
+
+fn discovery_from(
+    d: Option<&cpb::cluster::ClusterDiscoveryType>,
+) -> Result<Discovery, ConvertError> {
+    use cpb::cluster::{ClusterDiscoveryType as T, DiscoveryType};
+    match d {
+        None => Ok(Discovery::Static),
+        Some(T::Type(t)) => match DiscoveryType::try_from(*t) {
+            Ok(DiscoveryType::Static) => Ok(Discovery::Static),
+            Ok(DiscoveryType::Eds) => Ok(Discovery::Eds),
+            Ok(other) => Err(ConvertError::unsupported(
+                "type",
+                format!("{} clusters (STATIC and EDS only)", other.as_str_name()),
+            )),
+            Err(_) => Err(ConvertError::new("type", format!("unknown value {t}"))),
+        },
+        Some(T::ClusterType(ct)) => Err(ConvertError::unsupported(
+            "cluster_type",
+            format!("custom cluster type {:?}", ct.name),
+        )),
+    }
+}
+
+fn lb_policy_from(p: &cpb::Cluster) -> Result<LbPolicy, ConvertError> {
+    use cpb::cluster::LbConfig as C;
+    use cpb::cluster::LbPolicy as P;
+    let policy = P::try_from(p.lb_policy)
+        .map_err(|_| ConvertError::new("lb_policy", format!("unknown value {}", p.lb_policy)))?;
+    let config = p.lb_config.as_ref();
+    let mismatch = || {
+        ConvertError::new(
+            "lb_config",
+            format!("does not match lb_policy {}", policy.as_str_name()),
+        )
+    };
+    Ok(match policy {
+        P::RoundRobin => match config {
+            None | Some(C::RoundRobinLbConfig(_)) => LbPolicy::RoundRobin,
+            Some(_) => return Err(mismatch()),
+        },
+        P::Random => match config {
+            None => LbPolicy::Random,
+            Some(_) => return Err(mismatch()),
+        },
+        P::LeastRequest => match config {
+            None => LbPolicy::LeastRequest { choice_count: 2 },
+            Some(C::LeastRequestLbConfig(c)) => {
+                if c.active_request_bias.is_some() || c.slow_start_config.is_some() {
+                    return Err(ConvertError::unsupported(
+                        "least_request_lb_config",
+                        "active_request_bias and slow_start_config",
+                    ));
+                }
+                LbPolicy::LeastRequest {
+                    choice_count: u32_from(c.choice_count).unwrap_or(2),
+                }
+            }
+            Some(_) => return Err(mismatch()),
+        },
+        P::RingHash => match config {
+            None => LbPolicy::RingHash {
+                minimum_ring_size: 1024,
+                maximum_ring_size: 8 * 1024 * 1024,
+            },
+            Some(C::RingHashLbConfig(c)) => LbPolicy::RingHash {
+                minimum_ring_size: c.minimum_ring_size.map_or(1024, |v| v.value),
+                maximum_ring_size: c.maximum_ring_size.map_or(8 * 1024 * 1024, |v| v.value),
+            },
+            Some(_) => return Err(mismatch()),
+        },
+        P::Maglev => match config {
+            None => LbPolicy::Maglev { table_size: 65537 },
+            Some(C::MaglevLbConfig(c)) => LbPolicy::Maglev {
+                table_size: c.table_size.map_or(65537, |v| v.value),
+            },
+            Some(_) => return Err(mismatch()),
+        },
+        other => {
+            return Err(ConvertError::unsupported(
+                "lb_policy",
+                other.as_str_name().to_string(),
+            ))
+        }
+    })
+}
+
+fn lb_policy_to(p: &LbPolicy) -> (cpb::cluster::LbPolicy, Option<cpb::cluster::LbConfig>) {
+    use cpb::cluster::LbConfig as C;
+    use cpb::cluster::LbPolicy as P;
+    let u64v = |value| Some(pbw::UInt64Value { value });
+    match p {
+        LbPolicy::RoundRobin => (P::RoundRobin, None),
+        LbPolicy::Random => (P::Random, None),
+        LbPolicy::LeastRequest { choice_count } => (
+            P::LeastRequest,
+            Some(C::LeastRequestLbConfig(
+                cpb::cluster::LeastRequestLbConfig {
+                    choice_count: u32_to(*choice_count),
+                    ..Default::default()
+                },
+            )),
+        ),
+        LbPolicy::RingHash {
+            minimum_ring_size,
+            maximum_ring_size,
+        } => (
+            P::RingHash,
+            Some(C::RingHashLbConfig(cpb::cluster::RingHashLbConfig {
+                minimum_ring_size: u64v(*minimum_ring_size),
+                maximum_ring_size: u64v(*maximum_ring_size),
+                ..Default::default()
+            })),
+        ),
+        LbPolicy::Maglev { table_size } => (
+            P::Maglev,
+            Some(C::MaglevLbConfig(cpb::cluster::MaglevLbConfig {
+                table_size: u64v(*table_size),
+            })),
+        ),
+    }
+}
+
+#[allow(deprecated)] // the deprecated fields are read so that old control planes are honoured
+fn protocol_from(p: &cpb::Cluster) -> Result<UpstreamProtocol, ConvertError> {
+    use uhttp::http_protocol_options::explicit_http_config::ProtocolConfig as E;
+    use uhttp::http_protocol_options::UpstreamProtocolOptions as O;
+    let mut proto = if p.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else if p.protocol_selection
+        == cpb::cluster::ClusterProtocolSelection::UseDownstreamProtocol as i32
+    {
+        UpstreamProtocol::UseDownstream
+    } else {
+        UpstreamProtocol::Http1
+    };
+    for (key, any) in &p.typed_extension_protocol_options {
+        let at = format!("typed_extension_protocol_options[{key}]");
+        if key != HTTP_PROTOCOL_OPTIONS_KEY {
+            return Err(ConvertError::unsupported(
+                at,
+                "protocol options other than HTTP",
+            ));
+        }
+        let opts: uhttp::HttpProtocolOptions = unpack(any, &at)?;
+        if !opts.http_filters.is_empty() {
+            return Err(ConvertError::unsupported(
+                format!("{at}.http_filters"),
+                "upstream HTTP filters",
+            ));
+        }
+        proto = match opts.upstream_protocol_options {
+            None => proto,
+            Some(O::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(E::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(E::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+                Some(E::Http3ProtocolOptions(_)) => {
+                    return Err(ConvertError::unsupported(at, "HTTP/3 upstreams"))
+                }
+            },
+            Some(O::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(O::AutoConfig(_)) => {
+                return Err(ConvertError::unsupported(
+                    format!("{at}.auto_config"),
+                    "ALPN protocol selection (no upstream TLS)",
+                ))
+            }
+        };
+    }
+    Ok(proto)
+}
+
+fn protocol_to(p: UpstreamProtocol) -> Option<uhttp::HttpProtocolOptions> {
+    use uhttp::http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+        UseDownstreamHttpConfig,
+    };
+    let options = match p {
+        UpstreamProtocol::Http1 => return None,
+        UpstreamProtocol::Http2 => {
+            UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+            })
+        }
+        UpstreamProtocol::UseDownstream => {
+            UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+                http_protocol_options: Some(Default::default()),
+                http2_protocol_options: Some(Default::default()),
+                http3_protocol_options: None,
+            })
+        }
+    };
+    Some(uhttp::HttpProtocolOptions {
+        upstream_protocol_options: Some(options),
+        ..Default::default()
+    })
+}
+
+fn circuit_breakers_from(cb: &cpb::CircuitBreakers) -> Result<CircuitBreakers, ConvertError> {
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(ConvertError::unsupported(
+            "circuit_breakers.per_host_thresholds",
+            "per-host limits",
+        ));
+    }
+    let mut out = CircuitBreakers::default();
+    // Only the DEFAULT priority applies: the mesh routes nothing at HIGH priority.
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        if t.priority != core::RoutingPriority::Default as i32 {
+            continue;
+        }
+        if t.retry_budget.is_some() {
+            return Err(ConvertError::unsupported(
+                format!("circuit_breakers.thresholds[{i}].retry_budget"),
+                "cluster retry budgets (set the budget on the route's retry policy)",
+            ));
+        }
+        out.max_connections = u32_from(t.max_connections).unwrap_or(out.max_connections);
+        out.max_pending_requests =
+            u32_from(t.max_pending_requests).unwrap_or(out.max_pending_requests);
+        out.max_requests = u32_from(t.max_requests).unwrap_or(out.max_requests);
+        out.max_retries = u32_from(t.max_retries).unwrap_or(out.max_retries);
+    }
+    Ok(out)
+}
+
+fn circuit_breakers_to(cb: &CircuitBreakers) -> cpb::CircuitBreakers {
+    cpb::CircuitBreakers {
+        thresholds: vec![cpb::circuit_breakers::Thresholds {
+            priority: core::RoutingPriority::Default as i32,
+            max_connections: u32_to(cb.max_connections),
+            max_pending_requests: u32_to(cb.max_pending_requests),
+            max_requests: u32_to(cb.max_requests),
+            max_retries: u32_to(cb.max_retries),
+            ..Default::default()
+        }],
+        per_host_thresholds: Vec::new(),
+    }
+}
+
+fn health_check_from(hcs: &[core::HealthCheck]) -> Result<Option<HealthCheck>, ConvertError> {
+    use core::health_check::HealthChecker;
+    let hc = match hcs {
+        [] => return Ok(None),
+        [hc] => hc,
+        _ => {
+            return Err(ConvertError::unsupported(
+                "health_checks",
+                "more than one health check",
+            ))
+        }
+    };
+    let at = "health_checks[0]";
+    let Some(HealthChecker::HttpHealthCheck(http)) = &hc.health_checker else {
+        return Err(ConvertError::unsupported(
+            format!("{at}.health_checker"),
+            "health checks other than HTTP",
+        ));
+    };
+    let need = |d: Option<&pbw::Duration>, f: &str| -> Result<Duration, ConvertError> {
+        let path = format!("{at}.{f}");
+        match d {
+            Some(d) => duration_from(d, &path),
+            None => Err(ConvertError::new(path, "required")),
+        }
+    };
+    Ok(Some(HealthCheck {
+        path: http.path.clone(),
+        interval: need(hc.interval.as_ref(), "interval")?,
+        timeout: need(hc.timeout.as_ref(), "timeout")?,
+        healthy_threshold: u32_from(hc.healthy_threshold).unwrap_or(1),
+        unhealthy_threshold: u32_from(hc.unhealthy_threshold).unwrap_or(1),
+        host: (!http.host.is_empty()).then(|| http.host.clone()),
+    }))
+}
+
+fn health_check_to(hc: &HealthCheck) -> core::HealthCheck {
+    core::HealthCheck {
+        timeout: Some(duration_to(hc.timeout)),
+        interval: Some(duration_to(hc.interval)),
+        healthy_threshold: u32_to(hc.healthy_threshold),
+        unhealthy_threshold: u32_to(hc.unhealthy_threshold),
+        health_checker: Some(core::health_check::HealthChecker::HttpHealthCheck(
+            core::health_check::HttpHealthCheck {
+                path: hc.path.clone(),
+                host: hc.host.clone().unwrap_or_default(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Envoy's `enforcing_*` percentages: the mesh either enforces a detector fully or not at all.
+fn enforced(v: Option<pbw::UInt32Value>, default: u32, path: &str) -> Result<bool, ConvertError> {
+    match u32_from(v).unwrap_or(default) {
+        0 => Ok(false),
+        100 => Ok(true),
+        n => Err(ConvertError::unsupported(
+            path,
+            format!("partial enforcement ({n}%; 0 or 100 only)"),
+        )),
+    }
+}
+
+fn outlier_from(od: &cpb::OutlierDetection) -> Result<OutlierDetection, ConvertError> {
+    if u32_from(od.enforcing_success_rate).is_some_and(|v| v > 0)
+        || u32_from(od.enforcing_failure_percentage).is_some_and(|v| v > 0)
+        || od.split_external_local_origin_errors
+    {
+        return Err(ConvertError::unsupported(
+            "enforcing_success_rate",
+            "success-rate, failure-percentage and local-origin ejection",
+        ));
+    }
+    let d = OutlierDetection::default();
+    // A detector that is not enforced never ejects: the mesh models that as an unreachable count.
+    let count = |v: Option<pbw::UInt32Value>, default: u32, on: bool| {
+        if on {
+            u32_from(v).unwrap_or(default)
+        } else {
+            u32::MAX
+        }
+    };
+    let on_5xx = enforced(
+        od.enforcing_consecutive_5xx,
+        100,
+        "enforcing_consecutive_5xx",
+    )?;
+    let on_gw = enforced(
+        od.enforcing_consecutive_gateway_failure,
+        0,
+        "enforcing_consecutive_gateway_failure",
+    )?;
+    Ok(OutlierDetection {
+        consecutive_5xx: count(od.consecutive_5xx, d.consecutive_5xx, on_5xx),
+        consecutive_gateway_failure: count(
+            od.consecutive_gateway_failure,
+            d.consecutive_gateway_failure,
+            on_gw,
+        ),
+        interval: opt_duration(od.interval.as_ref(), "interval")?.unwrap_or(d.interval),
+        base_ejection_time: opt_duration(od.base_ejection_time.as_ref(), "base_ejection_time")?
+            .unwrap_or(d.base_ejection_time),
+        max_ejection_time: opt_duration(od.max_ejection_time.as_ref(), "max_ejection_time")?
+            .unwrap_or(d.max_ejection_time),
+        max_ejection_percent: u32_from(od.max_ejection_percent).unwrap_or(d.max_ejection_percent),
+    })
+}
+
+fn outlier_to(od: &OutlierDetection) -> cpb::OutlierDetection {
+    let (c5, e5) = match od.consecutive_5xx {
+        u32::MAX => (None, 0),
+        n => (u32_to(n), 100),
+    };
+    let (cg, eg) = match od.consecutive_gateway_failure {
+        u32::MAX => (None, 0),
+        n => (u32_to(n), 100),
+    };
+    cpb::OutlierDetection {
+        consecutive_5xx: c5,
+        enforcing_consecutive_5xx: u32_to(e5),
+        consecutive_gateway_failure: cg,
+        enforcing_consecutive_gateway_failure: u32_to(eg),
+        // Envoy enforces success-rate ejection by default; the mesh has no such detector.
+        enforcing_success_rate: u32_to(0),
+        interval: Some(duration_to(od.interval)),
+        base_ejection_time: Some(duration_to(od.base_ejection_time)),
+        max_ejection_time: Some(duration_to(od.max_ejection_time)),
+        max_ejection_percent: u32_to(od.max_ejection_percent),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,334 @@
+//! `Listener` (LDS) with its `HttpConnectionManager` ↔ [`mesh_core::Listener`].
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use mesh_core::{Direction, HttpProtocolOptions, Listener, RouteConfiguration};
+use prost::Name;
+
+use super::endpoint::{socket_addr_from, socket_addr_to};
+use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
+use super::{
+    ads_config_source, check_ads_source, duration_to, mesh_meta_get, mesh_meta_set, opt_duration,
+    pack, u32_from, u32_to, unpack, ConvertError, XdsResource, LISTENER_TYPE,
+};
+
+/// Network filter name of the HTTP connection manager.
+pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+/// HTTP filter name of the router (always last).
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// HTTP filter name of the local rate limiter (also the `typed_per_filter_config` key).
+pub const LOCAL_RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+/// HTTP filter name of fault injection (also the `typed_per_filter_config` key).
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// Listener listening filters that only inspect (they change no behaviour the mesh models).
+const HARMLESS_LISTENER_FILTERS: [&str; 2] = [
+    "envoy.filters.listener.tls_inspector",
+    "envoy.filters.listener.http_inspector",
+];
+
+impl XdsResource for Listener {
+    type Proto = lpb::Listener;
+    const TYPE_URL: &'static str = LISTENER_TYPE;
+    const KIND: &'static str = "listener";
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+
+    fn proto_name(proto: &Self::Proto) -> &str {
+        &proto.name
+    }
+
+    fn from_proto(p: Self::Proto) -> Result<Self, ConvertError> {
+        if p.api_listener.is_some() {
+            return Err(ConvertError::unsupported("api_listener", "API listeners"));
+        }
+        if p.use_original_dst.is_some_and(|b| b.value) {
+            return Err(ConvertError::unsupported(
+                "use_original_dst",
+                "original destination",
+            ));
+        }
+        if let Some((i, f)) = p
+            .listener_filters
+            .iter()
+            .enumerate()
+            .find(|(_, f)| !HARMLESS_LISTENER_FILTERS.contains(&f.name.as_str()))
+        {
+            return Err(ConvertError::unsupported(
+                format!("listener_filters[{i}]"),
+                format!("listener filter {:?}", f.name),
+            ));
+        }
+        let address = socket_addr_from(p.address.as_ref(), "address")?;
+        let direction = match core::TrafficDirection::try_from(p.traffic_direction) {
+            Ok(core::TrafficDirection::Inbound) => Direction::Inbound,
+            // Unspecified is what most control planes send for an egress listener.
+            _ => Direction::Outbound,
+        };
+        let (at, chain) = match (p.filter_chains.as_slice(), &p.default_filter_chain) {
+            ([chain], None) => ("filter_chains[0]", chain),
+            ([], Some(chain)) => ("default_filter_chain", chain),
+            _ => {
+                return Err(ConvertError::unsupported(
+                    "filter_chains",
+                    "more than one filter chain (exactly one HTTP filter chain is supported)",
+                ))
+            }
+        };
+        let manager = hcm_of(chain).map_err(|e| e.within(at))?;
+        let at = format!("{at}.filters[0].typed_config");
+        let extras: Option<RateLimitExtras> = mesh_meta_get(p.metadata.as_ref(), "rate_limit")?;
+        let max_request_bytes: Option<u64> =
+            mesh_meta_get(p.metadata.as_ref(), "max_request_bytes")?;
+        let mut l = hcm_from(manager, extras).map_err(|e| e.within(at))?;
+        l.name = p.name;
+        l.address = address;
+        l.direction = direction;
+        if let Some(max) = max_request_bytes {
+            l.http.max_request_bytes = max;
+        }
+        Ok(l)
+    }
+
+    fn to_proto(&self) -> Self::Proto {
+        let manager = hcm_to(self);
+        let mut metadata = None;
+        if let Some(x) = self.rate_limit.as_ref().and_then(RateLimitExtras::of) {
+            mesh_meta_set(&mut metadata, "rate_limit", &x);
+        }
+        if self.http.max_request_bytes != HttpProtocolOptions::default().max_request_bytes {
+            mesh_meta_set(
+                &mut metadata,
+                "max_request_bytes",
+                &self.http.max_request_bytes,
+            );
+        }
+        lpb::Listener {
+            name: self.name.clone(),
+            address: Some(socket_addr_to(self.address)),
+            traffic_direction: match self.direction {
+                Direction::Inbound => core::TrafficDirection::Inbound,
+                Direction::Outbound => core::TrafficDirection::Outbound,
+            } as i32,
+            filter_chains: vec![lpb::FilterChain {
+                filters: vec![lpb::Filter {
+                    name: HCM_FILTER.to_string(),
+                    config_type: Some(lpb::filter::ConfigType::TypedConfig(pack(&manager))),
+                }],
+                ..Default::default()
+            }],
+            metadata,
+            ..Default::default()
+        }
+    }
+}
+
+fn hcm_of(chain: &lpb::FilterChain) -> Result<hcm::HttpConnectionManager, ConvertError> {
+    if chain.transport_socket.is_some() {
+        return Err(ConvertError::unsupported(
+            "transport_socket",
+            "downstream TLS",
+        ));
+    }
+    if chain
+        .filter_chain_match
+        .as_ref()
+        .is_some_and(|m| m != &lpb::FilterChainMatch::default())
+    {
+        return Err(ConvertError::unsupported(
+            "filter_chain_match",
+            "filter chain matching",
+        ));
+    }
+    let [filter] = chain.filters.as_slice() else {
+        return Err(ConvertError::unsupported(
+            "filters",
+            "network filters other than one http_connection_manager",
+        ));
+    };
+    match &filter.config_type {
+        Some(lpb::filter::ConfigType::TypedConfig(any)) => unpack(any, "filters[0].typed_config"),
+        _ => Err(ConvertError::new("filters[0].typed_config", "missing")),
+    }
+}
+
+fn hcm_from(
+    m: hcm::HttpConnectionManager,
+    extras: Option<RateLimitExtras>,
+) -> Result<Listener, ConvertError> {
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier};
+    if !m.upgrade_configs.is_empty() {
+        return Err(ConvertError::unsupported(
+            "upgrade_configs",
+            "protocol upgrades (WebSocket)",
+        ));
+    }
+    let mut http = HttpProtocolOptions::default();
+    (http.http1, http.http2) = match CodecType::try_from(m.codec_type) {
+        Ok(CodecType::Auto) => (true, true),
+        Ok(CodecType::Http1) => (true, false),
+        Ok(CodecType::Http2) => (false, true),
+        _ => return Err(ConvertError::unsupported("codec_type", "HTTP/3")),
+    };
+    if let Some(kb) = u32_from(m.max_request_headers_kb) {
+        http.max_request_headers_kb = kb;
+    }
+    if let Some(t) = opt_duration(
+        m.request_headers_timeout.as_ref(),
+        "request_headers_timeout",
+    )? {
+        http.request_headers_timeout = t;
+    }
+    if let Some(common) = &m.common_http_protocol_options {
+        let path = "common_http_protocol_options.idle_timeout";
+        if let Some(t) = opt_duration(common.idle_timeout.as_ref(), path)? {
+            http.idle_timeout = t;
+        }
+    }
+    if let Some(h2) = &m.http2_protocol_options {
+        if let Some(n) = u32_from(h2.max_concurrent_streams) {
+            http.max_concurrent_streams = n;
+        }
+    }
+    let (route_config_name, route_config) = match m.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            check_ads_source(rds.config_source.as_ref(), "rds")?;
+            (rds.route_config_name, None)
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => (
+            String::new(),
+            Some(RouteConfiguration::from_proto(rc).map_err(|e| e.within("route_config"))?),
+        ),
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(ConvertError::unsupported("scoped_routes", "scoped routes"))
+        }
+        None => {
+            return Err(ConvertError::new(
+                "route_specifier",
+                "missing (rds or route_config)",
+            ))
+        }
+    };
+    let rate_limit = http_filters_from(&m.http_filters, extras)?;
+    Ok(Listener {
+        name: String::new(),
+        address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        direction: Direction::Outbound,
+        route_config_name,
+        route_config,
+        http,
+        rate_limit,
+    })
+}
+
+/// Checks the HTTP filter chain (only filters the mesh implements, router last) and returns the
+/// listener-wide rate limit it configures.
+fn http_filters_from(
+    filters: &[hcm::HttpFilter],
+    extras: Option<RateLimitExtras>,
+) -> Result<Option<mesh_core::LocalRateLimit>, ConvertError> {
+    use hcm::http_filter::ConfigType;
+    let mut rate_limit = None;
+    let mut saw_router = false;
+    for (i, f) in filters.iter().enumerate() {
+        let at = format!("http_filters[{i}]");
+        if saw_router {
+            return Err(ConvertError::new(at, "filters after the router never run"));
+        }
+        if f.disabled {
+            continue;
+        }
+        let any = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => any,
+            Some(ConfigType::ConfigDiscovery(_)) => {
+                return Err(ConvertError::unsupported(
+                    at,
+                    "filter config discovery (ECDS)",
+                ))
+            }
+            None => return Err(ConvertError::new(format!("{at}.typed_config"), "missing")),
+        };
+        let at = format!("{at}.typed_config");
+        if any.type_url == router::Router::type_url() {
+            saw_router = true;
+        } else if any.type_url == lrl::LocalRateLimit::type_url() {
+            let cfg: lrl::LocalRateLimit = unpack(any, &at)?;
+            rate_limit = rate_limit_from(&cfg, extras.clone(), &at)?;
+        } else if any.type_url == fault::HttpFault::type_url() {
+            let cfg: fault::HttpFault = unpack(any, &at)?;
+            let f = fault_from(&cfg, &at)?;
+            if f.delay.is_some() || f.abort.is_some() {
+                return Err(ConvertError::unsupported(
+                    at,
+                    "listener-wide faults (configure faults per route)",
+                ));
+            }
+        } else if !f.is_optional {
+            return Err(ConvertError::unsupported(
+                at,
+                format!("HTTP filter {:?} ({})", f.name, any.type_url),
+            ));
+        }
+    }
+    if !saw_router {
+        return Err(ConvertError::new(
+            "http_filters",
+            format!("the last filter must be {ROUTER_FILTER}"),
+        ));
+    }
+    Ok(rate_limit)
+}
+
+fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier};
+    let codec = match (l.http.http1, l.http.http2) {
+        (true, false) => CodecType::Http1,
+        (false, true) => CodecType::Http2,
+        _ => CodecType::Auto,
+    };
+    let route_specifier = match &l.route_config {
+        Some(rc) => RouteSpecifier::RouteConfig(rc.to_proto()),
+        None => RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: l.route_config_name.clone(),
+        }),
+    };
+    let filter = |name: &str, any| hcm::HttpFilter {
+        name: name.to_string(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any)),
+        ..Default::default()
+    };
+    // Rate limiting first (reject before spending a fault delay), then faults, then the router.
+    // Both are always present so that per-route typed_per_filter_config takes effect.
+    let http_filters = vec![
+        filter(
+            LOCAL_RATELIMIT_FILTER,
+            pack(&rate_limit_to(l.rate_limit.as_ref(), &l.name)),
+        ),
+        filter(FAULT_FILTER, pack(&fault_to(&Default::default()))),
+        filter(ROUTER_FILTER, pack(&router::Router::default())),
+    ];
+    hcm::HttpConnectionManager {
+        codec_type: codec as i32,
+        stat_prefix: l.name.clone(),
+        route_specifier: Some(route_specifier),
+        http_filters,
+        max_request_headers_kb: u32_to(l.http.max_request_headers_kb),
+        request_headers_timeout: Some(duration_to(l.http.request_headers_timeout)),
+        common_http_protocol_options: Some(core::HttpProtocolOptions {
+            idle_timeout: Some(duration_to(l.http.idle_timeout)),
+            ..Default::default()
+        }),
+        http2_protocol_options: Some(core::Http2ProtocolOptions {
+            max_concurrent_streams: u32_to(l.http.max_concurrent_streams),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

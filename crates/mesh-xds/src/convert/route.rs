@@ -1,0 +1,412 @@
+//! `RouteConfiguration` (RDS) → `VirtualHost` → `Route` and its match ↔ mesh-core's model.
+
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf as pbw;
+use mesh_core::{
+    HeaderMatcher, PathMatch, QueryParamMatcher, Route, RouteConfiguration, RouteMatch,
+    StringMatch, VirtualHost,
+};
+
+use super::route_action::{action_from, action_to};
+use super::{ConvertError, XdsResource, ROUTE_TYPE};
+
+impl XdsResource for RouteConfiguration {
+    type Proto = rpb::RouteConfiguration;
+    const TYPE_URL: &'static str = ROUTE_TYPE;
+    const KIND: &'static str = "route_configuration";
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+
+    fn proto_name(proto: &Self::Proto) -> &str {
+        &proto.name
+    }
+
+    fn from_proto(p: Self::Proto) -> Result<Self, ConvertError> {
+        let refuse = [
+            (p.vhds.is_some(), "vhds", "virtual host discovery"),
+            (
+                !p.request_headers_to_add.is_empty()
+                    || !p.request_headers_to_remove.is_empty()
+                    || !p.response_headers_to_add.is_empty()
+                    || !p.response_headers_to_remove.is_empty(),
+                "request_headers_to_add",
+                "header mutations at route-configuration level (set them per route)",
+            ),
+            (
+                !p.internal_only_headers.is_empty(),
+                "internal_only_headers",
+                "internal-only headers",
+            ),
+            (
+                !p.cluster_specifier_plugins.is_empty(),
+                "cluster_specifier_plugins",
+                "cluster specifier plugins",
+            ),
+            (
+                !p.typed_per_filter_config.is_empty(),
+                "typed_per_filter_config",
+                "filter configs at route-configuration level (set them per route)",
+            ),
+            (
+                !p.request_mirror_policies.is_empty(),
+                "request_mirror_policies",
+                "mirroring",
+            ),
+        ];
+        if let Some((_, path, what)) = refuse.into_iter().find(|(bad, _, _)| *bad) {
+            return Err(ConvertError::unsupported(path, what));
+        }
+        let virtual_hosts = p
+            .virtual_hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, vh)| vhost_from(vh).map_err(|e| e.within(format!("virtual_hosts[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: p.name,
+            virtual_hosts,
+        })
+    }
+
+    fn to_proto(&self) -> Self::Proto {
+        rpb::RouteConfiguration {
+            name: self.name.clone(),
+            virtual_hosts: self.virtual_hosts.iter().map(vhost_to).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+#[allow(deprecated)] // deprecated fields are read to refuse them
+fn vhost_from(vh: rpb::VirtualHost) -> Result<VirtualHost, ConvertError> {
+    let refuse = [
+        (vh.require_tls != 0, "require_tls", "TLS redirects"),
+        (
+            !vh.rate_limits.is_empty(),
+            "rate_limits",
+            "global rate limiting",
+        ),
+        (vh.cors.is_some(), "cors", "CORS"),
+        (vh.hedge_policy.is_some(), "hedge_policy", "hedging"),
+        (vh.matcher.is_some(), "matcher", "generic matchers"),
+        (
+            !vh.request_headers_to_add.is_empty()
+                || !vh.request_headers_to_remove.is_empty()
+                || !vh.response_headers_to_add.is_empty()
+                || !vh.response_headers_to_remove.is_empty(),
+            "request_headers_to_add",
+            "header mutations at virtual-host level (set them per route)",
+        ),
+        (
+            !vh.typed_per_filter_config.is_empty(),
+            "typed_per_filter_config",
+            "filter configs at virtual-host level (set them per route)",
+        ),
+        (
+            !vh.request_mirror_policies.is_empty(),
+            "request_mirror_policies",
+            "mirroring",
+        ),
+    ];
+    if let Some((_, path, what)) = refuse.into_iter().find(|(bad, _, _)| *bad) {
+        return Err(ConvertError::unsupported(path, what));
+    }
+    let routes = vh
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(j, r)| {
+            // A virtual host's retry policy is the default of its routes, as in Envoy.
+            route_from(r, vh.retry_policy.as_ref()).map_err(|e| e.within(format!("routes[{j}]")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(VirtualHost {
+        name: vh.name,
+        domains: vh.domains,
+        routes,
+    })
+}
+
+fn vhost_to(vh: &VirtualHost) -> rpb::VirtualHost {
+    rpb::VirtualHost {
+        name: vh.name.clone(),
+        domains: vh.domains.clone(),
+        routes: vh.routes.iter().map(route_to).collect(),
+        ..Default::default()
+    }
+}
+
+fn route_from(r: rpb::Route, vh_retry: Option<&rpb::RetryPolicy>) -> Result<Route, ConvertError> {
+    use rpb::route::Action;
+    let matcher = match &r.r#match {
+        Some(m) => match_from(m).map_err(|e| e.within("match"))?,
+        None => return Err(ConvertError::new("match", "missing")),
+    };
+    let action = match &r.action {
+        Some(Action::Route(a)) => a,
+        Some(_) => {
+            return Err(ConvertError::unsupported(
+                "action",
+                "redirect, direct_response and non-forwarding routes (route only)",
+            ))
+        }
+        None => return Err(ConvertError::new("action", "missing")),
+    };
+    let (action, filters) = action_from(&r, action, vh_retry, &matcher.path)?;
+    Ok(Route {
+        name: r.name,
+        matcher,
+        action,
+        filters,
+    })
+}
+
+fn route_to(r: &Route) -> rpb::Route {
+    let mut out = rpb::Route {
+        name: r.name.clone(),
+        r#match: Some(match_to(&r.matcher)),
+        ..Default::default()
+    };
+    action_to(r, &mut out);
+    out
+}
+
+fn match_from(m: &rpb::RouteMatch) -> Result<RouteMatch, ConvertError> {
+    use rpb::route_match::PathSpecifier as P;
+    let refuse = [
+        (
+            m.runtime_fraction.is_some(),
+            "runtime_fraction",
+            "runtime fractions",
+        ),
+        (
+            m.tls_context.is_some(),
+            "tls_context",
+            "TLS context matching",
+        ),
+        (!m.cookies.is_empty(), "cookies", "cookie matching"),
+        (
+            !m.dynamic_metadata.is_empty(),
+            "dynamic_metadata",
+            "metadata matching",
+        ),
+        (
+            !m.filter_state.is_empty(),
+            "filter_state",
+            "filter-state matching",
+        ),
+    ];
+    if let Some((_, path, what)) = refuse.into_iter().find(|(bad, _, _)| *bad) {
+        return Err(ConvertError::unsupported(path, what));
+    }
+    let path = match (&m.path_specifier, m.grpc.is_some()) {
+        (Some(P::Prefix(p)), true) => grpc_from_prefix(p)?,
+        (Some(P::Path(p)), true) => grpc_from_path(p)?,
+        (_, true) => {
+            return Err(ConvertError::unsupported(
+                "grpc",
+                "gRPC matches other than a service prefix or a method path",
+            ))
+        }
+        (Some(P::Prefix(p)), false) if p.is_empty() => PathMatch::Prefix("/".into()),
+        (Some(P::Prefix(p)), false) => PathMatch::Prefix(p.clone()),
+        (Some(P::Path(p)), false) => PathMatch::Exact(p.clone()),
+        (Some(P::SafeRegex(r)), false) => PathMatch::Regex(r.regex.clone()),
+        (Some(_), false) => {
+            return Err(ConvertError::unsupported(
+                "path_specifier",
+                "CONNECT, separated-prefix and extension path matchers",
+            ))
+        }
+        (None, false) => return Err(ConvertError::new("path_specifier", "missing")),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_from(h).map_err(|e| e.within(format!("headers[{i}]"))))
+        .collect::<Result<_, _>>()?;
+    let query_parameters = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| query_from(q).map_err(|e| e.within(format!("query_parameters[{i}]"))))
+        .collect::<Result<_, _>>()?;
+    Ok(RouteMatch {
+        path,
+        case_sensitive: m.case_sensitive.is_none_or(|b| b.value),
+        headers,
+        query_parameters,
+    })
+}
+
+fn grpc_from_prefix(p: &str) -> Result<PathMatch, ConvertError> {
+    match p.strip_prefix('/').and_then(|s| s.strip_suffix('/')) {
+        Some(service) if !service.is_empty() && !service.contains('/') => Ok(PathMatch::Grpc {
+            service: service.to_string(),
+            method: None,
+        }),
+        _ => Err(ConvertError::unsupported(
+            "prefix",
+            format!("gRPC prefix {p:?} (expected /package.Service/)"),
+        )),
+    }
+}
+
+fn grpc_from_path(p: &str) -> Result<PathMatch, ConvertError> {
+    let mut parts = p.strip_prefix('/').unwrap_or_default().split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(m), None) if !s.is_empty() && !m.is_empty() => Ok(PathMatch::Grpc {
+            service: s.to_string(),
+            method: Some(m.to_string()),
+        }),
+        _ => Err(ConvertError::unsupported(
+            "path",
+            format!("gRPC path {p:?} (expected /package.Service/Method)"),
+        )),
+    }
+}
+
+fn match_to(m: &RouteMatch) -> rpb::RouteMatch {
+    use rpb::route_match::PathSpecifier as P;
+    let mut grpc = None;
+    let path = match &m.path {
+        PathMatch::Prefix(p) => P::Prefix(p.clone()),
+        PathMatch::Exact(p) => P::Path(p.clone()),
+        PathMatch::Regex(r) => P::SafeRegex(regex(r)),
+        PathMatch::Grpc { service, method } => {
+            grpc = Some(rpb::route_match::GrpcRouteMatchOptions {});
+            match method {
+                Some(m) => P::Path(format!("/{service}/{m}")),
+                None => P::Prefix(format!("/{service}/")),
+            }
+        }
+    };
+    rpb::RouteMatch {
+        path_specifier: Some(path),
+        case_sensitive: (!m.case_sensitive).then_some(pbw::BoolValue { value: false }),
+        grpc,
+        headers: m.headers.iter().map(header_to).collect(),
+        query_parameters: m.query_parameters.iter().map(query_to).collect(),
+        ..Default::default()
+    }
+}
+
+fn regex(r: &str) -> matcher::RegexMatcher {
+    matcher::RegexMatcher {
+        regex: r.to_string(),
+        engine_type: None,
+    }
+}
+
+fn string_match_from(s: &matcher::StringMatcher) -> Result<StringMatch, ConvertError> {
+    use matcher::string_matcher::MatchPattern as M;
+    Ok(match &s.match_pattern {
+        Some(M::Exact(v)) => StringMatch::Exact(v.clone()),
+        Some(M::Prefix(v)) => StringMatch::Prefix(v.clone()),
+        Some(M::Suffix(v)) => StringMatch::Suffix(v.clone()),
+        Some(M::Contains(v)) => StringMatch::Contains(v.clone()),
+        Some(M::SafeRegex(r)) => StringMatch::Regex(r.regex.clone()),
+        Some(M::Custom(_)) => {
+            return Err(ConvertError::unsupported("string_match", "custom matchers"))
+        }
+        None => return Err(ConvertError::new("string_match", "missing pattern")),
+    })
+}
+
+/// `None` for `Present`, which has no `StringMatcher` form.
+fn string_match_to(s: &StringMatch, ignore_case: bool) -> Option<matcher::StringMatcher> {
+    use matcher::string_matcher::MatchPattern as M;
+    let pattern = match s {
+        StringMatch::Exact(v) => M::Exact(v.clone()),
+        StringMatch::Prefix(v) => M::Prefix(v.clone()),
+        StringMatch::Suffix(v) => M::Suffix(v.clone()),
+        StringMatch::Contains(v) => M::Contains(v.clone()),
+        StringMatch::Regex(r) => M::SafeRegex(regex(r)),
+        StringMatch::Present(_) => return None,
+    };
+    Some(matcher::StringMatcher {
+        ignore_case,
+        match_pattern: Some(pattern),
+    })
+}
+
+#[allow(deprecated)] // the deprecated specifiers are still what many control planes send
+fn header_from(h: &rpb::HeaderMatcher) -> Result<HeaderMatcher, ConvertError> {
+    use rpb::header_matcher::HeaderMatchSpecifier as H;
+    if h.treat_missing_header_as_empty {
+        return Err(ConvertError::unsupported(
+            "treat_missing_header_as_empty",
+            "matching absent headers as empty",
+        ));
+    }
+    let mut ignore_case = false;
+    let value = match &h.header_match_specifier {
+        Some(H::ExactMatch(v)) => StringMatch::Exact(v.clone()),
+        Some(H::PrefixMatch(v)) => StringMatch::Prefix(v.clone()),
+        Some(H::SuffixMatch(v)) => StringMatch::Suffix(v.clone()),
+        Some(H::ContainsMatch(v)) => StringMatch::Contains(v.clone()),
+        Some(H::SafeRegexMatch(r)) => StringMatch::Regex(r.regex.clone()),
+        Some(H::PresentMatch(b)) => StringMatch::Present(*b),
+        Some(H::StringMatch(s)) => {
+            ignore_case = s.ignore_case;
+            string_match_from(s)?
+        }
+        Some(H::RangeMatch(_)) => {
+            return Err(ConvertError::unsupported("range_match", "range matching"))
+        }
+        // Envoy: no specifier means "the header is present".
+        None => StringMatch::Present(true),
+    };
+    Ok(HeaderMatcher {
+        name: h.name.clone(),
+        value,
+        ignore_case,
+        invert: h.invert_match,
+    })
+}
+
+fn header_to(h: &HeaderMatcher) -> rpb::HeaderMatcher {
+    use rpb::header_matcher::HeaderMatchSpecifier as H;
+    let spec = match (&h.value, string_match_to(&h.value, h.ignore_case)) {
+        (StringMatch::Present(b), _) => H::PresentMatch(*b),
+        (_, Some(s)) => H::StringMatch(s),
+        (_, None) => H::PresentMatch(true),
+    };
+    rpb::HeaderMatcher {
+        name: h.name.clone(),
+        invert_match: h.invert,
+        treat_missing_header_as_empty: false,
+        header_match_specifier: Some(spec),
+    }
+}
+
+fn query_from(q: &rpb::QueryParameterMatcher) -> Result<QueryParamMatcher, ConvertError> {
+    use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let (value, ignore_case) = match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(s)) => (string_match_from(s)?, s.ignore_case),
+        Some(Q::PresentMatch(b)) => (StringMatch::Present(*b), false),
+        None => (StringMatch::Present(true), false),
+    };
+    Ok(QueryParamMatcher {
+        name: q.name.clone(),
+        value,
+        ignore_case,
+    })
+}
+
+fn query_to(q: &QueryParamMatcher) -> rpb::QueryParameterMatcher {
+    use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let spec = match (&q.value, string_match_to(&q.value, q.ignore_case)) {
+        (StringMatch::Present(b), _) => Q::PresentMatch(*b),
+        (_, Some(s)) => Q::StringMatch(s),
+        (_, None) => Q::PresentMatch(true),
+    };
+    rpb::QueryParameterMatcher {
+        name: q.name.clone(),
+        query_parameter_match_specifier: Some(spec),
+    }
+}

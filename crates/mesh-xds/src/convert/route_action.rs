@@ -1,0 +1,491 @@
+//! A route's action and per-route policy: `RouteAction`, retries, hash policies, header
+//! mutations and `typed_per_filter_config` (local_ratelimit, fault, custom) ↔ mesh-core.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf as pbw;
+use envoy_types::pb::google::protobuf::Any;
+use mesh_core::{
+    ClusterSpecifier, FilterConfig, HashPolicy, HeaderValueOption, PathMatch, RetryBackoff,
+    RetryBudget, RetryPolicy, Route, RouteAction, WeightedCluster,
+};
+use prost::Name;
+
+use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
+use super::{
+    duration_from, duration_to, mesh_meta_get, mesh_meta_set, opt_duration, pack, u32_from, u32_to,
+    unpack, ConvertError, FAULT_FILTER, LOCAL_RATELIMIT_FILTER,
+};
+
+/// The regex Envoy's `regex_rewrite` uses to replace a whole path.
+const WHOLE_PATH: &str = "^.*$";
+
+/// Converts a route's action plus its route-level fields (header mutations, per-filter configs,
+/// `io.mesh` metadata) into the mesh's action and extra filters.
+#[allow(deprecated)] // deprecated fields are read to refuse them
+pub(crate) fn action_from(
+    r: &rpb::Route,
+    a: &rpb::RouteAction,
+    vh_retry: Option<&rpb::RetryPolicy>,
+    path_match: &PathMatch,
+) -> Result<(RouteAction, Vec<FilterConfig>), ConvertError> {
+    use rpb::route_action::ClusterSpecifier as C;
+    use rpb::route_action::HostRewriteSpecifier as H;
+    let refuse = [
+        (
+            !a.request_mirror_policies.is_empty(),
+            "request_mirror_policies",
+            "mirroring",
+        ),
+        (
+            !a.rate_limits.is_empty(),
+            "rate_limits",
+            "global rate limiting",
+        ),
+        (a.cors.is_some(), "cors", "CORS"),
+        (a.hedge_policy.is_some(), "hedge_policy", "hedging"),
+        (
+            !a.upgrade_configs.is_empty(),
+            "upgrade_configs",
+            "protocol upgrades",
+        ),
+        (
+            a.internal_redirect_policy.is_some(),
+            "internal_redirect_policy",
+            "internal redirects",
+        ),
+        (
+            a.metadata_match.is_some(),
+            "metadata_match",
+            "subset load balancing",
+        ),
+        (
+            a.retry_policy_typed_config.is_some(),
+            "retry_policy_typed_config",
+            "typed retry policies",
+        ),
+        (
+            a.path_rewrite_policy.is_some() || !a.path_rewrite.is_empty(),
+            "path_rewrite",
+            "path templates",
+        ),
+        (
+            a.cluster_not_found_response_code != 0,
+            "cluster_not_found_response_code",
+            "a status other than 503",
+        ),
+    ];
+    if let Some((_, path, what)) = refuse.into_iter().find(|(bad, _, _)| *bad) {
+        return Err(ConvertError::unsupported(format!("route.{path}"), what));
+    }
+    let destination = match &a.cluster_specifier {
+        Some(C::Cluster(c)) => ClusterSpecifier::Cluster(c.clone()),
+        Some(C::ClusterHeader(h)) => ClusterSpecifier::ClusterHeader(h.clone()),
+        Some(C::WeightedClusters(w)) => weighted_from(w)?,
+        Some(_) => {
+            return Err(ConvertError::unsupported(
+                "route.cluster_specifier_plugin",
+                "cluster specifier plugins",
+            ))
+        }
+        None => return Err(ConvertError::new("route.cluster", "missing")),
+    };
+    let mut out = RouteAction::to_cluster("");
+    out.destination = destination;
+    if let Some(t) = opt_duration(a.timeout.as_ref(), "route.timeout")? {
+        out.timeout = t;
+    }
+    let budget: Option<RetryBudget> = mesh_meta_get(r.metadata.as_ref(), "retry_budget")?;
+    out.retry_policy = match a.retry_policy.as_ref().or(vh_retry) {
+        Some(rp) => Some(retry_from(rp, budget).map_err(|e| e.within("route.retry_policy"))?),
+        None => None,
+    };
+    if !a.prefix_rewrite.is_empty() {
+        out.prefix_rewrite = Some(a.prefix_rewrite.clone());
+    }
+    if let Some(rw) = &a.regex_rewrite {
+        let pattern = rw.pattern.as_ref().map(|p| p.regex.as_str());
+        if !matches!(path_match, PathMatch::Regex(_)) || !matches!(pattern, Some(WHOLE_PATH | ".*"))
+        {
+            return Err(ConvertError::unsupported(
+                "route.regex_rewrite",
+                "regex rewrites other than replacing the whole path of a regex route",
+            ));
+        }
+        out.prefix_rewrite = Some(rw.substitution.clone());
+    }
+    out.host_rewrite = match &a.host_rewrite_specifier {
+        None => None,
+        Some(H::HostRewriteLiteral(h)) => Some(h.clone()),
+        Some(_) => {
+            return Err(ConvertError::unsupported(
+                "route.host_rewrite_specifier",
+                "host rewrites other than a literal",
+            ))
+        }
+    };
+    out.hash_policy = a
+        .hash_policy
+        .iter()
+        .enumerate()
+        .map(|(i, h)| hash_from(h).map_err(|e| e.within(format!("route.hash_policy[{i}]"))))
+        .collect::<Result<_, _>>()?;
+    out.request_headers_to_add =
+        header_adds_from(&r.request_headers_to_add, "request_headers_to_add")?;
+    out.request_headers_to_remove = r.request_headers_to_remove.clone();
+    out.response_headers_to_add =
+        header_adds_from(&r.response_headers_to_add, "response_headers_to_add")?;
+    out.response_headers_to_remove = r.response_headers_to_remove.clone();
+    let extras: Option<RateLimitExtras> = mesh_meta_get(r.metadata.as_ref(), "rate_limit")?;
+    let mut filters = Vec::new();
+    // Sorted, so the mesh's filter order does not depend on a hash map's.
+    let per_filter: BTreeMap<_, _> = r.typed_per_filter_config.iter().collect();
+    for (name, any) in per_filter {
+        let at = format!("typed_per_filter_config[{name}]");
+        let (any, optional) = unwrap_filter_config(any, &at)?;
+        let Some(any) = &any else { continue };
+        if any.type_url == lrl::LocalRateLimit::type_url() {
+            out.rate_limit = rate_limit_from(&unpack(any, &at)?, extras.clone(), &at)?;
+        } else if any.type_url == fault::HttpFault::type_url() {
+            filters.push(FilterConfig::Fault(fault_from(&unpack(any, &at)?, &at)?));
+        } else if any.type_url == pbw::Struct::type_url() && optional {
+            filters.push(custom_from(name, &unpack(any, &at)?));
+        } else if !optional {
+            return Err(ConvertError::unsupported(
+                at,
+                format!("filter config {}", any.type_url),
+            ));
+        }
+    }
+    Ok((out, filters))
+}
+
+/// Fills the action and the route-level fields of `out` from the mesh's route.
+pub(crate) fn action_to(r: &Route, out: &mut rpb::Route) {
+    use rpb::route_action::ClusterSpecifier as C;
+    let a = &r.action;
+    let cluster_specifier = match &a.destination {
+        ClusterSpecifier::Cluster(c) => C::Cluster(c.clone()),
+        ClusterSpecifier::ClusterHeader(h) => C::ClusterHeader(h.clone()),
+        ClusterSpecifier::WeightedClusters(w) => C::WeightedClusters(rpb::WeightedCluster {
+            clusters: w
+                .iter()
+                .map(|c| rpb::weighted_cluster::ClusterWeight {
+                    name: c.name.clone(),
+                    weight: u32_to(c.weight),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let (prefix_rewrite, regex_rewrite) = match (&a.prefix_rewrite, &r.matcher.path) {
+        (Some(p), PathMatch::Regex(_)) => (
+            String::new(),
+            Some(matcher::RegexMatchAndSubstitute {
+                pattern: Some(matcher::RegexMatcher {
+                    regex: WHOLE_PATH.to_string(),
+                    engine_type: None,
+                }),
+                substitution: p.clone(),
+            }),
+        ),
+        (p, _) => (p.clone().unwrap_or_default(), None),
+    };
+    out.action = Some(rpb::route::Action::Route(rpb::RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: Some(duration_to(a.timeout)),
+        retry_policy: a.retry_policy.as_ref().map(retry_to),
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite_specifier: a
+            .host_rewrite
+            .clone()
+            .map(rpb::route_action::HostRewriteSpecifier::HostRewriteLiteral),
+        hash_policy: a.hash_policy.iter().map(hash_to).collect(),
+        ..Default::default()
+    }));
+    out.request_headers_to_add = a.request_headers_to_add.iter().map(header_add_to).collect();
+    out.request_headers_to_remove = a.request_headers_to_remove.clone();
+    out.response_headers_to_add = a
+        .response_headers_to_add
+        .iter()
+        .map(header_add_to)
+        .collect();
+    out.response_headers_to_remove = a.response_headers_to_remove.clone();
+    if let Some(rl) = &a.rate_limit {
+        let cfg = rate_limit_to(Some(rl), &format!("route_{}", r.name));
+        out.typed_per_filter_config
+            .insert(LOCAL_RATELIMIT_FILTER.to_string(), pack(&cfg));
+        if let Some(x) = RateLimitExtras::of(rl) {
+            mesh_meta_set(&mut out.metadata, "rate_limit", &x);
+        }
+    }
+    if let Some(budget) = a.retry_policy.as_ref().and_then(|p| p.budget.as_ref()) {
+        mesh_meta_set(&mut out.metadata, "retry_budget", budget);
+    }
+    for f in &r.filters {
+        let (name, any) = match f {
+            FilterConfig::Fault(fc) => (FAULT_FILTER.to_string(), pack(&fault_to(fc))),
+            FilterConfig::Custom { name, config } => (name.clone(), custom_to(config)),
+        };
+        out.typed_per_filter_config.insert(name, any);
+    }
+}
+
+/// Unwraps `envoy.config.route.v3.FilterConfig` (its optional / disabled flags) when present.
+fn unwrap_filter_config(any: &Any, at: &str) -> Result<(Option<Any>, bool), ConvertError> {
+    if any.type_url != rpb::FilterConfig::type_url() {
+        return Ok((Some(any.clone()), false));
+    }
+    let wrapper: rpb::FilterConfig = unpack(any, at)?;
+    let config = if wrapper.disabled {
+        None
+    } else {
+        wrapper.config
+    };
+    Ok((config, wrapper.is_optional))
+}
+
+fn custom_from(name: &str, s: &pbw::Struct) -> FilterConfig {
+    let config = s
+        .fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(pbw::value::Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    FilterConfig::Custom {
+        name: name.to_string(),
+        config,
+    }
+}
+
+/// A custom (mesh-registry) filter as an optional `FilterConfig` holding a `Struct`, so real
+/// Envoy, which knows no such filter, skips it instead of rejecting the route table.
+fn custom_to(config: &BTreeMap<String, String>) -> Any {
+    let fields = config
+        .iter()
+        .map(|(k, v)| {
+            let value = pbw::Value {
+                kind: Some(pbw::value::Kind::StringValue(v.clone())),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    pack(&rpb::FilterConfig {
+        config: Some(pack(&pbw::Struct { fields })),
+        is_optional: true,
+        disabled: false,
+    })
+}
+
+fn weighted_from(w: &rpb::WeightedCluster) -> Result<ClusterSpecifier, ConvertError> {
+    let clusters = w
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let at = format!("route.weighted_clusters.clusters[{i}]");
+            if !c.cluster_header.is_empty()
+                || c.metadata_match.is_some()
+                || !c.typed_per_filter_config.is_empty()
+                || c.host_rewrite_specifier.is_some()
+                || !c.request_headers_to_add.is_empty()
+                || !c.response_headers_to_add.is_empty()
+                || !c.request_headers_to_remove.is_empty()
+                || !c.response_headers_to_remove.is_empty()
+            {
+                return Err(ConvertError::unsupported(
+                    at,
+                    "per-cluster settings in a weighted split (name and weight only)",
+                ));
+            }
+            Ok(WeightedCluster {
+                name: c.name.clone(),
+                weight: u32_from(c.weight).unwrap_or(0),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ClusterSpecifier::WeightedClusters(clusters))
+}
+
+fn retry_from(
+    p: &rpb::RetryPolicy,
+    budget: Option<RetryBudget>,
+) -> Result<RetryPolicy, ConvertError> {
+    if p.retry_priority.is_some()
+        || !p.retry_host_predicate.is_empty()
+        || p.rate_limited_retry_back_off.is_some()
+        || !p.retriable_headers.is_empty()
+        || !p.retriable_request_headers.is_empty()
+    {
+        return Err(ConvertError::unsupported(
+            "retry_host_predicate",
+            "retry priorities, host predicates, rate-limited backoff and header conditions",
+        ));
+    }
+    let retry_on = p
+        .retry_on
+        .parse()
+        .map_err(|e: String| ConvertError::unsupported("retry_on", e))?;
+    let backoff = match &p.retry_back_off {
+        None => RetryBackoff::default(),
+        Some(b) => {
+            let base = match &b.base_interval {
+                Some(d) => duration_from(d, "retry_back_off.base_interval")?,
+                None => {
+                    return Err(ConvertError::new(
+                        "retry_back_off.base_interval",
+                        "required",
+                    ))
+                }
+            };
+            let max = opt_duration(b.max_interval.as_ref(), "retry_back_off.max_interval")?;
+            RetryBackoff {
+                base_interval: base,
+                max_interval: max.unwrap_or(base * 10),
+            }
+        }
+    };
+    Ok(RetryPolicy {
+        retry_on,
+        num_retries: u32_from(p.num_retries).unwrap_or(1),
+        per_try_timeout: opt_duration(p.per_try_timeout.as_ref(), "per_try_timeout")?
+            .filter(|d| *d != Duration::ZERO),
+        retriable_status_codes: p
+            .retriable_status_codes
+            .iter()
+            .map(|c| {
+                u16::try_from(*c)
+                    .map_err(|_| ConvertError::new("retriable_status_codes", format!("{c}")))
+            })
+            .collect::<Result<_, _>>()?,
+        backoff,
+        budget,
+    })
+}
+
+fn retry_to(p: &RetryPolicy) -> rpb::RetryPolicy {
+    rpb::RetryPolicy {
+        retry_on: String::from(p.retry_on),
+        num_retries: u32_to(p.num_retries),
+        per_try_timeout: p.per_try_timeout.map(duration_to),
+        retriable_status_codes: p
+            .retriable_status_codes
+            .iter()
+            .map(|c| u32::from(*c))
+            .collect(),
+        retry_back_off: Some(rpb::retry_policy::RetryBackOff {
+            base_interval: Some(duration_to(p.backoff.base_interval)),
+            max_interval: Some(duration_to(p.backoff.max_interval)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn hash_from(h: &rpb::route_action::HashPolicy) -> Result<HashPolicy, ConvertError> {
+    use rpb::route_action::hash_policy::PolicySpecifier as P;
+    Ok(match &h.policy_specifier {
+        Some(P::Header(hd)) if hd.regex_rewrite.is_none() => {
+            HashPolicy::Header(hd.header_name.clone())
+        }
+        Some(P::Cookie(c)) if c.ttl.is_none() && c.attributes.is_empty() => {
+            HashPolicy::Cookie(c.name.clone())
+        }
+        Some(P::QueryParameter(q)) => HashPolicy::QueryParameter(q.name.clone()),
+        Some(P::ConnectionProperties(c)) if c.source_ip => HashPolicy::SourceIp,
+        _ => {
+            return Err(ConvertError::unsupported(
+                "policy_specifier",
+                "hash policies other than header, cookie (no ttl), query parameter and source ip",
+            ))
+        }
+    })
+}
+
+fn hash_to(h: &HashPolicy) -> rpb::route_action::HashPolicy {
+    use rpb::route_action::hash_policy::{self as hp, PolicySpecifier as P};
+    let spec = match h {
+        HashPolicy::Header(name) => P::Header(hp::Header {
+            header_name: name.clone(),
+            regex_rewrite: None,
+        }),
+        HashPolicy::Cookie(name) => P::Cookie(hp::Cookie {
+            name: name.clone(),
+            ..Default::default()
+        }),
+        HashPolicy::QueryParameter(name) => {
+            P::QueryParameter(hp::QueryParameter { name: name.clone() })
+        }
+        HashPolicy::SourceIp => {
+            P::ConnectionProperties(hp::ConnectionProperties { source_ip: true })
+        }
+    };
+    // The mesh uses the first policy that yields a value, which is Envoy's `terminal`.
+    rpb::route_action::HashPolicy {
+        terminal: true,
+        policy_specifier: Some(spec),
+    }
+}
+
+#[allow(deprecated)] // `append` is deprecated but still honoured when a control plane sets it
+fn header_adds_from(
+    adds: &[core::HeaderValueOption],
+    field: &str,
+) -> Result<Vec<HeaderValueOption>, ConvertError> {
+    use core::header_value_option::HeaderAppendAction as A;
+    adds.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let at = format!("{field}[{i}]");
+            let hv = h.header.as_ref().ok_or_else(|| ConvertError::new(&at, "missing header"))?;
+            let append = match (h.append, A::try_from(h.append_action)) {
+                (Some(b), _) => b.value,
+                (None, Ok(A::AppendIfExistsOrAdd)) => true,
+                (None, Ok(A::OverwriteIfExistsOrAdd)) => false,
+                _ => {
+                    return Err(ConvertError::unsupported(
+                        format!("{at}.append_action"),
+                        "append actions other than APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD",
+                    ))
+                }
+            };
+            let value = if hv.raw_value.is_empty() {
+                hv.value.clone()
+            } else {
+                String::from_utf8(hv.raw_value.clone())
+                    .map_err(|_| ConvertError::new(format!("{at}.header.raw_value"), "not UTF-8"))?
+            };
+            Ok(HeaderValueOption {
+                name: hv.key.clone(),
+                value,
+                append,
+            })
+        })
+        .collect()
+}
+
+fn header_add_to(h: &HeaderValueOption) -> core::HeaderValueOption {
+    use core::header_value_option::HeaderAppendAction as A;
+    core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: h.name.clone(),
+            value: h.value.clone(),
+            raw_value: Vec::new(),
+        }),
+        append_action: if h.append {
+            A::AppendIfExistsOrAdd
+        } else {
+            A::OverwriteIfExistsOrAdd
+        } as i32,
+        ..Default::default()
+    }
+}
