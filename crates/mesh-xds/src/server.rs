@@ -1,1 +1,0 @@
-//! The control plane: filled by the xDS server issue.

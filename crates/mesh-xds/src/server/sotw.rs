@@ -1,0 +1,290 @@
+//! A state-of-the-world discovery stream (ADS or one type's service).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use super::cache::{lock as lock_status, Current};
+use super::resource::{Resource, ResourceType};
+use super::snapshot::Snapshot;
+use super::xds::{Shared, StreamGuard};
+
+/// What the stream last sent of one type, and what the client subscribes to.
+#[derive(Default)]
+struct TypeState {
+    /// `None`: wildcard (everything of the type).
+    names: Option<BTreeSet<String>>,
+    /// Version and resources of the last response (sorted by name): what the client holds.
+    sent_version: Option<String>,
+    sent: Vec<Arc<Resource>>,
+    nonce: String,
+    /// When the snapshot behind the last response was set (for convergence latency).
+    set_at: Option<Instant>,
+}
+
+struct Sotw {
+    shared: Arc<Shared>,
+    guard: StreamGuard,
+    fixed: Option<ResourceType>,
+    node: Option<String>,
+    rx: Option<watch::Receiver<Current>>,
+    types: HashMap<ResourceType, TypeState>,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+/// Serves one SotW stream until the client goes away.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    guard: StreamGuard,
+    fixed: Option<ResourceType>,
+    mut requests: S,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) where
+    S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+{
+    let mut s = Sotw {
+        shared,
+        guard,
+        fixed,
+        node: None,
+        rx: None,
+        types: HashMap::new(),
+        nonce: 0,
+        tx,
+    };
+    loop {
+        let changed = async {
+            match s.rx.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            req = requests.next() => match req {
+                Some(Ok(req)) => {
+                    if let Err(status) = s.on_request(req).await {
+                        let _ = s.tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(stream = s.guard.id, error = %e, "xDS stream error");
+                    break;
+                }
+                None => break,
+            },
+            ok = changed => {
+                if !ok || s.push_all().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Sotw {
+    fn current(&self) -> Option<(Arc<Snapshot>, Instant)> {
+        let rx = self.rx.as_ref()?;
+        let cur = rx.borrow();
+        Some((cur.snapshot.clone()?, cur.set_at))
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
+        let kind = match self.fixed {
+            Some(k) if req.type_url.is_empty() || req.type_url == k.type_url() => k,
+            Some(k) => {
+                return Err(Status::invalid_argument(format!(
+                    "this service serves {}, not {}",
+                    k.type_url(),
+                    req.type_url
+                )))
+            }
+            None => match ResourceType::from_type_url(&req.type_url) {
+                Some(k) => k,
+                None => {
+                    tracing::debug!(type_url = %req.type_url, "request for an unserved type ignored");
+                    return Ok(());
+                }
+            },
+        };
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => {
+                let node = req.node.as_ref().ok_or_else(|| {
+                    Status::invalid_argument("the first request must carry a node")
+                })?;
+                let key = self.shared.cache.node_key(node);
+                self.rx = Some(self.shared.cache.watch(&key));
+                self.node = Some(key.clone());
+                key
+            }
+        };
+        self.shared.callbacks.request(self.guard.id, &node, kind);
+        let first = !self.types.contains_key(&kind);
+        let current = self.current();
+        let st = self.types.entry(kind).or_default();
+        if !req.response_nonce.is_empty() {
+            if req.response_nonce != st.nonce {
+                // An answer to an older response; the newer one's answer is still to come.
+                return Ok(());
+            }
+            let status = self.shared.cache.status(&node);
+            let version = st.sent_version.clone().unwrap_or_default();
+            match &req.error_detail {
+                Some(err) => {
+                    tracing::warn!(node = %node, %kind, %version, error = %err.message, "NACK");
+                    lock_status(&status).nack(kind, &version, &err.message);
+                    // The client kept what it had before; which set that was is not known
+                    // here, so nothing is assumed held (make-before-break keeps nothing).
+                    st.sent.clear();
+                    self.shared
+                        .callbacks
+                        .nack(&node, kind, &version, &err.message);
+                }
+                None => {
+                    lock_status(&status).ack(kind, &req.version_info);
+                    let since = st.set_at.map(|t| t.elapsed()).unwrap_or_default();
+                    self.shared
+                        .callbacks
+                        .ack(&node, kind, &req.version_info, since);
+                }
+            }
+        }
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        st.names = if names.contains("*") || (names.is_empty() && kind.is_full_state()) {
+            None
+        } else {
+            Some(names)
+        };
+        if first && !req.version_info.is_empty() {
+            // A reconnecting client: it holds `version_info` (content-hash versions mean the
+            // same thing on every replica and after a restart), so it is not sent again.
+            if let Some((snap, _)) = current {
+                let ts = snap.of(kind);
+                if ts.version() == req.version_info {
+                    st.sent_version = Some(req.version_info.clone());
+                    st.sent = included(ts.items(), st.names.as_ref());
+                }
+            }
+        }
+        self.respond(kind, false).await
+    }
+
+    /// Sends every type whose content changed, in dependency order; full-state types that
+    /// lose resources first get the union of old and new (make before break), and the final
+    /// set after everything that referenced the removed resources was updated.
+    async fn push_all(&mut self) -> Result<(), ()> {
+        let mut deferred = Vec::new();
+        for kind in ResourceType::ALL {
+            if !self.types.contains_key(&kind) {
+                continue;
+            }
+            if self.respond(kind, true).await.is_err() {
+                return Err(());
+            }
+            if self.types.get(&kind).is_some_and(|s| s.set_at.is_none()) {
+                deferred.push(kind);
+            }
+        }
+        for kind in deferred {
+            if self.respond(kind, false).await.is_err() {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `kind` if the client lacks what the snapshot holds for it. With `keep_removed`,
+    /// a full-state type keeps resources the client holds but the snapshot dropped (and is
+    /// marked for a final send by clearing `set_at`).
+    async fn respond(&mut self, kind: ResourceType, keep_removed: bool) -> Result<(), Status> {
+        let Some((snap, set_at)) = self.current() else {
+            return Ok(());
+        };
+        let node = self.node.clone().unwrap_or_default();
+        let Some(st) = self.types.get_mut(&kind) else {
+            return Ok(());
+        };
+        let ts = snap.of(kind);
+        let mut version = ts.version();
+        let mut items = included(ts.items(), st.names.as_ref());
+        if st.sent_version.as_deref() == Some(version.as_str()) && same_names(&st.sent, &items) {
+            return Ok(());
+        }
+        if self.shared.cache.is_parked(&node, kind, &version) {
+            return Ok(());
+        }
+        if !kind.is_full_state() && items.iter().all(|r| holds(&st.sent, r)) {
+            // For EDS/RDS (and SDS, RTDS) absence means nothing, so a response that only
+            // drops names tells the client nothing: skip it.
+            return Ok(());
+        }
+        let mut keep = false;
+        if keep_removed && kind.is_full_state() {
+            let removed: Vec<Arc<Resource>> = st
+                .sent
+                .iter()
+                .filter(|r| ts.get(r.name()).is_none())
+                .cloned()
+                .collect();
+            if !removed.is_empty() {
+                items.extend(removed);
+                items.sort_by(|a, b| a.name().cmp(b.name()));
+                version.push_str("+kept");
+                keep = true;
+            }
+        }
+        self.nonce += 1;
+        st.nonce = self.nonce.to_string();
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: items.iter().map(|r| r.any().clone()).collect(),
+            type_url: kind.type_url().to_owned(),
+            nonce: st.nonce.clone(),
+            ..DiscoveryResponse::default()
+        };
+        st.sent_version = Some(version.clone());
+        st.set_at = if keep { None } else { Some(set_at) };
+        let n = items.len();
+        st.sent = items;
+        self.shared
+            .callbacks
+            .response(self.guard.id, &node, kind, &version, n);
+        self.tx
+            .send(Ok(resp))
+            .await
+            .map_err(|_| Status::cancelled("client gone"))
+    }
+}
+
+/// The resources of a type a subscription includes, sorted by name.
+fn included(
+    items: &std::collections::BTreeMap<String, Arc<Resource>>,
+    names: Option<&BTreeSet<String>>,
+) -> Vec<Arc<Resource>> {
+    match names {
+        None => items.values().cloned().collect(),
+        Some(names) => names.iter().filter_map(|n| items.get(n).cloned()).collect(),
+    }
+}
+
+/// Whether `a` and `b` (both sorted by name) hold the same resources.
+fn same_names(a: &[Arc<Resource>], b: &[Arc<Resource>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+}
+
+/// Whether `sent` (sorted by name) holds `r` with the same content.
+fn holds(sent: &[Arc<Resource>], r: &Resource) -> bool {
+    sent.binary_search_by(|s| s.name().cmp(r.name()))
+        .is_ok_and(|i| same(&sent[i], r))
+}
+
+fn same(a: &Resource, b: &Resource) -> bool {
+    a.hash() == b.hash() && a.name() == b.name()
+}
