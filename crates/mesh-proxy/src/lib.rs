@@ -9,6 +9,7 @@
 //! listeners, admin endpoint and binary land with the sidecar issue.
 
 pub mod admin;
+pub mod bootstrap;
 pub mod headers;
 pub mod metrics;
 pub mod server;
