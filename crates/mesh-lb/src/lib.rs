@@ -1,9 +1,40 @@
 //! # mesh-lb
 //!
 //! Clusters at run time: endpoint sets, load-balancing policies (round robin, random, least
-//! request, ring hash, Maglev, locality-aware), active health checks and outlier detection,
-//! circuit breakers, and the pooled upstream client. `LoadBalanceLayer` reads the target cluster
-//! from the request extensions, picks an endpoint, records it, and sends the request over a pooled
-//! connection. Clusters (CDS) and endpoint sets (EDS) reload through mesh-core's `Reload`.
+//! request, ring hash, Maglev, locality- and priority-aware), active health checks and outlier
+//! detection, circuit breakers, and the pooled upstream client.
 //!
-//! This crate is filled by the lb issue; until then it only states what it owns.
+//! - [`ClusterManager`] holds the clusters; it is the `Reload` sink for CDS
+//!   (`Vec<mesh_core::Cluster>`) and EDS (`mesh_core::ClusterLoadAssignment`,
+//!   [`RemoveLoadAssignment`]).
+//! - [`LoadBalanceLayer`] reads [`mesh_core::extensions::TargetCluster`] from the request,
+//!   applies the cluster's circuit breakers, picks an endpoint (recording
+//!   [`mesh_core::extensions::PickedEndpoint`]) and calls its inner service with the URI pointed
+//!   at the endpoint; [`LoadBalance::upstream`] puts it in front of our pooled hyper client.
+//!
+//! The data path loads the cluster map and the cluster's precomputed [`EndpointSet`] with one
+//! arc-swap load each, takes no lock and does not allocate to pick. Health changes (outlier
+//! ejection, health checks, EDS) rebuild the set off the data path and swap it in.
+//!
+//! Failures are returned as boxed [`mesh_core::MeshError`]s (see [`LoadBalance`]).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod circuit_breaker;
+mod cluster;
+mod connector;
+mod endpoint;
+mod health_check;
+mod layer;
+mod manager;
+mod outlier;
+mod policy;
+mod set;
+mod upstream;
+
+pub use circuit_breaker::{BreakerStats, CircuitBreaker};
+pub use cluster::ClusterState;
+pub use endpoint::EndpointState;
+pub use layer::{LoadBalance, LoadBalanceLayer, ResponseFuture};
+pub use manager::{ClusterManager, RemoveLoadAssignment};
+pub use set::EndpointSet;
+pub use upstream::{Upstream, UpstreamFuture};

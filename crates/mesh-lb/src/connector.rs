@@ -1,0 +1,132 @@
+//! The connector under a cluster's pooled client: hyper-util's `HttpConnector` (connect timeout,
+//! TCP_NODELAY) plus the connection circuit breakers, and connections that close themselves
+//! once their endpoint has left the cluster and drained.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use mesh_core::{BoxError, MeshError, Shared};
+use tokio::net::TcpStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tower_service::Service;
+
+use crate::circuit_breaker::{CircuitBreaker, ConnectionPermit};
+use crate::endpoint::EndpointState;
+
+/// Live endpoint states of a cluster by address (swapped whole at each EDS update).
+pub(crate) type EndpointMap = HashMap<SocketAddr, Arc<EndpointState>>;
+
+/// Connects to a cluster's endpoints under its connection breakers.
+#[derive(Clone)]
+pub(crate) struct MeshConnector {
+    pub(crate) http: HttpConnector,
+    pub(crate) cluster: Arc<str>,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) endpoints: Shared<EndpointMap>,
+}
+
+impl Service<Uri> for MeshConnector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let permit = match self.breaker.try_connect() {
+            Ok(p) => p,
+            Err(limit) => {
+                let err = MeshError::CircuitOpen {
+                    cluster: self.cluster.to_string(),
+                    limit,
+                };
+                return Box::pin(std::future::ready(Err(err.into())));
+            }
+        };
+        let close = uri
+            .authority()
+            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+            .and_then(|addr| self.endpoints.load().get(&addr).map(|s| s.close.clone()));
+        let connecting = self.http.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(Conn {
+                io,
+                _permit: permit.connected(),
+                close: close.map(|t| Box::pin(t.cancelled_owned())),
+            })
+        })
+    }
+}
+
+/// A pooled upstream connection: counts against `max_connections` while open, and reads EOF
+/// once its endpoint's close token fires, so hyper drops it from the pool.
+pub(crate) struct Conn {
+    io: TokioIo<TcpStream>,
+    _permit: ConnectionPermit,
+    close: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(close) = this.close.as_mut() {
+            if close.as_mut().poll(cx).is_ready() {
+                // EOF: the endpoint left the cluster and has no request in flight.
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}

@@ -1,0 +1,159 @@
+//! `ClusterManager`: the clusters by name, fed by CDS and EDS through `Reload`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use mesh_core::{
+    Cluster, ClusterLoadAssignment, Discovery, Locality, Reload, ReloadError, Shared, Validate,
+};
+
+use crate::cluster::ClusterState;
+
+type ClusterMap = HashMap<Arc<str>, Arc<ClusterState>>;
+
+/// The clusters at run time. Cheap to clone (a handle); every clone sees the same clusters.
+///
+/// - `Reload<Vec<Cluster>>` (CDS) replaces the whole set of clusters. A cluster whose config
+///   did not change is kept as is; a changed one is rebuilt but keeps its endpoints' state.
+/// - `Reload<ClusterLoadAssignment>` (EDS) replaces one cluster's endpoints (matched by
+///   [`Cluster::eds_name`]); an assignment that arrives before its cluster is kept for it.
+/// - [`RemoveLoadAssignment`] (or [`ClusterManager::remove_load_assignment`]) empties it.
+///
+/// Static clusters take their endpoints from `Cluster.load_assignment`.
+#[derive(Clone, Default)]
+pub struct ClusterManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    clusters: Shared<ClusterMap>,
+    /// The last EDS assignment per EDS name; serialises reloads (config path only).
+    eds: Mutex<HashMap<String, ClusterLoadAssignment>>,
+    local: Option<Locality>,
+}
+
+impl std::fmt::Debug for ClusterManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clusters = self.inner.clusters.load();
+        let mut names: Vec<&str> = clusters.keys().map(|k| &**k).collect();
+        names.sort_unstable();
+        f.debug_struct("ClusterManager")
+            .field("clusters", &names)
+            .finish()
+    }
+}
+
+/// Removal of one EDS resource (by cluster / EDS service name): its cluster has no endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoveLoadAssignment(pub String);
+
+impl ClusterManager {
+    /// No clusters yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// No clusters yet; endpoints in `local` (this process's own locality) are preferred while
+    /// that locality is healthy, spilling over to the others as it degrades.
+    pub fn with_local_locality(local: Locality) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                local: Some(local),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// The cluster named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<ClusterState>> {
+        self.inner.clusters.load().get(name).cloned()
+    }
+
+    /// The names of all clusters, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .clusters
+            .load()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Empties the endpoint set published under `eds_name` (an EDS resource removal).
+    pub fn remove_load_assignment(&self, eds_name: &str) {
+        let mut eds = self.lock_eds();
+        eds.remove(eds_name);
+        for c in self.inner.clusters.load().values() {
+            if c.config.discovery == Discovery::Eds && c.config.eds_name() == eds_name {
+                c.update_assignment(ClusterLoadAssignment {
+                    cluster_name: eds_name.to_string(),
+                    ..ClusterLoadAssignment::default()
+                });
+            }
+        }
+    }
+
+    fn lock_eds(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClusterLoadAssignment>> {
+        // Values are replaced whole under the lock, so a poisoned lock is still consistent.
+        self.inner.eds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Reload<Vec<Cluster>> for ClusterManager {
+    fn reload(&self, update: Vec<Cluster>) -> Result<(), ReloadError> {
+        let mut seen = HashSet::with_capacity(update.len());
+        for c in &update {
+            c.validate()
+                .map_err(|e| ReloadError::invalid("cluster", &c.name, e))?;
+            if !seen.insert(c.name.as_str()) {
+                return Err(ReloadError::new("cluster", &c.name, "listed twice"));
+            }
+        }
+        let eds = self.lock_eds();
+        let old = self.inner.clusters.load_full();
+        let mut next = ClusterMap::with_capacity(update.len());
+        for c in update {
+            let prev = old.get(c.name.as_str());
+            if let Some(p) = prev.filter(|p| p.config == c) {
+                next.insert(p.name.clone(), p.clone());
+                continue;
+            }
+            let assignment = match c.discovery {
+                Discovery::Static => c.load_assignment.clone().unwrap_or_default(),
+                Discovery::Eds => eds.get(c.eds_name()).cloned().unwrap_or_default(),
+            };
+            let carried = prev.map(|p| p.endpoints.load_full());
+            let state = ClusterState::new(c, self.inner.local.clone(), carried, assignment);
+            next.insert(state.name.clone(), state);
+        }
+        self.inner.clusters.store(next);
+        Ok(())
+    }
+}
+
+impl Reload<ClusterLoadAssignment> for ClusterManager {
+    fn reload(&self, update: ClusterLoadAssignment) -> Result<(), ReloadError> {
+        update.validate().map_err(|e| {
+            ReloadError::invalid("cluster_load_assignment", &update.cluster_name, e)
+        })?;
+        let mut eds = self.lock_eds();
+        for c in self.inner.clusters.load().values() {
+            if c.config.discovery == Discovery::Eds && c.config.eds_name() == update.cluster_name {
+                c.update_assignment(update.clone());
+            }
+        }
+        eds.insert(update.cluster_name.clone(), update);
+        Ok(())
+    }
+}
+
+impl Reload<RemoveLoadAssignment> for ClusterManager {
+    fn reload(&self, update: RemoveLoadAssignment) -> Result<(), ReloadError> {
+        self.remove_load_assignment(&update.0);
+        Ok(())
+    }
+}
