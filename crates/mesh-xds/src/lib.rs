@@ -10,3 +10,4 @@
 pub mod client;
 pub mod convert;
 pub mod server;
+pub mod source;

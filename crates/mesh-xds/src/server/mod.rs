@@ -14,6 +14,7 @@ mod resource;
 mod snapshot;
 mod sotw;
 mod status;
+mod validate;
 mod xds;
 
 pub use cache::{CacheDump, Current, NodeDump, NodeHash, SnapshotCache, TypeDump, Validator};
@@ -21,6 +22,7 @@ pub use callbacks::{Callbacks, NoCallbacks, StreamId, StreamKind};
 pub use resource::{Named, Resource, ResourceError, ResourceType};
 pub use snapshot::{Snapshot, SnapshotError, TypeSnapshot};
 pub use status::{StatusDump, TypeStatusDump};
+pub use validate::mesh_core_validator;
 pub use xds::XdsServer;
 
 #[cfg(test)]

@@ -1,0 +1,183 @@
+//! The `mesh.yaml` schema: services, their endpoints, routes and policies, and the nodes
+//! (sidecars and proxyless gRPC clients) that consume them. See `MESH_YAML.md`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_core::{
+    CircuitBreakers, HealthCheck, LbPolicy, LocalRateLimit, OutlierDetection, RetryPolicy, Route,
+    UpstreamProtocol,
+};
+use serde::{Deserialize, Serialize};
+
+/// A whole `mesh.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSpec {
+    /// Listener addresses of nodes that do not set their own.
+    #[serde(default)]
+    pub listeners: ListenerAddrs,
+    /// The services of the mesh.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    /// Nodes with settings of their own; any other node gets the defaults.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Where a sidecar listens and where its local app is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerAddrs {
+    /// The listener taking the local app's calls out (default 127.0.0.1:8082).
+    pub outbound: SocketAddr,
+    /// The listener taking calls in to the local app (default 127.0.0.1:8083).
+    pub inbound: SocketAddr,
+    /// The local app (default 127.0.0.1:6060).
+    pub local_app: SocketAddr,
+}
+
+impl Default for ListenerAddrs {
+    fn default() -> Self {
+        Self {
+            outbound: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            inbound: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            local_app: SocketAddr::from(([127, 0, 0, 1], 6060)),
+        }
+    }
+}
+
+/// One service: a cluster of endpoints reached by name through every sidecar's outbound
+/// listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The name callers use (the `Host`/authority, and the cluster name).
+    pub name: String,
+    /// The service port: `name:port` is served as a domain too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// More domains served by this service's virtual host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The protocol its endpoints speak (`http1`, `http2` for gRPC, `use_downstream`).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Endpoints listed here (etcd registrations are added to these).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    /// Load-balancing policy.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// Connect timeout (default 5 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// Circuit breakers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    /// Outlier detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Timeout of the default route (default 15 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Retries of the default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    /// A local rate limit on calls into this service (on its nodes' inbound listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<LocalRateLimit>,
+    /// Routes of this service's virtual host, in order, with every matcher and policy the router
+    /// supports; when absent, one route sends everything (`prefix: /`) to the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// `ip:port`.
+    pub address: SocketAddr,
+    /// Relative weight (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Zone (endpoints are grouped into localities by zone).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A node (by its xDS node id) with settings of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node id the sidecar or gRPC client sends.
+    pub id: String,
+    /// The service this node runs (its inbound listener applies the service's rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Listener addresses (each defaults to the top-level `listeners`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<PartialAddrs>,
+    /// A proxyless gRPC client: gets one API listener per service (so `xds:///SERVICE`
+    /// resolves) and no socket listeners.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxyless: bool,
+}
+
+/// Listener addresses of one node, each optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialAddrs {
+    /// Outbound listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<SocketAddr>,
+    /// Inbound listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<SocketAddr>,
+    /// Local app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_app: Option<SocketAddr>,
+}
+
+impl PartialAddrs {
+    /// These addresses over `defaults`.
+    pub fn over(&self, defaults: ListenerAddrs) -> ListenerAddrs {
+        ListenerAddrs {
+            outbound: self.outbound.unwrap_or(defaults.outbound),
+            inbound: self.inbound.unwrap_or(defaults.inbound),
+            local_app: self.local_app.unwrap_or(defaults.local_app),
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl MeshSpec {
+    /// Parses YAML; errors carry the line and column.
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        mesh_core::yaml::from_str(text)
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}

@@ -1,0 +1,333 @@
+//! From a [`MeshSpec`] to what each node needs: mesh-core's model (validated as clients will),
+//! then Envoy resources through [`crate::convert`].
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use mesh_core::{
+    Cluster, ClusterLoadAssignment, Direction, Discovery, Endpoint, Listener, Locality,
+    LocalityEndpoints, MeshConfig, Route, RouteAction, RouteConfiguration, Validate, VirtualHost,
+};
+use prost::Message;
+
+use super::spec::{ListenerAddrs, MeshSpec, NodeSpec, ServiceSpec};
+use crate::convert::{self, LOCAL_RATELIMIT_FILTER};
+use crate::server::{Resource, Snapshot, SnapshotError};
+
+/// Name of the outbound listener and its route configuration.
+pub const OUTBOUND: &str = "outbound";
+/// Name of the inbound listener and its route configuration.
+pub const INBOUND: &str = "inbound";
+/// Name of the cluster of the local app.
+pub const LOCAL_APP: &str = "local_app";
+
+/// Why a spec does not translate; `service`/`node` say which entry, for the line lookup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {reason}")]
+pub struct TranslateError {
+    /// `services[orders]`, `nodes[sidecar-1]` or a resource path.
+    pub at: String,
+    /// The entry's name, to find its line in the file.
+    pub name: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl TranslateError {
+    fn new(at: impl Into<String>, name: Option<&str>, reason: impl ToString) -> Self {
+        Self {
+            at: at.into(),
+            name: name.map(str::to_owned),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The snapshots a spec produces: one per listed node, and the fallback for any other node.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshots {
+    /// Per node id.
+    pub nodes: BTreeMap<String, Snapshot>,
+    /// For nodes the spec does not list.
+    pub fallback: Snapshot,
+}
+
+impl MeshSpec {
+    /// Checks the spec and translates it, per node.
+    pub fn snapshots(&self) -> Result<Snapshots, TranslateError> {
+        self.check()?;
+        let fallback = self.node_snapshot(None, self.listeners, false)?;
+        let mut nodes = BTreeMap::new();
+        for n in &self.nodes {
+            let addrs = n.listeners.unwrap_or_default().over(self.listeners);
+            let snap = self.node_snapshot(Some(n), addrs, n.proxyless)?;
+            nodes.insert(n.id.clone(), snap);
+        }
+        Ok(Snapshots { nodes, fallback })
+    }
+
+    fn check(&self) -> Result<(), TranslateError> {
+        let mut seen = BTreeMap::new();
+        for s in &self.services {
+            if s.name.trim().is_empty() {
+                return Err(TranslateError::new(
+                    "services",
+                    None,
+                    "a service has no name",
+                ));
+            }
+            if seen.insert(s.name.as_str(), ()).is_some() {
+                return Err(TranslateError::new(
+                    format!("services[{}]", s.name),
+                    Some(&s.name),
+                    "duplicate service name",
+                ));
+            }
+        }
+        let mut ids = BTreeMap::new();
+        for n in &self.nodes {
+            if ids.insert(n.id.as_str(), ()).is_some() {
+                return Err(TranslateError::new(
+                    format!("nodes[{}]", n.id),
+                    Some(&n.id),
+                    "duplicate node id",
+                ));
+            }
+            if let Some(svc) = &n.service {
+                if self.service(svc).is_none() {
+                    return Err(TranslateError::new(
+                        format!("nodes[{}].service", n.id),
+                        Some(&n.id),
+                        format!("no service named {svc:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mesh-core config of one node (the fallback when `node` is `None`), validated.
+    pub fn node_config(
+        &self,
+        node: Option<&NodeSpec>,
+        addrs: ListenerAddrs,
+    ) -> Result<MeshConfig, TranslateError> {
+        let mut cfg = MeshConfig::default();
+        let mut outbound = RouteConfiguration {
+            name: OUTBOUND.into(),
+            virtual_hosts: Vec::new(),
+        };
+        for s in &self.services {
+            cfg.clusters.push(cluster(s));
+            cfg.endpoints.push(assignment(s));
+            outbound.virtual_hosts.push(virtual_host(s));
+        }
+        // Each service alone first, so an error names the service rather than a list index.
+        for (s, (c, (la, vh))) in self.services.iter().zip(
+            cfg.clusters
+                .iter()
+                .zip(cfg.endpoints.iter().zip(&outbound.virtual_hosts)),
+        ) {
+            let at = format!("services[{}]", s.name);
+            let err = |e: mesh_core::ValidationError| TranslateError::new(&at, Some(&s.name), e);
+            c.validate().map_err(err)?;
+            la.validate().map_err(|e| err(e.within("endpoints")))?;
+            vh.validate().map_err(|e| err(e.within("routes")))?;
+        }
+        cfg.route_configs.push(outbound);
+        cfg.listeners.push(Listener {
+            name: OUTBOUND.into(),
+            address: addrs.outbound,
+            direction: Direction::Outbound,
+            route_config_name: OUTBOUND.into(),
+            route_config: None,
+            http: Default::default(),
+            rate_limit: None,
+        });
+        let service = node
+            .and_then(|n| n.service.as_deref())
+            .and_then(|s| self.service(s));
+        let mut local = Cluster::new(LOCAL_APP);
+        local.load_assignment = Some(ClusterLoadAssignment::from_addrs(
+            LOCAL_APP,
+            [addrs.local_app],
+        ));
+        if let Some(s) = service {
+            local.protocol = s.protocol;
+        }
+        cfg.clusters.push(local);
+        let mut to_app = RouteAction::to_cluster(LOCAL_APP);
+        if let Some(t) = service.and_then(|s| s.timeout) {
+            to_app.timeout = t;
+        }
+        cfg.route_configs.push(RouteConfiguration {
+            name: INBOUND.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: INBOUND.into(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    name: INBOUND.into(),
+                    action: to_app,
+                    ..Route::default()
+                }],
+            }],
+        });
+        cfg.listeners.push(Listener {
+            name: INBOUND.into(),
+            address: addrs.inbound,
+            direction: Direction::Inbound,
+            route_config_name: INBOUND.into(),
+            route_config: None,
+            http: Default::default(),
+            rate_limit: service.and_then(|s| s.rate_limit.clone()),
+        });
+        let at = node.map_or("listeners".to_owned(), |n| format!("nodes[{}]", n.id));
+        cfg.validate()
+            .map_err(|e| TranslateError::new(&at, node.map(|n| n.id.as_str()), e))?;
+        Ok(cfg)
+    }
+
+    fn node_snapshot(
+        &self,
+        node: Option<&NodeSpec>,
+        addrs: ListenerAddrs,
+        proxyless: bool,
+    ) -> Result<Snapshot, TranslateError> {
+        let cfg = self.node_config(node, addrs)?;
+        let at = node.map_or("listeners".to_owned(), |n| format!("nodes[{}]", n.id));
+        let err = |e: SnapshotError| TranslateError::new(&at, node.map(|n| n.id.as_str()), e);
+        let mut resources = Vec::new();
+        let mut push = |any| -> Result<(), TranslateError> {
+            resources.push(Resource::from_any(any).map_err(|e| err(e.into()))?);
+            Ok(())
+        };
+        for c in &cfg.clusters {
+            push(convert::encode(c))?;
+        }
+        for la in &cfg.endpoints {
+            push(convert::encode(la))?;
+        }
+        for rc in &cfg.route_configs {
+            if !proxyless || rc.name == OUTBOUND {
+                push(convert::encode(rc))?;
+            }
+        }
+        for l in &cfg.listeners {
+            if proxyless {
+                if l.name == OUTBOUND {
+                    for s in &self.services {
+                        push(api_listener(&s.name, l))?;
+                    }
+                }
+            } else {
+                push(convert::encode(l))?;
+            }
+        }
+        let snap = Snapshot::from_resources(resources).map_err(err)?;
+        snap.check_consistency().map_err(err)?;
+        Ok(snap)
+    }
+}
+
+fn cluster(s: &ServiceSpec) -> Cluster {
+    let mut c = Cluster::new(&s.name);
+    c.discovery = Discovery::Eds;
+    c.lb_policy = s.lb_policy.clone();
+    if let Some(t) = s.connect_timeout {
+        c.connect_timeout = t;
+    }
+    c.protocol = s.protocol;
+    if let Some(cb) = &s.circuit_breakers {
+        c.circuit_breakers = cb.clone();
+    }
+    c.outlier_detection = s.outlier_detection.clone();
+    c.health_check = s.health_check.clone();
+    c
+}
+
+/// The service's endpoints, one locality per zone (in zone order, so the content and hence
+/// the version do not depend on listing order).
+pub(crate) fn assignment(s: &ServiceSpec) -> ClusterLoadAssignment {
+    let mut zones: BTreeMap<&str, Vec<Endpoint>> = BTreeMap::new();
+    for e in &s.endpoints {
+        let mut ep = Endpoint::new(e.address);
+        ep.weight = e.weight;
+        ep.metadata = e.metadata.clone();
+        zones.entry(e.zone.as_str()).or_default().push(ep);
+    }
+    ClusterLoadAssignment {
+        endpoints: zones
+            .into_iter()
+            .map(|(zone, mut lb_endpoints)| {
+                lb_endpoints.sort_by_key(|e| e.address);
+                LocalityEndpoints {
+                    locality: Locality {
+                        zone: zone.to_owned(),
+                        ..Locality::default()
+                    },
+                    lb_endpoints,
+                    ..LocalityEndpoints::default()
+                }
+            })
+            .collect(),
+        // from_addrs for the model's defaults (e.g. the overprovisioning factor).
+        ..ClusterLoadAssignment::from_addrs(&s.name, [])
+    }
+}
+
+fn virtual_host(s: &ServiceSpec) -> VirtualHost {
+    let mut domains = vec![s.name.clone()];
+    if let Some(p) = s.port {
+        domains.push(format!("{}:{p}", s.name));
+    }
+    domains.extend(s.aliases.iter().cloned());
+    let routes = if s.routes.is_empty() {
+        let mut action = RouteAction::to_cluster(&s.name);
+        if let Some(t) = s.timeout {
+            action.timeout = t;
+        }
+        action.retry_policy = s.retry_policy.clone();
+        vec![Route {
+            name: s.name.clone(),
+            action,
+            ..Route::default()
+        }]
+    } else {
+        s.routes.clone()
+    };
+    VirtualHost {
+        name: s.name.clone(),
+        domains,
+        routes,
+    }
+}
+
+/// An API listener named after a service, for proxyless gRPC (`xds:///SERVICE`): the outbound
+/// listener's connection manager (RDS `outbound`), without the local rate-limit filter, which
+/// gRPC clients do not implement and would NACK.
+fn api_listener(service: &str, outbound: &Listener) -> envoy_types::pb::google::protobuf::Any {
+    let mut proto = convert::XdsResource::to_proto(outbound);
+    let manager = proto
+        .filter_chains
+        .pop()
+        .and_then(|fc| fc.filters.into_iter().next())
+        .and_then(|f| match f.config_type {
+            Some(lpb::filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        })
+        .and_then(|any| hcm::HttpConnectionManager::decode(any.value.as_slice()).ok())
+        .map(|mut m| {
+            m.http_filters.retain(|f| f.name != LOCAL_RATELIMIT_FILTER);
+            m
+        })
+        .unwrap_or_default();
+    let listener = lpb::Listener {
+        name: service.to_owned(),
+        api_listener: Some(lpb::ApiListener {
+            api_listener: Some(convert::pack(&manager)),
+        }),
+        ..lpb::Listener::default()
+    };
+    convert::pack(&listener)
+}
