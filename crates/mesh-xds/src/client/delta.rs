@@ -1,0 +1,139 @@
+//! Incremental (delta) xDS on the same state machine: per-resource versions, `removed_resources`,
+//! and subscribe/unsubscribe requests instead of whole name lists.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status;
+use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
+
+use super::state::{nack_status, status, AdsState, Outbound, Outgoing};
+use super::store::StoredResource;
+use super::ResourceType;
+use crate::convert::{decode, ConvertError};
+
+impl AdsState {
+    /// Handles a delta response: applies its added/changed resources and `removed_resources` as
+    /// one update (ACK), or none of it (NACK); then follows the resource chain.
+    pub fn on_delta_response(&mut self, resp: DeltaDiscoveryResponse) -> Vec<Outgoing> {
+        let Some(ty) = ResourceType::from_url(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
+            return Vec::new();
+        };
+        let key = fingerprint(&resp);
+        if let Some(rej) = &self.ty(ty).rejected {
+            if rej.key == key {
+                let error = rej.error.clone();
+                self.types[ty as usize].stats.nacks += 1;
+                return vec![Outgoing {
+                    request: self.delta_ack(ty, &resp.nonce, Some(error)),
+                    hold: true,
+                }];
+            }
+        }
+        let applied = match ty {
+            ResourceType::Listener => self.delta_apply::<Listener>(&resp),
+            ResourceType::RouteConfiguration => self.delta_apply::<RouteConfiguration>(&resp),
+            ResourceType::Cluster => self.delta_apply::<Cluster>(&resp),
+            ResourceType::ClusterLoadAssignment => self.delta_apply::<ClusterLoadAssignment>(&resp),
+        };
+        match applied {
+            Ok(()) => {
+                self.accepted(ty);
+                let ts = &mut self.types[ty as usize];
+                for name in &resp.removed_resources {
+                    ts.resource_versions.remove(name);
+                }
+                for r in &resp.resources {
+                    ts.resource_versions
+                        .insert(r.name.clone(), r.version.clone());
+                }
+                if !resp.system_version_info.is_empty() {
+                    ts.stats.version = resp.system_version_info.clone();
+                }
+                let mut out = vec![Outgoing::now(self.delta_ack(ty, &resp.nonce, None))];
+                out.extend(self.follow_chain(ty));
+                out
+            }
+            Err(error) => {
+                self.rejected(ty, key, &error);
+                vec![Outgoing::now(self.delta_ack(ty, &resp.nonce, Some(error)))]
+            }
+        }
+    }
+
+    fn delta_apply<T: StoredResource>(
+        &mut self,
+        resp: &DeltaDiscoveryResponse,
+    ) -> Result<(), Status> {
+        let names = &self.ty(T::TYPE).names;
+        let mut next = T::map(&self.store.config).clone();
+        for name in &resp.removed_resources {
+            next.remove(name);
+        }
+        let mut errors = Vec::new();
+        for r in &resp.resources {
+            let Some(any) = &r.resource else {
+                // A resource without a body only refreshes its TTL: nothing to apply.
+                continue;
+            };
+            match decode::<T>(any) {
+                Ok(v) if !r.name.is_empty() && v.resource_name() != r.name => {
+                    errors.push(ConvertError::new(
+                        format!("{}[{}]", T::KIND, r.name),
+                        format!("the resource is named {:?}", v.resource_name()),
+                    ));
+                }
+                Ok(v) => {
+                    let name = v.resource_name().to_string();
+                    if T::TYPE.is_wildcard() || names.contains(&name) {
+                        next.insert(name, v);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(nack_status(&errors));
+        }
+        self.store
+            .apply(next)
+            .map(drop)
+            .map_err(|e| status(e.to_string()))
+    }
+
+    fn delta_ack(&self, ty: ResourceType, nonce: &str, error: Option<Status>) -> Outbound {
+        Outbound::Delta(DeltaDiscoveryRequest {
+            node: Some(self.node.clone()),
+            type_url: ty.type_url().to_string(),
+            response_nonce: nonce.to_string(),
+            error_detail: error,
+            ..Default::default()
+        })
+    }
+}
+
+/// Identifies a delta response's content (names, versions, removals), so that the same rejected
+/// content resent under a new nonce is recognised.
+fn fingerprint(resp: &DeltaDiscoveryResponse) -> String {
+    let versions: BTreeMap<&str, &str> = resp
+        .resources
+        .iter()
+        .map(|r| (r.name.as_str(), r.version.as_str()))
+        .collect();
+    let mut key = String::new();
+    for (name, version) in versions {
+        key.push_str(name);
+        key.push('@');
+        key.push_str(version);
+        key.push('\n');
+    }
+    key.push('-');
+    for name in &resp.removed_resources {
+        key.push_str(name);
+        key.push('\n');
+    }
+    key
+}

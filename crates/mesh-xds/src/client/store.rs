@@ -1,0 +1,329 @@
+//! The client's view of the config and the sinks it feeds: every accepted change goes through
+//! [`Store::apply`], which hands it to the registered [`Reload`] sinks (rolling back the ones
+//! already fed if a later one refuses), then publishes it on the per-type watch channel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mesh_core::{
+    Cluster, ClusterLoadAssignment, Listener, RateLimitConfig, Reload, ReloadError,
+    RouteConfiguration,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::ResourceType;
+use crate::convert::XdsResource;
+
+/// Everything the client holds: the last accepted resource of each name, per type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct XdsConfig {
+    /// Listeners (LDS), by name.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, Listener>,
+    /// Route tables (RDS), by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfiguration>,
+    /// Clusters (CDS), by name.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Endpoint sets (EDS), by cluster (or EDS service) name.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+}
+
+impl XdsConfig {
+    /// The route-table names the listeners fetch by RDS.
+    pub fn wanted_routes(&self) -> std::collections::BTreeSet<String> {
+        self.listeners
+            .values()
+            .filter(|l| l.route_config.is_none())
+            .map(|l| l.route_config_name.clone())
+            .collect()
+    }
+
+    /// The EDS names of the EDS clusters.
+    pub fn wanted_endpoints(&self) -> std::collections::BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter(|c| c.discovery == mesh_core::Discovery::Eds)
+            .map(|c| c.eds_name().to_string())
+            .collect()
+    }
+
+    /// Whether every listener's route table and every EDS cluster's endpoints are present.
+    pub fn is_complete(&self) -> bool {
+        self.wanted_routes()
+            .iter()
+            .all(|r| self.routes.contains_key(r))
+            && self
+                .wanted_endpoints()
+                .iter()
+                .all(|e| self.endpoints.contains_key(e))
+    }
+}
+
+/// The current resources of one type, as published on its watch channel.
+pub type ResourceMap<T> = Arc<BTreeMap<String, T>>;
+
+/// A mesh-core type the client stores and feeds to sinks (the four xDS resource types).
+pub trait StoredResource: XdsResource {
+    /// Its xDS type.
+    const TYPE: ResourceType;
+    #[doc(hidden)]
+    fn map(config: &XdsConfig) -> &BTreeMap<String, Self>;
+    #[doc(hidden)]
+    fn map_mut(config: &mut XdsConfig) -> &mut BTreeMap<String, Self>;
+    #[doc(hidden)]
+    fn sinks(sinks: &mut Sinks) -> &mut TypedSinks<Self>;
+    #[doc(hidden)]
+    fn sinks_ref(sinks: &Sinks) -> &TypedSinks<Self>;
+}
+
+macro_rules! stored {
+    ($t:ty, $kind:ident, $field:ident) => {
+        impl StoredResource for $t {
+            const TYPE: ResourceType = ResourceType::$kind;
+            fn map(config: &XdsConfig) -> &BTreeMap<String, Self> {
+                &config.$field
+            }
+            fn map_mut(config: &mut XdsConfig) -> &mut BTreeMap<String, Self> {
+                &mut config.$field
+            }
+            fn sinks(sinks: &mut Sinks) -> &mut TypedSinks<Self> {
+                &mut sinks.$field
+            }
+            fn sinks_ref(sinks: &Sinks) -> &TypedSinks<Self> {
+                &sinks.$field
+            }
+        }
+    };
+}
+stored!(Listener, Listener, listeners);
+stored!(RouteConfiguration, RouteConfiguration, routes);
+stored!(Cluster, Cluster, clusters);
+stored!(ClusterLoadAssignment, ClusterLoadAssignment, endpoints);
+
+/// The sinks of one resource type.
+#[doc(hidden)]
+pub struct TypedSinks<T> {
+    /// Fed the whole set on any change.
+    all: Vec<Arc<dyn Reload<Vec<T>>>>,
+    /// Fed each added or changed resource.
+    each: Vec<Arc<dyn Reload<T>>>,
+    /// Fed the resource of one name when it changes.
+    named: Vec<(String, Arc<dyn Reload<T>>)>,
+    tx: watch::Sender<ResourceMap<T>>,
+}
+
+impl<T> Default for TypedSinks<T> {
+    fn default() -> Self {
+        Self {
+            all: Vec::new(),
+            each: Vec::new(),
+            named: Vec::new(),
+            tx: watch::Sender::new(Arc::new(BTreeMap::new())),
+        }
+    }
+}
+
+/// A rate-limit sink fed the rules one listener (and its route table) imply.
+struct RateLimitSink {
+    listener: String,
+    sink: Arc<dyn Reload<RateLimitConfig>>,
+    last: Option<RateLimitConfig>,
+}
+
+/// All registered sinks.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Sinks {
+    listeners: TypedSinks<Listener>,
+    routes: TypedSinks<RouteConfiguration>,
+    clusters: TypedSinks<Cluster>,
+    endpoints: TypedSinks<ClusterLoadAssignment>,
+    rate_limits: Vec<RateLimitSink>,
+}
+
+impl Sinks {
+    /// Registers a sink fed the whole set of `T` on every change (handles removals).
+    pub(crate) fn add_all<T: StoredResource>(&mut self, sink: Arc<dyn Reload<Vec<T>>>) {
+        T::sinks(self).all.push(sink);
+    }
+
+    /// Registers a sink fed every added or changed `T`.
+    pub(crate) fn add_each<T: StoredResource>(&mut self, sink: Arc<dyn Reload<T>>) {
+        T::sinks(self).each.push(sink);
+    }
+
+    /// Registers a sink fed the `T` named `name` whenever it changes.
+    pub(crate) fn add_named<T: StoredResource>(&mut self, name: String, sink: Arc<dyn Reload<T>>) {
+        T::sinks(self).named.push((name, sink));
+    }
+
+    /// Registers a sink fed the rate-limit rules of `listener`.
+    pub(crate) fn add_rate_limit(
+        &mut self,
+        listener: String,
+        sink: Arc<dyn Reload<RateLimitConfig>>,
+    ) {
+        self.rate_limits.push(RateLimitSink {
+            listener,
+            sink,
+            last: None,
+        });
+    }
+
+    pub(crate) fn watch<T: StoredResource>(&self) -> watch::Receiver<ResourceMap<T>> {
+        T::sinks_ref(self).tx.subscribe()
+    }
+}
+
+/// The config plus its sinks.
+#[derive(Default)]
+pub(crate) struct Store {
+    pub(crate) config: XdsConfig,
+    pub(crate) sinks: Sinks,
+}
+
+impl Store {
+    pub(crate) fn new(config: XdsConfig, sinks: Sinks) -> Self {
+        Self { config, sinks }
+    }
+
+    /// Feeds every sink the whole current config (at start-up, from a persisted config).
+    pub(crate) fn prime(&mut self) -> Result<(), ReloadError> {
+        let config = std::mem::take(&mut self.config);
+        self.apply(config.clusters)?;
+        self.apply(config.endpoints)?;
+        self.apply(config.routes)?;
+        self.apply(config.listeners)?;
+        Ok(())
+    }
+
+    /// Replaces the resources of type `T` with `next`, feeding the sinks. On a refusal the sinks
+    /// already fed get the previous state back and the store is left unchanged.
+    /// Returns whether anything changed.
+    pub(crate) fn apply<T: StoredResource>(
+        &mut self,
+        next: BTreeMap<String, T>,
+    ) -> Result<bool, ReloadError> {
+        let prev = T::map(&self.config);
+        if *prev == next {
+            return Ok(false);
+        }
+        let sinks = T::sinks_ref(&self.sinks);
+        feed(sinks, prev, &next)?;
+        if matches!(
+            T::TYPE,
+            ResourceType::Listener | ResourceType::RouteConfiguration
+        ) {
+            let mut after = self.config.clone();
+            *T::map_mut(&mut after) = next.clone();
+            if let Err(e) = feed_rate_limits(&mut self.sinks.rate_limits, &after) {
+                let sinks = T::sinks_ref(&self.sinks);
+                let all = (sinks.each.len(), sinks.named.len(), sinks.all.len());
+                undo(sinks, T::map(&self.config), &next, all);
+                return Err(e);
+            }
+        }
+        let shared = Arc::new(next.clone());
+        *T::map_mut(&mut self.config) = next;
+        T::sinks_ref(&self.sinks).tx.send_replace(shared);
+        Ok(true)
+    }
+}
+
+fn changed<'a, T: XdsResource>(
+    prev: &'a BTreeMap<String, T>,
+    next: &'a BTreeMap<String, T>,
+) -> impl Iterator<Item = &'a T> + 'a {
+    next.iter()
+        .filter(move |(k, v)| prev.get(*k) != Some(*v))
+        .map(|(_, v)| v)
+}
+
+fn feed<T: StoredResource>(
+    sinks: &TypedSinks<T>,
+    prev: &BTreeMap<String, T>,
+    next: &BTreeMap<String, T>,
+) -> Result<(), ReloadError> {
+    let (n_each, n_named) = (sinks.each.len(), sinks.named.len());
+    for (i, sink) in sinks.each.iter().enumerate() {
+        for v in changed(prev, next) {
+            if let Err(e) = sink.reload(v.clone()) {
+                // This sink may hold part of the update: it is rolled back too.
+                undo(sinks, prev, next, (i + 1, 0, 0));
+                return Err(e);
+            }
+        }
+    }
+    for (i, (name, sink)) in sinks.named.iter().enumerate() {
+        let Some(v) = next.get(name).filter(|v| prev.get(name) != Some(*v)) else {
+            continue;
+        };
+        if let Err(e) = sink.reload(v.clone()) {
+            undo(sinks, prev, next, (n_each, i, 0));
+            return Err(e);
+        }
+    }
+    for (i, sink) in sinks.all.iter().enumerate() {
+        if let Err(e) = sink.reload(next.values().cloned().collect()) {
+            undo(sinks, prev, next, (n_each, n_named, i));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Gives the first `each`, `named` and `all` sinks the previous state back (best effort: a sink
+/// that refuses its previous state keeps what it has).
+fn undo<T: StoredResource>(
+    sinks: &TypedSinks<T>,
+    prev: &BTreeMap<String, T>,
+    next: &BTreeMap<String, T>,
+    (each, named, all): (usize, usize, usize),
+) {
+    for sink in sinks.each.iter().take(each) {
+        for v in changed(prev, next) {
+            if let Some(old) = prev.get(v.resource_name()) {
+                let _ = sink.reload(old.clone());
+            }
+        }
+    }
+    for (name, sink) in sinks.named.iter().take(named) {
+        if let Some(old) = prev.get(name).filter(|old| next.get(name) != Some(*old)) {
+            let _ = sink.reload(old.clone());
+        }
+    }
+    for sink in sinks.all.iter().take(all) {
+        let _ = sink.reload(prev.values().cloned().collect());
+    }
+}
+
+fn feed_rate_limits(sinks: &mut [RateLimitSink], config: &XdsConfig) -> Result<(), ReloadError> {
+    let mut fed = Vec::new();
+    for (i, s) in sinks.iter().enumerate() {
+        let Some(l) = config.listeners.get(&s.listener) else {
+            continue;
+        };
+        let rules = RateLimitConfig::for_listener(l, config.routes.get(l.route_name()));
+        if s.last.as_ref() == Some(&rules) {
+            continue;
+        }
+        if let Err(e) = s.sink.reload(rules.clone()) {
+            for (j, _) in &fed {
+                let prev: &RateLimitSink = &sinks[*j];
+                if let Some(last) = &prev.last {
+                    let _ = prev.sink.reload(last.clone());
+                }
+            }
+            return Err(e);
+        }
+        fed.push((i, rules));
+    }
+    for (i, rules) in fed {
+        sinks[i].last = Some(rules);
+    }
+    Ok(())
+}
