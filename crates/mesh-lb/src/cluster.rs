@@ -28,8 +28,9 @@ pub struct ClusterState {
     pub(crate) config: Cluster,
     pub(crate) set: Shared<EndpointSet>,
     pub(crate) endpoints: Shared<EndpointMap>,
-    /// The current assignment; the lock also serialises rebuilds (config path only).
-    assignment: Mutex<ClusterLoadAssignment>,
+    /// The current assignment and the draining endpoints; the lock also serialises rebuilds
+    /// and drain decisions (config path only).
+    assignment: Mutex<Assignment>,
     local: Option<Locality>,
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) upstream: UpstreamClients,
@@ -40,6 +41,15 @@ pub struct ClusterState {
     pub(crate) rebuild_needed: Arc<Notify>,
     has_maintenance: bool,
     pub(crate) tasks: CancellationToken,
+}
+
+/// What the config-path lock guards.
+#[derive(Default)]
+struct Assignment {
+    current: ClusterLoadAssignment,
+    /// Removed endpoints whose connections are not closed yet; an endpoint re-added meanwhile
+    /// is revived from here, so it keeps its pooled connections (the pool is keyed by address).
+    draining: EndpointMap,
 }
 
 impl std::fmt::Debug for ClusterState {
@@ -69,7 +79,9 @@ impl ClusterState {
     ) -> Arc<Self> {
         let name: Arc<str> = config.name.as_str().into();
         let breaker = Arc::new(CircuitBreaker::new(config.circuit_breakers.clone()));
-        let endpoints = Shared::from_arc(carried.unwrap_or_default());
+        let carried = carried.unwrap_or_default();
+        let already_ejected = carried.values().filter(|e| e.is_ejected()).count() as u32;
+        let endpoints = Shared::from_arc(carried);
         let upstream =
             UpstreamClients::new(&config, name.clone(), breaker.clone(), endpoints.clone());
         let runtime = tokio::runtime::Handle::try_current().ok();
@@ -79,12 +91,12 @@ impl ClusterState {
             config,
             set: Shared::new(EndpointSet::default()),
             endpoints,
-            assignment: Mutex::new(ClusterLoadAssignment::default()),
+            assignment: Mutex::new(Assignment::default()),
             local,
             breaker,
             upstream,
             epoch: tokio::time::Instant::now(),
-            ejected: AtomicU32::new(0),
+            ejected: AtomicU32::new(already_ejected),
             rebuild_needed: Arc::new(Notify::new()),
             tasks: CancellationToken::new(),
         });
@@ -141,7 +153,7 @@ impl ClusterState {
         self.set.load().pick(hash).cloned()
     }
 
-    fn lock(&self) -> MutexGuard<'_, ClusterLoadAssignment> {
+    fn lock(&self) -> MutexGuard<'_, Assignment> {
         // A panic while holding the lock leaves a consistent assignment behind (it is only
         // replaced whole), so a poisoned lock is still usable.
         self.assignment.lock().unwrap_or_else(|e| e.into_inner())
@@ -149,33 +161,39 @@ impl ClusterState {
 
     /// Swaps in a new endpoint assignment: endpoints that stay keep their state, new ones start
     /// healthy, removed ones drain and then close their connections.
-    pub(crate) fn update_assignment(&self, cla: ClusterLoadAssignment) {
-        let mut current = self.lock();
+    pub(crate) fn update_assignment(self: &Arc<Self>, cla: ClusterLoadAssignment) {
+        let mut guard = self.lock();
         let old = self.endpoints.load_full();
         let mut map = EndpointMap::with_capacity(cla.len());
         for (_, e) in cla.iter() {
-            let st = old
-                .get(&e.address)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(EndpointState::new(e.address)));
+            let st = match old.get(&e.address) {
+                Some(st) => st.clone(),
+                None => match guard.draining.remove(&e.address) {
+                    Some(st) => {
+                        st.removed.store(false, Ordering::Release);
+                        st
+                    }
+                    None => Arc::new(EndpointState::new(e.address)),
+                },
+            };
             st.eds_healthy
                 .store(e.health.is_healthy(), Ordering::Relaxed);
             map.insert(e.address, st);
         }
         let set = EndpointSet::build(&cla, &map, self.options());
-        self.endpoints.store(map);
-        self.set.store(set);
-        *current = cla;
-        drop(current);
-        let now = self.endpoints.load();
         for (addr, st) in old.iter() {
-            if !now.contains_key(addr) {
+            if !map.contains_key(addr) {
                 if st.ejected.swap(false, Ordering::AcqRel) {
                     self.ejected.fetch_sub(1, Ordering::AcqRel);
                 }
+                st.removed.store(true, Ordering::Release);
+                guard.draining.insert(*addr, st.clone());
                 self.drain(st.clone());
             }
         }
+        self.endpoints.store(map);
+        self.set.store(set);
+        guard.current = cla;
     }
 
     fn options(&self) -> BuildOptions<'_> {
@@ -189,10 +207,10 @@ impl ClusterState {
 
     /// Recomputes the endpoint set from the current assignment and health (off the data path).
     pub(crate) fn rebuild(&self) {
-        let current = self.lock();
+        let guard = self.lock();
         let map = self.endpoints.load_full();
         self.set
-            .store(EndpointSet::build(&current, &map, self.options()));
+            .store(EndpointSet::build(&guard.current, &map, self.options()));
     }
 
     /// Asks for a rebuild after a health change seen on the data path: the maintenance task
@@ -205,22 +223,46 @@ impl ClusterState {
         }
     }
 
-    /// Closes a removed endpoint's connections once its in-flight requests are done.
-    fn drain(&self, st: Arc<EndpointState>) {
+    /// Closes a removed endpoint's connections once its in-flight requests are done, unless it
+    /// was re-added meanwhile.
+    fn drain(self: &Arc<Self>, st: Arc<EndpointState>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            st.close.cancel();
+            // No runtime, so no request in flight either.
+            self.close_if_removed(&st);
             return;
         };
-        let owner = self.tasks.clone();
+        let (owner, cluster) = (self.tasks.clone(), Arc::downgrade(self));
         rt.spawn(async move {
             let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-            while st.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            loop {
+                // The first wait is a grace period for a request that picked the endpoint from
+                // the previous set and is about to count itself in flight.
                 tokio::select! {
                     _ = owner.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
+                if st.in_flight() == 0 || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
             }
-            st.close.cancel();
+            match cluster.upgrade() {
+                Some(c) => c.close_if_removed(&st),
+                None => st.close.cancel(),
+            }
         });
+    }
+
+    fn close_if_removed(&self, st: &Arc<EndpointState>) {
+        let mut guard = self.lock();
+        if st.removed.load(Ordering::Acquire) {
+            st.close.cancel();
+            if guard
+                .draining
+                .get(&st.address())
+                .is_some_and(|d| Arc::ptr_eq(d, st))
+            {
+                guard.draining.remove(&st.address());
+            }
+        }
     }
 }

@@ -30,6 +30,8 @@ pub struct EndpointState {
     pub(crate) ejections: AtomicU32,
     pub(crate) consecutive_5xx: AtomicU32,
     pub(crate) consecutive_gateway: AtomicU32,
+    /// Set while the endpoint is out of its cluster (draining).
+    pub(crate) removed: AtomicBool,
     /// Cancelled when the endpoint left its cluster and drained: its connections close.
     pub(crate) close: CancellationToken,
 }
@@ -50,6 +52,7 @@ impl EndpointState {
             ejections: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
+            removed: AtomicBool::new(false),
             close: CancellationToken::new(),
         }
     }

@@ -172,10 +172,11 @@ impl EndpointSet {
             if load == 0 {
                 continue;
             }
-            // With no healthy host anywhere, all traffic goes to the first level in panic.
+            // With no healthy host anywhere, all traffic goes to the first level in panic,
+            // unless the threshold is 0, which disables panic mode (Envoy: no host, 503).
             let groups = &by_priority[p];
             let any_healthy = groups.iter().any(|g| g.2.iter().any(|x| x.2));
-            let panic = *panic || !any_healthy;
+            let panic = *panic || (!any_healthy && opts.panic_threshold > 0.0);
             let Some(level) = build_level(*p, panic, groups, overprov, opts) else {
                 continue;
             };
