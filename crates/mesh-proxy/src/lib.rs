@@ -11,5 +11,8 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod headers;
+pub mod listeners;
 pub mod metrics;
 pub mod server;
+pub mod sidecar;
+pub mod stack;

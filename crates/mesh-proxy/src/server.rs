@@ -17,14 +17,14 @@ use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::util::BoxCloneSyncService;
+use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use crate::headers;
 use crate::metrics::{status_class, Metrics, RequestLabels};
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
-pub type StackService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
 
 /// What a listener needs besides its socket.
 #[derive(Clone, Debug)]

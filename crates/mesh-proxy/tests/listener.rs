@@ -18,11 +18,11 @@ use mesh_proxy::server::{serve, ListenerSettings, StackService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tower::util::BoxCloneSyncService;
+use tower::util::BoxCloneService;
 
 /// Echoes what the edge handed the stack: headers and extensions, after an optional delay.
 fn echo_stack() -> StackService {
-    BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| async move {
+    BoxCloneService::new(tower::service_fn(|req: Request<Body>| async move {
         let delay = req
             .headers()
             .get("x-delay-ms")

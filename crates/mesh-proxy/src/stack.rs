@@ -1,0 +1,175 @@
+//! The layer stack of one listener, assembled from the layer crates:
+//! rate limit (listener rules) → router → rate limit (route rules) → load balancer → upstream.
+//!
+//! Route-scoped limits need the router's decision, so they sit inside it; listener-wide limits
+//! stay outside, so even a request that matches no route is counted, as with Envoy's
+//! `local_ratelimit` filter.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use mesh_core::extensions::{MatchedRoute, TargetCluster};
+use mesh_core::{
+    Body, BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError,
+    RouteConfiguration,
+};
+use mesh_lb::{ClusterManager, LoadBalance};
+use mesh_ratelimit::RateLimitLayer;
+use mesh_router::{LayerRegistry, RouterLayer};
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+use crate::server::StackService;
+
+/// The live, reloadable layers of one listener. Cloning shares them.
+#[derive(Clone, Debug)]
+pub struct ListenerStack {
+    listener_limits: RateLimitLayer,
+    router: RouterLayer,
+    route_limits: RateLimitLayer,
+    clusters: ClusterManager,
+}
+
+impl ListenerStack {
+    /// Builds the stack for `listener` serving `routes` (the listener's inline table when
+    /// `None`), sending to `clusters`.
+    pub fn new(
+        listener: &Listener,
+        routes: Option<&RouteConfiguration>,
+        clusters: ClusterManager,
+        registry: LayerRegistry,
+    ) -> Result<Self, ReloadError> {
+        let (outer, inner) = split_limits(RateLimitConfig::for_listener(listener, routes));
+        let router = RouterLayer::empty(registry);
+        if let Some(rc) = routes.or(listener.route_config.as_ref()) {
+            router.reload(rc.clone())?;
+        }
+        Ok(Self {
+            listener_limits: RateLimitLayer::new(outer)?,
+            router,
+            route_limits: RateLimitLayer::new(inner)?,
+            clusters,
+        })
+    }
+
+    /// Applies a new route table (RDS) and the route limits it carries, or refuses both.
+    pub fn reload_routes(
+        &self,
+        listener: &Listener,
+        routes: RouteConfiguration,
+    ) -> Result<(), ReloadError> {
+        let (outer, inner) = split_limits(RateLimitConfig::for_listener(listener, Some(&routes)));
+        // Validate the limits before the table goes live, so a refusal changes nothing.
+        RateLimitLayer::new(inner.clone())?;
+        self.router.reload(routes)?;
+        self.route_limits.reload(inner)?;
+        self.listener_limits.reload(outer)
+    }
+
+    /// The router layer (for its table, e.g. in the config dump).
+    pub fn router(&self) -> &RouterLayer {
+        &self.router
+    }
+
+    /// The boxed service a listener serves.
+    pub fn service(&self) -> StackService {
+        let upstream = LoadBalance::upstream(self.clusters.clone());
+        let svc = ServiceBuilder::new()
+            .layer(self.listener_limits.clone())
+            .layer(self.router.clone())
+            .layer(self.route_limits.clone())
+            .layer(DecisionToResponse)
+            .service(upstream);
+        BoxCloneService::new(svc.map_err(Into::<BoxError>::into))
+    }
+}
+
+/// Listener-scoped rules go outside the router, route-scoped ones inside.
+fn split_limits(all: RateLimitConfig) -> (RateLimitConfig, RateLimitConfig) {
+    let (outer, inner) = all
+        .rules
+        .into_iter()
+        .partition(|r| r.scope == RateLimitScope::Listener);
+    (
+        RateLimitConfig {
+            rules: outer,
+            max_descriptors: all.max_descriptors,
+        },
+        RateLimitConfig {
+            rules: inner,
+            max_descriptors: all.max_descriptors,
+        },
+    )
+}
+
+/// Copies the router's decision onto the response, so the listener's metrics can label it.
+#[derive(Clone, Copy, Debug)]
+struct DecisionToResponse;
+
+impl<S> Layer<S> for DecisionToResponse {
+    type Service = CopyDecision<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CopyDecision { inner }
+    }
+}
+
+/// The service of [`DecisionToResponse`].
+#[derive(Clone, Debug)]
+struct CopyDecision<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for CopyDecision<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = CopyDecisionFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let route = req.extensions().get::<MatchedRoute>().cloned();
+        let cluster = req.extensions().get::<TargetCluster>().cloned();
+        CopyDecisionFuture {
+            inner: self.inner.call(req),
+            route,
+            cluster,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`CopyDecision`].
+    struct CopyDecisionFuture<F> {
+        #[pin]
+        inner: F,
+        route: Option<MatchedRoute>,
+        cluster: Option<TargetCluster>,
+    }
+}
+
+impl<F, E> Future for CopyDecisionFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.inner.poll(cx))?;
+        if let Some(r) = this.route.take() {
+            resp.extensions_mut().insert(r);
+        }
+        if let Some(c) = this.cluster.take() {
+            resp.extensions_mut().insert(c);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
