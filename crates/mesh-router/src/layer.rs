@@ -206,3 +206,6 @@ where
         Poll::Ready(result)
     }
 }
+
+#[cfg(test)]
+mod tests;

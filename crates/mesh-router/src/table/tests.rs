@@ -68,7 +68,8 @@ virtual_hosts:
 fn every_matcher_kind() {
     let t = table(MATCHERS);
     let grpc = [("content-type", "application/grpc")];
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(&str, Headers, &str)] = &[
         ("/exact", &[], "exact"),
         ("/exact?x=1", &[], "exact"),
         ("/exact/more", &[], "404"),
