@@ -61,3 +61,8 @@ fn envoy_follows_mesh_yaml(api_type: &str) {
 fn envoy_sotw_ads_follows_mesh_yaml() {
     envoy_follows_mesh_yaml("GRPC");
 }
+
+#[test]
+fn envoy_delta_ads_follows_mesh_yaml() {
+    envoy_follows_mesh_yaml("DELTA_GRPC");
+}

@@ -101,3 +101,70 @@ async fn ads_over_grpc_serves_and_pushes() {
     assert_eq!(server.open_streams(), 0, "closed streams are released");
     task.abort();
 }
+
+#[tokio::test]
+async fn per_type_services_stream_sotw_and_delta() {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    let cache = SnapshotCache::new();
+    cache.set_snapshot("sidecar-1", snapshot(&["a"])).unwrap();
+    let server = XdsServer::new(cache.clone()).max_concurrent_streams(8);
+    let (addr, task) = server
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut cds = ClusterDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    // State of the world on CDS, the type URL implied by the service.
+    let mut req = request("", "");
+    req.type_url.clear();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(req).await.unwrap();
+    let mut sotw = cds
+        .stream_clusters(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut sotw).await.resources.len(), 1);
+
+    // Delta on CDS.
+    let (dtx, drx) = mpsc::channel(4);
+    dtx.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: "sidecar-1".into(),
+            ..Node::default()
+        }),
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await
+    .unwrap();
+    let mut delta = cds
+        .delta_clusters(ReceiverStream::new(drx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), delta.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.resources[0].name, "a");
+    cache
+        .set_snapshot("sidecar-1", snapshot(&["a", "b"]))
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), delta.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let names: Vec<_> = second.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["b"], "delta sends only the new cluster");
+    assert_eq!(
+        next(&mut sotw).await.resources.len(),
+        2,
+        "SotW sends the whole set"
+    );
+    task.abort();
+}

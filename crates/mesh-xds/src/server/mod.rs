@@ -26,4 +26,6 @@ pub use validate::mesh_core_validator;
 pub use xds::XdsServer;
 
 #[cfg(test)]
+mod delta_tests;
+#[cfg(test)]
 mod tests;
