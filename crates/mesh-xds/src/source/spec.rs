@@ -170,6 +170,28 @@ fn one() -> u32 {
     1
 }
 
+impl ServiceSpec {
+    /// A service with the defaults and no endpoints.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            port: None,
+            aliases: Vec::new(),
+            protocol: UpstreamProtocol::default(),
+            endpoints: Vec::new(),
+            lb_policy: LbPolicy::default(),
+            connect_timeout: None,
+            circuit_breakers: None,
+            outlier_detection: None,
+            health_check: None,
+            timeout: None,
+            retry_policy: None,
+            rate_limit: None,
+            routes: Vec::new(),
+        }
+    }
+}
+
 impl MeshSpec {
     /// Parses YAML; errors carry the line and column.
     pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
