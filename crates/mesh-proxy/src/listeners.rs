@@ -32,6 +32,8 @@ struct Live {
 #[derive(Clone)]
 pub struct ListenerManager {
     live: Arc<Mutex<HashMap<String, Live>>>,
+    routes: Arc<Mutex<HashMap<String, RouteConfiguration>>>,
+    strict_routes: bool,
     clusters: ClusterManager,
     registry: LayerRegistry,
     metrics: Metrics,
@@ -62,12 +64,22 @@ impl ListenerManager {
     ) -> Self {
         Self {
             live: Arc::default(),
+            routes: Arc::default(),
+            strict_routes: true,
             clusters,
             registry,
             metrics,
             max_connections,
             drain,
         }
+    }
+
+    /// Dynamic (xDS) mode: a listener whose route table has not arrived yet serves an empty
+    /// table (404) until RDS delivers it, instead of being refused.
+    #[must_use]
+    pub fn lenient_routes(mut self) -> Self {
+        self.strict_routes = false;
+        self
     }
 
     /// The bound addresses by listener name (the real port when the config said 0).
@@ -91,41 +103,45 @@ impl ListenerManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes the live set equal `wanted`. `routes` resolves route-config names. Every listener
-    /// is validated and every new socket bound before anything changes, so a refused update
-    /// leaves the old set serving.
-    pub async fn apply(
-        &self,
-        wanted: Vec<Listener>,
-        routes: &HashMap<String, RouteConfiguration>,
-    ) -> Result<(), ReloadError> {
+    /// Makes the live set equal `wanted`, resolving route-config names against the tables given
+    /// to [`apply_routes`](Self::apply_routes). Every listener is validated and every new socket
+    /// bound before anything changes, so a refused update leaves the old set serving. Must run
+    /// inside a tokio runtime (the sockets are registered with it).
+    pub fn apply(&self, wanted: Vec<Listener>) -> Result<(), ReloadError> {
         let mut prepared = Vec::new();
-        let current: HashMap<String, (Listener, SocketAddr)> = self
+        let current: HashMap<String, Listener> = self
             .lock()
             .iter()
-            .map(|(n, l)| (n.clone(), (l.config.clone(), l.local_addr)))
+            .map(|(n, l)| (n.clone(), l.config.clone()))
             .collect();
+        let mut seen = std::collections::HashSet::new();
         for l in &wanted {
             l.validate().map_err(|e| refuse(l, e))?;
+            if !seen.insert(l.name.as_str()) {
+                return Err(refuse(l, "listed twice"));
+            }
             let table = match &l.route_config {
                 Some(_) => None,
-                None => Some(routes.get(&l.route_config_name).ok_or_else(|| {
-                    refuse(
-                        l,
-                        format!("route configuration {:?} is not known", l.route_config_name),
-                    )
-                })?),
+                None => {
+                    let known = self.routes().get(&l.route_config_name).cloned();
+                    if known.is_none() && self.strict_routes {
+                        return Err(refuse(
+                            l,
+                            format!("route configuration {:?} is not known", l.route_config_name),
+                        ));
+                    }
+                    known
+                }
             };
             match current.get(&l.name) {
-                Some((old, _)) if old == l => {}
-                Some((old, _)) if old.address == l.address && old.http == l.http => {
-                    prepared.push((l.clone(), table.cloned(), None));
+                Some(old) if old == l => {}
+                Some(old) if old.address == l.address && old.http == l.http => {
+                    prepared.push((l.clone(), table, None));
                 }
                 _ => {
-                    let socket = TcpListener::bind(l.address)
-                        .await
+                    let socket = bind(l.address)
                         .map_err(|e| refuse(l, format!("bind {}: {e}", l.address)))?;
-                    prepared.push((l.clone(), table.cloned(), Some(socket)));
+                    prepared.push((l.clone(), table, Some(socket)));
                 }
             }
         }
@@ -191,15 +207,35 @@ impl ListenerManager {
         Ok(())
     }
 
-    /// Applies a route table (RDS) to every listener that serves it.
+    /// Remembers a route table (RDS) and applies it to every listener that serves it; a table
+    /// one listener refuses is refused whole (listeners applied before it keep the new table,
+    /// which passed the same validation, so they differ only in rate-limit compilation).
     pub fn apply_routes(&self, routes: &RouteConfiguration) -> Result<(), ReloadError> {
-        let live = self.lock();
-        for l in live.values().filter(|l| {
-            l.config.route_config.is_none() && l.config.route_config_name == routes.name
-        }) {
-            l.stack.reload_routes(&l.config, routes.clone())?;
+        let stacks: Vec<(Listener, ListenerStack)> = self
+            .lock()
+            .values()
+            .filter(|l| {
+                l.config.route_config.is_none() && l.config.route_config_name == routes.name
+            })
+            .map(|l| (l.config.clone(), l.stack.clone()))
+            .collect();
+        for (config, stack) in stacks {
+            stack.reload_routes(&config, routes.clone())?;
         }
+        self.routes().insert(routes.name.clone(), routes.clone());
         Ok(())
+    }
+
+    /// Forgets route tables no longer delivered (listeners serving them keep their last table,
+    /// as Envoy does until the listener itself changes).
+    pub fn retain_routes(&self, names: &std::collections::HashSet<String>) {
+        self.routes().retain(|n, _| names.contains(n));
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, RouteConfiguration>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn spawn(&self, config: Listener, stack: ListenerStack, socket: TcpListener) -> Live {
@@ -239,4 +275,15 @@ impl ListenerManager {
             let _ = l.task.await;
         }
     }
+}
+
+/// Binds like Envoy: `SO_REUSEADDR`, so a listener can come back on its port at once.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

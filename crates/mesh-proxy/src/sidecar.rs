@@ -1,7 +1,6 @@
 //! The sidecar process: clusters, listeners and the admin endpoint, started from a bootstrap
 //! and stopped with a drain.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,15 +62,10 @@ impl Sidecar {
             boot.max_connections,
             boot.drain_timeout,
         );
-        let routes: HashMap<_, _> = boot
-            .mesh
-            .route_configs
-            .iter()
-            .map(|rc| (rc.name.clone(), rc.clone()))
-            .collect();
-        listeners
-            .apply(boot.mesh.listeners.clone(), &routes)
-            .await?;
+        for rc in &boot.mesh.route_configs {
+            listeners.apply_routes(rc)?;
+        }
+        listeners.apply(boot.mesh.listeners.clone())?;
 
         let dump_cfg = Arc::new(boot.mesh.clone());
         let dump_listeners = listeners.clone();

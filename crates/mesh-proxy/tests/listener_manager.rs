@@ -3,7 +3,6 @@
 //! update changes nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -57,14 +56,9 @@ async fn listeners_follow_config_like_lds() {
         Duration::from_secs(1),
     );
     let p = mesh_testkit::free_ports(3);
-    let table: HashMap<_, _> = [("r".to_string(), routes("r", "/"))].into();
-
-    mgr.apply(
-        vec![listener("a", p[0], "r"), listener("b", p[1], "r")],
-        &table,
-    )
-    .await
-    .unwrap();
+    mgr.apply_routes(&routes("r", "/")).unwrap();
+    mgr.apply(vec![listener("a", p[0], "r"), listener("b", p[1], "r")])
+        .unwrap();
     assert!(open(p[0]).await && open(p[1]).await);
     assert_eq!(status(p[0], "/x").await, 200);
 
@@ -74,9 +68,7 @@ async fn listeners_follow_config_like_lds() {
     assert_eq!(status(p[0], "/only").await, 200);
 
     // b removed, a moved to a new port.
-    mgr.apply(vec![listener("a", p[2], "r")], &table)
-        .await
-        .unwrap();
+    mgr.apply(vec![listener("a", p[2], "r")]).unwrap();
     let closed = mesh_testkit::wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
         (std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], p[1]))).is_err()
             && std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], p[0]))).is_err())
@@ -91,15 +83,18 @@ async fn listeners_follow_config_like_lds() {
 
     // A listener naming an unknown route table is refused, and nothing changes.
     let err = mgr
-        .apply(
-            vec![listener("a", p[2], "r"), listener("z", p[0], "missing")],
-            &table,
-        )
-        .await
+        .apply(vec![
+            listener("a", p[2], "r"),
+            listener("z", p[0], "missing"),
+        ])
         .unwrap_err();
     assert!(err.to_string().contains("listener \"z\""), "{err}");
     assert!(!open(p[0]).await);
-    assert_eq!(status(p[2], "/x").await, 200, "the old set keeps serving");
+    assert_eq!(
+        status(p[2], "/only").await,
+        200,
+        "the old set keeps serving"
+    );
     mgr.shutdown().await;
     assert!(!open(p[2]).await);
 }
