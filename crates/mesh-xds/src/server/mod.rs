@@ -7,9 +7,11 @@
 //! - [`XdsServer`] serves the cache over ADS (state of the world and delta) and the per-type
 //!   services, with nonce/version handling, NACK parking and dependency-ordered pushes.
 
+pub mod admin;
 mod cache;
 mod callbacks;
 mod delta;
+mod metrics;
 mod resource;
 mod snapshot;
 mod sotw;
@@ -19,6 +21,7 @@ mod xds;
 
 pub use cache::{CacheDump, Current, NodeDump, NodeHash, SnapshotCache, TypeDump, Validator};
 pub use callbacks::{Callbacks, NoCallbacks, StreamId, StreamKind};
+pub use metrics::Metrics;
 pub use resource::{Named, Resource, ResourceError, ResourceType};
 pub use snapshot::{Snapshot, SnapshotError, TypeSnapshot};
 pub use status::{StatusDump, TypeStatusDump};

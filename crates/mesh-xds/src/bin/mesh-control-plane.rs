@@ -1,0 +1,129 @@
+//! `mesh-control-plane`: the xDS control plane, serving a `mesh.yaml` (hot reloaded) or etcd
+//! registrations to sidecars, real Envoy and proxyless gRPC clients.
+//!
+//! ```text
+//! mesh-control-plane --config mesh.yaml --listen 0.0.0.0:18000 --admin 127.0.0.1:19000
+//! mesh-control-plane --etcd http://127.0.0.1:2379 --prefix /mesh [--config base.yaml]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use mesh_xds::server::{admin, mesh_core_validator, Metrics, SnapshotCache, XdsServer};
+use mesh_xds::source::{EtcdSource, FileSource, MeshSpec};
+
+/// The xDS control plane of the mesh.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-control-plane", version)]
+struct Args {
+    /// The mesh file (hot reloaded); with --etcd, the base spec the registrations join.
+    #[arg(long, env = "MESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// etcd endpoints (comma-separated, `host:port` or `http://host:port`).
+    #[arg(long, env = "MESH_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of the registrations in etcd.
+    #[arg(long, default_value = "/mesh")]
+    prefix: String,
+    /// Address of the xDS gRPC server.
+    #[arg(long, default_value = "0.0.0.0:18000")]
+    listen: SocketAddr,
+    /// Address of the admin endpoint (/snapshots, /metrics, /healthz).
+    #[arg(long, default_value = "127.0.0.1:19000")]
+    admin: SocketAddr,
+    /// Most discovery streams open at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_streams: usize,
+    /// What snapshots are keyed by: the node id, or the node cluster (one per group).
+    #[arg(long, value_enum, default_value_t = NodeKey::Id)]
+    node_key: NodeKey,
+    /// How often the mesh file is checked for changes.
+    #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
+    poll: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NodeKey {
+    Id,
+    Cluster,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let v: serde_json::Value = serde_json::Value::String(s.to_owned());
+    #[derive(serde::Deserialize)]
+    struct D(#[serde(with = "humantime_serde")] Duration);
+    serde_json::from_value::<D>(v)
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    if args.config.is_none() && args.etcd.is_empty() {
+        bail!("give --config mesh.yaml and/or --etcd URL");
+    }
+    let cache = match args.node_key {
+        NodeKey::Id => SnapshotCache::new(),
+        NodeKey::Cluster => SnapshotCache::with_node_hash(Arc::new(|n: &Node| n.cluster.clone())),
+    };
+    cache.set_validator(mesh_core_validator());
+
+    if args.etcd.is_empty() {
+        let path = args.config.clone().context("--config")?;
+        FileSource::new(&path, cache.clone())
+            .spawn(args.poll)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    } else {
+        let base = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                MeshSpec::load_str(&path.display().to_string(), &text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .0
+            }
+            None => MeshSpec::default(),
+        };
+        let endpoints = args
+            .etcd
+            .iter()
+            .map(|e| e.trim_start_matches("http://").to_owned())
+            .collect();
+        EtcdSource::new(endpoints, &args.prefix, cache.clone())
+            .with_base(base)
+            .spawn();
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("bind admin {}", args.admin))?;
+    tracing::info!(addr = %admin_listener.local_addr()?, "admin endpoint");
+    tokio::spawn(admin::serve(admin_listener, cache.clone(), metrics.clone()));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind xDS {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "xDS server");
+    XdsServer::new(cache)
+        .with_callbacks(metrics)
+        .max_concurrent_streams(args.max_streams)
+        .serve(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await?;
+    Ok(())
+}
