@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use mesh_core::TokenBucketConfig;
 
+use crate::clock::Clock;
+
 /// The parameters of a bucket, in clock nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gcra {
@@ -144,6 +146,57 @@ impl Bucket {
     /// The TAT, for choosing an eviction victim (the smallest is the closest to full).
     pub(crate) fn tat(&self) -> u64 {
         self.tat.load(Ordering::Relaxed)
+    }
+}
+
+/// A standalone token bucket on a [`Clock`]: the limiter's algorithm without the layer, for
+/// code that rate-limits something other than HTTP requests (and for measuring the algorithm's
+/// own cost). Lock-free: one atomic compare-and-swap per admission.
+///
+/// ```
+/// use std::time::Duration;
+/// use mesh_core::TokenBucketConfig;
+/// use mesh_ratelimit::{Clock, TokenBucket};
+///
+/// let (clock, hand) = Clock::manual();
+/// let bucket = TokenBucket::new(
+///     &TokenBucketConfig { max_tokens: 2, tokens_per_fill: 1, fill_interval: Duration::from_secs(1) },
+///     clock,
+/// );
+/// assert_eq!(bucket.try_acquire(), Ok(1));
+/// assert_eq!(bucket.try_acquire(), Ok(0));
+/// assert_eq!(bucket.try_acquire(), Err(Duration::from_secs(1)));
+/// hand.advance(Duration::from_secs(1));
+/// assert_eq!(bucket.try_acquire(), Ok(0));
+/// ```
+#[derive(Debug)]
+pub struct TokenBucket {
+    gcra: Gcra,
+    bucket: Bucket,
+    clock: Clock,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(config: &TokenBucketConfig, clock: Clock) -> Self {
+        Self {
+            gcra: Gcra::new(config),
+            bucket: Bucket::default(),
+            clock,
+        }
+    }
+
+    /// Takes a token: `Ok(tokens left)`, or `Err(time until one is free)`.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<u32, Duration> {
+        let now = self.clock.now_nanos();
+        match self
+            .bucket
+            .acquire(&self.gcra, now, 0, &mut false, || false)
+        {
+            Acquire::Admit { remaining, .. } => Ok(remaining),
+            Acquire::Reject { retry_after, .. } => Err(nanos(retry_after)),
+        }
     }
 }
 

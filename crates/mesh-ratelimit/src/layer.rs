@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::clock::Clock;
-use crate::limiter::{Decision, Limiter, RateInfo, WaitGuard};
+use crate::limiter::{Decision, Limiter, RateInfo, SnapshotCache, WaitGuard};
 
 /// `x-ratelimit-limit`: the bucket's capacity.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -107,6 +107,7 @@ impl<S> Layer<S> for RateLimitLayer {
     fn layer(&self, inner: S) -> RateLimit<S> {
         RateLimit {
             inner,
+            rules: self.limiter.cache(),
             layer: self.clone(),
         }
     }
@@ -117,6 +118,7 @@ impl<S> Layer<S> for RateLimitLayer {
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
+    rules: SnapshotCache,
     layer: RateLimitLayer,
 }
 
@@ -150,7 +152,8 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let headers = |info: Option<RateInfo>| info.filter(|_| self.layer.success_headers);
-        match self.layer.limiter.check(&req) {
+        let decision = self.layer.limiter.check(self.rules.load(), &req);
+        match decision {
             Decision::Go { info } => ResponseFuture {
                 headers: headers(info),
                 state: State::Inner {
@@ -163,7 +166,7 @@ where
                 ResponseFuture {
                     headers: None,
                     state: State::Ready {
-                        response: Some(response),
+                        response: Some(Box::new(response)),
                     },
                 }
             }
@@ -174,10 +177,12 @@ where
                 ResponseFuture {
                     headers: headers(info),
                     state: State::Waiting {
-                        sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_nanos(wait))),
-                        svc: Some(svc),
-                        req: Some(req),
-                        guard: Some(guard),
+                        waiting: Box::pin(Waiting {
+                            sleep: tokio::time::sleep(std::time::Duration::from_nanos(wait)),
+                            svc: Some(svc),
+                            req: Some(req),
+                            guard: Some(guard),
+                        }),
                     },
                 }
             }
@@ -212,17 +217,24 @@ impl<F, S> std::fmt::Debug for ResponseFuture<F, S> {
 pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<S, F> {
-        /// Answered by the limiter.
-        Ready { response: Option<Response<Body>> },
+        /// Answered by the limiter (boxed, like `Waiting`, to keep the admitted path's future
+        /// small: it is moved a few times per request).
+        Ready { response: Option<Box<Response<Body>>> },
         /// Admitted: the inner service's future.
         Inner { #[pin] fut: F },
-        /// Waiting for a reserved token (boxed: only wait mode pays for the timer's size).
-        Waiting {
-            sleep: Pin<Box<tokio::time::Sleep>>,
-            svc: Option<S>,
-            req: Option<Request<Body>>,
-            guard: Option<WaitGuard>,
-        },
+        /// Waiting for a reserved token.
+        Waiting { waiting: Pin<Box<Waiting<S>>> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request held for its reserved token, with the service that will take it.
+    struct Waiting<S> {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        svc: Option<S>,
+        req: Option<Request<Body>>,
+        guard: Option<WaitGuard>,
     }
 }
 
@@ -241,7 +253,7 @@ where
                     // Polled again after completion: an empty response rather than a panic.
                     let response = response
                         .take()
-                        .unwrap_or_else(|| Response::new(mesh_core::body::empty()));
+                        .map_or_else(|| Response::new(mesh_core::body::empty()), |r| *r);
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Inner { fut } => {
@@ -251,17 +263,14 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Waiting {
-                    sleep,
-                    svc,
-                    req,
-                    guard,
-                } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    if let Some(g) = guard.take() {
-                        g.complete();
+                StateProj::Waiting { waiting } => {
+                    let w = waiting.as_mut().project();
+                    ready!(w.sleep.poll(cx));
+                    if let Some(guard) = w.guard.take() {
+                        guard.complete();
                     }
-                    let (Some(mut svc), Some(req)) = (svc.take(), req.take()) else {
+                    let (Some(mut svc), Some(req)) = (w.svc.take(), w.req.take()) else {
+                        // Polled again after completion.
                         return Poll::Ready(Ok(Response::new(mesh_core::body::empty())));
                     };
                     let fut = svc.call(req);

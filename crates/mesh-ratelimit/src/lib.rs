@@ -50,6 +50,7 @@ mod layer;
 mod limiter;
 
 pub use clock::{Clock, ManualClock};
+pub use gcra::TokenBucket;
 pub use layer::{
     RateLimit, RateLimitLayer, ResponseFuture, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
