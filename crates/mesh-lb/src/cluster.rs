@@ -181,6 +181,7 @@ impl ClusterState {
             map.insert(e.address, st);
         }
         let set = EndpointSet::build(&cla, &map, self.options());
+        let mut removed = Vec::new();
         for (addr, st) in old.iter() {
             if !map.contains_key(addr) {
                 if st.ejected.swap(false, Ordering::AcqRel) {
@@ -188,12 +189,17 @@ impl ClusterState {
                 }
                 st.removed.store(true, Ordering::Release);
                 guard.draining.insert(*addr, st.clone());
-                self.drain(st.clone());
+                removed.push(st.clone());
             }
         }
         self.endpoints.store(map);
         self.set.store(set);
         guard.current = cla;
+        // Draining takes the lock itself (at once when there is no runtime).
+        drop(guard);
+        for st in removed {
+            self.drain(st);
+        }
     }
 
     fn options(&self) -> BuildOptions<'_> {

@@ -244,3 +244,71 @@ async fn priorities_spill_over_when_eds_marks_p0_unhealthy() {
     let _ = Arc::strong_count(&state);
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn local_zone_is_preferred_and_spills_over_when_it_degrades() {
+    use mesh_core::{ClusterLoadAssignment, Locality, LocalityEndpoints};
+    let s = servers(4).await;
+    let zone = |z: &str| Locality {
+        zone: z.into(),
+        ..Locality::default()
+    };
+    let group = |z: &str, members: &[usize]| LocalityEndpoints {
+        locality: zone(z),
+        lb_endpoints: members.iter().map(|&i| endpoint(&s[i])).collect(),
+        ..Default::default()
+    };
+    let mut c = mesh_core::Cluster::new("c");
+    c.load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![group("a", &[0, 1]), group("b", &[2, 3])],
+        overprovisioning_factor: 140,
+    });
+    c.health_check = Some(mesh_core::HealthCheck {
+        path: "/health".into(),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        healthy_threshold: 1,
+        unhealthy_threshold: 1,
+        host: None,
+    });
+    let m = mesh_lb::ClusterManager::with_local_locality(zone("a"));
+    m.reload(vec![c]).unwrap();
+    let svc = LoadBalance::upstream(m.clone());
+    let t = tally(&svc, "c", 100, 4).await;
+    assert_eq!(t[2] + t[3], 0, "all in the local zone: {t:?}");
+    // Half the local zone fails its checks: zone a's health is 1.4 × 50 % = 70 %.
+    s[0].health.store(503, Ordering::SeqCst);
+    assert!(eventually(3, || m.get("c").unwrap().endpoint_set().healthy() == 3).await);
+    let t = tally(&svc, "c", 1_000, 4).await;
+    assert_eq!(t[0], 0);
+    // Binomial(1000, 0.3) for zone b: mean 300, sd ≈ 14.5.
+    assert!((230..=370).contains(&(t[2] + t[3])), "{t:?}");
+}
+
+#[tokio::test]
+async fn use_downstream_speaks_the_request_version() {
+    let s = servers(1).await;
+    let mut c = cluster("c", LbPolicy::RoundRobin, &s, &[1]);
+    c.protocol = UpstreamProtocol::UseDownstream;
+    let m = manager(vec![c]);
+    let svc = LoadBalance::upstream(m);
+    for version in [http::Version::HTTP_2, http::Version::HTTP_11] {
+        let mut req = http::Request::get("/v")
+            .version(version)
+            .body(mesh_core::body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(mesh_core::extensions::TargetCluster::new("c"));
+        let mut svc = svc.clone();
+        let fut: mesh_lb::ResponseFuture<mesh_lb::UpstreamFuture> =
+            tower::Service::call(&mut svc, req);
+        let resp = fut.await.unwrap();
+        assert_eq!(resp.version(), version);
+    }
+    assert_eq!(
+        s[0].accepted.load(Ordering::SeqCst),
+        2,
+        "one h2 and one h1 connection"
+    );
+}

@@ -152,3 +152,19 @@ async fn removed_endpoint_drains_then_its_connections_close() {
     );
     assert_eq!(s[1].open.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn reloads_work_without_a_runtime() {
+    // No tokio runtime (a config loader thread, a benchmark): removed endpoints close at once.
+    let a: std::net::SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let b: std::net::SocketAddr = "127.0.0.1:9002".parse().unwrap();
+    let m = mesh_lb::ClusterManager::new();
+    m.reload(vec![eds_cluster("c")]).unwrap();
+    m.reload(ClusterLoadAssignment::from_addrs("c", [a, b]))
+        .unwrap();
+    let ep_a = m.get("c").unwrap().endpoints()[&a].clone();
+    m.reload(ClusterLoadAssignment::from_addrs("c", [b]))
+        .unwrap();
+    assert!(ep_a.is_closed());
+    assert_eq!(m.get("c").unwrap().pick(None).unwrap().address(), b);
+}
