@@ -64,6 +64,13 @@ impl Admin {
         self
     }
 
+    /// Uses `flag` as the readiness flag (shared with whoever knows when config is complete).
+    #[must_use]
+    pub fn with_ready_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.ready = flag;
+        self
+    }
+
     /// The readiness flag: set once the first full config is in place.
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.ready)

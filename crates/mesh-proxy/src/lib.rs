@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod dynamic;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;

@@ -2,8 +2,10 @@
 //! and stopped with a drain.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_core::{Reload, ReloadError};
 use mesh_lb::ClusterManager;
@@ -13,8 +15,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use mesh_xds::client::{AdsMode, XdsClient};
+
 use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
+use crate::dynamic;
 use crate::listeners::ListenerManager;
 use crate::metrics::Metrics;
 
@@ -24,6 +29,9 @@ pub enum SidecarError {
     /// A piece of config was refused.
     #[error(transparent)]
     Config(#[from] ReloadError),
+    /// The xDS client could not start.
+    #[error("xDS client: {0}")]
+    Xds(#[from] mesh_xds::client::XdsClientError),
     /// The admin endpoint could not bind.
     #[error("admin endpoint {addr}: {source}")]
     AdminBind {
@@ -34,6 +42,43 @@ pub enum SidecarError {
     },
 }
 
+/// How a dynamic (xDS-fed) sidecar finds its control plane.
+#[derive(Debug, Clone)]
+pub struct DynamicOptions {
+    /// Control-plane addresses (`http://host:port`), tried in order on failure.
+    pub xds: Vec<String>,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's cluster (service) name.
+    pub node_cluster: Option<String>,
+    /// State of the world or delta.
+    pub mode: AdsMode,
+    /// The admin endpoint's address.
+    pub admin: SocketAddr,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Open downstream connections per listener at most.
+    pub max_connections: usize,
+    /// Where to persist the last accepted config (served at once after a restart).
+    pub persist: Option<PathBuf>,
+}
+
+impl DynamicOptions {
+    /// Options with the defaults: admin 127.0.0.1:15000, SotW, 15 s drain.
+    pub fn new(xds: Vec<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            xds,
+            node_id: node_id.into(),
+            node_cluster: None,
+            mode: AdsMode::Sotw,
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            drain_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
+            persist: None,
+        }
+    }
+}
+
 /// A running sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -42,6 +87,8 @@ pub struct Sidecar {
     admin_addr: SocketAddr,
     stop: CancellationToken,
     admin_task: JoinHandle<()>,
+    xds: Option<XdsClient>,
+    status_task: Option<JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -96,7 +143,87 @@ impl Sidecar {
             admin_addr,
             stop,
             admin_task,
+            xds: None,
+            status_task: None,
         })
+    }
+
+    /// Starts a sidecar fed by an xDS control plane: listeners from LDS (bound when added,
+    /// drained when removed), routes from RDS, clusters from CDS/EDS. `/ready` answers 200 once
+    /// the first full config has arrived.
+    pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let clusters = ClusterManager::new();
+        let listeners = ListenerManager::new(
+            clusters.clone(),
+            LayerRegistry::default(),
+            metrics,
+            opts.max_connections,
+            opts.drain_timeout,
+        )
+        .lenient_routes();
+        let mut builder = XdsClient::builder()
+            .node_id(&opts.node_id)
+            .mode(opts.mode)
+            .user_agent("mesh-sidecar");
+        for a in &opts.xds {
+            builder = builder.address(a);
+        }
+        if let Some(c) = &opts.node_cluster {
+            builder = builder.node_cluster(c);
+        }
+        if let Some(p) = &opts.persist {
+            builder = builder.persist_to(p);
+        }
+        let xds = dynamic::wire(builder, &listeners, &clusters).start()?;
+        let stop = CancellationToken::new();
+        let dump_status = xds.status_watch();
+        let dump_listeners = listeners.clone();
+        let dump_clusters = clusters.clone();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let status_task = dynamic::export_status(
+            &mut registry,
+            xds.status_watch(),
+            Arc::clone(&ready),
+            stop.clone(),
+        );
+        let admin = Admin::new(
+            registry,
+            Arc::new(move || {
+                serde_json::json!({
+                    "mode": "dynamic",
+                    "xds": &*dump_status.borrow(),
+                    "listeners": dump_listeners.configs(),
+                    "bound": dump_listeners.addresses(),
+                    "clusters": dump_clusters.names(),
+                })
+            }),
+        )
+        .with_ready_flag(ready);
+        let socket =
+            TcpListener::bind(opts.admin)
+                .await
+                .map_err(|source| SidecarError::AdminBind {
+                    addr: opts.admin,
+                    source,
+                })?;
+        let admin_addr = socket.local_addr().unwrap_or(opts.admin);
+        let admin_task = tokio::spawn(admin.serve(socket, stop.clone()));
+        Ok(Self {
+            listeners,
+            clusters,
+            admin_addr,
+            stop,
+            admin_task,
+            xds: Some(xds),
+            status_task: Some(status_task),
+        })
+    }
+
+    /// The xDS client of a dynamic sidecar.
+    pub fn xds(&self) -> Option<&XdsClient> {
+        self.xds.as_ref()
     }
 
     /// The address a listener is bound to.
@@ -123,7 +250,13 @@ impl Sidecar {
     /// endpoint.
     pub async fn shutdown(self) {
         self.listeners.shutdown().await;
+        if let Some(xds) = self.xds {
+            xds.shutdown().await;
+        }
         self.stop.cancel();
         let _ = self.admin_task.await;
+        if let Some(t) = self.status_task {
+            let _ = t.await;
+        }
     }
 }

@@ -1,8 +1,13 @@
 //! `mesh-sidecar`: the two-listener sidecar.
 //!
-//! Static mode: `mesh-sidecar [--config sidecar.yaml]` (no file: the seed default, outbound :8082
-//! → inbound :8083 → local app 127.0.0.1:6060). SIGTERM or SIGINT stops accepting, drains
-//! in-flight requests up to the drain deadline and exits 0.
+//! - static: `mesh-sidecar [--config sidecar.yaml]` (no file: the seed default, outbound :8082
+//!   → inbound :8083 → local app 127.0.0.1:6060);
+//! - dynamic: `mesh-sidecar --xds http://127.0.0.1:18000[,..] --node-id ID [--node-cluster C]`:
+//!   listeners, routes, clusters and endpoints come from the xDS control plane (ours or any
+//!   other serving the subset we support).
+//!
+//! SIGTERM or SIGINT stops accepting, drains in-flight requests up to the drain deadline and
+//! exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mesh_proxy::bootstrap::Bootstrap;
-use mesh_proxy::sidecar::Sidecar;
+use mesh_proxy::sidecar::{DynamicOptions, Sidecar, SidecarError};
 
 /// The mesh sidecar.
 #[derive(Debug, Parser)]
@@ -20,9 +25,29 @@ struct Args {
     /// the seed default: outbound :8082 → inbound :8083 → local app 127.0.0.1:6060.
     #[arg(long, short = 'c', env = "MESH_SIDECAR_CONFIG")]
     config: Option<PathBuf>,
-    /// Admin endpoint address (overrides the bootstrap's `admin`).
+    /// Admin endpoint address (overrides the bootstrap's `admin`; default 127.0.0.1:15000).
     #[arg(long, env = "MESH_ADMIN")]
     admin: Option<SocketAddr>,
+    /// Dynamic mode: control-plane addresses, comma-separated, tried in order on failure.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "config",
+        requires = "node_id"
+    )]
+    xds: Vec<String>,
+    /// This node's id (dynamic mode).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// This node's cluster / service name (dynamic mode).
+    #[arg(long)]
+    node_cluster: Option<String>,
+    /// Use incremental (delta) xDS instead of state of the world.
+    #[arg(long)]
+    delta: bool,
+    /// Persist the last accepted xDS config here, and serve it at once after a restart.
+    #[arg(long)]
+    persist: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -34,6 +59,29 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    if !args.xds.is_empty() {
+        let xds = args
+            .xds
+            .iter()
+            .map(|a| {
+                if a.contains("://") {
+                    a.clone()
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect();
+        let mut opts = DynamicOptions::new(xds, args.node_id.clone().unwrap_or_default());
+        opts.node_cluster = args.node_cluster.clone();
+        opts.persist = args.persist.clone();
+        if args.delta {
+            opts.mode = mesh_xds::client::AdsMode::Delta;
+        }
+        if let Some(admin) = args.admin {
+            opts.admin = admin;
+        }
+        return run(Sidecar::start_dynamic(opts).await).await;
+    }
     let boot = match &args.config {
         Some(path) => Bootstrap::load(path),
         None => Ok(Bootstrap::seed_default()),
@@ -48,7 +96,11 @@ async fn main() -> ExitCode {
     if let Some(admin) = args.admin {
         boot.admin = admin;
     }
-    let sidecar = match Sidecar::start_static(boot).await {
+    run(Sidecar::start_static(boot).await).await
+}
+
+async fn run(started: Result<Sidecar, SidecarError>) -> ExitCode {
+    let sidecar = match started {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mesh-sidecar: {e}");

@@ -1,0 +1,137 @@
+//! Dynamic mode: the sidecar's config comes from an xDS control plane. The mesh-xds client
+//! feeds listeners (LDS) and route tables (RDS) to the listener manager, clusters (CDS) and
+//! endpoint sets (EDS) to the cluster manager; its status becomes Prometheus metrics.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mesh_core::{
+    Cluster, ClusterLoadAssignment, Listener, Reload, ReloadError, RouteConfiguration,
+};
+use mesh_lb::{ClusterManager, RemoveLoadAssignment};
+use mesh_xds::client::{XdsClientBuilder, XdsStatus};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::listeners::ListenerManager;
+
+/// LDS sink: the whole listener set.
+struct ListenerSink(ListenerManager);
+
+impl Reload<Vec<Listener>> for ListenerSink {
+    fn reload(&self, update: Vec<Listener>) -> Result<(), ReloadError> {
+        self.0.apply(update)
+    }
+}
+
+/// RDS sink: every route table, applied to the listeners that serve it.
+struct RouteSink(ListenerManager);
+
+impl Reload<Vec<RouteConfiguration>> for RouteSink {
+    fn reload(&self, update: Vec<RouteConfiguration>) -> Result<(), ReloadError> {
+        for rc in &update {
+            self.0.apply_routes(rc)?;
+        }
+        self.0.retain_routes(
+            &update
+                .iter()
+                .map(|rc| rc.name.clone())
+                .collect::<HashSet<_>>(),
+        );
+        Ok(())
+    }
+}
+
+/// Wires the client's sinks to the sidecar's managers.
+pub fn wire(
+    builder: XdsClientBuilder,
+    listeners: &ListenerManager,
+    clusters: &ClusterManager,
+) -> XdsClientBuilder {
+    let removed = clusters.clone();
+    builder
+        .sink_all::<Cluster>(Arc::new(clusters.clone()))
+        .sink_each::<ClusterLoadAssignment>(Arc::new(clusters.clone()))
+        .on_removed::<ClusterLoadAssignment>(move |name| {
+            removed.reload(RemoveLoadAssignment(name.to_string()))
+        })
+        .sink_all::<Listener>(Arc::new(ListenerSink(listeners.clone())))
+        .sink_all::<RouteConfiguration>(Arc::new(RouteSink(listeners.clone())))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    type_url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    type_url: String,
+    version: String,
+}
+
+/// Mirrors the client's status into Prometheus gauges and the admin readiness flag, until
+/// `stop` is cancelled.
+pub fn export_status(
+    registry: &mut Registry,
+    mut status: watch::Receiver<XdsStatus>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let acks = Family::<TypeLabels, Gauge>::default();
+    let nacks = Family::<TypeLabels, Gauge>::default();
+    let version = Family::<VersionLabels, Gauge>::default();
+    let connected = Gauge::<i64>::default();
+    let reg = registry.sub_registry_with_prefix("mesh_xds");
+    reg.register("acks", "xDS updates accepted, by type", acks.clone());
+    reg.register("nacks", "xDS updates rejected, by type", nacks.clone());
+    reg.register(
+        "version",
+        "The accepted version per type (value 1)",
+        version.clone(),
+    );
+    reg.register(
+        "connected",
+        "1 while the ADS stream is open",
+        connected.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            {
+                let s = status.borrow_and_update().clone();
+                ready.store(s.ready, Ordering::Release);
+                let up = matches!(
+                    s.connection,
+                    mesh_xds::client::ConnectionState::Connected(_)
+                );
+                connected.set(i64::from(up));
+                version.clear();
+                for (type_url, t) in &s.types {
+                    let labels = TypeLabels {
+                        type_url: type_url.clone(),
+                    };
+                    acks.get_or_create(&labels)
+                        .set(i64::try_from(t.acks).unwrap_or(i64::MAX));
+                    nacks
+                        .get_or_create(&labels)
+                        .set(i64::try_from(t.nacks).unwrap_or(i64::MAX));
+                    version
+                        .get_or_create(&VersionLabels {
+                            type_url: type_url.clone(),
+                            version: t.version.clone(),
+                        })
+                        .set(1);
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = status.changed() => if changed.is_err() { return },
+            }
+        }
+    })
+}
