@@ -48,6 +48,7 @@ mod descriptor;
 mod gcra;
 mod layer;
 mod limiter;
+mod rule;
 
 pub use clock::{Clock, ManualClock};
 pub use gcra::TokenBucket;

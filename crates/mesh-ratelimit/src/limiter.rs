@@ -1,7 +1,7 @@
 //! The compiled rules, the per-request check, and reloading that keeps unchanged buckets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -9,13 +9,12 @@ use arc_swap::ArcSwap;
 use http::Request;
 use mesh_core::extensions::MatchedRoute;
 use mesh_core::{
-    DescriptorSource, MeshError, RateLimitConfig, RateLimitMode, RateLimitScope, Reload,
-    ReloadError, TokenBucketConfig, Validate,
+    MeshError, RateLimitConfig, RateLimitMode, RateLimitScope, Reload, ReloadError, Validate,
 };
 
 use crate::clock::Clock;
-use crate::descriptor::{DescriptorMap, Source};
-use crate::gcra::{nanos, Acquire, Bucket, Gcra};
+use crate::gcra::{nanos, Acquire, Bucket};
+use crate::rule::{Buckets, Mode, RuleState};
 
 /// What the `x-ratelimit-*` headers report: the tightest rule that applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,141 +23,6 @@ pub(crate) struct RateInfo {
     pub(crate) remaining: u32,
     /// Nanoseconds until the bucket is full again.
     pub(crate) reset: u64,
-}
-
-/// A rule's live state: what a reload keeps when the rule's name and limit are unchanged.
-#[derive(Debug)]
-pub(crate) struct RuleState {
-    pub(crate) name: Arc<str>,
-    /// Identity for reloads: same bucket and same descriptor → same state.
-    identity: (TokenBucketConfig, Option<DescriptorSource>),
-    pub(crate) gcra: Gcra,
-    buckets: Buckets,
-    /// Requests currently held in wait mode.
-    pub(crate) waiting: AtomicU32,
-}
-
-#[derive(Debug)]
-enum Buckets {
-    Single(Arc<Bucket>),
-    Keyed {
-        source: Source,
-        /// Requests without the descriptor share this one.
-        missing: Arc<Bucket>,
-        map: DescriptorMap,
-    },
-}
-
-/// Outcome of one rule: the acquisition, and the bucket when it must be held across a wait.
-struct RuleOutcome {
-    acquire: Acquire,
-    held: Option<Arc<Bucket>>,
-}
-
-impl RuleState {
-    fn new(
-        name: &str,
-        bucket: &TokenBucketConfig,
-        descriptor: Option<&DescriptorSource>,
-        max_descriptors: usize,
-    ) -> Result<Self, String> {
-        let buckets = match descriptor {
-            None => Buckets::Single(Arc::default()),
-            Some(src) => Buckets::Keyed {
-                source: Source::new(src).ok_or_else(|| format!("bad descriptor {src:?}"))?,
-                missing: Arc::default(),
-                map: DescriptorMap::new(max_descriptors),
-            },
-        };
-        Ok(Self {
-            name: name.into(),
-            identity: (bucket.clone(), descriptor.cloned()),
-            gcra: Gcra::new(bucket),
-            buckets,
-            waiting: AtomicU32::new(0),
-        })
-    }
-
-    /// Runs `f` on the request's bucket (creating a descriptor bucket if needed).
-    fn with_bucket<B, R>(
-        &self,
-        req: &Request<B>,
-        now: u64,
-        f: impl FnOnce(&Arc<Bucket>) -> R,
-    ) -> R {
-        match &self.buckets {
-            Buckets::Single(b) => f(b),
-            Buckets::Keyed {
-                source,
-                missing,
-                map,
-            } => source.with_key(req, |key| match key {
-                None => f(missing),
-                Some(k) => map.with_bucket(k, now, f),
-            }),
-        }
-    }
-
-    fn acquire<B>(&self, req: &Request<B>, now: u64, mode: &Mode) -> RuleOutcome {
-        let (max_wait, max_waiting) = match *mode {
-            Mode::Reject => (0, 0),
-            Mode::Wait {
-                max_wait,
-                max_waiting,
-            } => (max_wait, max_waiting),
-        };
-        let mut claimed = false;
-        let out = self.with_bucket(req, now, |b| {
-            let acquire = b.acquire(&self.gcra, now, max_wait, &mut claimed, || {
-                // The waiting bound: claim a slot before committing a reservation.
-                if self.waiting.fetch_add(1, Ordering::AcqRel) < max_waiting {
-                    true
-                } else {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    false
-                }
-            });
-            let held = match acquire {
-                Acquire::Admit { wait, .. } if wait > 0 => Some(Arc::clone(b)),
-                _ => None,
-            };
-            RuleOutcome { acquire, held }
-        });
-        if claimed && out.held.is_none() {
-            // A retry of the CAS found a token without waiting, or none within max_wait.
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-        }
-        out
-    }
-
-    /// Gives back the token this request took (a later rule refused it).
-    fn refund<B>(&self, req: &Request<B>) {
-        match &self.buckets {
-            Buckets::Single(b) => b.refund(&self.gcra),
-            Buckets::Keyed {
-                source,
-                missing,
-                map,
-            } => source.with_key(req, |key| match key {
-                None => missing.refund(&self.gcra),
-                Some(k) => map.with_existing(k, |b| b.refund(&self.gcra)),
-            }),
-        }
-    }
-
-    /// Descriptor buckets held now (0 for a single-bucket rule).
-    pub(crate) fn descriptor_count(&self) -> usize {
-        match &self.buckets {
-            Buckets::Single(_) => 0,
-            Buckets::Keyed { map, .. } => map.len(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    Reject,
-    Wait { max_wait: u64, max_waiting: u32 },
 }
 
 #[derive(Debug)]
@@ -396,26 +260,6 @@ impl Limiter {
             wait,
             guard: WaitGuard { held, done: false },
             info,
-        }
-    }
-}
-
-impl RuleState {
-    fn with_existing_bucket<B>(&self, req: &Request<B>) -> Option<Arc<Bucket>> {
-        match &self.buckets {
-            Buckets::Single(b) => Some(Arc::clone(b)),
-            Buckets::Keyed {
-                source,
-                missing,
-                map,
-            } => source.with_key(req, |key| match key {
-                None => Some(Arc::clone(missing)),
-                Some(k) => {
-                    let mut out = None;
-                    map.with_existing(k, |b| out = Some(Arc::clone(b)));
-                    out
-                }
-            }),
         }
     }
 }

@@ -109,73 +109,6 @@ async fn success_headers_are_opt_in() {
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
 }
 
-const WAIT: &str = r#"
-rules:
-  - name: w
-    scope: listener
-    token_bucket: { max_tokens: 1, tokens_per_fill: 1, fill_interval: 100ms }
-    mode: { wait: { max_wait: 250ms, max_waiting: 10 } }
-"#;
-
-#[tokio::test(start_paused = true)]
-async fn wait_mode_holds_requests_in_order_up_to_max_wait() {
-    let svc = svc(&layer(WAIT));
-    let t0 = Instant::now();
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let fut = start(&svc, plain());
-            tokio::spawn(async move {
-                let r = fut.await.unwrap();
-                (r.status().as_u16(), t0.elapsed().as_millis())
-            })
-        })
-        .collect();
-    let mut got = Vec::new();
-    for t in tasks {
-        got.push(t.await.unwrap());
-    }
-    // Now, +100ms, +200ms; the fourth would wait 300ms > max_wait and is refused at once.
-    assert_eq!(got, [(200, 0), (200, 100), (200, 200), (429, 0)]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn wait_mode_bounds_the_number_of_waiters() {
-    let svc = svc(&layer(
-        r#"
-rules:
-  - name: w
-    scope: listener
-    token_bucket: { max_tokens: 1, tokens_per_fill: 1, fill_interval: 100ms }
-    mode: { wait: { max_wait: 10s, max_waiting: 2 } }
-"#,
-    ));
-    let futs: Vec<_> = (0..4).map(|_| start(&svc, plain())).collect();
-    let results = futures_join(futs).await;
-    let codes: Vec<u16> = results.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(
-        codes,
-        [200, 200, 200, 429],
-        "one immediate, two waiting, one refused"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn cancelled_waiter_gives_back_its_token_and_slot() {
-    let svc = svc(&layer(WAIT));
-    assert_eq!(status(&svc, plain()).await, 200);
-    // Reserve the token due at 100ms, then give up at 50ms.
-    let waiter = start(&svc, plain());
-    assert!(tokio::time::timeout(Duration::from_millis(50), waiter)
-        .await
-        .is_err());
-    // The refunded token is due at 100ms, not 200ms.
-    let t0 = Instant::now();
-    assert_eq!(status(&svc, plain()).await, 200);
-    assert_eq!(t0.elapsed(), Duration::from_millis(50));
-    let rule = svc.layer().limiter.rule("w").unwrap();
-    assert_eq!(rule.waiting.load(std::sync::atomic::Ordering::Relaxed), 0);
-}
-
 /// Calls the service without awaiting: the hello service is always ready.
 fn start(
     svc: &Svc,
@@ -185,17 +118,6 @@ fn start(
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(tower::Service::poll_ready(&mut svc, &mut cx).is_ready());
     tower::Service::call(&mut svc, req)
-}
-
-async fn futures_join(
-    futs: Vec<crate::ResponseFuture<<Inner as tower::Service<Request<Body>>>::Future, Inner>>,
-) -> Vec<Response<Body>> {
-    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap().unwrap());
-    }
-    out
 }
 
 fn routed(name: &str) -> Request<Body> {
@@ -368,61 +290,5 @@ rules:
     assert_eq!(status(&svc, plain()).await, 200);
 }
 
-#[tokio::test(start_paused = true)]
-async fn ten_times_overload_for_ten_seconds_admits_rate_times_time_plus_burst() {
-    // 100/s with a burst of 50, offered 1000/s (one request per millisecond) for 10s.
-    let svc = svc(&layer(
-        r#"
-rules:
-  - name: l
-    scope: listener
-    token_bucket: { max_tokens: 50, tokens_per_fill: 10, fill_interval: 100ms }
-"#,
-    ));
-    let mut admitted = 0u32;
-    for _ in 0..10_000 {
-        if status(&svc, plain()).await == 200 {
-            admitted += 1;
-        }
-        tokio::time::advance(Duration::from_millis(1)).await;
-    }
-    let expected = 50.0 + 100.0 * 10.0;
-    let error = (f64::from(admitted) - expected).abs() / expected;
-    assert!(error <= 0.05, "admitted {admitted}, expected {expected}");
-}
-
-#[test]
-fn many_threads_through_the_layer_admit_exactly_the_burst_per_key() {
-    // Frozen time: each of 8 keys admits exactly its burst of 50, however the 4 threads race.
-    let cfg = config(&PER_HEADER.replace("max_tokens: 1,", "max_tokens: 50,"));
-    let (clock, _hand) = Clock::manual();
-    let l = RateLimitLayer::with_clock(cfg, clock).unwrap();
-    let admitted: Vec<u32> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..4)
-            .map(|t| {
-                let svc = svc(&l);
-                s.spawn(move || {
-                    let mut per_key = [0u32; 8];
-                    for i in 0..2_000usize {
-                        let key = (i + t) % 8;
-                        let mut fut = std::pin::pin!(start(&svc, user(&format!("k{key}"))));
-                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                        let std::task::Poll::Ready(Ok(r)) = fut.as_mut().poll(&mut cx) else {
-                            panic!("reject mode never waits");
-                        };
-                        per_key[key] += u32::from(r.status() == 200);
-                    }
-                    per_key
-                })
-            })
-            .collect();
-        let mut total = vec![0u32; 8];
-        for w in workers {
-            for (k, n) in w.join().unwrap().into_iter().enumerate() {
-                total[k] += n;
-            }
-        }
-        total
-    });
-    assert_eq!(admitted, vec![50; 8]);
-}
+mod load;
+mod wait;
