@@ -41,3 +41,187 @@ pub async fn hello_app(addr: SocketAddr, name: &'static str) -> std::io::Result<
     });
     Ok(local)
 }
+
+/// The whole demo mesh in one process: the control plane on the embedded `demo_mesh.yaml`, the
+/// hello app, and two sidecars fed by xDS (`client-1` with the outbound listener the caller uses,
+/// `hello-1` with the inbound listener in front of the app).
+pub mod demo {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
+    use mesh_xds::client::AdsMode;
+    use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
+    use mesh_xds::source::FileSource;
+    use tokio::task::JoinHandle;
+
+    /// The embedded mesh, with `{port}` placeholders.
+    pub const MESH_YAML: &str = include_str!("demo_mesh.yaml");
+
+    /// The demo's ports (all on 127.0.0.1).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Ports {
+        /// The hello app (6060).
+        pub app: u16,
+        /// client-1's outbound listener, what `curl` calls (8082).
+        pub client_out: u16,
+        /// hello-1's inbound listener, in front of the app (8083).
+        pub hello_in: u16,
+        /// hello-1's outbound listener (18082).
+        pub hello_out: u16,
+        /// client-1's inbound listener (18083).
+        pub client_in: u16,
+        /// client-1's local app (nothing listens; 16060).
+        pub client_app: u16,
+        /// The control plane's xDS port (18000).
+        pub xds: u16,
+        /// The control plane's admin port (19000).
+        pub cp_admin: u16,
+        /// envoy-1's outbound listener, for a real Envoy joining the demo (10082).
+        pub envoy_out: u16,
+        /// envoy-1's inbound listener (10083).
+        pub envoy_in: u16,
+        /// client-1's admin endpoint (15000).
+        pub client_admin: u16,
+        /// hello-1's admin endpoint (15001).
+        pub hello_admin: u16,
+    }
+
+    impl Default for Ports {
+        fn default() -> Self {
+            Self {
+                app: 6060,
+                client_out: 8082,
+                hello_in: 8083,
+                hello_out: 18082,
+                client_in: 18083,
+                client_app: 16060,
+                xds: 18000,
+                cp_admin: 19000,
+                envoy_out: 10082,
+                envoy_in: 10083,
+                client_admin: 15000,
+                hello_admin: 15001,
+            }
+        }
+    }
+
+    impl Ports {
+        /// The embedded mesh.yaml with these ports.
+        pub fn mesh_yaml(&self) -> String {
+            [
+                ("{app}", self.app),
+                ("{client_out}", self.client_out),
+                ("{hello_in}", self.hello_in),
+                ("{hello_out}", self.hello_out),
+                ("{client_in}", self.client_in),
+                ("{client_app}", self.client_app),
+                ("{envoy_out}", self.envoy_out),
+                ("{envoy_in}", self.envoy_in),
+            ]
+            .iter()
+            .fold(MESH_YAML.to_string(), |text, (k, v)| {
+                text.replace(k, &v.to_string())
+            })
+        }
+    }
+
+    /// A running demo mesh; [`Demo::shutdown`] stops it.
+    pub struct Demo {
+        /// The ports in use.
+        pub ports: Ports,
+        /// The mesh.yaml being served (edit it: the control plane hot-reloads it).
+        pub mesh_file: PathBuf,
+        client: Sidecar,
+        hello: Sidecar,
+        tasks: Vec<JoinHandle<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    impl Demo {
+        /// Starts everything and waits until both sidecars have their config.
+        pub async fn start(ports: Ports) -> Result<Self, Box<dyn std::error::Error>> {
+            super::hello_app(addr(ports.app), "the hello app").await?;
+            let dir = tempfile::tempdir()?;
+            let mesh_file = dir.path().join("mesh.yaml");
+            std::fs::write(&mesh_file, ports.mesh_yaml())?;
+
+            let cache = SnapshotCache::new();
+            cache.set_validator(mesh_core_validator());
+            let source = FileSource::new(&mesh_file, cache.clone());
+            let source_task = source.spawn(Duration::from_millis(200))?;
+            let (_, xds_task) = XdsServer::new(cache.clone()).spawn(addr(ports.xds)).await?;
+            let cp_admin = tokio::net::TcpListener::bind(addr(ports.cp_admin)).await?;
+            let metrics = std::sync::Arc::new(mesh_xds::server::Metrics::new());
+            let admin_task = tokio::spawn(mesh_xds::server::admin::serve(cp_admin, cache, metrics));
+
+            let sidecar = |node: &str, admin: u16, mode: AdsMode| {
+                let mut o =
+                    DynamicOptions::new(vec![format!("http://127.0.0.1:{}", ports.xds)], node);
+                o.admin = addr(admin);
+                o.mode = mode;
+                o.drain_timeout = Duration::from_secs(2);
+                Sidecar::start_dynamic(o)
+            };
+            let hello = sidecar("hello-1", ports.hello_admin, AdsMode::Sotw).await?;
+            let client = sidecar("client-1", ports.client_admin, AdsMode::Delta).await?;
+            for s in [&hello, &client] {
+                if let Some(x) = s.xds() {
+                    x.wait_ready(Duration::from_secs(20)).await?;
+                }
+            }
+            Ok(Self {
+                ports,
+                mesh_file,
+                client,
+                hello,
+                tasks: vec![source_task, xds_task, admin_task],
+                _dir: dir,
+            })
+        }
+
+        /// What to try, for people.
+        pub fn instructions(&self) -> String {
+            let p = &self.ports;
+            format!(
+                "\
+The demo mesh is up: app 127.0.0.1:{app} ← hello-1 inbound :{hin} ← client-1 outbound :{out} ← you.
+
+Try:
+  curl 127.0.0.1:{out}/                        # hello world, through both sidecars
+  curl -i 127.0.0.1:{out}/limited              # 3rd call within 10 s: 429 from the rate limit
+  curl 127.0.0.1:{cadm}/stats/prometheus       # client-1's metrics (hello-1: :{hadm})
+  curl 127.0.0.1:{cadm}/config_dump            # client-1's live config and xDS versions
+  curl 127.0.0.1:{cpadm}/snapshots             # the control plane: what each node has ACKed
+
+The control plane serves {file} (xDS on 127.0.0.1:{xds}); edit it and the sidecars follow.
+Real Envoy can join as node envoy-1 (outbound :{eout}): envoy -c examples/envoy/bootstrap.yaml
+  then curl 127.0.0.1:{eout}/ goes Envoy → hello-1 → app. (./scripts/test installs Envoy in .venv.)
+Ctrl-C stops everything.",
+                app = p.app,
+                hin = p.hello_in,
+                out = p.client_out,
+                cadm = p.client_admin,
+                hadm = p.hello_admin,
+                cpadm = p.cp_admin,
+                xds = p.xds,
+                eout = p.envoy_out,
+                file = self.mesh_file.display(),
+            )
+        }
+
+        /// Drains the sidecars and stops the control plane.
+        pub async fn shutdown(self) {
+            self.client.shutdown().await;
+            self.hello.shutdown().await;
+            for t in self.tasks {
+                t.abort();
+            }
+        }
+    }
+}
