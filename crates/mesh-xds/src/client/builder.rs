@@ -170,6 +170,17 @@ impl XdsClientBuilder {
         self
     }
 
+    /// A callback told the name of each removed `T` (what a [`sink_each`](Self::sink_each)
+    /// sink needs to forget resources, e.g. mesh-lb's `RemoveLoadAssignment`). Removals are
+    /// applied after every other sink accepted the update, and cannot be rolled back.
+    pub fn on_removed<T: StoredResource>(
+        mut self,
+        f: impl Fn(&str) -> Result<(), mesh_core::ReloadError> + Send + Sync + 'static,
+    ) -> Self {
+        self.sinks.add_removed::<T>(Arc::new(f));
+        self
+    }
+
     /// A sink fed the `T` named `name` whenever it changes (e.g. a router and its route table).
     pub fn sink_named<T: StoredResource>(
         mut self,

@@ -69,10 +69,7 @@ impl AdsState {
         resp: &DeltaDiscoveryResponse,
     ) -> Result<(), Status> {
         let names = &self.ty(T::TYPE).names;
-        let mut next = T::map(&self.store.config).clone();
-        for name in &resp.removed_resources {
-            next.remove(name);
-        }
+        let mut next = BTreeMap::new();
         let mut errors = Vec::new();
         for r in &resp.resources {
             let Some(any) = &r.resource else {
@@ -97,6 +94,14 @@ impl AdsState {
         }
         if !errors.is_empty() {
             return Err(nack_status(&errors));
+        }
+        // Only the entries the response neither replaces nor removes are copied over.
+        let removed: std::collections::HashSet<&str> =
+            resp.removed_resources.iter().map(String::as_str).collect();
+        for (k, v) in T::map(&self.store.config) {
+            if !removed.contains(k.as_str()) && !next.contains_key(k) {
+                next.insert(k.clone(), v.clone());
+            }
         }
         self.store
             .apply(next)

@@ -239,9 +239,14 @@ impl AdsState {
             // RDS/EDS: only what is subscribed; a subscribed name absent from the response keeps
             // what it had (Envoy's behaviour for non-wildcard types).
             let names = &self.ty(T::TYPE).names;
-            let mut next = T::map(&self.store.config).clone();
-            next.extend(got.into_iter().filter(|(k, _)| names.contains(k)));
-            next
+            got.retain(|k, _| names.contains(k));
+            // Only the entries the response does not replace are copied over.
+            for (k, v) in T::map(&self.store.config) {
+                if !got.contains_key(k) {
+                    got.insert(k.clone(), v.clone());
+                }
+            }
+            got
         };
         self.store
             .apply(next)

@@ -20,16 +20,16 @@ use crate::convert::XdsResource;
 pub struct XdsConfig {
     /// Listeners (LDS), by name.
     #[serde(default)]
-    pub listeners: BTreeMap<String, Listener>,
+    pub listeners: ResourceMap<Listener>,
     /// Route tables (RDS), by name.
     #[serde(default)]
-    pub routes: BTreeMap<String, RouteConfiguration>,
+    pub routes: ResourceMap<RouteConfiguration>,
     /// Clusters (CDS), by name.
     #[serde(default)]
-    pub clusters: BTreeMap<String, Cluster>,
+    pub clusters: ResourceMap<Cluster>,
     /// Endpoint sets (EDS), by cluster (or EDS service) name.
     #[serde(default)]
-    pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    pub endpoints: ResourceMap<ClusterLoadAssignment>,
 }
 
 impl XdsConfig {
@@ -73,7 +73,7 @@ pub trait StoredResource: XdsResource {
     #[doc(hidden)]
     fn map(config: &XdsConfig) -> &BTreeMap<String, Self>;
     #[doc(hidden)]
-    fn map_mut(config: &mut XdsConfig) -> &mut BTreeMap<String, Self>;
+    fn set(config: &mut XdsConfig, map: ResourceMap<Self>);
     #[doc(hidden)]
     fn sinks(sinks: &mut Sinks) -> &mut TypedSinks<Self>;
     #[doc(hidden)]
@@ -87,8 +87,8 @@ macro_rules! stored {
             fn map(config: &XdsConfig) -> &BTreeMap<String, Self> {
                 &config.$field
             }
-            fn map_mut(config: &mut XdsConfig) -> &mut BTreeMap<String, Self> {
-                &mut config.$field
+            fn set(config: &mut XdsConfig, map: ResourceMap<Self>) {
+                config.$field = map;
             }
             fn sinks(sinks: &mut Sinks) -> &mut TypedSinks<Self> {
                 &mut sinks.$field
@@ -113,8 +113,13 @@ pub struct TypedSinks<T> {
     each: Vec<Arc<dyn Reload<T>>>,
     /// Fed the resource of one name when it changes.
     named: Vec<(String, Arc<dyn Reload<T>>)>,
+    /// Told the name of each removed resource.
+    removed: Vec<RemovalSink>,
     tx: watch::Sender<ResourceMap<T>>,
 }
+
+/// A callback told the name of each removed resource (for sinks fed per resource).
+pub(crate) type RemovalSink = Arc<dyn Fn(&str) -> Result<(), ReloadError> + Send + Sync>;
 
 impl<T> Default for TypedSinks<T> {
     fn default() -> Self {
@@ -122,6 +127,7 @@ impl<T> Default for TypedSinks<T> {
             all: Vec::new(),
             each: Vec::new(),
             named: Vec::new(),
+            removed: Vec::new(),
             tx: watch::Sender::new(Arc::new(BTreeMap::new())),
         }
     }
@@ -161,6 +167,11 @@ impl Sinks {
         T::sinks(self).named.push((name, sink));
     }
 
+    /// Registers a callback told the name of each removed `T`.
+    pub(crate) fn add_removed<T: StoredResource>(&mut self, f: RemovalSink) {
+        T::sinks(self).removed.push(f);
+    }
+
     /// Registers a sink fed the rate-limit rules of `listener`.
     pub(crate) fn add_rate_limit(
         &mut self,
@@ -194,10 +205,10 @@ impl Store {
     /// Feeds every sink the whole current config (at start-up, from a persisted config).
     pub(crate) fn prime(&mut self) -> Result<(), ReloadError> {
         let config = std::mem::take(&mut self.config);
-        self.apply(config.clusters)?;
-        self.apply(config.endpoints)?;
-        self.apply(config.routes)?;
-        self.apply(config.listeners)?;
+        self.apply(Arc::unwrap_or_clone(config.clusters))?;
+        self.apply(Arc::unwrap_or_clone(config.endpoints))?;
+        self.apply(Arc::unwrap_or_clone(config.routes))?;
+        self.apply(Arc::unwrap_or_clone(config.listeners))?;
         Ok(())
     }
 
@@ -214,12 +225,14 @@ impl Store {
         }
         let sinks = T::sinks_ref(&self.sinks);
         feed(sinks, prev, &next)?;
+        // Shared with the watch channel and later snapshots: never deep-copied again.
+        let next = Arc::new(next);
         if matches!(
             T::TYPE,
             ResourceType::Listener | ResourceType::RouteConfiguration
         ) {
             let mut after = self.config.clone();
-            *T::map_mut(&mut after) = next.clone();
+            T::set(&mut after, next.clone());
             if let Err(e) = feed_rate_limits(&mut self.sinks.rate_limits, &after) {
                 let sinks = T::sinks_ref(&self.sinks);
                 let all = (sinks.each.len(), sinks.named.len(), sinks.all.len());
@@ -227,9 +240,8 @@ impl Store {
                 return Err(e);
             }
         }
-        let shared = Arc::new(next.clone());
-        *T::map_mut(&mut self.config) = next;
-        T::sinks_ref(&self.sinks).tx.send_replace(shared);
+        T::set(&mut self.config, next.clone());
+        T::sinks_ref(&self.sinks).tx.send_replace(next);
         Ok(true)
     }
 }
@@ -271,6 +283,15 @@ fn feed<T: StoredResource>(
         if let Err(e) = sink.reload(next.values().cloned().collect()) {
             undo(sinks, prev, next, (n_each, n_named, i));
             return Err(e);
+        }
+    }
+    // Removals last: they cannot be undone.
+    for name in prev.keys().filter(|k| !next.contains_key(*k)) {
+        for f in &sinks.removed {
+            if let Err(e) = f(name) {
+                undo(sinks, prev, next, (n_each, n_named, sinks.all.len()));
+                return Err(e);
+            }
         }
     }
     Ok(())
