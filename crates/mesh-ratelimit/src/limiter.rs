@@ -114,8 +114,8 @@ pub(crate) enum Decision {
         guard: WaitGuard,
         info: Option<RateInfo>,
     },
-    /// Refused.
-    Reject { error: MeshError, info: RateInfo },
+    /// Refused (boxed: the admitted path should not move a `MeshError`-sized value around).
+    Reject(Box<(MeshError, RateInfo)>),
 }
 
 /// Tokens held by a waiting request, returned if it is dropped before its turn.
@@ -197,12 +197,14 @@ impl Limiter {
         if snap.rules.is_empty() {
             return Decision::Go { info: None };
         }
-        let now = self.clock.now_nanos();
+        // Read the clock only once a rule applies (route rules of other routes cost nothing).
+        let mut now = None;
         let mut info = None;
         let mut wait = 0u64;
         // Only requests that must wait allocate: the buckets they hold across the wait.
         let mut held: Vec<(Arc<RuleState>, Arc<Bucket>, bool)> = Vec::new();
         for (pos, rule) in snap.applicable(req).enumerate() {
+            let now = *now.get_or_insert_with(|| self.clock.now_nanos());
             let out = rule.state.acquire(req, now, &rule.mode);
             let limit = rule.state.gcra.max_tokens;
             match out.acquire {
@@ -241,7 +243,7 @@ impl Limiter {
                         remaining: 0,
                         reset: reset.max(retry_after),
                     };
-                    return Decision::Reject { error, info };
+                    return Decision::Reject(Box::new((error, info)));
                 }
             }
         }
