@@ -14,6 +14,7 @@ pub mod dynamic;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;
+pub mod registration;
 pub mod server;
 pub mod sidecar;
 pub mod stack;

@@ -22,6 +22,7 @@ use crate::bootstrap::Bootstrap;
 use crate::dynamic;
 use crate::listeners::ListenerManager;
 use crate::metrics::Metrics;
+use crate::registration::Registrar;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum SidecarError {
     /// A piece of config was refused.
     #[error(transparent)]
     Config(#[from] ReloadError),
+    /// The registry could not be reached.
+    #[error(transparent)]
+    Registry(#[from] crate::registration::RegistryError),
     /// The xDS client could not start.
     #[error("xDS client: {0}")]
     Xds(#[from] mesh_xds::client::XdsClientError),
@@ -61,6 +65,19 @@ pub struct DynamicOptions {
     pub max_connections: usize,
     /// Where to persist the last accepted config (served at once after a restart).
     pub persist: Option<PathBuf>,
+    /// The registry the registration API writes to (`/pub`, `/unpub`, `/sub`, `/unsub`).
+    pub registry: Option<RegistryOptions>,
+}
+
+/// Where the registration API publishes.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// etcd client URL (`http://127.0.0.1:2379`).
+    pub url: String,
+    /// Key prefix, the control plane's `--prefix` (`/mesh`).
+    pub prefix: String,
+    /// Lease TTL: how long a dead sidecar's publications outlive it.
+    pub ttl: Duration,
 }
 
 impl DynamicOptions {
@@ -75,6 +92,7 @@ impl DynamicOptions {
             drain_timeout: Duration::from_secs(15),
             max_connections: 10_000,
             persist: None,
+            registry: None,
         }
     }
 }
@@ -201,6 +219,15 @@ impl Sidecar {
             }),
         )
         .with_ready_flag(ready);
+        let admin = match &opts.registry {
+            Some(r) => {
+                let registrar =
+                    Registrar::connect(&r.url, &r.prefix, r.ttl, clusters.clone(), stop.clone())
+                        .await?;
+                registrar.install(admin)
+            }
+            None => admin,
+        };
         let socket =
             TcpListener::bind(opts.admin)
                 .await

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mesh_proxy::bootstrap::Bootstrap;
-use mesh_proxy::sidecar::{DynamicOptions, Sidecar, SidecarError};
+use mesh_proxy::sidecar::{DynamicOptions, RegistryOptions, Sidecar, SidecarError};
 
 /// The mesh sidecar.
 #[derive(Debug, Parser)]
@@ -48,6 +48,15 @@ struct Args {
     /// Persist the last accepted xDS config here, and serve it at once after a restart.
     #[arg(long)]
     persist: Option<PathBuf>,
+    /// Registry (etcd URL) for the registration API (`POST /pub`, `/unpub`, `/sub`, `/unsub`).
+    #[arg(long, requires = "xds")]
+    registry: Option<String>,
+    /// Key prefix in the registry (the control plane's `--prefix`).
+    #[arg(long, default_value = "/mesh")]
+    registry_prefix: String,
+    /// Lease TTL of publications, in seconds: a dead sidecar's entries vanish after it.
+    #[arg(long, default_value_t = 10)]
+    registry_ttl: u64,
 }
 
 #[tokio::main]
@@ -74,6 +83,11 @@ async fn main() -> ExitCode {
         let mut opts = DynamicOptions::new(xds, args.node_id.clone().unwrap_or_default());
         opts.node_cluster = args.node_cluster.clone();
         opts.persist = args.persist.clone();
+        opts.registry = args.registry.as_ref().map(|url| RegistryOptions {
+            url: url.clone(),
+            prefix: args.registry_prefix.clone(),
+            ttl: std::time::Duration::from_secs(args.registry_ttl),
+        });
         if args.delta {
             opts.mode = mesh_xds::client::AdsMode::Delta;
         }
