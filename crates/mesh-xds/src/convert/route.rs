@@ -75,6 +75,9 @@ impl XdsResource for RouteConfiguration {
         rpb::RouteConfiguration {
             name: self.name.clone(),
             virtual_hosts: self.virtual_hosts.iter().map(vhost_to).collect(),
+            // As in the mesh, a route to a cluster not (yet) known answers 503 at request time
+            // instead of refusing the table; Envoy validates inline tables unless told not to.
+            validate_clusters: Some(pbw::BoolValue { value: false }),
             ..Default::default()
         }
     }

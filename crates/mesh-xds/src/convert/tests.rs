@@ -15,111 +15,14 @@ fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
     serde_yaml::from_str(s).unwrap()
 }
 
-/// A route table using every matcher, action and per-route filter mesh-core models.
+/// A route table using every matcher, action and per-route filter mesh-core models (shared
+/// with the test that serves it to real Envoy).
 pub(crate) fn rich_routes() -> RouteConfiguration {
-    yaml(
-        r#"
-name: main
-virtual_hosts:
-  - name: api
-    domains: ["api.example.com", "*.api.example.com"]
-    routes:
-      - name: exact
-        match: { path: /healthz, case_sensitive: false }
-        route: { cluster: health, timeout: 0s }
-      - name: grpc-method
-        match: { grpc: { service: pkg.Greeter, method: SayHello } }
-        route: { cluster: greeter, timeout: 2s }
-      - name: grpc-svc
-        match: { grpc: { service: pkg.Greeter } }
-        route: { cluster: greeter, prefix_rewrite: /v2.Greeter/ }
-      - name: regex
-        match:
-          regex: "/users/[0-9]+"
-          headers:
-            - { name: x-env, exact: canary, ignore_case: true }
-            - { name: x-a, prefix: "a" }
-            - { name: x-b, suffix: "b", invert: true }
-            - { name: x-c, contains: "c" }
-            - { name: x-d, regex: "d+" }
-            - { name: x-debug, present: true }
-            - { name: x-gone, present: false }
-          query_parameters:
-            - { name: q, exact: "1" }
-            - { name: flag, present: true }
-        route:
-          weighted_clusters:
-            - { name: v1, weight: 90 }
-            - { name: v2, weight: 10 }
-          prefix_rewrite: /users
-          host_rewrite: users.internal
-          request_headers_to_add: [{ name: x-req, value: "1", append: false }]
-          request_headers_to_remove: [x-secret]
-          response_headers_to_add: [{ name: x-resp, value: "2" }]
-          response_headers_to_remove: [server]
-          hash_policy:
-            - !header x-user
-            - !cookie session
-            - !query_parameter id
-            - source_ip
-      - name: limited
-        match: { prefix: /limited }
-        route:
-          cluster_header: x-cluster
-          retry_policy:
-            retry_on: "5xx,connect-failure,retriable-status-codes,unavailable"
-            num_retries: 3
-            per_try_timeout: 500ms
-            retriable_status_codes: [409]
-            backoff: { base_interval: 10ms, max_interval: 1s }
-            budget: { budget_percent: 25.0, min_retry_concurrency: 5 }
-          rate_limit:
-            token_bucket: { max_tokens: 10, tokens_per_fill: 5, fill_interval: 1s }
-            mode: !wait { max_wait: 2s, max_waiting: 7 }
-            descriptor: !header x-tenant
-        filters:
-          - !fault
-              delay: { fixed_delay: 50ms, percentage: 12.5 }
-              abort: { http_status: 503, percentage: 0.5 }
-          - !custom { name: my-layer, config: { k: v } }
-      - name: plain-limit
-        match: { prefix: / }
-        route:
-          cluster: web
-          rate_limit: { token_bucket: { max_tokens: 3, fill_interval: 100ms } }
-"#,
-    )
+    yaml(include_str!("../../tests/client_data/routes.yaml"))
 }
 
 pub(crate) fn rich_cluster() -> Cluster {
-    yaml(
-        r#"
-name: reviews
-lb_policy: !ring_hash { minimum_ring_size: 512, maximum_ring_size: 4096 }
-connect_timeout: 750ms
-protocol: http2
-circuit_breakers: { max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 4 }
-health_check: { path: /health, interval: 3s, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 4, host: reviews.local }
-outlier_detection: { consecutive_5xx: 7, consecutive_gateway_failure: 3, interval: 5s, base_ejection_time: 20s, max_ejection_time: 100s, max_ejection_percent: 40 }
-healthy_panic_threshold: 30.0
-locality_weighted: true
-load_assignment:
-  cluster_name: reviews
-  overprovisioning_factor: 150
-  endpoints:
-    - locality: { region: eu, zone: eu-1a, sub_zone: rack7 }
-      priority: 0
-      load_balancing_weight: 3
-      endpoints:
-        - { address: "10.0.0.1:8080", weight: 2, health: healthy, hostname: r1, metadata: { version: v1 } }
-        - { address: "[::1]:8081", health: draining }
-    - priority: 1
-      endpoints:
-        - { address: "10.0.1.1:8080", health: degraded }
-        - { address: "10.0.1.2:8080", health: unhealthy }
-        - { address: "10.0.1.3:8080", health: timeout }
-"#,
-    )
+    yaml(include_str!("../../tests/client_data/cluster.yaml"))
 }
 
 fn round_trip<T: XdsResource + Validate>(v: &T) -> T {
