@@ -37,11 +37,14 @@ use mesh_core::{Validate, ValidationError};
 use prost::Message;
 
 mod cluster;
+mod cluster_policy;
 mod endpoint;
 mod filters;
 mod listener;
+mod matchers;
 mod route;
 mod route_action;
+mod route_policy;
 
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
 
