@@ -4,12 +4,16 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+// foldhash rather than SipHash: the keys come from config, not from clients, so a request
+// cannot degrade lookups, and hashing the host is a good part of the cost of a lookup.
+type Map = HashMap<Box<str>, u32, foldhash::fast::FixedState>;
+
 /// The compiled domain index of a route table.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Domains {
-    exact: HashMap<Box<str>, u32>,
+    exact: Map,
     /// Wildcards by their suffix (`*.example.com` → `.example.com`).
-    suffixes: HashMap<Box<str>, u32>,
+    suffixes: Map,
     /// The distinct suffix lengths, longest first, so the longest wildcard is tried first.
     suffix_lens: Vec<usize>,
     any: Option<u32>,

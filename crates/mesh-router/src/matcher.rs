@@ -266,9 +266,14 @@ impl RouteMatcher {
 
     /// Whether every condition but the path holds (the path is known to match).
     pub(crate) fn rest_matches(&self, req: &RequestView<'_>) -> bool {
-        (!self.grpc || req.grpc)
+        (!self.grpc || is_grpc(req.headers))
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
+    }
+
+    /// Whether only the path decides (no header, query or gRPC condition).
+    pub(crate) fn path_only(&self) -> bool {
+        !self.grpc && self.headers.is_empty() && self.query.is_empty()
     }
 
     /// The whole match: path and the rest.
@@ -283,7 +288,6 @@ pub(crate) struct RequestView<'a> {
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
     pub(crate) headers: &'a HeaderMap,
-    pub(crate) grpc: bool,
 }
 
 impl<'a> RequestView<'a> {
@@ -292,7 +296,106 @@ impl<'a> RequestView<'a> {
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
-            grpc: mesh_core::is_grpc(req),
         }
+    }
+}
+
+/// `mesh_core::is_grpc` on headers alone, so matching reads `content-type` only when a gRPC
+/// route is a candidate.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn header(value: StringMatch, ignore_case: bool, invert: bool) -> HeaderMatch {
+        HeaderMatch::compile(&HeaderMatcher {
+            name: "x-h".into(),
+            value,
+            ignore_case,
+            invert,
+        })
+        .unwrap()
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-h", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn string_conditions_with_case_and_inversion() {
+        let m = header(StringMatch::Suffix(".COM".into()), true, false);
+        assert!(m.matches(&headers(&["a.example.com"])));
+        let m = header(StringMatch::Contains("mid".into()), false, false);
+        assert!(m.matches(&headers(&["amidst"])));
+        assert!(!m.matches(&headers(&["aMIDst"])));
+        let m = header(StringMatch::Regex("[a-z]+".into()), false, false);
+        assert!(m.matches(&headers(&["abc"])));
+        assert!(
+            !m.matches(&headers(&["abc1"])),
+            "the regex must match the whole value"
+        );
+        let absent = header(StringMatch::Present(false), false, false);
+        assert!(absent.matches(&headers(&[])));
+        assert!(!absent.matches(&headers(&["x"])));
+        let not_exact = header(StringMatch::Exact("a".into()), false, true);
+        assert!(not_exact.matches(&headers(&["b"])));
+        assert!(
+            not_exact.matches(&headers(&[])),
+            "inverted: an absent header passes"
+        );
+        assert!(!not_exact.matches(&headers(&["a"])));
+    }
+
+    #[test]
+    fn repeated_headers_are_matched_joined_by_commas() {
+        let m = header(StringMatch::Exact("a,b".into()), false, false);
+        assert!(m.matches(&headers(&["a", "b"])));
+        assert!(!m.matches(&headers(&["a"])));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded_and_the_first_occurrence_counts() {
+        let q = QueryMatch::compile(&QueryParamMatcher {
+            name: "k y".into(),
+            value: StringMatch::Exact("v/é".into()),
+            ignore_case: false,
+        })
+        .unwrap();
+        assert!(q.matches(Some("a=1&k+y=v%2F%C3%A9&k+y=other")));
+        assert!(!q.matches(Some("k%20y=other&k+y=v%2F%C3%A9")));
+        assert!(!q.matches(None));
+        assert_eq!(
+            percent_decode("100%"),
+            "100%",
+            "a bad escape passes through"
+        );
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn regex_paths_are_anchored_and_case_insensitive_on_request() {
+        let mut m = RouteMatch {
+            path: PathMatch::Regex("/a/[0-9]+".into()),
+            ..RouteMatch::default()
+        };
+        let c = RouteMatcher::compile(&m).unwrap();
+        assert!(c.path_matches("/a/12"));
+        assert!(!c.path_matches("/x/a/12"));
+        assert!(!c.path_matches("/A/12"));
+        m.case_sensitive = false;
+        assert!(RouteMatcher::compile(&m).unwrap().path_matches("/A/12"));
+        m.path = PathMatch::Regex("(".into());
+        let err = RouteMatcher::compile(&m).unwrap_err();
+        assert_eq!(err.path, "regex");
     }
 }
