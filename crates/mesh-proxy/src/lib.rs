@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+mod conn;
 pub mod dynamic;
 pub mod headers;
 pub mod listeners;

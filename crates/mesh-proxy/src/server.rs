@@ -11,15 +11,16 @@ use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use mesh_core::extensions::{ClientAddr, ListenerName, MatchedRoute, TargetCluster};
 use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
+use crate::conn::{Activity, TrackedIo};
 use crate::headers;
 use crate::metrics::{status_class, Metrics, RequestLabels};
 
@@ -48,7 +49,10 @@ pub async fn serve(
     drain: Duration,
 ) {
     let builder = Arc::new(builder(&settings.http));
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    // Cancelled when the drain deadline passes: connections still open are then dropped.
+    let force = CancellationToken::new();
+    let idle = settings.http.idle_timeout;
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let conns = metrics.active_connections(&settings.name);
     loop {
@@ -70,7 +74,9 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
         let edge = Edge {
+            activity: Arc::clone(&activity),
             listener: Arc::clone(&settings.name),
             peer,
             max_body: settings.http.max_request_bytes,
@@ -79,27 +85,54 @@ pub async fn serve(
         };
         let conn = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(stream),
+                TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity))),
                 hyper::service::service_fn(move |req| edge.clone().call(req)),
             )
             .into_owned();
-        let conn = graceful.watch(conn);
         let gauge = conns.clone();
         gauge.inc();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let stop = shutdown.clone();
+        let force = force.clone();
+        tracker.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            let check = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(e) = res {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = force.cancelled() => {
+                        tracing::debug!(%peer, "drain deadline: closing the connection");
+                        break;
+                    }
+                    () = stop.cancelled(), if !closing => {
+                        // Drain: finish in-flight requests, refuse new ones (GOAWAY / close).
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = tokio::time::sleep(check), if !closing => {
+                        if activity.idle_for() >= idle {
+                            tracing::debug!(%peer, "idle timeout: closing");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
             }
             gauge.dec();
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(listener = %settings.name, "drain deadline passed with connections open");
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(listener = %settings.name, "drain deadline passed with connections open; closing them");
+        force.cancel();
+        tracker.wait().await;
     }
 }
 
@@ -130,6 +163,7 @@ fn builder(http: &HttpProtocolOptions) -> auto::Builder<TokioExecutor> {
 /// The per-request work at the edge of a listener, before the layer stack and after it.
 #[derive(Clone)]
 struct Edge {
+    activity: Arc<Activity>,
     listener: Arc<str>,
     peer: SocketAddr,
     max_body: u64,
@@ -139,6 +173,7 @@ struct Edge {
 
 impl Edge {
     async fn call(mut self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let _in_flight = self.activity.begin();
         let started = Instant::now();
         let grpc = is_grpc(&req);
         let active = self.metrics.active_requests(&self.listener);

@@ -21,7 +21,7 @@ use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
 use crate::dynamic;
 use crate::listeners::ListenerManager;
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterCollector, Metrics};
 use crate::registration::Registrar;
 
 /// Why the sidecar could not start.
@@ -116,6 +116,7 @@ impl Sidecar {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let clusters = ClusterManager::new();
+        registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
             clusters.reload(cla.clone())?;
@@ -173,6 +174,7 @@ impl Sidecar {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let clusters = ClusterManager::new();
+        registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
         let listeners = ListenerManager::new(
             clusters.clone(),
             LayerRegistry::default(),

@@ -295,3 +295,62 @@ async fn admin_serves_health_readiness_metrics_and_config_dump() {
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let http = HttpProtocolOptions {
+        request_headers_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let l = start(http, 100).await;
+    // Slowloris: headers that never finish.
+    let mut s = TcpStream::connect(l.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("not closed")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Idle keep-alive: one request, then silence. (hyper's header timeout also covers the wait
+    // for the next HTTP/1 request, so give this listener a long one to see our idle timer.)
+    let http = HttpProtocolOptions {
+        request_headers_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let l = start(http, 100).await;
+    let mut s = TcpStream::connect(l.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("idle connection kept")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A slow request in flight is not idle.
+    let mut slow = req("/");
+    slow.headers_mut()
+        .insert("x-delay-ms", "900".parse().unwrap());
+    assert_eq!(get(l.addr, false, slow).await.0, 200);
+}

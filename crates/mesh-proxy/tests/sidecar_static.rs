@@ -194,6 +194,8 @@ async fn requests_cross_both_hops_and_the_mesh_answers_its_own_errors() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["x-mesh-error"], "no_healthy_endpoint");
 
+    // One more call, so a pooled connection is open (the timeout above closed the last one).
+    assert_eq!(send(out, "/", false, false).await.0, 200);
     // The admin endpoint saw it all.
     let (status, text) = mesh_testkit::http_get(sidecar.admin_addr(), "/stats/prometheus").unwrap();
     assert_eq!(status, 200);
@@ -204,6 +206,22 @@ async fn requests_cross_both_hops_and_the_mesh_answers_its_own_errors() {
     assert!(
         text.contains(r#"route="root",cluster="inbound_sidecar",status_class="2xx""#),
         "{text}"
+    );
+    assert!(
+        text.contains(r#"mesh_upstream_endpoints{cluster="local_app"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mesh_upstream_healthy_endpoints{cluster="down"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"mesh_upstream_connections{cluster="inbound_sidecar"} 1"#),
+        "pooled: {text}"
+    );
+    assert!(
+        text.contains(r#"mesh_upstream_connections{cluster="local_app"} 1"#),
+        "pooled: {text}"
     );
     let (status, dump) = mesh_testkit::http_get(sidecar.admin_addr(), "/config_dump").unwrap();
     assert_eq!(status, 200);
