@@ -290,5 +290,26 @@ rules:
     assert_eq!(status(&svc, plain()).await, 200);
 }
 
+#[tokio::test(start_paused = true)]
+async fn reload_with_a_smaller_descriptor_bound_keeps_state_and_shrinks() {
+    let l = layer(&format!("{PER_HEADER}max_descriptors: 1024\n"));
+    let svc = svc(&l);
+    for i in 0..500 {
+        assert_eq!(status(&svc, user(&format!("u{i}"))).await, 200);
+    }
+    l.reload(config(&format!("{PER_HEADER}max_descriptors: 64\n")))
+        .unwrap();
+    assert_eq!(
+        status(&svc, user("u499")).await,
+        429,
+        "same rule: state kept"
+    );
+    for i in 1_000..3_000 {
+        status(&svc, user(&format!("u{i}"))).await;
+    }
+    let held = l.descriptor_buckets("per-user").unwrap();
+    assert!(held <= 64, "{held}");
+}
+
 mod load;
 mod wait;
