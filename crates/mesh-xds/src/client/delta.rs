@@ -123,16 +123,27 @@ impl AdsState {
 /// Identifies a delta response's content (names, versions, removals), so that the same rejected
 /// content resent under a new nonce is recognised.
 fn fingerprint(resp: &DeltaDiscoveryResponse) -> String {
-    let versions: BTreeMap<&str, &str> = resp
+    use std::hash::{Hash, Hasher};
+    let versions: BTreeMap<&str, String> = resp
         .resources
         .iter()
-        .map(|r| (r.name.as_str(), r.version.as_str()))
+        .map(|r| {
+            // A control plane that leaves versions empty is identified by content instead.
+            let version = if r.version.is_empty() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                r.resource.as_ref().map(|a| &a.value).hash(&mut h);
+                format!("#{:x}", h.finish())
+            } else {
+                r.version.clone()
+            };
+            (r.name.as_str(), version)
+        })
         .collect();
     let mut key = String::new();
     for (name, version) in versions {
         key.push_str(name);
         key.push('@');
-        key.push_str(version);
+        key.push_str(&version);
         key.push('\n');
     }
     key.push('-');

@@ -289,3 +289,26 @@ impl Stream<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_but_never_zero() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for failures in 0..40 {
+            let expected = (base * 2u32.pow(failures.min(16))).min(max);
+            for _ in 0..20 {
+                let d = backoff(base, max, failures);
+                assert!(
+                    d >= expected / 2 && d <= expected,
+                    "{failures}: {d:?} vs {expected:?}"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, max, 5)).collect();
+        assert!(spread.len() > 5, "jittered: {spread:?}");
+        assert!(backoff(Duration::ZERO, Duration::ZERO, 3) <= Duration::from_millis(1));
+    }
+}

@@ -1,5 +1,5 @@
 //! The ADS client: subscribes to a control plane over one aggregated stream (state-of-the-world
-//! or delta), converts and validates what arrives, feeds the layers' [`Reload`] sinks, and ACKs
+//! or delta), converts and validates what arrives, feeds the layers' [`Reload`](mesh_core::Reload) sinks, and ACKs
 //! or NACKs each update the way Envoy's own xDS client does.
 //!
 //! - Resource chains as in Envoy: wildcard LDS and CDS; RDS for the route tables the listeners
