@@ -136,6 +136,11 @@ impl RouteTable {
         registry: &LayerRegistry,
     ) -> Result<Self, ReloadError> {
         let refuse = |reason: String| ReloadError::new("route_configuration", &config.name, reason);
+        // mesh-core's validation first (once: routes are not validated again below); its error
+        // path names the route by position, the message adds the route's name.
+        config
+            .validate()
+            .map_err(|e| refuse(describe(config, &e)))?;
         let name: Arc<str> = Arc::from(config.name.as_str());
         let mut domains = Domains::default();
         let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
@@ -147,13 +152,8 @@ impl RouteTable {
             let mut path_only = Vec::with_capacity(vh.routes.len());
             for (j, route) in vh.routes.iter().enumerate() {
                 let compiled = compile_route(&name, &vh_name, route, registry).map_err(|e| {
-                    let label = if route.name.is_empty() {
-                        format!("#{j}")
-                    } else {
-                        format!("{:?}", route.name)
-                    };
                     let e = e.within(format!("virtual_hosts[{i}].routes[{j}]"));
-                    refuse(format!("route {label}: {e}"))
+                    refuse(describe(config, &e))
                 })?;
                 let j = u32::try_from(j).map_err(|_| refuse("too many routes".into()))?;
                 let m = &compiled.matcher;
@@ -182,9 +182,6 @@ impl RouteTable {
                 path_only,
             });
         }
-        // Routes are checked above with their names; this catches table-wide problems
-        // (duplicate virtual hosts, domains or route names).
-        config.validate().map_err(|e| refuse(e.to_string()))?;
         Ok(Self {
             name,
             domains,
@@ -282,7 +279,6 @@ fn compile_route(
     route: &Route,
     registry: &LayerRegistry,
 ) -> Result<CompiledRoute, ValidationError> {
-    route.validate()?;
     let matcher = RouteMatcher::compile(&route.matcher).map_err(|e| e.within("match"))?;
     let prefix_len = match &matcher.path {
         PathMatcher::Prefix(p) => Some(p.len()),
@@ -313,6 +309,26 @@ fn compile_route(
         policy: Arc::new(policy),
         filters,
     })
+}
+
+/// The error, prefixed with the route it is about (`route "name"`, or `route #j` when unnamed)
+/// when its path points into one.
+fn describe(config: &RouteConfiguration, e: &ValidationError) -> String {
+    fn index(s: &str) -> Option<(usize, &str)> {
+        let (n, rest) = s.split_once(']')?;
+        Some((n.parse().ok()?, rest))
+    }
+    let route = e
+        .path
+        .strip_prefix("virtual_hosts[")
+        .and_then(index)
+        .and_then(|(i, rest)| Some((i, index(rest.strip_prefix(".routes[")?)?.0)))
+        .and_then(|(i, j)| Some((j, config.virtual_hosts.get(i)?.routes.get(j)?)));
+    match route {
+        Some((_, r)) if !r.name.is_empty() => format!("route {:?}: {e}", r.name),
+        Some((j, _)) => format!("route #{j}: {e}"),
+        None => e.to_string(),
+    }
 }
 
 /// The request's authority: the URI's (HTTP/2 `:authority`, absolute form), else `Host`.

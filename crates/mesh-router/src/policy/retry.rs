@@ -242,3 +242,102 @@ where
 {
     timeout::within(retry.per_try, grpc, super::oneshot(inner, req)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::{RetryBackoff, RetryBudget, RetryPolicy};
+
+    fn policy(on: &str, budget: Option<RetryBudget>) -> Retry {
+        Retry::compile(&RetryPolicy {
+            retry_on: on.parse().unwrap(),
+            num_retries: 2,
+            per_try_timeout: None,
+            retriable_status_codes: vec![409],
+            backoff: RetryBackoff {
+                base_interval: Duration::from_millis(10),
+                max_interval: Duration::from_millis(50),
+            },
+            budget,
+        })
+    }
+
+    fn status(code: u16) -> Result<Response<Body>, BoxError> {
+        let mut r = Response::new(mesh_core::body::empty());
+        *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+        Ok(r)
+    }
+
+    fn grpc(code: &'static str) -> Result<Response<Body>, BoxError> {
+        let mut r = Response::new(mesh_core::body::empty());
+        r.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static(code));
+        Ok(r)
+    }
+
+    fn connect() -> Result<Response<Body>, BoxError> {
+        Err(Box::new(MeshError::UpstreamConnect {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            reason: "refused".into(),
+        }))
+    }
+
+    #[test]
+    fn retry_on_conditions() {
+        let p = policy("5xx", None);
+        assert!(p.should_retry(&status(500), false));
+        assert!(p.should_retry(&connect(), false));
+        assert!(!p.should_retry(&status(429), false));
+        let p = policy("gateway-error", None);
+        assert!(p.should_retry(&status(503), false));
+        assert!(!p.should_retry(&status(500), false));
+        assert!(p.should_retry(&status(200), true), "a per-try timeout");
+        let p = policy("retriable-status-codes", None);
+        assert!(p.should_retry(&status(409), false));
+        assert!(!p.should_retry(&status(500), false));
+        let p = policy("connect-failure", None);
+        assert!(p.should_retry(&connect(), false));
+        assert!(!p.should_retry(&Err("reset".into()), false));
+        let p = policy("unavailable,cancelled", None);
+        assert!(p.should_retry(&grpc("14"), false));
+        assert!(p.should_retry(&grpc("1"), false));
+        assert!(!p.should_retry(&grpc("4"), false));
+        assert!(!p.should_retry(&grpc("0"), false));
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_cap() {
+        let p = policy("5xx", None);
+        for n in 1..=6 {
+            let cap = Duration::from_millis(10 * (1 << (n - 1))).min(Duration::from_millis(50));
+            for _ in 0..50 {
+                assert!(p.backoff(n) <= cap, "retry {n}");
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| p.backoff(3)).collect();
+        assert!(spread.len() > 10, "jittered, not fixed");
+    }
+
+    #[test]
+    fn budget_allows_a_share_of_requests_in_flight_but_at_least_the_minimum() {
+        let p = policy(
+            "5xx",
+            Some(RetryBudget {
+                budget_percent: 25.0,
+                min_retry_concurrency: 1,
+            }),
+        );
+        let b = p.budget().unwrap();
+        let requests: Vec<_> = (0..8).map(|_| b.request()).collect();
+        let first = b.try_retry().unwrap();
+        let second = b.try_retry().unwrap();
+        assert!(b.try_retry().is_none(), "25% of 8 is 2");
+        drop(first);
+        let third = b.try_retry();
+        assert!(third.is_some(), "a finished retry frees its slot");
+        drop((second, third, requests));
+        let only = b.try_retry();
+        assert!(only.is_some(), "the minimum holds with nothing in flight");
+        assert!(b.try_retry().is_none());
+    }
+}
