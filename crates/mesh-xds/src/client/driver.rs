@@ -49,6 +49,11 @@ pub(crate) async fn run(
     let mut connects = 0u64;
     let mut failures = 0u32;
     let mut index = 0usize;
+    let persist_tx = cfg.persist.clone().map(|path| {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(write_persisted(path, rx));
+        tx
+    });
     publish(&state, &out, ConnectionState::Idle, connects);
     loop {
         let addr = cfg.addresses[index % cfg.addresses.len()].clone();
@@ -63,6 +68,7 @@ pub(crate) async fn run(
             cfg: &cfg,
             out: &out,
             connects: &mut connects,
+            persist: persist_tx.as_ref(),
             healthy: false,
         };
         let error = tokio::select! {
@@ -85,6 +91,22 @@ pub(crate) async fn run(
         }
     }
     publish(&state, &out, ConnectionState::Stopped, connects);
+}
+
+/// Writes the latest accepted config off the stream's path: while one write runs, newer
+/// snapshots replace each other and only the last is written next. Ends with the driver.
+async fn write_persisted(path: PathBuf, mut rx: watch::Receiver<Option<Persisted>>) {
+    while rx.changed().await.is_ok() {
+        let Some(snapshot) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let path = path.clone();
+        match tokio::task::spawn_blocking(move || persist::store(&path, &snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not persist the xDS config"),
+            Err(e) => tracing::warn!(error = %e, "could not persist the xDS config"),
+        }
+    }
 }
 
 /// Capped exponential backoff with jitter in [d/2, d], so that a fleet restarting together
@@ -150,6 +172,7 @@ struct Stream<'a> {
     cfg: &'a DriverConfig,
     out: &'a Outputs,
     connects: &'a mut u64,
+    persist: Option<&'a watch::Sender<Option<Persisted>>>,
     /// Whether a response arrived (the backoff restarts from its base after a healthy stream).
     healthy: bool,
 }
@@ -250,7 +273,7 @@ impl Stream<'_> {
                         }
                     }
                     publish(self.state, self.out, ConnectionState::Connected(addr.into()), *self.connects);
-                    self.persist().await;
+                    self.persist();
                 }
                 _ = sleep_until(refresh_at) => {
                     refresh_at = self.cfg.refresh.map_or(far, |r| Instant::now() + r);
@@ -272,20 +295,12 @@ impl Stream<'_> {
         }
     }
 
-    async fn persist(&mut self) {
-        let Some(path) = &self.cfg.persist else {
-            return;
-        };
-        if !std::mem::take(&mut self.state.dirty) {
-            return;
-        }
-        let snapshot = Persisted::of(self.state);
-        let path = path.clone();
-        let written = tokio::task::spawn_blocking(move || persist::store(&path, &snapshot)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not persist the xDS config"),
-            Err(e) => tracing::warn!(error = %e, "could not persist the xDS config"),
+    fn persist(&mut self) {
+        if std::mem::take(&mut self.state.dirty) {
+            if let Some(tx) = self.persist {
+                // Cheap: the snapshot shares the resource maps. The writer task coalesces.
+                tx.send_replace(Some(Persisted::of(self.state)));
+            }
         }
     }
 }

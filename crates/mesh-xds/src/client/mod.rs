@@ -16,6 +16,15 @@
 //!   it is thin. Sinks are `Arc<dyn Reload<_>>`, and every type is also published on a
 //!   `tokio::sync::watch` channel ([`XdsClient::watch`]).
 //!
+//! Wiring the layers (what the sidecar does):
+//!
+//! | sink | registration |
+//! |---|---|
+//! | mesh-router's `RouterLayer` (`Reload<RouteConfiguration>`) | [`sink_named`](XdsClientBuilder::sink_named)`::<RouteConfiguration>(listener's route table name, ..)` |
+//! | mesh-lb's `ClusterManager`, clusters (`Reload<Vec<Cluster>>`) | [`sink_all`](XdsClientBuilder::sink_all)`::<Cluster>(..)` |
+//! | mesh-lb's `ClusterManager`, endpoints (`Reload<ClusterLoadAssignment>`) | [`sink_each`](XdsClientBuilder::sink_each)`::<ClusterLoadAssignment>(..)` plus [`on_removed`](XdsClientBuilder::on_removed)`::<ClusterLoadAssignment>` sending its `RemoveLoadAssignment` |
+//! | mesh-ratelimit's `RateLimitLayer` (`Reload<RateLimitConfig>`) | [`sink_rate_limits`](XdsClientBuilder::sink_rate_limits)`(listener name, ..)` |
+//!
 //! TLS to the control plane is not implemented yet: tonic's TLS features pull in rustls and a
 //! certificate store, which the issue allowed us to defer; addresses are `http://`.
 //!
