@@ -354,3 +354,40 @@ async fn slow_headers_and_idle_connections_are_closed() {
         .insert("x-delay-ms", "900".parse().unwrap());
     assert_eq!(get(l.addr, false, slow).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_floods_are_cut_off_and_others_keep_being_served() {
+    let l = start(HttpProtocolOptions::default(), 100).await;
+    let tcp = TcpStream::connect(l.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn_task = tokio::spawn(conn);
+    // CVE-2023-44487: open streams and reset them at once, as fast as possible.
+    let mut sent = 0;
+    for _ in 0..5_000 {
+        let ready = tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await;
+        let Ok(Ok(mut ready)) = ready else { break };
+        let req = Request::get(format!("http://{}/", l.addr))
+            .body(())
+            .unwrap();
+        match ready.send_request(req, false) {
+            Ok((_resp, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+        client = ready;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
+    let err = ended
+        .expect("the flooding connection was not closed")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{err:?} after {sent} resets"
+    );
+    assert!(sent < 5_000, "cut off after {sent} resets");
+    // Everyone else is still served.
+    assert_eq!(get(l.addr, true, req("/")).await.0, 200);
+}
