@@ -16,10 +16,30 @@
 //! retry marked with [`RetryAttempt`](mesh_core::extensions::RetryAttempt)), and the route's
 //! named extra layers from a [`LayerRegistry`] (fault injection ships as `fault`).
 //!
+//! **Matching details.** Path conditions look at the path without its query string (prefix,
+//! exact and regex alike); regexes must match the whole path or value. `case_sensitive: false`
+//! applies to prefix and exact paths, not to regexes (as in Envoy: write `(?i)`). A gRPC match
+//! (`/pkg.Service/` or `/pkg.Service/Method`) also requires `content-type: application/grpc`.
+//! Header conditions on a repeated header see its values joined by `,`; query conditions see the
+//! first occurrence, percent-decoded. A `cluster_header` route whose header is missing answers
+//! 404, as Envoy does.
+//!
+//! **Policy details.** The route timeout covers all attempts up to the response head (not the
+//! streaming of the body); zero disables it. Retries replay bodies of at most
+//! [`MAX_REPLAY_BODY`] bytes whose size is known up front; other requests get one attempt.
+//! Per-route filters run outside the timeout and retries (a fault delay does not count against
+//! the route timeout), in the order listed.
+//!
 //! **Error rule.** The router's own decisions are answered as responses built by
 //! `MeshError::to_response`: no route is 404 (gRPC: UNIMPLEMENTED), a timeout 504 (gRPC:
 //! DEADLINE_EXCEEDED), a fault abort its status. So a `Router` can serve a hyper connection
 //! directly. Errors of the inner service pass through unchanged.
+//!
+//! **A compiler caveat for users.** rustc cannot prove `Send` for a future that holds the
+//! router's future (or a hyper connection serving it) when that future is written inside an
+//! `async` block and then spawned ("`Send`/`From` is not general enough", from the lifetime in
+//! `mesh_core::BoxError`). Build such futures in a plain `fn` and box them
+//! (`Box::pin(router.oneshot(req))`), as `tests/http.rs` does for its server.
 //!
 //! **Reload.** [`RouterLayer`] implements `Reload<RouteConfiguration>`: the new table is
 //! validated and compiled (regexes, tries, domain maps) off the data path and swapped in with

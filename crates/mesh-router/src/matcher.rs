@@ -9,9 +9,8 @@ use regex::Regex;
 pub(crate) type CompileError = mesh_core::ValidationError;
 
 /// Compiles a regex that must match a whole value (anchored), as Envoy's `safe_regex` does.
-pub(crate) fn whole(re: &str, ignore_case: bool) -> Result<Regex, CompileError> {
-    let flags = if ignore_case { "(?i)" } else { "" };
-    Regex::new(&format!("{flags}^(?:{re})$")).map_err(|e| {
+pub(crate) fn whole(re: &str) -> Result<Regex, CompileError> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| {
         let why = e.to_string();
         let why = why.lines().last().unwrap_or("invalid").trim().to_string();
         CompileError::new("regex", format!("invalid regex {re:?}: {why}"))
@@ -45,7 +44,7 @@ impl StrMatcher {
             StringMatch::Suffix(s) => (Self::Suffix(fold(s)), ignore_case),
             StringMatch::Contains(s) => (Self::Contains(fold(s)), ignore_case),
             // Regexes ignore `ignore_case` (as Envoy's do); write `(?i)` in the pattern instead.
-            StringMatch::Regex(r) => (Self::Regex(whole(r, false)?), false),
+            StringMatch::Regex(r) => (Self::Regex(whole(r)?), false),
             StringMatch::Present(p) => (Self::Present(*p), false),
         })
     }
@@ -213,7 +212,8 @@ impl RouteMatcher {
         let (path, grpc) = match &m.path {
             PathMatch::Prefix(p) => (PathMatcher::Prefix(fold(p)), false),
             PathMatch::Exact(p) => (PathMatcher::Exact(fold(p)), false),
-            PathMatch::Regex(r) => (PathMatcher::Regex(whole(r, !m.case_sensitive)?), false),
+            // Envoy ignores `case_sensitive` for regexes: write `(?i)` in the pattern instead.
+            PathMatch::Regex(r) => (PathMatcher::Regex(whole(r)?), false),
             // A gRPC path is `/pkg.Service/Method`: a whole service is a prefix, a method exact.
             PathMatch::Grpc { service, method } => match method {
                 Some(method) => (
@@ -383,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn regex_paths_are_anchored_and_case_insensitive_on_request() {
+    fn regex_paths_are_anchored_and_ignore_case_sensitive() {
         let mut m = RouteMatch {
             path: PathMatch::Regex("/a/[0-9]+".into()),
             ..RouteMatch::default()
@@ -393,6 +393,11 @@ mod tests {
         assert!(!c.path_matches("/x/a/12"));
         assert!(!c.path_matches("/A/12"));
         m.case_sensitive = false;
+        assert!(
+            !RouteMatcher::compile(&m).unwrap().path_matches("/A/12"),
+            "case_sensitive does not apply to regexes, as in Envoy"
+        );
+        m.path = PathMatch::Regex("(?i)/a/[0-9]+".into());
         assert!(RouteMatcher::compile(&m).unwrap().path_matches("/A/12"));
         m.path = PathMatch::Regex("(".into());
         let err = RouteMatcher::compile(&m).unwrap_err();
