@@ -112,16 +112,6 @@ fn single_thread(c: &mut Criterion) {
         let mut svc = tower_layer_apply(&unlimited(None));
         b.iter(|| black_box(call(&mut svc, plain())))
     });
-    g.bench_function("admit_listener_manual_clock", |b| {
-        let cfg = config(u32::MAX, u32::MAX, Duration::from_millis(1), None);
-        let (clock, hand) = Clock::manual();
-        let layer = RateLimitLayer::with_clock(cfg, clock).expect("valid config");
-        let mut svc = tower_layer_apply(&layer);
-        b.iter(|| {
-            hand.advance(Duration::from_nanos(1));
-            black_box(call(&mut svc, plain()))
-        })
-    });
     g.bench_function("reject_listener", |b| {
         let layer = RateLimitLayer::new(config(1, 1, Duration::from_secs(3600), None))
             .expect("valid config");
