@@ -46,9 +46,12 @@ impl AdsState {
                 for name in &resp.removed_resources {
                     ts.resource_versions.remove(name);
                 }
+                // Versions of what is held only: a resource of a name not subscribed was dropped.
                 for r in &resp.resources {
-                    ts.resource_versions
-                        .insert(r.name.clone(), r.version.clone());
+                    if ty.is_wildcard() || ts.names.contains(&r.name) {
+                        ts.resource_versions
+                            .insert(r.name.clone(), r.version.clone());
+                    }
                 }
                 if !resp.system_version_info.is_empty() {
                     ts.stats.version = resp.system_version_info.clone();

@@ -380,6 +380,12 @@ fn delta_add_remove_nack_and_resubscribe_with_versions() {
     assert_eq!(out[0].response_nonce, "d1");
     assert!(out[0].error_detail.is_none());
     assert_eq!(out[1].resource_names_subscribe, ["a"]);
+    // An endpoint set nobody subscribed to is neither kept nor remembered.
+    let la = ClusterLoadAssignment::from_addrs("zzz", ["10.0.0.1:80".parse().unwrap()]);
+    let eds = ResourceType::ClusterLoadAssignment;
+    s.on_delta_response(delta(eds, "e1", vec![("zzz", "9", encode(&la))], &[]));
+    assert!(s.store.config.endpoints.is_empty());
+    assert!(s.ty(eds).resource_versions.is_empty());
     // Remove a: the EDS subscription is withdrawn.
     let out = dreqs(s.on_delta_response(delta(c, "d2", vec![], &["a"])));
     assert_eq!(out[1].resource_names_unsubscribe, ["a"]);
