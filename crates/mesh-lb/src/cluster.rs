@@ -46,7 +46,7 @@ pub struct ClusterState {
 /// What the config-path lock guards.
 #[derive(Default)]
 struct Assignment {
-    current: ClusterLoadAssignment,
+    current: Arc<ClusterLoadAssignment>,
     /// Removed endpoints whose connections are not closed yet; an endpoint re-added meanwhile
     /// is revived from here, so it keeps its pooled connections (the pool is keyed by address).
     draining: EndpointMap,
@@ -75,7 +75,7 @@ impl ClusterState {
         config: Cluster,
         local: Option<Locality>,
         carried: Option<Arc<EndpointMap>>,
-        assignment: ClusterLoadAssignment,
+        assignment: Arc<ClusterLoadAssignment>,
     ) -> Arc<Self> {
         let name: Arc<str> = config.name.as_str().into();
         let breaker = Arc::new(CircuitBreaker::new(config.circuit_breakers.clone()));
@@ -161,10 +161,10 @@ impl ClusterState {
 
     /// Swaps in a new endpoint assignment: endpoints that stay keep their state, new ones start
     /// healthy, removed ones drain and then close their connections.
-    pub(crate) fn update_assignment(self: &Arc<Self>, cla: ClusterLoadAssignment) {
+    pub(crate) fn update_assignment(self: &Arc<Self>, cla: Arc<ClusterLoadAssignment>) {
         let mut guard = self.lock();
         let old = self.endpoints.load_full();
-        let mut map = EndpointMap::with_capacity(cla.len());
+        let mut map = EndpointMap::with_capacity_and_hasher(cla.len(), Default::default());
         for (_, e) in cla.iter() {
             let st = match old.get(&e.address) {
                 Some(st) => st.clone(),

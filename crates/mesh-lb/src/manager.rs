@@ -9,7 +9,8 @@ use mesh_core::{
 
 use crate::cluster::ClusterState;
 
-type ClusterMap = HashMap<Arc<str>, Arc<ClusterState>>;
+/// foldhash: the data path hashes the cluster name once per request.
+type ClusterMap = HashMap<Arc<str>, Arc<ClusterState>, foldhash::fast::RandomState>;
 
 /// The clusters at run time. Cheap to clone (a handle); every clone sees the same clusters.
 ///
@@ -29,7 +30,7 @@ pub struct ClusterManager {
 struct Inner {
     clusters: Shared<ClusterMap>,
     /// The last EDS assignment per EDS name; serialises reloads (config path only).
-    eds: Mutex<HashMap<String, ClusterLoadAssignment>>,
+    eds: Mutex<HashMap<String, Arc<ClusterLoadAssignment>>>,
     local: Option<Locality>,
 }
 
@@ -89,15 +90,15 @@ impl ClusterManager {
         eds.remove(eds_name);
         for c in self.inner.clusters.load().values() {
             if c.config.discovery == Discovery::Eds && c.config.eds_name() == eds_name {
-                c.update_assignment(ClusterLoadAssignment {
+                c.update_assignment(Arc::new(ClusterLoadAssignment {
                     cluster_name: eds_name.to_string(),
                     ..ClusterLoadAssignment::default()
-                });
+                }));
             }
         }
     }
 
-    fn lock_eds(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClusterLoadAssignment>> {
+    fn lock_eds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ClusterLoadAssignment>>> {
         // Values are replaced whole under the lock, so a poisoned lock is still consistent.
         self.inner.eds.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -115,7 +116,7 @@ impl Reload<Vec<Cluster>> for ClusterManager {
         }
         let eds = self.lock_eds();
         let old = self.inner.clusters.load_full();
-        let mut next = ClusterMap::with_capacity(update.len());
+        let mut next = ClusterMap::with_capacity_and_hasher(update.len(), Default::default());
         for c in update {
             let prev = old.get(c.name.as_str());
             if let Some(p) = prev.filter(|p| p.config == c) {
@@ -123,7 +124,7 @@ impl Reload<Vec<Cluster>> for ClusterManager {
                 continue;
             }
             let assignment = match c.discovery {
-                Discovery::Static => c.load_assignment.clone().unwrap_or_default(),
+                Discovery::Static => Arc::new(c.load_assignment.clone().unwrap_or_default()),
                 Discovery::Eds => eds.get(c.eds_name()).cloned().unwrap_or_default(),
             };
             let carried = prev.map(|p| p.endpoints.load_full());
@@ -141,6 +142,9 @@ impl Reload<ClusterLoadAssignment> for ClusterManager {
             ReloadError::invalid("cluster_load_assignment", &update.cluster_name, e)
         })?;
         let mut eds = self.lock_eds();
+        // One shared copy for the cluster(s) and the pending map: no clone of 10,000s of
+        // endpoints per update.
+        let update = Arc::new(update);
         for c in self.inner.clusters.load().values() {
             if c.config.discovery == Discovery::Eds && c.config.eds_name() == update.cluster_name {
                 c.update_assignment(update.clone());

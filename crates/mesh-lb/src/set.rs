@@ -7,12 +7,13 @@
 //! a level, traffic is split by locality weight (when the cluster is locality-weighted) or goes
 //! to the local zone first (when the manager knows its own locality and that zone is healthy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_core::{ClusterLoadAssignment, LbPolicy, Locality};
 
+use crate::connector::EndpointMap;
 use crate::endpoint::EndpointState;
 use crate::policy::{bounded, mix64, random_u64, Picker};
 
@@ -113,7 +114,7 @@ impl EndpointSet {
     /// every address of the assignment).
     pub(crate) fn build(
         cla: &ClusterLoadAssignment,
-        states: &HashMap<SocketAddr, Arc<EndpointState>>,
+        states: &EndpointMap,
         opts: BuildOptions<'_>,
     ) -> Self {
         // 0 only comes from `Default` (validation refuses it): read it as Envoy's default.

@@ -1,5 +1,6 @@
 use super::*;
 use mesh_core::{Endpoint, HealthStatus, LocalityEndpoints};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 fn addr(i: u16) -> SocketAddr {
@@ -18,7 +19,7 @@ fn group(priority: u32, zone: &str, ids: &[u16]) -> LocalityEndpoints {
     }
 }
 
-fn states(cla: &ClusterLoadAssignment) -> HashMap<SocketAddr, Arc<EndpointState>> {
+fn states(cla: &ClusterLoadAssignment) -> EndpointMap {
     cla.iter()
         .map(|(_, e)| {
             let s = Arc::new(EndpointState::new(e.address));

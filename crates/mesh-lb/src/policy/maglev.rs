@@ -25,8 +25,9 @@ impl Maglev {
             };
         }
         let max_w = hosts.iter().map(|h| h.1.max(1)).max().unwrap_or(1) as u64;
-        // Per host: (offset, skip, next permutation step, target weight).
-        let mut perm: Vec<(u64, u64, u64, u64)> = hosts
+        // Per host: (next slot in its permutation, skip, target weight). The permutation is
+        // offset + k·skip mod M, walked by adding skip (no division per step).
+        let mut perm: Vec<(u64, u64, u64)> = hosts
             .iter()
             .map(|(addr, _)| {
                 let offset = hash_addr(addr, 0x6d61_676c) % size;
@@ -35,7 +36,7 @@ impl Maglev {
                 } else {
                     1
                 };
-                (offset, skip, 0, 0)
+                (offset, skip, 0)
             })
             .collect();
         let mut table = vec![u32::MAX; m];
@@ -48,13 +49,16 @@ impl Maglev {
                 }
                 let p = &mut perm[i];
                 // A host of weight w claims on w/max of the rounds (Envoy's weighted Maglev).
-                if iteration * u64::from((*w).max(1)) < p.3 {
+                if iteration * u64::from((*w).max(1)) < p.2 {
                     continue;
                 }
-                p.3 += max_w;
+                p.2 += max_w;
                 loop {
-                    let c = ((p.0 + p.2 * p.1) % size) as usize;
-                    p.2 += 1;
+                    let c = p.0 as usize;
+                    p.0 += p.1;
+                    if p.0 >= size {
+                        p.0 -= size;
+                    }
                     if table[c] == u32::MAX {
                         table[c] = i as u32;
                         filled += 1;
