@@ -52,7 +52,7 @@ pub struct Bootstrap {
     /// How long a shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Open downstream connections per listener at most.
+    /// Open downstream connections at most, across all listeners.
     pub max_connections: usize,
     /// Listeners, routes, clusters and endpoints.
     pub mesh: MeshConfig,

@@ -37,7 +37,7 @@ pub struct ListenerManager {
     clusters: ClusterManager,
     registry: LayerRegistry,
     metrics: Metrics,
-    max_connections: usize,
+    connections: Arc<tokio::sync::Semaphore>,
     drain: Duration,
 }
 
@@ -69,7 +69,7 @@ impl ListenerManager {
             clusters,
             registry,
             metrics,
-            max_connections,
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             drain,
         }
     }
@@ -244,7 +244,7 @@ impl ListenerManager {
         let settings = ListenerSettings {
             name: Arc::from(config.name.as_str()),
             http: config.http.clone(),
-            max_connections: self.max_connections,
+            connections: Arc::clone(&self.connections),
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");
         let task = tokio::spawn(serve(

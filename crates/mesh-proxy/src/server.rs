@@ -34,8 +34,9 @@ pub struct ListenerSettings {
     pub name: Arc<str>,
     /// Protocols and protections.
     pub http: HttpProtocolOptions,
-    /// Open connections accepted at most; beyond, new connections are closed at once.
-    pub max_connections: usize,
+    /// Permits for open downstream connections, shared by every listener of the process (a
+    /// global limit); with none left, a new connection is closed at once.
+    pub connections: Arc<Semaphore>,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets open
@@ -53,7 +54,6 @@ pub async fn serve(
     // Cancelled when the drain deadline passes: connections still open are then dropped.
     let force = CancellationToken::new();
     let idle = settings.http.idle_timeout;
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
     let conns = metrics.active_connections(&settings.name);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,7 +68,7 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&settings.connections).try_acquire_owned() else {
             tracing::warn!(listener = %settings.name, %peer, "connection limit reached, closing");
             metrics.record_mesh_error(&settings.name, "connection_limit");
             continue;

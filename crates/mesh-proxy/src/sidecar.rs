@@ -61,7 +61,7 @@ pub struct DynamicOptions {
     pub admin: SocketAddr,
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
-    /// Open downstream connections per listener at most.
+    /// Open downstream connections at most, across all listeners.
     pub max_connections: usize,
     /// Where to persist the last accepted config (served at once after a restart).
     pub persist: Option<PathBuf>,

@@ -67,7 +67,7 @@ async fn start(http: HttpProtocolOptions, max_connections: usize) -> Running {
     let settings = ListenerSettings {
         name: Arc::from("test"),
         http,
-        max_connections,
+        connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
     };
     let task = tokio::spawn(serve(
         listener,
