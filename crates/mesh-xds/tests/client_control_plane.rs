@@ -82,7 +82,10 @@ async fn serves_and_follows(mode: AdsMode) {
 
     // b goes away and a's endpoints move: the client follows both.
     cache
-        .set_snapshot("node-1", snapshot(&[a.clone()], &[la("a", 3)], &routes))
+        .set_snapshot(
+            "node-1",
+            snapshot(std::slice::from_ref(&a), &[la("a", 3)], &routes),
+        )
         .unwrap();
     eventually("the update", || {
         clusters.get() == vec![a.clone()] && endpoints.get() == vec![la("a", 3)]
