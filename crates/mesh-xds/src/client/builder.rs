@@ -328,6 +328,17 @@ impl XdsClient {
         self.watches.get::<T>()
     }
 
+    /// Everything the client holds now (for a config dump); cheap, the maps are shared.
+    pub fn config(&self) -> super::XdsConfig {
+        let w = &self.watches;
+        super::XdsConfig {
+            listeners: w.listeners.borrow().clone(),
+            routes: w.routes.borrow().clone(),
+            clusters: w.clusters.borrow().clone(),
+            endpoints: w.endpoints.borrow().clone(),
+        }
+    }
+
     /// Whether the first full config has arrived (or a persisted one was loaded).
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
