@@ -2,6 +2,9 @@
 //! resource, by comparing content hashes with what the client holds.
 
 use std::collections::{BTreeSet, HashMap};
+
+use super::held::Held;
+use super::resource::Resource;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,14 +24,21 @@ use super::xds::{Shared, StreamGuard};
 struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the client holds: name → content hash.
-    held: HashMap<String, u64>,
-    nonce: String,
+    /// What the client holds.
+    held: Held,
+    /// The type version the client was fully brought to (nothing to add or remove), so a push
+    /// that did not change this type costs one comparison.
+    synced: Option<u64>,
+    /// Nonces of the last push (one per chunk); an answer to any of them counts.
+    nonces: Vec<String>,
     /// Type version and resource names of the last response (to ACK, or to forget on NACK).
     last_version: String,
-    last_names: Vec<String>,
+    last_sent: Vec<Arc<Resource>>,
     set_at: Option<Instant>,
 }
+
+/// Target size of one delta response's resources.
+const CHUNK_BYTES: usize = 16 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -135,15 +145,17 @@ impl Delta {
         self.shared.callbacks.request(self.guard.id, &node, kind);
         let first = !self.types.contains_key(&kind);
         let st = self.types.entry(kind).or_default();
+        // Anything in a request may change what the client needs.
+        st.synced = None;
         if first {
             st.wildcard = req.resource_names_subscribe.is_empty() && kind.is_full_state();
             for (name, version) in &req.initial_resource_versions {
                 // Versions are our content hashes; anything else cannot match and is re-sent.
                 let hash = u64::from_str_radix(version, 16).unwrap_or(u64::MAX);
-                st.held.insert(name.clone(), hash);
+                st.held.announce(name.clone(), hash);
             }
         }
-        if !req.response_nonce.is_empty() && req.response_nonce == st.nonce {
+        if !req.response_nonce.is_empty() && st.nonces.contains(&req.response_nonce) {
             let status = self.shared.cache.status(&node);
             match &req.error_detail {
                 Some(err) => {
@@ -154,8 +166,8 @@ impl Delta {
                         .callbacks
                         .nack(&node, kind, &st.last_version, &err.message);
                     // The client refused them: it does not hold them.
-                    for n in std::mem::take(&mut st.last_names) {
-                        st.held.remove(&n);
+                    for r in std::mem::take(&mut st.last_sent) {
+                        st.held.remove(r.name());
                     }
                 }
                 None => {
@@ -208,9 +220,16 @@ impl Delta {
             return Ok(());
         };
         let ts = snap.of(kind);
+        if st.synced == Some(ts.version_hash()) {
+            return Ok(());
+        }
         let version = ts.version();
         if self.shared.cache.is_parked(&node, kind, &version) {
             return Ok(());
+        }
+        if part != Part::Updates {
+            // After this call the client holds exactly what the type's version has for it.
+            st.synced = Some(ts.version_hash());
         }
         let mut updates = Vec::new();
         if part != Part::Removals {
@@ -220,57 +239,75 @@ impl Delta {
                 Box::new(st.names.iter().filter_map(|n| ts.get(n)))
             };
             for r in wanted {
-                if st.held.get(r.name()) != Some(&r.hash()) {
+                if !st.held.holds(r) {
                     updates.push(r.clone());
                 }
             }
         }
         let mut removed = Vec::new();
         if part != Part::Updates {
-            removed = st
-                .held
-                .keys()
-                .filter(|n| ts.get(n).is_none())
-                .cloned()
-                .collect();
-            removed.sort();
+            removed = st.held.gone(|n| ts.get(n).is_some());
         }
         if updates.is_empty() && removed.is_empty() {
             return Ok(());
         }
         for r in &updates {
-            st.held.insert(r.name().to_owned(), r.hash());
+            st.held.insert(r.clone());
         }
         for n in &removed {
             st.held.remove(n);
         }
-        self.nonce += 1;
-        st.nonce = self.nonce.to_string();
         st.last_version = version.clone();
-        st.last_names = updates.iter().map(|r| r.name().to_owned()).collect();
+        st.last_sent.clone_from(&updates);
         st.set_at = Some(set_at);
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources: updates
-                .iter()
-                .map(|r| WireResource {
+        st.nonces.clear();
+        self.shared
+            .callbacks
+            .response(self.guard.id, &node, kind, &version, updates.len());
+        // Large pushes (a first sync of thousands of endpoints) go in chunks of about
+        // CHUNK_BYTES: the transport keeps a buffer as large as the largest message it sent for
+        // the life of the stream, so bounded messages keep per-subscriber memory bounded.
+        let mut chunks: Vec<Vec<WireResource>> = vec![Vec::new()];
+        let mut size = 0;
+        for r in &updates {
+            let len = r.any().value.len();
+            if size + len > CHUNK_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(c) = chunks.last_mut() {
+                c.push(WireResource {
                     name: r.name().to_owned(),
                     version: r.version(),
                     resource: Some(r.any().clone()),
                     ..WireResource::default()
-                })
-                .collect(),
-            type_url: kind.type_url().to_owned(),
-            removed_resources: removed,
-            nonce: st.nonce.clone(),
-            ..DeltaDiscoveryResponse::default()
-        };
-        self.shared
-            .callbacks
-            .response(self.guard.id, &node, kind, &version, updates.len());
-        self.tx
-            .send(Ok(resp))
-            .await
-            .map_err(|_| Status::cancelled("client gone"))
+                });
+            }
+        }
+        let last = chunks.len() - 1;
+        let mut removed = Some(removed);
+        for (i, resources) in chunks.into_iter().enumerate() {
+            self.nonce += 1;
+            let nonce = self.nonce.to_string();
+            st.nonces.push(nonce.clone());
+            let resp = DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                resources,
+                type_url: kind.type_url().to_owned(),
+                removed_resources: if i == last {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                nonce,
+                ..DeltaDiscoveryResponse::default()
+            };
+            self.tx
+                .send(Ok(resp))
+                .await
+                .map_err(|_| Status::cancelled("client gone"))?;
+        }
+        Ok(())
     }
 }

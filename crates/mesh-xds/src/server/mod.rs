@@ -11,6 +11,7 @@ pub mod admin;
 mod cache;
 mod callbacks;
 mod delta;
+mod held;
 mod metrics;
 mod resource;
 mod snapshot;

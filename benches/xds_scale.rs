@@ -1,0 +1,380 @@
+//! Control-plane scale: 1,000 concurrent delta-ADS subscribers (the load generator below, one
+//! HTTP/2 connection each, ACKing every response), 10,000 endpoints (100 services × 100).
+//!
+//! The control plane runs in a child process (this binary re-executed with
+//! `MESH_XDS_SCALE_SERVER=1`), so its memory and CPU are measured apart from the load generator:
+//!
+//! - criterion times one endpoint change: from the snapshot being set to all 1,000 subscribers
+//!   holding the new version of that one assignment (target < 1 s);
+//! - printed once: the server's memory per subscriber (RSS growth from 0 to 1,000 synced
+//!   subscribers, / 1,000; target < 50 KB) and its CPU time per push (per subscriber).
+//!
+//! `cargo bench -p mesh-benches --bench xds_scale -- --warm-up-time 1 --measurement-time 3`
+//! (`XDS_SCALE_SUBSCRIBERS` overrides the 1,000.)
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use mesh_xds::server::{ResourceType, Snapshot, SnapshotCache, XdsServer};
+use mesh_xds::source::{EndpointSpec, MeshSpec, ServiceSpec};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const SERVICES: usize = 100;
+const ENDPOINTS_PER_SERVICE: usize = 100;
+const CHANGED: &str = "svc-0";
+
+/// The mesh: 100 services of 100 endpoints; `flip` moves one endpoint of `svc-0` to another
+/// port.
+fn spec(flip: bool) -> MeshSpec {
+    let mut spec = MeshSpec::default();
+    for s in 0..SERVICES {
+        let mut svc = ServiceSpec::named(format!("svc-{s}"));
+        for e in 0..ENDPOINTS_PER_SERVICE {
+            let port = if flip && s == 0 && e == 0 { 8081 } else { 8080 };
+            let ip = std::net::Ipv4Addr::new(10, 1, s as u8, e as u8 + 1);
+            svc.endpoints.push(EndpointSpec {
+                address: SocketAddr::from((ip, port)),
+                weight: 1,
+                zone: format!("zone-{}", e % 3),
+                metadata: Default::default(),
+            });
+        }
+        spec.services.push(svc);
+    }
+    spec
+}
+
+fn fallback(flip: bool) -> Snapshot {
+    spec(flip).snapshots().expect("valid spec").fallback
+}
+
+fn changed_version(snap: &Snapshot) -> u64 {
+    snap.of(ResourceType::Endpoint)
+        .get(CHANGED)
+        .map(|r| r.hash())
+        .unwrap_or_default()
+}
+
+// ---- the control plane, in the child process ------------------------------------------------
+
+fn run_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let snaps = [fallback(false), fallback(true)];
+    let cache = SnapshotCache::new();
+    cache.set_fallback(snaps[0].clone()).expect("set");
+    let (addr, _task) = rt
+        .block_on(
+            XdsServer::new(cache.clone())
+                .max_concurrent_streams(100_000)
+                .spawn("127.0.0.1:0".parse().expect("addr")),
+        )
+        .expect("serve");
+    println!("{addr}");
+    let mut flip = false;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "flip" {
+            flip = !flip;
+            cache
+                .set_fallback(snaps[usize::from(flip)].clone())
+                .expect("set");
+            println!("ok");
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .env("MESH_XDS_SCALE_SERVER", "1")
+            // glibc keeps freed memory in its arenas, so RSS would count the transient
+            // initial-sync buffers as if live; serve big blocks from mmap and trim eagerly so
+            // RSS reflects what the server holds (also a sensible production setting).
+            .env(
+                "MALLOC_MMAP_THRESHOLD_",
+                std::env::var("XDS_SCALE_MMAP").unwrap_or("65536".into()),
+            )
+            .env("MALLOC_TRIM_THRESHOLD_", "65536")
+            .env("MALLOC_ARENA_MAX", "2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("server address");
+        let addr = line.trim().parse().expect("address");
+        Self {
+            child,
+            stdin,
+            stdout,
+            addr,
+        }
+    }
+
+    fn flip(&mut self) {
+        writeln!(self.stdin, "flip").expect("flip");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("ok");
+    }
+
+    /// Resident set size in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// User + system CPU time.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the ")" of the command name: utime and stime are the 12th and 13th.
+        let rest = stat.rsplit(')').next().unwrap_or_default();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10) // USER_HZ = 100 on Linux
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- the load generator -----------------------------------------------------------------------
+
+/// What every subscriber reports to: the version of `svc-0` to wait for, and how many have it.
+#[derive(Default)]
+struct Progress {
+    target: AtomicU64,
+    have: AtomicUsize,
+}
+
+fn delta_request(kind: ResourceType, subscribe: Vec<String>, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: kind.type_url().to_owned(),
+        resource_names_subscribe: subscribe,
+        response_nonce: nonce.to_owned(),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+/// One Envoy-like delta ADS subscriber on its own connection: CDS and LDS wildcard, EDS for every
+/// cluster, RDS for the outbound routes; ACKs everything.
+async fn subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
+    let Ok(mut client) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
+    else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel(16);
+    // XDS_SCALE_BARE: only the listeners, to measure the transport's own cost per subscriber.
+    let bare = std::env::var_os("XDS_SCALE_BARE").is_some();
+    let first_kind = if bare {
+        ResourceType::Listener
+    } else {
+        ResourceType::Cluster
+    };
+    let mut first = delta_request(first_kind, vec![], "");
+    first.node = Some(Node {
+        id: format!("load-{id}"),
+        ..Node::default()
+    });
+    let _ = tx.send(first).await;
+    let _ = tx
+        .send(delta_request(ResourceType::Listener, vec![], ""))
+        .await;
+    let Ok(resp) = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    else {
+        return;
+    };
+    let mut stream = resp.into_inner();
+    let mut held: HashMap<String, u64> = HashMap::new();
+    while let Ok(Some(r)) = stream.message().await {
+        let r: DeltaDiscoveryResponse = r;
+        let kind = ResourceType::from_type_url(&r.type_url);
+        let mut follow_up = None;
+        match kind {
+            Some(ResourceType::Cluster) => {
+                let names = r.resources.iter().map(|x| x.name.clone()).collect();
+                follow_up = Some(delta_request(ResourceType::Endpoint, names, ""));
+            }
+            Some(ResourceType::Listener) if bare => {
+                progress.have.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(ResourceType::Listener) => {
+                follow_up = Some(delta_request(
+                    ResourceType::Route,
+                    vec!["outbound".into()],
+                    "",
+                ));
+            }
+            Some(ResourceType::Endpoint) => {
+                for x in &r.resources {
+                    let v = u64::from_str_radix(&x.version, 16).unwrap_or(0);
+                    held.insert(x.name.clone(), v);
+                    if x.name == CHANGED && v == progress.target.load(Ordering::Acquire) {
+                        progress.have.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut ack = delta_request(kind.unwrap_or(ResourceType::Route), vec![], &r.nonce);
+        ack.type_url = r.type_url.clone();
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+        if let Some(f) = follow_up {
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn wait_all(progress: &Progress, n: usize, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while progress.have.load(Ordering::Acquire) < n {
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Some(start.elapsed())
+}
+
+fn bench(c: &mut Criterion) {
+    let n: usize = std::env::var("XDS_SCALE_SUBSCRIBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let versions = [
+        changed_version(&fallback(false)),
+        changed_version(&fallback(true)),
+    ];
+    let mut server = Server::start();
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_idle = server.rss();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let progress = Arc::new(Progress::default());
+    progress.target.store(versions[0], Ordering::Release);
+    let start = Instant::now();
+    for id in 0..n {
+        rt.spawn(subscriber(server.addr, id, progress.clone()));
+    }
+    let synced = wait_all(&progress, n, Duration::from_secs(120));
+    let Some(_) = synced else {
+        panic!(
+            "only {} of {n} subscribers synced",
+            progress.have.load(Ordering::Acquire)
+        );
+    };
+    eprintln!(
+        "xds_scale: {n} subscribers synced 10,000 endpoints in {:?}",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_synced = server.rss();
+    eprintln!(
+        "xds_scale: server RSS idle {:.1} MiB (shared resources), with {n} subscribers {:.1} MiB: \
+         {:.1} KB per subscriber",
+        rss_idle as f64 / 1048576.0,
+        rss_synced as f64 / 1048576.0,
+        (rss_synced.saturating_sub(rss_idle)) as f64 / n as f64 / 1024.0
+    );
+
+    let mut flipped = false;
+    let mut pushes = 0u64;
+    let cpu_before = server.cpu();
+    c.bench_function(
+        &format!("xds_scale/one_endpoint_change_to_{n}_delta_subscribers"),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    flipped = !flipped;
+                    progress
+                        .target
+                        .store(versions[usize::from(flipped)], Ordering::Release);
+                    progress.have.store(0, Ordering::Release);
+                    let t = Instant::now();
+                    server.flip();
+                    wait_all(&progress, n, Duration::from_secs(30))
+                        .expect("every subscriber got the change");
+                    total += t.elapsed();
+                    pushes += 1;
+                }
+                total
+            })
+        },
+    );
+    let cpu = server.cpu().saturating_sub(cpu_before);
+    eprintln!(
+        "xds_scale: server CPU {:?} for {pushes} changes to {n} subscribers: {:.1} µs per push \
+         per subscriber, {:.2} ms per change",
+        cpu,
+        cpu.as_secs_f64() * 1e6 / (pushes.max(1) as f64 * n as f64),
+        cpu.as_secs_f64() * 1e3 / pushes.max(1) as f64
+    );
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+fn translate(c: &mut Criterion) {
+    let spec = spec(false);
+    c.bench_function("xds_scale/translate_mesh_10k_endpoints", |b| {
+        b.iter(|| spec.snapshots().expect("valid"))
+    });
+}
+
+fn main() {
+    if std::env::var_os("MESH_XDS_SCALE_SERVER").is_some() {
+        run_server();
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    translate(&mut c);
+    bench(&mut c);
+    c.final_summary();
+}
