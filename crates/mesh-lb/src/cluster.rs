@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mesh_core::{Cluster, ClusterLoadAssignment, Locality, Shared};
+use mesh_core::{Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -178,6 +178,8 @@ impl ClusterState {
             };
             st.eds_healthy
                 .store(e.health.is_healthy(), Ordering::Relaxed);
+            st.eds_degraded
+                .store(e.health == HealthStatus::Degraded, Ordering::Relaxed);
             map.insert(e.address, st);
         }
         let set = EndpointSet::build(&cla, &map, self.options());

@@ -18,6 +18,8 @@ pub struct EndpointState {
     pub(crate) requests: AtomicU64,
     /// Health as EDS reported it (`HealthStatus::is_healthy`).
     pub(crate) eds_healthy: AtomicBool,
+    /// EDS reported it degraded: it takes traffic only when no healthy endpoint is left.
+    pub(crate) eds_degraded: AtomicBool,
     /// Health as active health checking sees it (true until checks say otherwise).
     pub(crate) hc_healthy: AtomicBool,
     pub(crate) hc_successes: AtomicU32,
@@ -44,6 +46,7 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             eds_healthy: AtomicBool::new(true),
+            eds_degraded: AtomicBool::new(false),
             hc_healthy: AtomicBool::new(true),
             hc_successes: AtomicU32::new(0),
             hc_failures: AtomicU32::new(0),
@@ -76,6 +79,13 @@ impl EndpointState {
     /// detection all agree.
     pub fn is_healthy(&self) -> bool {
         self.eds_healthy.load(Ordering::Relaxed)
+            && self.hc_healthy.load(Ordering::Relaxed)
+            && !self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is degraded (by EDS) but otherwise fine: usable when nothing healthy is left.
+    pub fn is_degraded_usable(&self) -> bool {
+        self.eds_degraded.load(Ordering::Relaxed)
             && self.hc_healthy.load(Ordering::Relaxed)
             && !self.ejected.load(Ordering::Relaxed)
     }

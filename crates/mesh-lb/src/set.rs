@@ -143,6 +143,18 @@ impl EndpointSet {
                 hosts,
             ));
         }
+        // Degraded endpoints take traffic only when no healthy one is left anywhere: then they
+        // count as the healthy ones (before falling back to panic over everything).
+        if healthy == 0 {
+            for host in by_priority
+                .values_mut()
+                .flat_map(|gs| gs.iter_mut())
+                .flat_map(|g| g.2.iter_mut())
+            {
+                host.2 = host.0.is_degraded_usable();
+                healthy += usize::from(host.2);
+            }
+        }
         // Per priority: health percentage (capped at 100) and panic flag.
         let stats: Vec<(u32, u64, bool)> = by_priority
             .iter()

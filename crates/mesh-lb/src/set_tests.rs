@@ -25,6 +25,8 @@ fn states(cla: &ClusterLoadAssignment) -> EndpointMap {
             let s = Arc::new(EndpointState::new(e.address));
             s.eds_healthy
                 .store(e.health.is_healthy(), Ordering::Relaxed);
+            s.eds_degraded
+                .store(e.health == HealthStatus::Degraded, Ordering::Relaxed);
             (e.address, s)
         })
         .collect()
@@ -160,4 +162,48 @@ fn hashed_requests_stick_to_one_endpoint() {
         }
         assert_eq!(count(&set, 2_000).len(), 5, "random keys spread");
     }
+}
+
+#[test]
+fn degraded_endpoints_serve_only_when_nothing_healthy_is_left() {
+    let mut cla = ClusterLoadAssignment {
+        endpoints: vec![group(0, "a", &[1, 2, 3])],
+        ..Default::default()
+    };
+    cla.endpoints[0].lb_endpoints[1].health = HealthStatus::Degraded;
+    cla.endpoints[0].lb_endpoints[2].health = HealthStatus::Unhealthy;
+    let st = states(&cla);
+    let o = BuildOptions {
+        panic_threshold: 0.0,
+        ..opts(&LbPolicy::RoundRobin)
+    };
+    let set = EndpointSet::build(&cla, &st, o);
+    assert_eq!(count(&set, 30).keys().collect::<Vec<_>>(), vec![&1]);
+    cla.endpoints[0].lb_endpoints[0].health = HealthStatus::Unhealthy;
+    let st = states(&cla);
+    let set = EndpointSet::build(&cla, &st, o);
+    assert_eq!(count(&set, 30).keys().collect::<Vec<_>>(), vec![&2]);
+    assert!(!set.in_panic());
+}
+
+#[test]
+fn a_zero_panic_threshold_disables_panic_mode() {
+    let mut cla = ClusterLoadAssignment {
+        endpoints: vec![group(0, "a", &[1, 2])],
+        ..Default::default()
+    };
+    for e in &mut cla.endpoints[0].lb_endpoints {
+        e.health = HealthStatus::Unhealthy;
+    }
+    let st = states(&cla);
+    let set = EndpointSet::build(&cla, &st, opts(&LbPolicy::RoundRobin));
+    assert!(
+        set.in_panic() && set.pick(None).is_some(),
+        "threshold 50: panic"
+    );
+    let o = BuildOptions {
+        panic_threshold: 0.0,
+        ..opts(&LbPolicy::RoundRobin)
+    };
+    assert!(EndpointSet::build(&cla, &st, o).pick(None).is_none());
 }
