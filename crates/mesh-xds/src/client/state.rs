@@ -340,8 +340,13 @@ impl AdsState {
         self.store.apply(next)
     }
 
-    /// The status snapshot (versions, counters), without the connection part.
-    pub(crate) fn status(&self) -> XdsStatus {
+    /// Everything accepted so far.
+    pub fn config(&self) -> &super::XdsConfig {
+        &self.store.config
+    }
+
+    /// The status snapshot (versions, counters); the connection part is the driver's.
+    pub fn status(&self) -> XdsStatus {
         let mut s = XdsStatus {
             ready: self.is_ready(),
             ..XdsStatus::default()
