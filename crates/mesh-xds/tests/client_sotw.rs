@@ -344,3 +344,33 @@ async fn a_persisted_config_serves_at_once_while_the_control_plane_is_down() {
     expect(&mut s, ResourceType::Cluster, "c1", "").await;
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn readiness_times_out_without_a_full_config() {
+    let mut server = ScriptedServer::start().await;
+    let sinks = sinks();
+    let client = client(&[server.uri()], &sinks).start().unwrap();
+    let mut s = server.sotw_stream().await;
+    expect(&mut s, T::Cluster, "", "").await;
+    // Clusters arrive, listeners never do: not ready, and the wait says so.
+    s.send(resp(
+        T::Cluster,
+        "c1",
+        "n1",
+        vec![encode(&Cluster::new("a"))],
+    ));
+    expect(&mut s, T::Listener, "", "").await;
+    expect(&mut s, T::Cluster, "c1", "n1").await;
+    let err = client
+        .wait_ready(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no full config"), "{err}");
+    assert!(!client.status().ready);
+    let json = serde_json::to_string(&client.status()).unwrap();
+    assert!(
+        json.contains("\"connected\""),
+        "the admin view serializes: {json}"
+    );
+    client.shutdown().await;
+}
