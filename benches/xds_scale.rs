@@ -10,7 +10,8 @@
 //!   subscribers, / 1,000; target < 50 KB) and its CPU time per push (per subscriber).
 //!
 //! `cargo bench -p mesh-benches --bench xds_scale -- --warm-up-time 1 --measurement-time 3`
-//! (`XDS_SCALE_SUBSCRIBERS` overrides the 1,000.)
+//! (`XDS_SCALE_SUBSCRIBERS` overrides the 1,000; `XDS_SCALE_SOTW=1` uses state-of-the-world
+//! subscribers instead of delta ones.)
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +25,7 @@ use criterion::Criterion;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
 use mesh_xds::server::{ResourceType, Snapshot, SnapshotCache, XdsServer};
 use mesh_xds::source::{EndpointSpec, MeshSpec, ServiceSpec};
@@ -269,6 +270,84 @@ async fn subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
     }
 }
 
+/// One Envoy-like state-of-the-world ADS subscriber (`XDS_SCALE_SOTW`): same subscriptions,
+/// every response ACKed with its version, nonce and names. It has the change when the EDS
+/// response's version is the target type version.
+async fn sotw_subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
+    let Ok(mut client) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
+    else {
+        return;
+    };
+    let req = |kind: ResourceType, names: &[String], version: &str, nonce: &str| DiscoveryRequest {
+        type_url: kind.type_url().to_owned(),
+        resource_names: names.to_vec(),
+        version_info: version.to_owned(),
+        response_nonce: nonce.to_owned(),
+        ..DiscoveryRequest::default()
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let mut first = req(ResourceType::Cluster, &[], "", "");
+    first.node = Some(Node {
+        id: format!("load-{id}"),
+        ..Node::default()
+    });
+    let _ = tx.send(first).await;
+    let _ = tx.send(req(ResourceType::Listener, &[], "", "")).await;
+    let Ok(resp) = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    else {
+        return;
+    };
+    let mut stream = resp.into_inner();
+    let mut names: HashMap<ResourceType, Vec<String>> = HashMap::new();
+    while let Ok(Some(r)) = stream.message().await {
+        let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
+            continue;
+        };
+        let mut follow_up = None;
+        match kind {
+            ResourceType::Cluster => {
+                let eds: Vec<String> = r
+                    .resources
+                    .iter()
+                    .filter_map(|a| mesh_xds::server::Resource::from_any(a.clone()).ok())
+                    .map(|x| x.name().to_owned())
+                    .collect();
+                if names.get(&ResourceType::Endpoint) != Some(&eds) {
+                    follow_up = Some(req(ResourceType::Endpoint, &eds, "", ""));
+                    names.insert(ResourceType::Endpoint, eds);
+                }
+            }
+            ResourceType::Listener if !names.contains_key(&ResourceType::Route) => {
+                let rds = vec!["outbound".to_owned()];
+                follow_up = Some(req(ResourceType::Route, &rds, "", ""));
+                names.insert(ResourceType::Route, rds);
+            }
+            ResourceType::Endpoint => {
+                let v = u64::from_str_radix(&r.version_info, 16).unwrap_or(0);
+                if v == progress.target.load(Ordering::Acquire) {
+                    progress.have.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            _ => {}
+        }
+        let own = names.get(&kind).cloned().unwrap_or_default();
+        if tx
+            .send(req(kind, &own, &r.version_info, &r.nonce))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Some(f) = follow_up {
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn wait_all(progress: &Progress, n: usize, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
     while progress.have.load(Ordering::Acquire) < n {
@@ -285,10 +364,18 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let versions = [
-        changed_version(&fallback(false)),
-        changed_version(&fallback(true)),
-    ];
+    let sotw = std::env::var_os("XDS_SCALE_SOTW").is_some();
+    // Delta subscribers wait for the changed assignment's version, SotW ones for the EDS type
+    // version: both are content hashes the load generator computes from the same spec.
+    let version = |flip: bool| {
+        let snap = fallback(flip);
+        if sotw {
+            snap.of(ResourceType::Endpoint).version_hash()
+        } else {
+            changed_version(&snap)
+        }
+    };
+    let versions = [version(false), version(true)];
     let mut server = Server::start();
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = server.rss();
@@ -302,7 +389,11 @@ fn bench(c: &mut Criterion) {
     progress.target.store(versions[0], Ordering::Release);
     let start = Instant::now();
     for id in 0..n {
-        rt.spawn(subscriber(server.addr, id, progress.clone()));
+        if sotw {
+            rt.spawn(sotw_subscriber(server.addr, id, progress.clone()));
+        } else {
+            rt.spawn(subscriber(server.addr, id, progress.clone()));
+        }
     }
     let synced = wait_all(&progress, n, Duration::from_secs(120));
     let Some(_) = synced else {
@@ -329,7 +420,10 @@ fn bench(c: &mut Criterion) {
     let mut pushes = 0u64;
     let cpu_before = server.cpu();
     c.bench_function(
-        &format!("xds_scale/one_endpoint_change_to_{n}_delta_subscribers"),
+        &format!(
+            "xds_scale/one_endpoint_change_to_{n}_{}_subscribers",
+            if sotw { "sotw" } else { "delta" }
+        ),
         |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
