@@ -3,6 +3,9 @@
 //! `healthy_threshold` consecutive successes mark it up again; each transition rebuilds the
 //! endpoint set. Checks use their own small client, so they never count against the cluster's
 //! breakers nor take its pooled connections.
+//!
+//! New endpoints start healthy (Envoy starts them failed until a first check passes): an EDS
+//! update then never empties a cluster while its new endpoints await their first check.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
