@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""The measuring half of ./scripts/bench (run it through that script, which installs and builds).
+
+Starts the app and the three two-hop chains (mesh-sidecar, Envoy, the bench-floor forwarder),
+then per scenario and round runs each contender in turn (alternating, so a slow spell of the
+shared machine hits all of them) and writes a markdown table with the ratios.
+"""
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+
+ROOT = os.environ["BENCH_ROOT"]
+BIN = os.environ["BENCH_BIN_DIR"]
+ENVOY = os.environ["MESH_ENVOY_BIN"]
+NPROC = os.cpu_count() or 1
+DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+APP_WORKERS = int(os.environ.get("BENCH_APP_WORKERS", str(NPROC)))
+H2_CONNS = int(os.environ.get("BENCH_H2_CONNS", "1"))
+BASE = int(os.environ.get("BENCH_PORT_BASE", "18600"))
+OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "benches", "RESULTS.md"))
+PROFILE = os.environ.get("BENCH_PROFILE") == "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+APP = BASE
+PORTS = {  # contender: (client-facing port, second hop port, admin ports)
+    "ours": (BASE + 11, BASE + 12, (BASE + 13, BASE + 14)),
+    "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
+    "floor": (BASE + 31, BASE + 32, None),
+}
+CONTENDERS = ["direct", "ours", "envoy", "floor"]
+SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
+
+procs = []  # every process we started, stopped in the end
+tmp = tempfile.mkdtemp(prefix="mesh-bench-")
+
+
+def log(msg):
+    print(f"==> {msg}", flush=True)
+
+
+def spawn(name, argv, env=None):
+    out = open(os.path.join(tmp, f"{name}.log"), "w")
+    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                         env={**os.environ, **(env or {})})
+    procs.append((name, p))
+    return p
+
+
+def sidecar_yaml(name, listen, upstream, admin):
+    return f"""admin: 127.0.0.1:{admin}
+listeners:
+  - name: {name}
+    address: 127.0.0.1:{listen}
+    direction: {name}
+    route_config:
+      name: {name}
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - name: all
+              route: {{ cluster: next }}
+clusters:
+  - name: next
+    load_assignment:
+      endpoints:
+        - endpoints: [ {{ address: "127.0.0.1:{upstream}" }} ]
+"""
+
+
+def envoy_yaml(listen, upstream, admin):
+    return f"""admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+    - name: listener
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: listener
+                codec_type: AUTO
+                http2_protocol_options: {{}}
+                route_config:
+                  name: all
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: next }}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: next
+      type: STATIC
+      connect_timeout: 5s
+      load_assignment:
+        cluster_name: next
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }}
+"""
+
+
+def write(name, text):
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start_all():
+    """Returns {contender: [outbound pid, inbound pid]} (empty for direct)."""
+    pids = {"direct": []}
+    spawn("app", [f"{BIN}/bench-app", f"127.0.0.1:{APP}"],
+          {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
+    worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
+    front, back, (a1, a2) = PORTS["ours"]
+    out = spawn("ours-outbound", [f"{BIN}/mesh-sidecar", "--config",
+                                  write("out.yaml", sidecar_yaml("outbound", front, back, a1))],
+                worker_env)
+    inn = spawn("ours-inbound", [f"{BIN}/mesh-sidecar", "--config",
+                                 write("in.yaml", sidecar_yaml("inbound", back, APP, a2))],
+                worker_env)
+    pids["ours"] = [out.pid, inn.pid]
+    front, back, (a1, a2) = PORTS["envoy"]
+    envoys = []
+    for name, listen, upstream, admin in (("outbound", front, back, a1),
+                                          ("inbound", back, APP, a2)):
+        cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin))
+        envoys.append(spawn(f"envoy-{name}", [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
+                                              "--disable-hot-restart", "-l", "warning"]).pid)
+    pids["envoy"] = envoys
+    front, back, _ = PORTS["floor"]
+    out = spawn("floor-outbound", [f"{BIN}/bench-floor", f"127.0.0.1:{front}",
+                                   f"127.0.0.1:{back}"], worker_env)
+    inn = spawn("floor-inbound", [f"{BIN}/bench-floor", f"127.0.0.1:{back}",
+                                  f"127.0.0.1:{APP}"], worker_env)
+    pids["floor"] = [out.pid, inn.pid]
+    return pids
+
+
+def port_of(contender):
+    return APP if contender == "direct" else PORTS[contender][0]
+
+
+def wait_ready(deadline=30.0):
+    start = time.monotonic()
+    for c in CONTENDERS:
+        url = f"http://127.0.0.1:{port_of(c)}/"
+        while True:
+            for name, p in procs:
+                if p.poll() is not None:
+                    sys.exit(f"{name} exited with {p.returncode}; log in {tmp}/{name}.log")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200 and r.read() == b"Hello, mesh!\n":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - start > deadline:
+                sys.exit(f"{c} not answering on {url} after {deadline} s; logs in {tmp}")
+            time.sleep(0.2)
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def reset_hwm(pid):
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass  # not permitted: the peak then spans the whole run
+
+
+def hwm_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def run_wrk(port, conns, secs):
+    argv = ["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{secs}s", "--latency",
+            f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    res = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50": ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        "p99": ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+        "errors": 0,
+    }
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        res["errors"] += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        res["errors"] += sum(int(x) for x in m.groups())
+    return res
+
+
+def run_h2load(port, conns, secs):
+    logf = os.path.join(tmp, "h2load.log")
+    argv = ["h2load", "-c", str(conns), "-t", str(min(conns, 2)), "-m", "32", "-D", str(secs),
+            "--log-file", logf, f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored", out)
+    done, ok = int(m.group(3)), int(m.group(4))
+    lat = []
+    with open(logf) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3:
+                lat.append(int(parts[2]) / 1000.0)  # µs → ms
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    return {"rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
+            "requests": done, "p50": pct(0.50), "p99": pct(0.99), "errors": done - ok}
+
+
+def measure(contender, pids, proto, conns, secs):
+    port = port_of(contender)
+    run = run_wrk if proto == "h1" else run_h2load
+    run(port, conns if proto == "h1" else H2_CONNS, 1)  # warm-up: connections and pools
+    for pid in pids:
+        reset_hwm(pid)
+    before = [cpu_ticks(pid) for pid in pids]
+    res = run(port, conns if proto == "h1" else H2_CONNS, secs)
+    res["cpu"] = [(cpu_ticks(pid) - b) / TICKS for pid, b in zip(pids, before)]
+    res["rss"] = [hwm_kb(pid) / 1024.0 for pid in pids]
+    return res
+
+
+def profile(pids):
+    """perf-records the inbound sidecar under 32 connections; prints the top symbols."""
+    data = os.path.join(tmp, "perf.data")
+    port = port_of("ours")
+    rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-o", data,
+                            "-p", str(pids[1]), "--", "sleep", str(DURATION)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_wrk(port, 32, DURATION)
+    rec.wait()
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                          "--percent-limit", "0.7", "--sort", "symbol"],
+                         capture_output=True, text=True).stdout
+    lines = [l for l in rep.splitlines() if l.strip() and not l.startswith("#")]
+    print("perf: top symbols of the inbound mesh-sidecar at 32 connections (cpu-clock):")
+    print("\n".join(lines[:40]))
+
+
+def fmt_ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def main():
+    load_start = open("/proc/loadavg").read().split()[:3]
+    pids = start_all()
+    try:
+        wait_ready()
+        log(f"all chains answer; logs and configs in {tmp}")
+        results = {}  # (scenario, contender) -> [round results]
+        for proto, conns in SCENARIOS:
+            for rnd in range(ROUNDS):
+                # Alternate: rotate the order each round so no contender always goes first.
+                order = CONTENDERS[rnd % 4:] + CONTENDERS[:rnd % 4]
+                for c in order:
+                    r = measure(c, pids[c], proto, conns, DURATION)
+                    results.setdefault((proto, conns, c), []).append(r)
+                    log(f"{proto} c={conns} round {rnd + 1} {c:6}: {r['rps']:9.0f} req/s "
+                        f"p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms "
+                        f"cpu {['%.2f' % x for x in r['cpu']]} s rss "
+                        f"{['%.1f' % x for x in r['rss']]} MB errors {r['errors']}")
+        load_end = open("/proc/loadavg").read().split()[:3]
+        if PROFILE:
+            profile(pids["ours"])
+    finally:
+        for _, p in procs:
+            p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    write_markdown(results, load_start, load_end)
+
+
+def summary(rounds):
+    """Medians over rounds; CPU per 10,000 requests from the sums; the highest peak RSS."""
+    n = len(rounds[0]["cpu"])
+    reqs = sum(r["requests"] for r in rounds)
+    return {
+        "rps": statistics.median(r["rps"] for r in rounds),
+        "rps_range": (min(r["rps"] for r in rounds), max(r["rps"] for r in rounds)),
+        "p50": statistics.median(r["p50"] for r in rounds),
+        "p99": statistics.median(r["p99"] for r in rounds),
+        "cpu": [sum(r["cpu"][i] for r in rounds) / reqs * 10_000 for i in range(n)],
+        "rss": [max(r["rss"][i] for r in rounds) for i in range(n)],
+        "errors": sum(r["errors"] for r in rounds),
+    }
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def envoy_version():
+    out = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version: \S+/([\d.]+)", out)
+    return m.group(1) if m else "?"
+
+
+def write_markdown(results, load_start, load_end):
+    s = {k: summary(v) for k, v in results.items()}
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    L = [
+        "# Sidecar chain benchmark",
+        "",
+        f"Generated by `./scripts/bench` on {now}. Machine: {NPROC} CPUs ({cpu_model()}), "
+        f"kernel {os.uname().release}; load average {' '.join(load_start)} at the start, "
+        f"{' '.join(load_end)} at the end (the run shares the machine with everything else on "
+        f"it). Envoy {envoy_version()}.",
+        "",
+        f"Topology: client → proxy → proxy → app on loopback (direct: client → app). "
+        f"{WORKERS} worker thread(s) per proxy (Envoy `--concurrency {WORKERS}`, "
+        f"`TOKIO_WORKER_THREADS={WORKERS}` for mesh-sidecar and the floor); the app has "
+        f"{APP_WORKERS}. {DURATION} s per measurement after a 1 s warm-up, {ROUNDS} round(s), "
+        f"contenders alternated; figures are medians over rounds (req/s range in brackets). "
+        f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams "
+        f"(the proxies' upstream hops are HTTP/1.1). CPU: utime+stime of each proxy process per "
+        f"10,000 requests (outbound / inbound); RSS: peak (VmHWM, reset before each "
+        f"measurement) of each proxy.",
+        "",
+        "| scenario | contender | req/s | p50 ms | p99 ms | CPU s / 10k req (out / in) "
+        "| peak RSS MB (out / in) | errors |",
+        "|---|---|---:|---:|---:|---|---|---:|",
+    ]
+    for proto, conns in SCENARIOS:
+        scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+        for c in CONTENDERS:
+            x = s[(proto, conns, c)]
+            lo, hi = x["rps_range"]
+            rng = f" ({lo:.0f}–{hi:.0f})" if ROUNDS > 1 else ""
+            cpu = " / ".join(f"{v:.3f}" for v in x["cpu"]) or "–"
+            rss = " / ".join(f"{v:.1f}" for v in x["rss"]) or "–"
+            name = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2",
+                    "envoy": "Envoy ×2", "floor": "floor (hyper) ×2"}[c]
+            L.append(f"| {scen} | {name} | {x['rps']:.0f}{rng} | {x['p50']:.3f} | "
+                     f"{x['p99']:.3f} | {cpu} | {rss} | {x['errors']} |")
+    L += [
+        "",
+        "## Ratios",
+        "",
+        "| scenario | req/s ours/Envoy | p99 ours/Envoy | CPU/req ours/Envoy "
+        "| req/s ours/floor | p99 ours/floor | CPU/req ours/floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for proto, conns in SCENARIOS:
+        scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+        o, e, f = (s[(proto, conns, c)] for c in ("ours", "envoy", "floor"))
+        L.append(f"| {scen} | {fmt_ratio(o['rps'], e['rps'])} | {fmt_ratio(o['p99'], e['p99'])} "
+                 f"| {fmt_ratio(sum(o['cpu']), sum(e['cpu']))} | {fmt_ratio(o['rps'], f['rps'])} "
+                 f"| {fmt_ratio(o['p99'], f['p99'])} | {fmt_ratio(sum(o['cpu']), sum(f['cpu']))} |")
+    o, e, f = (s[("h1", 32, c)] for c in ("ours", "envoy", "floor"))
+    rss = max(max(s[(p, n, "ours")]["rss"]) for p, n in SCENARIOS)
+    check = lambda ok: "met" if ok else "**missed**"
+    L += [
+        "",
+        "## Targets (HTTP/1.1, 32 connections, equal workers)",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| req/s ≥ 2x Envoy | {o['rps'] / e['rps']:.2f}x | {check(o['rps'] >= 2 * e['rps'])} |",
+        f"| p99 ≤ 0.5x Envoy | {o['p99'] / e['p99']:.2f}x | {check(o['p99'] <= 0.5 * e['p99'])} |",
+        f"| req/s ≥ 80 % of the floor | {100 * o['rps'] / f['rps']:.0f} % "
+        f"| {check(o['rps'] >= 0.8 * f['rps'])} |",
+        f"| CPU per request ≤ 0.5x Envoy | {sum(o['cpu']) / sum(e['cpu']):.2f}x "
+        f"| {check(sum(o['cpu']) <= 0.5 * sum(e['cpu']))} |",
+        f"| peak RSS < 15 MB per sidecar (all scenarios) | {rss:.1f} MB | {check(rss < 15)} |",
+        "",
+    ]
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as fh:
+        fh.write("\n".join(L))
+    print("\n".join(L))
+    log(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
