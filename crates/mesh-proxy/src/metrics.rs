@@ -10,17 +10,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Labels of a finished request.
+/// Labels of a finished request. The listener name is shared and the status class static, so
+/// that building the labels on every request allocates only the route and cluster names.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The listener that accepted it.
-    pub listener: String,
+    pub listener: Arc<String>,
     /// The matched route (empty when none matched).
     pub route: String,
     /// The target cluster (empty when none was chosen).
     pub cluster: String,
     /// `2xx`, `3xx`, `4xx` or `5xx`.
-    pub status_class: String,
+    pub status_class: &'static str,
 }
 
 /// Labels keyed by listener only.
@@ -103,12 +104,25 @@ impl Metrics {
         self.inner
             .latency
             .get_or_create(&ListenerLabels {
-                listener: labels.listener.clone(),
+                listener: labels.listener.to_string(),
             })
             .observe(elapsed.as_secs_f64());
         self.inner.requests.get_or_create(&labels).inc();
     }
 
+    /// A listener's own metrics, looked up once so that the data path does not build labels and
+    /// search the families for them on every request.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: listener.into(),
+        };
+        ListenerMetrics {
+            active_requests: self.inner.active_requests.get_or_create_owned(&labels),
+            latency: self.inner.latency.get_or_create_owned(&labels),
+            name: Arc::new(labels.listener),
+            metrics: self.clone(),
+        }
+    }
     /// Records a local reply.
     pub fn record_mesh_error(&self, listener: &str, code: &str) {
         self.inner
@@ -141,6 +155,36 @@ impl Metrics {
     }
 }
 
+/// One listener's pre-resolved metrics (see [`Metrics::listener`]).
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// Requests in flight on the listener.
+    pub active_requests: Gauge,
+    latency: Histogram,
+    name: Arc<String>,
+    metrics: Metrics,
+}
+
+impl ListenerMetrics {
+    /// Records a finished request: its latency, and its count by route, cluster and status.
+    pub fn record(
+        &self,
+        route: String,
+        cluster: String,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
+        self.latency.observe(elapsed.as_secs_f64());
+        let labels = RequestLabels {
+            listener: Arc::clone(&self.name),
+            route,
+            cluster,
+            status_class: status_class(status),
+        };
+        self.metrics.inner.requests.get_or_create(&labels).inc();
+    }
+}
+
 /// `2xx`-style class of a status code.
 pub fn status_class(status: http::StatusCode) -> &'static str {
     match status.as_u16() {
@@ -162,10 +206,10 @@ mod tests {
         let m = Metrics::register(&mut registry);
         m.record_request(
             RequestLabels {
-                listener: "outbound".into(),
+                listener: Arc::new("outbound".into()),
                 route: "r".into(),
                 cluster: "c".into(),
-                status_class: status_class(http::StatusCode::NOT_FOUND).into(),
+                status_class: status_class(http::StatusCode::NOT_FOUND),
             },
             Duration::from_millis(3),
         );
@@ -187,6 +231,50 @@ mod tests {
         );
         assert!(
             text.contains("mesh_request_duration_seconds_count{listener=\"outbound\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn listener_metrics_record_into_the_shared_families() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let inbound = m.listener("inbound");
+        inbound.active_requests.inc();
+        inbound.record(
+            "r".into(),
+            "c".into(),
+            http::StatusCode::OK,
+            Duration::from_millis(1),
+        );
+        inbound.record(
+            "r".into(),
+            "c".into(),
+            http::StatusCode::OK,
+            Duration::from_millis(2),
+        );
+        // The per-request path and the pre-resolved one count into the same series.
+        m.record_request(
+            RequestLabels {
+                listener: Arc::new("inbound".into()),
+                route: "r".into(),
+                cluster: "c".into(),
+                status_class: "2xx",
+            },
+            Duration::from_millis(3),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"mesh_requests_total{listener="inbound",route="r",cluster="c",status_class="2xx"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesh_request_duration_seconds_count{listener=\"inbound\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mesh_active_requests{listener="inbound"} 1"#),
             "{text}"
         );
     }

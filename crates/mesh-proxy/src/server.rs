@@ -22,7 +22,7 @@ use tower::{Service, ServiceExt};
 
 use crate::conn::{Activity, TrackedIo};
 use crate::headers;
-use crate::metrics::{status_class, Metrics, RequestLabels};
+use crate::metrics::{ListenerMetrics, Metrics};
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -55,6 +55,8 @@ pub async fn serve(
     let force = CancellationToken::new();
     let idle = settings.http.idle_timeout;
     let conns = metrics.active_connections(&settings.name);
+    // Resolved once per listener: no label building or family lookup per request for these.
+    let listener_metrics = Arc::new(metrics.listener(&settings.name));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -82,6 +84,7 @@ pub async fn serve(
             max_body: settings.http.max_request_bytes,
             inner: service.clone(),
             metrics: metrics.clone(),
+            listener_metrics: Arc::clone(&listener_metrics),
         };
         let conn = builder
             .serve_connection_with_upgrades(
@@ -169,6 +172,7 @@ struct Edge {
     max_body: u64,
     inner: StackService,
     metrics: Metrics,
+    listener_metrics: Arc<ListenerMetrics>,
 }
 
 impl Edge {
@@ -176,7 +180,7 @@ impl Edge {
         let _in_flight = self.activity.begin();
         let started = Instant::now();
         let grpc = is_grpc(&req);
-        let active = self.metrics.active_requests(&self.listener);
+        let active = &self.listener_metrics.active_requests;
         active.inc();
         let (mut parts, incoming) = req.into_parts();
         let too_large = parts
@@ -237,15 +241,8 @@ impl Edge {
         {
             self.metrics.record_mesh_error(&self.listener, code);
         }
-        self.metrics.record_request(
-            RequestLabels {
-                listener: self.listener.to_string(),
-                route,
-                cluster,
-                status_class: status_class(resp.status()).into(),
-            },
-            started.elapsed(),
-        );
+        self.listener_metrics
+            .record(route, cluster, resp.status(), started.elapsed());
         active.dec();
         Ok(resp)
     }
