@@ -1,7 +1,6 @@
 //! What a proxy must do to headers on each hop: drop hop-by-hop headers, append
 //! `x-forwarded-for`, and make sure every request carries `x-request-id` and a W3C `traceparent`.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -64,22 +63,28 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.get(&X_REQUEST_ID).is_some_and(|v| !v.is_empty()) {
         return;
     }
-    let b: [u8; 16] = rand::random();
-    let mut s = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        // Version 4 and the RFC 4122 variant bits.
-        let byte = match i {
-            6 => (byte & 0x0f) | 0x40,
-            8 => (byte & 0x3f) | 0x80,
-            _ => *byte,
-        };
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        let _ = write!(s, "{byte:02x}");
-    }
-    if let Ok(v) = HeaderValue::from_str(&s) {
+    let mut b: [u8; 16] = rand::random();
+    // Version 4 and the RFC 4122 variant bits.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = [b'-'; 36];
+    hex_into(&mut s[0..8], &b[0..4]);
+    hex_into(&mut s[9..13], &b[4..6]);
+    hex_into(&mut s[14..18], &b[6..8]);
+    hex_into(&mut s[19..23], &b[8..10]);
+    hex_into(&mut s[24..36], &b[10..16]);
+    if let Ok(v) = HeaderValue::from_bytes(&s) {
         headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// Lowercase hex of `bytes` into `out` (twice as long). Hand-rolled: `write!("{:02x}")` runs the
+/// formatting machinery per byte, on every request.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
     }
 }
 
@@ -94,25 +99,34 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     }
     let trace: u128 = rand::random::<u128>() | 1; // all-zero ids are invalid
     let span: u64 = rand::random::<u64>() | 1;
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")) {
+    // `00-{trace:032x}-{span:016x}-01`, without the formatting machinery.
+    let mut s = *b"00-________________________________-________________-01";
+    hex_into(&mut s[3..35], &trace.to_be_bytes());
+    hex_into(&mut s[36..52], &span.to_be_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&s) {
         headers.insert(TRACEPARENT, v);
     }
 }
 
 /// `version-traceid-parentid-flags` with lowercase hex of 2-32-16-2 digits, ids not all zero.
 fn valid_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
+    // No Vec: this runs on every request that carries a traceparent.
+    let mut parts = v.split('-');
+    let (Some(version), Some(trace), Some(parent), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
     let hex = |s: &str, n: usize| {
         s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
-    parts.len() >= 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0')
+    hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0')
 }
 
 #[cfg(test)]
@@ -156,6 +170,23 @@ mod tests {
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
         ensure_request_id(&mut h);
         assert_eq!(h[X_REQUEST_ID], id.as_str(), "an existing id is passed on");
+    }
+
+    #[test]
+    fn hex_into_matches_the_formatter() {
+        let b = [0x00, 0x0f, 0xa5, 0xff, 0x10];
+        let mut out = [0u8; 10];
+        hex_into(&mut out, &b);
+        let want: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        let mut h = HeaderMap::new();
+        ensure_traceparent(&mut h);
+        let v = h[TRACEPARENT].to_str().unwrap();
+        assert_eq!(v.len(), 55, "{v}");
+        assert!(v.starts_with("00-") && v.ends_with("-01"), "{v}");
+        assert!(!valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+        ));
     }
 
     #[test]
