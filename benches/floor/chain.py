@@ -262,7 +262,7 @@ def measure(contender, pids, proto, conns, secs):
 
 
 def profile(pids):
-    """perf-records the inbound sidecar under 32 connections; prints the top symbols."""
+    """perf-records the inbound sidecar under 32 connections; prints and saves the top costs."""
     data = os.path.join(tmp, "perf.data")
     port = port_of("ours")
     rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-o", data,
@@ -270,12 +270,20 @@ def profile(pids):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_wrk(port, 32, DURATION)
     rec.wait()
-    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
-                          "--percent-limit", "0.7", "--sort", "symbol"],
-                         capture_output=True, text=True).stdout
-    lines = [l for l in rep.splitlines() if l.strip() and not l.startswith("#")]
-    print("perf: top symbols of the inbound mesh-sidecar at 32 connections (cpu-clock):")
-    print("\n".join(lines[:40]))
+    text = []
+    for sort, limit in (("dso", 10), ("symbol", 40)):
+        rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "-g",
+                              "none", "--percent-limit", "0.4", "--sort", sort],
+                             capture_output=True, text=True).stdout
+        lines = [" ".join(l.split()) for l in rep.splitlines()
+                 if l.strip() and not l.startswith("#")]
+        text += [f"-- by {sort}:"] + lines[:limit]
+    text = "\n".join(["perf (cpu-clock): the inbound mesh-sidecar at 32 connections"] + text)
+    print(text)
+    path = os.path.join(os.path.dirname(OUT), "perf-top.txt")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    log(f"wrote {path}")
 
 
 def fmt_ratio(a, b):
@@ -409,7 +417,13 @@ def write_markdown(results, load_start, load_end):
         f"| {check(o['rps'] >= 0.8 * f['rps'])} |",
         f"| CPU per request ≤ 0.5x Envoy | {sum(o['cpu']) / sum(e['cpu']):.2f}x "
         f"| {check(sum(o['cpu']) <= 0.5 * sum(e['cpu']))} |",
-        f"| peak RSS < 15 MB per sidecar (all scenarios) | {rss:.1f} MB | {check(rss < 15)} |",
+        f"| peak RSS < 15 MB per sidecar (HTTP/1.1, 32 connections) | {max(o['rss']):.1f} MB "
+        f"| {check(max(o['rss']) < 15)} |",
+        f"| peak RSS < 15 MB per sidecar (any scenario) | {rss:.1f} MB | {check(rss < 15)} |",
+        "",
+        "Peak RSS is reset before each measurement to the current RSS, which keeps what the "
+        "allocator held on to from earlier scenarios (they run in the order of the table), so the "
+        "h2c figures include the 256-connection high-water mark.",
         "",
     ]
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
