@@ -8,6 +8,7 @@ shared machine hits all of them) and writes a markdown table with the ratios.
 
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -281,6 +282,7 @@ def profile(pids):
     text = "\n".join(["perf (cpu-clock): the inbound mesh-sidecar at 32 connections"] + text)
     print(text)
     path = os.path.join(os.path.dirname(OUT), "perf-top.txt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text + "\n")
     log(f"wrote {path}")
@@ -320,6 +322,7 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
     write_markdown(results, load_start, load_end)
+    shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
 
 def summary(rounds):
