@@ -22,29 +22,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The demo's ports, all free ones (tests run beside each other and beside a running demo).
+#[cfg(test)]
+fn free_ports() -> Ports {
+    let p = mesh_testkit::free_ports(12);
+    Ports {
+        app: p[0],
+        client_out: p[1],
+        hello_in: p[2],
+        hello_out: p[3],
+        client_in: p[4],
+        client_app: p[5],
+        xds: p[6],
+        cp_admin: p[7],
+        client_admin: p[8],
+        hello_admin: p[9],
+        envoy_out: p[10],
+        envoy_in: p[11],
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use mesh_examples::demo::{Demo, Ports};
+    use super::free_ports;
+    use mesh_examples::demo::Demo;
     use std::net::SocketAddr;
     use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_demo_answers_through_both_hops_and_rate_limits() {
-        let p = mesh_testkit::free_ports(13);
-        let ports = Ports {
-            app: p[0],
-            client_out: p[1],
-            hello_in: p[2],
-            hello_out: p[3],
-            client_in: p[4],
-            client_app: p[5],
-            xds: p[6],
-            cp_admin: p[7],
-            client_admin: p[8],
-            hello_admin: p[9],
-            envoy_out: p[10],
-            envoy_in: p[11],
-        };
+        let ports = free_ports();
         let demo = Demo::start(ports).await.unwrap();
         assert!(demo
             .instructions()
@@ -84,7 +91,8 @@ mod tests {
 
 #[cfg(test)]
 mod envoy_tests {
-    use mesh_examples::demo::{Demo, Ports};
+    use super::free_ports;
+    use mesh_examples::demo::Demo;
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -94,21 +102,7 @@ mod envoy_tests {
         let Some(_envoy) = mesh_testkit::require_envoy() else {
             return;
         };
-        let p = mesh_testkit::free_ports(13);
-        let ports = Ports {
-            app: p[0],
-            client_out: p[1],
-            hello_in: p[2],
-            hello_out: p[3],
-            client_in: p[4],
-            client_app: p[5],
-            xds: p[6],
-            cp_admin: p[7],
-            client_admin: p[8],
-            hello_admin: p[9],
-            envoy_out: p[10],
-            envoy_in: p[11],
-        };
+        let ports = free_ports();
         let demo = Demo::start(ports).await.unwrap();
         let bootstrap =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/bootstrap.yaml"))

@@ -146,16 +146,8 @@ impl Sidecar {
             }),
         );
         admin.ready_flag().store(true, Ordering::Release);
-        let socket =
-            TcpListener::bind(boot.admin)
-                .await
-                .map_err(|source| SidecarError::AdminBind {
-                    addr: boot.admin,
-                    source,
-                })?;
-        let admin_addr = socket.local_addr().unwrap_or(boot.admin);
         let stop = CancellationToken::new();
-        let admin_task = tokio::spawn(admin.serve(socket, stop.clone()));
+        let (admin_addr, admin_task) = serve_admin(admin, boot.admin, &stop).await?;
         Ok(Self {
             listeners,
             clusters,
@@ -230,15 +222,7 @@ impl Sidecar {
             }
             None => admin,
         };
-        let socket =
-            TcpListener::bind(opts.admin)
-                .await
-                .map_err(|source| SidecarError::AdminBind {
-                    addr: opts.admin,
-                    source,
-                })?;
-        let admin_addr = socket.local_addr().unwrap_or(opts.admin);
-        let admin_task = tokio::spawn(admin.serve(socket, stop.clone()));
+        let (admin_addr, admin_task) = serve_admin(admin, opts.admin, &stop).await?;
         Ok(Self {
             listeners,
             clusters,
@@ -288,4 +272,17 @@ impl Sidecar {
             let _ = t.await;
         }
     }
+}
+
+/// Binds the admin endpoint and serves it until `stop`; returns the bound address.
+async fn serve_admin(
+    admin: Admin,
+    addr: SocketAddr,
+    stop: &CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), SidecarError> {
+    let socket = TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::AdminBind { addr, source })?;
+    let bound = socket.local_addr().unwrap_or(addr);
+    Ok((bound, tokio::spawn(admin.serve(socket, stop.clone()))))
 }
