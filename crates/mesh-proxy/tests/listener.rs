@@ -383,10 +383,16 @@ async fn http2_rapid_reset_floods_are_cut_off_and_others_keep_being_served() {
         .expect("the flooding connection was not closed")
         .unwrap()
         .unwrap_err();
-    assert!(
-        err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "{err:?} after {sent} resets"
-    );
+    // The server sends GOAWAY(ENHANCE_YOUR_CALM) and closes; a client still writing may see the
+    // closed socket (broken pipe / reset) before it reads the GOAWAY. Either way it was cut off.
+    let cut_off = (err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+        || err.get_io().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        });
+    assert!(cut_off, "{err:?} after {sent} resets");
     assert!(sent < 5_000, "cut off after {sent} resets");
     // Everyone else is still served.
     assert_eq!(get(l.addr, true, req("/")).await.0, 200);
