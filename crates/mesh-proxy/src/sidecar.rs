@@ -113,21 +113,11 @@ impl Sidecar {
     /// Starts a sidecar with a static bootstrap: clusters and endpoints first, then the
     /// listeners, then the admin endpoint (ready at once, since the config is complete).
     pub async fn start_static(boot: Bootstrap) -> Result<Self, SidecarError> {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let clusters = ClusterManager::new();
-        registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
+        let (registry, clusters, listeners) = managers(boot.max_connections, boot.drain_timeout);
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
             clusters.reload(cla.clone())?;
         }
-        let listeners = ListenerManager::new(
-            clusters.clone(),
-            LayerRegistry::default(),
-            metrics,
-            boot.max_connections,
-            boot.drain_timeout,
-        );
         for rc in &boot.mesh.route_configs {
             listeners.apply_routes(rc)?;
         }
@@ -163,18 +153,9 @@ impl Sidecar {
     /// drained when removed), routes from RDS, clusters from CDS/EDS. `/ready` answers 200 once
     /// the first full config has arrived.
     pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let clusters = ClusterManager::new();
-        registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
-        let listeners = ListenerManager::new(
-            clusters.clone(),
-            LayerRegistry::default(),
-            metrics,
-            opts.max_connections,
-            opts.drain_timeout,
-        )
-        .lenient_routes();
+        let (mut registry, clusters, listeners) =
+            managers(opts.max_connections, opts.drain_timeout);
+        let listeners = listeners.lenient_routes();
         let mut builder = XdsClient::builder()
             .node_id(&opts.node_id)
             .mode(opts.mode)
@@ -285,4 +266,24 @@ async fn serve_admin(
         .map_err(|source| SidecarError::AdminBind { addr, source })?;
     let bound = socket.local_addr().unwrap_or(addr);
     Ok((bound, tokio::spawn(admin.serve(socket, stop.clone()))))
+}
+
+/// What both modes start from: the metrics registry (with the per-cluster collector), an empty
+/// cluster manager, and a listener manager sending to it.
+fn managers(
+    max_connections: usize,
+    drain: Duration,
+) -> (Registry, ClusterManager, ListenerManager) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let clusters = ClusterManager::new();
+    registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
+    let listeners = ListenerManager::new(
+        clusters.clone(),
+        LayerRegistry::default(),
+        metrics,
+        max_connections,
+        drain,
+    );
+    (registry, clusters, listeners)
 }
