@@ -11,3 +11,4 @@ pub mod client;
 pub mod convert;
 pub mod server;
 pub mod source;
+pub mod tls;

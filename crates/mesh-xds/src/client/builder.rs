@@ -15,6 +15,7 @@ use super::persist;
 use super::state::AdsState;
 use super::store::{ResourceMap, Sinks, Store, StoredResource};
 use super::{AdsMode, XdsStatus};
+use crate::tls::XdsTls;
 
 /// Why a client could not start, or did not become ready.
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +23,18 @@ pub enum XdsClientError {
     /// No control-plane address was given.
     #[error("no control-plane address")]
     NoAddress,
-    /// A control-plane address is not an `http://` URI.
-    #[error("control-plane address {0:?} is not an http:// URI (TLS is not supported yet)")]
+    /// A control-plane address is neither an `http://` nor an `https://` URI.
+    #[error("control-plane address {0:?} is not an http:// or https:// URI")]
     BadAddress(String),
+    /// TLS is configured but an address is `http://` (refused rather than sent in plaintext).
+    #[error("TLS is configured but control-plane address {0:?} is http://; use https://")]
+    PlaintextWithTls(String),
+    /// An address is `https://` but no TLS option names the CA to verify it with.
+    #[error("control-plane address {0:?} is https:// but no TLS option gives the CA (XdsClientBuilder::tls)")]
+    HttpsWithoutTls(String),
+    /// The TLS option could not be used (a file that does not read, a PEM that does not parse).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The first full config did not arrive in time.
     #[error("no full config from the control plane within {0:?}")]
     NotReady(Duration),
@@ -40,6 +50,7 @@ pub struct XdsClientBuilder {
     node: core::Node,
     mode: AdsMode,
     cfg: DriverConfig,
+    tls: Option<XdsTls>,
     sinks: Sinks,
 }
 
@@ -64,14 +75,17 @@ impl Default for XdsClientBuilder {
                 refresh: None,
                 persist: None,
                 max_message_bytes: 64 * 1024 * 1024,
+                tls: None,
             },
+            tls: None,
             sinks: Sinks::default(),
         }
     }
 }
 
 impl XdsClientBuilder {
-    /// Adds a control plane (`http://host:port`); the client fails over along the list.
+    /// Adds a control plane (`http://host:port`, or `https://host:port` with [`tls`](Self::tls));
+    /// the client fails over along the list.
     pub fn address(mut self, uri: impl Into<String>) -> Self {
         self.addresses.push(uri.into());
         self
@@ -137,6 +151,15 @@ impl XdsClientBuilder {
     /// Connect timeout per attempt (default 5 s).
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.cfg.connect_timeout = t;
+        self
+    }
+
+    /// TLS to the control plane: every address must then be `https://` (an `http://` address is
+    /// refused at [`start`](Self::start) rather than silently sent in plaintext), and an
+    /// `https://` address needs this option (there is no implicit system trust store: name the
+    /// CA, as Envoy's `UpstreamTlsContext` on the xDS cluster does). Files are read at `start`.
+    pub fn tls(mut self, tls: XdsTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -238,10 +261,23 @@ impl XdsClientBuilder {
         if self.addresses.is_empty() {
             return Err(XdsClientError::NoAddress);
         }
-        if let Some(bad) = self.addresses.iter().find(|a| !a.starts_with("http://")) {
-            return Err(XdsClientError::BadAddress(bad.clone()));
+        for a in &self.addresses {
+            match (a.split_once("://").map(|(s, _)| s), &self.tls) {
+                (Some("http"), None) | (Some("https"), Some(_)) => {}
+                (Some("http"), Some(_)) => return Err(XdsClientError::PlaintextWithTls(a.clone())),
+                (Some("https"), None) => return Err(XdsClientError::HttpsWithoutTls(a.clone())),
+                _ => return Err(XdsClientError::BadAddress(a.clone())),
+            }
         }
-        let (cfg, state) = self.split();
+        let tls = self.tls.as_ref().map(XdsTls::client_config).transpose()?;
+        if let (Some(tls), Some(a)) = (&tls, self.addresses.first()) {
+            // tonic parses the PEMs when the endpoint takes the config: fail here, not per connect.
+            tonic::transport::Endpoint::from_shared(a.clone())
+                .and_then(|e| e.tls_config(tls.clone()))
+                .map_err(|e| crate::tls::TlsError(crate::tls::error_chain(&e)))?;
+        }
+        let (mut cfg, state) = self.split();
+        cfg.tls = tls;
         let watches = Watches::of(&state);
         let status = watch::Sender::new(XdsStatus::default());
         let ready = watch::Sender::new(state.is_ready());

@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::persist::{self, Persisted};
 use super::state::{AdsState, Outbound};
 use super::{AdsMode, ConnectionState, ResourceType, XdsStatus};
+use crate::tls::error_chain;
 
 /// How the driver behaves (the builder's settings).
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub(crate) struct DriverConfig {
     pub(crate) refresh: Option<Duration>,
     pub(crate) persist: Option<PathBuf>,
     pub(crate) max_message_bytes: usize,
+    /// TLS to the control plane (the addresses are `https://`).
+    pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Where the driver publishes what the client handle reads.
@@ -179,15 +182,21 @@ struct Stream<'a> {
 
 impl Stream<'_> {
     async fn open(&self, addr: &str) -> Result<(Tx, Rx), String> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
+        let mut endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("bad control-plane address {addr:?}: {e}"))?
             .connect_timeout(self.cfg.connect_timeout)
             .user_agent(self.cfg.user_agent.clone())
             .map_err(|e| format!("bad user agent: {e}"))?;
+        if let Some(tls) = &self.cfg.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS to {addr}: {}", error_chain(&e)))?;
+        }
+        // The causes matter here: "transport error" alone hides a refused certificate.
         let channel: Channel = endpoint
             .connect()
             .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+            .map_err(|e| format!("connect to {addr}: {}", error_chain(&e)))?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.cfg.max_message_bytes)
             .max_encoding_message_size(self.cfg.max_message_bytes);
@@ -197,7 +206,7 @@ impl Stream<'_> {
                 let resp = client
                     .stream_aggregated_resources(ReceiverStream::new(rx))
                     .await
-                    .map_err(|e| format!("open stream: {e}"))?;
+                    .map_err(|e| format!("open stream: {}", error_chain(&e)))?;
                 (Tx::Sotw(tx), Rx::Sotw(resp.into_inner()))
             }
             AdsMode::Delta => {
@@ -205,7 +214,7 @@ impl Stream<'_> {
                 let resp = client
                     .delta_aggregated_resources(ReceiverStream::new(rx))
                     .await
-                    .map_err(|e| format!("open stream: {e}"))?;
+                    .map_err(|e| format!("open stream: {}", error_chain(&e)))?;
                 (Tx::Delta(tx), Rx::Delta(resp.into_inner()))
             }
         })
@@ -245,7 +254,7 @@ impl Stream<'_> {
                 .unwrap_or(far);
             tokio::select! {
                 msg = rx.next() => {
-                    let Some(msg) = msg.map_err(|s| format!("stream error: {s}"))? else {
+                    let Some(msg) = msg.map_err(|s| format!("stream error: {}", error_chain(&s)))? else {
                         return Ok(());
                     };
                     self.healthy = true;

@@ -25,8 +25,8 @@
 //! | mesh-lb's `ClusterManager`, endpoints (`Reload<ClusterLoadAssignment>`) | [`sink_each`](XdsClientBuilder::sink_each)`::<ClusterLoadAssignment>(..)` plus [`on_removed`](XdsClientBuilder::on_removed)`::<ClusterLoadAssignment>` sending its `RemoveLoadAssignment` |
 //! | mesh-ratelimit's `RateLimitLayer` (`Reload<RateLimitConfig>`) | [`sink_rate_limits`](XdsClientBuilder::sink_rate_limits)`(listener name, ..)` |
 //!
-//! TLS to the control plane is not implemented yet: tonic's TLS features pull in rustls and a
-//! certificate store, which the issue allowed us to defer; addresses are `http://`.
+//! TLS to the control plane: give [`XdsClientBuilder::tls`] an [`XdsTls`] (the CA, optionally a
+//! client certificate for mTLS) and `https://` addresses; see [`crate::tls`].
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -66,6 +66,7 @@ mod state;
 mod stats;
 mod store;
 
+pub use crate::tls::XdsTls;
 pub use builder::{XdsClient, XdsClientBuilder, XdsClientError};
 pub use state::{AdsState, Outbound, Outgoing};
 pub use stats::{ConnectionState, TypeStatus, XdsStatus};
