@@ -4,6 +4,7 @@
 //! ```text
 //! mesh-control-plane --config mesh.yaml --listen 0.0.0.0:18000 --admin 127.0.0.1:19000
 //! mesh-control-plane --etcd http://127.0.0.1:2379 --prefix /mesh [--config base.yaml]
+//! mesh-control-plane --config mesh.yaml --tls-cert cp.pem --tls-key cp-key.pem [--client-ca ca.pem]
 //! ```
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use clap::{Parser, ValueEnum};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use mesh_xds::server::{admin, mesh_core_validator, Metrics, SnapshotCache, XdsServer};
 use mesh_xds::source::{EtcdSource, FileSource, MeshSpec};
+use mesh_xds::tls::ServerTls;
 
 /// The xDS control plane of the mesh.
 #[derive(Debug, Parser)]
@@ -42,6 +44,15 @@ struct Args {
     /// What snapshots are keyed by: the node id, or the node cluster (one per group).
     #[arg(long, value_enum, default_value_t = NodeKey::Id)]
     node_key: NodeKey,
+    /// Serve xDS over TLS with this certificate (PEM; with --tls-key). Clients use https://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mTLS. Needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// How often the mesh file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
     poll: Duration,
@@ -74,6 +85,17 @@ async fn main() -> anyhow::Result<()> {
     if args.config.is_none() && args.etcd.is_empty() {
         bail!("give --config mesh.yaml and/or --etcd URL");
     }
+    // TLS files are read before anything starts: a bad path fails at once.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = ServerTls::from_files(cert, key)?;
+            Some(match &args.client_ca {
+                Some(ca) => tls.client_ca_file(ca)?,
+                None => tls,
+            })
+        }
+        _ => None,
+    };
     let cache = match args.node_key {
         NodeKey::Id => SnapshotCache::new(),
         NodeKey::Cluster => SnapshotCache::with_node_hash(Arc::new(|n: &Node| n.cluster.clone())),
@@ -116,14 +138,17 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind xDS {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "xDS server");
-    XdsServer::new(cache)
+    tracing::info!(addr = %listener.local_addr()?, tls = ?tls, "xDS server");
+    let server = XdsServer::new(cache)
         .with_callbacks(metrics)
-        .max_concurrent_streams(args.max_streams)
-        .serve(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        })
-        .await?;
+        .max_concurrent_streams(args.max_streams);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    match tls {
+        Some(tls) => server.serve_tls(listener, tls, shutdown).await?,
+        None => server.serve(listener, shutdown).await?,
+    }
     Ok(())
 }
