@@ -111,7 +111,9 @@ fn locality_from(g: epb::LocalityLbEndpoints) -> Result<LocalityEndpoints, Conve
 fn locality_to(g: &LocalityEndpoints) -> epb::LocalityLbEndpoints {
     let l = &g.locality;
     epb::LocalityLbEndpoints {
-        locality: (l != &Locality::default()).then(|| core::Locality {
+        // Always present, even when empty: gRPC's xDS client NACKs a locality group without
+        // one ("endpoints[0].locality: field not present"); Envoy accepts either.
+        locality: Some(core::Locality {
             region: l.region.clone(),
             zone: l.zone.clone(),
             sub_zone: l.sub_zone.clone(),

@@ -248,6 +248,11 @@ fn cluster(s: &ServiceSpec) -> Cluster {
 
 /// The service's endpoints, one locality per zone (in zone order, so the content and hence
 /// the version do not depend on listing order).
+///
+/// Each locality carries a `load_balancing_weight`: the sum of its endpoints' weights (their
+/// count if the sums would overflow `u32` together). Envoy and our sidecar use locality weights
+/// only when the cluster asks for locality-weighted LB, but gRPC's xDS client always does and
+/// drops a locality without a weight (`EDS resource contains no localities`).
 pub(crate) fn assignment(s: &ServiceSpec) -> ClusterLoadAssignment {
     let mut zones: BTreeMap<&str, Vec<Endpoint>> = BTreeMap::new();
     for e in &s.endpoints {
@@ -256,12 +261,20 @@ pub(crate) fn assignment(s: &ServiceSpec) -> ClusterLoadAssignment {
         ep.metadata = e.metadata.clone();
         zones.entry(e.zone.as_str()).or_default().push(ep);
     }
+    let total: u64 = s.endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    let by_sum = total <= u64::from(u32::MAX);
     ClusterLoadAssignment {
         endpoints: zones
             .into_iter()
             .map(|(zone, mut lb_endpoints)| {
                 lb_endpoints.sort_by_key(|e| e.address);
+                let weight = if by_sum {
+                    lb_endpoints.iter().map(|e| e.weight).sum::<u32>()
+                } else {
+                    u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX)
+                };
                 LocalityEndpoints {
+                    load_balancing_weight: Some(weight.max(1)),
                     locality: Locality {
                         zone: zone.to_owned(),
                         ..Locality::default()
