@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::file::{apply, SourceError};
+use super::incremental::TranslationCache;
 use super::spec::{EndpointSpec, MeshSpec, ServiceSpec};
 use crate::server::SnapshotCache;
 
@@ -111,6 +112,16 @@ pub struct EtcdSource {
 /// Key → (service, registration).
 type Registry = BTreeMap<String, (String, Registration)>;
 
+/// What the source's task keeps across sessions (reconnects).
+#[derive(Default)]
+struct State {
+    registry: Registry,
+    /// The etcd revision last applied (0: nothing read yet).
+    revision: i64,
+    /// Per-service translations reused by the next rebuild.
+    translations: TranslationCache,
+}
+
 impl EtcdSource {
     /// A source of `prefix` on the etcd cluster at `endpoints` (`host:port` or URLs).
     pub fn new(endpoints: Vec<String>, prefix: impl Into<String>, cache: SnapshotCache) -> Self {
@@ -141,13 +152,13 @@ impl EtcdSource {
     /// last snapshots keep serving meanwhile.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut registry = Registry::new();
-            let mut revision = 0i64;
+            let mut state = State::default();
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.session(&mut registry, &mut revision).await {
+                match self.session(&mut state).await {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(e) => {
+                        let revision = state.revision;
                         tracing::warn!(error = %e, revision, "etcd source: reconnecting");
                         self.status
                             .send_modify(|s| s.last_error = Some(e.to_string()));
@@ -159,15 +170,17 @@ impl EtcdSource {
         })
     }
 
-    async fn session(
-        &self,
-        registry: &mut Registry,
-        revision: &mut i64,
-    ) -> Result<(), etcd_client::Error> {
+    async fn session(&self, state: &mut State) -> Result<(), etcd_client::Error> {
+        let State {
+            registry,
+            revision,
+            translations,
+        } = state;
         let mut client = Client::connect(&self.endpoints, None).await?;
         let root = format!("{}/services/", self.prefix);
         if *revision == 0 {
-            self.resync(&mut client, &root, registry, revision).await?;
+            self.resync(&mut client, &root, registry, revision, translations)
+                .await?;
         }
         let mut stream = client
             .watch(
@@ -183,7 +196,8 @@ impl EtcdSource {
         while let Some(resp) = stream.message().await? {
             if resp.compact_revision() > 0 || resp.canceled() {
                 // Our revision was compacted away: start over with a full read.
-                self.resync(&mut client, &root, registry, revision).await?;
+                self.resync(&mut client, &root, registry, revision, translations)
+                    .await?;
                 return Ok(());
             }
             let mut changed = false;
@@ -202,7 +216,7 @@ impl EtcdSource {
                 *revision = (*revision).max(h.revision());
             }
             if changed {
-                self.publish(registry, *revision);
+                self.publish(registry, *revision, translations);
             }
         }
         Ok(())
@@ -214,6 +228,7 @@ impl EtcdSource {
         root: &str,
         registry: &mut Registry,
         revision: &mut i64,
+        translations: &mut TranslationCache,
     ) -> Result<(), etcd_client::Error> {
         let resp = client
             .get(root, Some(GetOptions::new().with_prefix()))
@@ -226,16 +241,18 @@ impl EtcdSource {
             }
         }
         *revision = resp.header().map_or(*revision, |h| h.revision());
-        self.publish(registry, *revision);
+        self.publish(registry, *revision, translations);
         Ok(())
     }
 
-    /// Rebuilds the spec and applies it. Unchanged services translate to identical resources
-    /// (same content hash, same version), so clients are sent only what changed.
-    fn publish(&self, registry: &Registry, revision: i64) {
+    /// Rebuilds the spec and applies it. Only the services whose spec changed (an endpoint
+    /// registered or gone) are translated again; the others' resources are reused from
+    /// `translations`, and being identical (same content hash, same version) they are not sent
+    /// to clients again.
+    fn publish(&self, registry: &Registry, revision: i64, translations: &mut TranslationCache) {
         let spec = merge(&self.base, registry);
         let result = spec
-            .snapshots()
+            .snapshots_with(translations)
             .map_err(|e| e.to_string())
             .and_then(|snaps| {
                 let nodes = self.cache.node_keys().into_iter().collect();

@@ -11,6 +11,7 @@ use mesh_core::{
 };
 use prost::Message;
 
+use super::incremental::{SharedResources, TranslationCache};
 use super::spec::{ListenerAddrs, MeshSpec, NodeSpec, ServiceSpec};
 use crate::convert::{self, LOCAL_RATELIMIT_FILTER};
 use crate::server::{Resource, Snapshot, SnapshotError};
@@ -35,7 +36,7 @@ pub struct TranslateError {
 }
 
 impl TranslateError {
-    fn new(at: impl Into<String>, name: Option<&str>, reason: impl ToString) -> Self {
+    pub(super) fn new(at: impl Into<String>, name: Option<&str>, reason: impl ToString) -> Self {
         Self {
             at: at.into(),
             name: name.map(str::to_owned),
@@ -56,12 +57,24 @@ pub struct Snapshots {
 impl MeshSpec {
     /// Checks the spec and translates it, per node.
     pub fn snapshots(&self) -> Result<Snapshots, TranslateError> {
+        self.snapshots_with(&mut TranslationCache::default())
+    }
+
+    /// [`MeshSpec::snapshots`], re-translating only the services whose spec differs from the
+    /// one `cache` translated last time (the etcd source keeps one across watch events, so an
+    /// event that touches one service re-translates that service alone). The result is the
+    /// same as a fresh translation's.
+    pub fn snapshots_with(
+        &self,
+        cache: &mut TranslationCache,
+    ) -> Result<Snapshots, TranslateError> {
         self.check()?;
-        let fallback = self.node_snapshot(None, self.listeners, false)?;
+        let shared = cache.translate(self)?;
+        let fallback = self.node_snapshot(&shared, None, self.listeners, false)?;
         let mut nodes = BTreeMap::new();
         for n in &self.nodes {
             let addrs = n.listeners.unwrap_or_default().over(self.listeners);
-            let snap = self.node_snapshot(Some(n), addrs, n.proxyless)?;
+            let snap = self.node_snapshot(&shared, Some(n), addrs, n.proxyless)?;
             nodes.insert(n.id.clone(), snap);
         }
         Ok(Snapshots { nodes, fallback })
@@ -75,6 +88,13 @@ impl MeshSpec {
                     "services",
                     None,
                     "a service has no name",
+                ));
+            }
+            if s.name == LOCAL_APP {
+                return Err(TranslateError::new(
+                    format!("services[{}]", s.name),
+                    Some(&s.name),
+                    format!("{LOCAL_APP:?} is reserved (the cluster of each node's local app)"),
                 ));
             }
             if seen.insert(s.name.as_str(), ()).is_some() {
@@ -119,49 +139,48 @@ impl MeshSpec {
             virtual_hosts: Vec::new(),
         };
         for s in &self.services {
-            cfg.clusters.push(cluster(s));
-            cfg.endpoints.push(assignment(s));
-            outbound.virtual_hosts.push(virtual_host(s));
+            let (c, la, vh) = service_config(s)?;
+            cfg.clusters.push(c);
+            cfg.endpoints.push(la);
+            outbound.virtual_hosts.push(vh);
         }
-        // Each service alone first, so an error names the service rather than a list index.
-        for (s, (c, (la, vh))) in self.services.iter().zip(
-            cfg.clusters
-                .iter()
-                .zip(cfg.endpoints.iter().zip(&outbound.virtual_hosts)),
-        ) {
-            let at = format!("services[{}]", s.name);
-            let err = |e: mesh_core::ValidationError| TranslateError::new(&at, Some(&s.name), e);
-            c.validate().map_err(err)?;
-            la.validate().map_err(|e| err(e.within("endpoints")))?;
-            vh.validate().map_err(|e| err(e.within("routes")))?;
-        }
+        let own = self.node_part(node, addrs);
         cfg.route_configs.push(outbound);
-        cfg.listeners.push(Listener {
-            name: OUTBOUND.into(),
-            address: addrs.outbound,
-            direction: Direction::Outbound,
-            route_config_name: OUTBOUND.into(),
+        cfg.route_configs.push(own.inbound);
+        cfg.clusters.push(own.local_app);
+        cfg.listeners = own.listeners;
+        cfg.validate().map_err(|e| node_error(node, e))?;
+        Ok(cfg)
+    }
+
+    /// What a node has of its own: its two listeners, the inbound route table and the local
+    /// app's cluster (not validated).
+    fn node_part(&self, node: Option<&NodeSpec>, addrs: ListenerAddrs) -> NodePart {
+        let listener = |name: &str, address, direction, rate_limit| Listener {
+            name: name.into(),
+            address,
+            direction,
+            route_config_name: name.into(),
             route_config: None,
             http: Default::default(),
-            rate_limit: None,
-        });
+            rate_limit,
+        };
         let service = node
             .and_then(|n| n.service.as_deref())
             .and_then(|s| self.service(s));
-        let mut local = Cluster::new(LOCAL_APP);
-        local.load_assignment = Some(ClusterLoadAssignment::from_addrs(
+        let mut local_app = Cluster::new(LOCAL_APP);
+        local_app.load_assignment = Some(ClusterLoadAssignment::from_addrs(
             LOCAL_APP,
             [addrs.local_app],
         ));
         if let Some(s) = service {
-            local.protocol = s.protocol;
+            local_app.protocol = s.protocol;
         }
-        cfg.clusters.push(local);
         let mut to_app = RouteAction::to_cluster(LOCAL_APP);
         if let Some(t) = service.and_then(|s| s.timeout) {
             to_app.timeout = t;
         }
-        cfg.route_configs.push(RouteConfiguration {
+        let inbound = RouteConfiguration {
             name: INBOUND.into(),
             virtual_hosts: vec![VirtualHost {
                 name: INBOUND.into(),
@@ -172,55 +191,66 @@ impl MeshSpec {
                     ..Route::default()
                 }],
             }],
-        });
-        cfg.listeners.push(Listener {
-            name: INBOUND.into(),
-            address: addrs.inbound,
-            direction: Direction::Inbound,
-            route_config_name: INBOUND.into(),
-            route_config: None,
-            http: Default::default(),
-            rate_limit: service.and_then(|s| s.rate_limit.clone()),
-        });
-        let at = node.map_or("listeners".to_owned(), |n| format!("nodes[{}]", n.id));
-        cfg.validate()
-            .map_err(|e| TranslateError::new(&at, node.map(|n| n.id.as_str()), e))?;
-        Ok(cfg)
+        };
+        let rate_limit = service.and_then(|s| s.rate_limit.clone());
+        NodePart {
+            listeners: vec![
+                listener(OUTBOUND, addrs.outbound, Direction::Outbound, None),
+                listener(INBOUND, addrs.inbound, Direction::Inbound, rate_limit),
+            ],
+            inbound,
+            local_app,
+        }
     }
 
+    /// One node's snapshot: the services' shared resources (translated and validated once for
+    /// all nodes) plus the node's own part, validated here.
     fn node_snapshot(
         &self,
+        shared: &SharedResources,
         node: Option<&NodeSpec>,
         addrs: ListenerAddrs,
         proxyless: bool,
     ) -> Result<Snapshot, TranslateError> {
-        let cfg = self.node_config(node, addrs)?;
-        let at = node.map_or("listeners".to_owned(), |n| format!("nodes[{}]", n.id));
-        let err = |e: SnapshotError| TranslateError::new(&at, node.map(|n| n.id.as_str()), e);
-        let mut resources = Vec::new();
+        let own = self.node_part(node, addrs);
+        // The node's part against a stand-in of the outbound table (checked in `shared`): the
+        // same checks as a whole-config validation, without the services again.
+        let check = MeshConfig {
+            listeners: own.listeners.clone(),
+            route_configs: vec![
+                RouteConfiguration {
+                    name: OUTBOUND.into(),
+                    virtual_hosts: Vec::new(),
+                },
+                own.inbound.clone(),
+            ],
+            clusters: vec![own.local_app.clone()],
+            endpoints: Vec::new(),
+        };
+        check.validate().map_err(|e| node_error(node, e))?;
+
+        let err = |e: SnapshotError| node_error(node, e);
+        let mut resources = Vec::with_capacity(2 * shared.services.len() + 8);
+        for t in &shared.services {
+            resources.push(t.cluster.clone());
+            resources.push(t.endpoints.clone());
+        }
+        resources.push(shared.outbound.clone());
         let mut push = |any| -> Result<(), TranslateError> {
             resources.push(Resource::from_any(any).map_err(|e| err(e.into()))?);
             Ok(())
         };
-        for c in &cfg.clusters {
-            push(convert::encode(c))?;
-        }
-        for la in &cfg.endpoints {
-            push(convert::encode(la))?;
-        }
-        for rc in &cfg.route_configs {
-            if !proxyless || rc.name == OUTBOUND {
-                push(convert::encode(rc))?;
-            }
-        }
-        for l in &cfg.listeners {
-            if proxyless {
-                if l.name == OUTBOUND {
-                    for s in &self.services {
-                        push(api_listener(&s.name, l))?;
-                    }
+        push(convert::encode(&own.local_app))?;
+        if proxyless {
+            // API listeners instead of socket listeners, and no inbound side.
+            if let Some(out) = own.listeners.iter().find(|l| l.name == OUTBOUND) {
+                for t in &shared.services {
+                    push(api_listener(t.name(), out))?;
                 }
-            } else {
+            }
+        } else {
+            push(convert::encode(&own.inbound))?;
+            for l in &own.listeners {
                 push(convert::encode(l))?;
             }
         }
@@ -228,6 +258,32 @@ impl MeshSpec {
         snap.check_consistency().map_err(err)?;
         Ok(snap)
     }
+}
+
+/// See [`MeshSpec::node_part`].
+struct NodePart {
+    listeners: Vec<Listener>,
+    inbound: RouteConfiguration,
+    local_app: Cluster,
+}
+
+fn node_error(node: Option<&NodeSpec>, e: impl ToString) -> TranslateError {
+    let at = node.map_or("listeners".to_owned(), |n| format!("nodes[{}]", n.id));
+    TranslateError::new(at, node.map(|n| n.id.as_str()), e)
+}
+
+/// A service's cluster, endpoints and virtual host, each validated alone (so an error names
+/// the service rather than a list index).
+pub(super) fn service_config(
+    s: &ServiceSpec,
+) -> Result<(Cluster, ClusterLoadAssignment, VirtualHost), TranslateError> {
+    let at = format!("services[{}]", s.name);
+    let err = |e: mesh_core::ValidationError| TranslateError::new(&at, Some(&s.name), e);
+    let (c, la, vh) = (cluster(s), assignment(s), virtual_host(s));
+    c.validate().map_err(err)?;
+    la.validate().map_err(|e| err(e.within("endpoints")))?;
+    vh.validate().map_err(|e| err(e.within("routes")))?;
+    Ok((c, la, vh))
 }
 
 fn cluster(s: &ServiceSpec) -> Cluster {

@@ -1,0 +1,276 @@
+//! Per-service translations kept across rebuilds, so a change to one service (an etcd watch
+//! event, an edit of one entry) re-translates that service alone.
+//!
+//! A service's cluster and endpoints depend on nothing but its own spec, and they are the same
+//! for every node: they are translated, validated and encoded once per change of that spec and
+//! shared by all nodes' snapshots. The outbound route table is one resource holding every
+//! service's virtual host, so it is reassembled (from the kept virtual hosts) and checked across
+//! services on every rebuild; each node's own listeners and inbound side are per node anyway.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use mesh_core::{RouteConfiguration, Validate, VirtualHost};
+
+use super::spec::{MeshSpec, ServiceSpec};
+use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
+use crate::convert;
+use crate::server::Resource;
+
+/// Translations of services by name, each reused while the service's spec stays equal.
+///
+/// ```
+/// use mesh_xds::source::{MeshSpec, TranslationCache};
+///
+/// let mut cache = TranslationCache::default();
+/// let spec = MeshSpec::from_yaml("services: [{ name: a }, { name: b }]").unwrap();
+/// spec.snapshots_with(&mut cache).unwrap();
+/// let edited = MeshSpec::from_yaml("services: [{ name: a }, { name: b, timeout: 2s }]").unwrap();
+/// edited.snapshots_with(&mut cache).unwrap();
+/// assert_eq!(cache.translated(), 3); // a, b, then b again
+/// ```
+#[derive(Debug, Default)]
+pub struct TranslationCache {
+    services: HashMap<String, Arc<ServiceTranslation>>,
+    translated: u64,
+}
+
+/// One service, translated: its validated cluster and endpoints as encoded resources, and its
+/// validated virtual host for the outbound route table.
+#[derive(Debug)]
+pub(super) struct ServiceTranslation {
+    spec: ServiceSpec,
+    pub(super) cluster: Resource,
+    pub(super) endpoints: Resource,
+    virtual_host: VirtualHost,
+}
+
+impl ServiceTranslation {
+    fn new(s: &ServiceSpec) -> Result<Self, TranslateError> {
+        let (cluster, la, virtual_host) = service_config(s)?;
+        let encode = |any| {
+            Resource::from_any(any)
+                .map_err(|e| TranslateError::new(format!("services[{}]", s.name), Some(&s.name), e))
+        };
+        Ok(Self {
+            spec: s.clone(),
+            cluster: encode(convert::encode(&cluster))?,
+            endpoints: encode(convert::encode(&la))?,
+            virtual_host,
+        })
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// What every node's snapshot shares: the services (in spec order) and the outbound table.
+pub(super) struct SharedResources {
+    pub(super) services: Vec<Arc<ServiceTranslation>>,
+    pub(super) outbound: Resource,
+}
+
+impl TranslationCache {
+    /// How many service translations were made so far (a reused one does not count).
+    pub fn translated(&self) -> u64 {
+        self.translated
+    }
+
+    /// Number of services held.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether no service is held.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// The services of `spec` (names already checked unique), reusing the unchanged ones, and
+    /// the outbound table checked across services. Services no longer in `spec` are dropped;
+    /// on error the cache keeps what it held.
+    pub(super) fn translate(&mut self, spec: &MeshSpec) -> Result<SharedResources, TranslateError> {
+        let mut services = Vec::with_capacity(spec.services.len());
+        let mut fresh = 0;
+        for s in &spec.services {
+            let t = match self.services.get(&s.name) {
+                Some(t) if t.spec == *s => Arc::clone(t),
+                _ => {
+                    fresh += 1;
+                    Arc::new(ServiceTranslation::new(s)?)
+                }
+            };
+            services.push(t);
+        }
+        let outbound = outbound_table(&services)?;
+        self.translated += fresh;
+        self.services = services
+            .iter()
+            .map(|t| (t.spec.name.clone(), Arc::clone(t)))
+            .collect();
+        Ok(SharedResources { services, outbound })
+    }
+
+    #[cfg(test)]
+    fn get(&self, name: &str) -> Option<&Arc<ServiceTranslation>> {
+        self.services.get(name)
+    }
+}
+
+/// The outbound route table: every service's virtual host, checked as a whole (domains and
+/// route names unique across services, every cluster a route names is a service or the local
+/// app), encoded once for all nodes.
+fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, TranslateError> {
+    let known: HashSet<&str> = services
+        .iter()
+        .map(|t| t.name())
+        .chain([LOCAL_APP])
+        .collect();
+    for t in services {
+        for (r, route) in t.virtual_host.routes.iter().enumerate() {
+            for name in route.action.destination.cluster_names() {
+                if !known.contains(name) {
+                    return Err(TranslateError::new(
+                        format!("services[{}]", t.name()),
+                        Some(t.name()),
+                        format!("routes[{r}].route: unknown cluster {name:?}"),
+                    ));
+                }
+            }
+        }
+    }
+    let table = RouteConfiguration {
+        name: OUTBOUND.into(),
+        virtual_hosts: services.iter().map(|t| t.virtual_host.clone()).collect(),
+    };
+    let at = format!("route_configs[{OUTBOUND}]");
+    table
+        .validate()
+        .map_err(|e| TranslateError::new(&at, None, e))?;
+    Resource::from_any(convert::encode(&table)).map_err(|e| TranslateError::new(&at, None, e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::server::ResourceType;
+    use crate::source::Snapshots;
+
+    fn spec(orders_port: u16) -> MeshSpec {
+        MeshSpec::from_yaml(&format!(
+            r#"
+services:
+  - name: orders
+    protocol: http2
+    endpoints: [{{ address: "127.0.0.1:{orders_port}" }}]
+  - name: payments
+    timeout: 2s
+    endpoints: [{{ address: "127.0.0.1:9002", zone: z1 }}, {{ address: "127.0.0.1:9003" }}]
+    routes:
+      - match: {{ prefix: /refunds }}
+        route: {{ cluster: orders }}
+      - match: {{ prefix: / }}
+        route: {{ cluster: payments }}
+  - name: users
+    endpoints: [{{ address: "127.0.0.1:9004" }}]
+nodes:
+  - {{ id: orders-1, service: orders }}
+  - {{ id: grpc-1, proxyless: true }}
+"#
+        ))
+        .unwrap()
+    }
+
+    /// Every node's and the fallback's resources, type by type, equal (content and version).
+    fn assert_same(a: &Snapshots, b: &Snapshots) {
+        let pairs = std::iter::once((&a.fallback, &b.fallback)).chain(
+            a.nodes
+                .iter()
+                .map(|(id, s)| (s, b.nodes.get(id).expect("same nodes"))),
+        );
+        assert_eq!(a.nodes.len(), b.nodes.len());
+        for (x, y) in pairs {
+            assert_eq!(x.version(), y.version());
+            for t in ResourceType::ALL {
+                assert_eq!(x.of(t).items(), y.of(t).items(), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_edit_of_one_service_retranslates_it_alone_and_equals_a_full_translation() {
+        let mut cache = TranslationCache::default();
+        let first = spec(9001);
+        assert_same(
+            &first.snapshots_with(&mut cache).unwrap(),
+            &first.snapshots().unwrap(),
+        );
+        assert_eq!(cache.translated(), 3);
+        let payments = Arc::clone(cache.get("payments").unwrap());
+        let users = Arc::clone(cache.get("users").unwrap());
+        let orders = Arc::clone(cache.get("orders").unwrap());
+
+        // The same spec again: nothing is translated.
+        first.snapshots_with(&mut cache).unwrap();
+        assert_eq!(cache.translated(), 3);
+
+        // One endpoint of `orders` changes (what an etcd registration does).
+        let second = spec(9011);
+        let incremental = second.snapshots_with(&mut cache).unwrap();
+        assert_eq!(cache.translated(), 4, "only orders is translated again");
+        assert!(Arc::ptr_eq(cache.get("payments").unwrap(), &payments));
+        assert!(Arc::ptr_eq(cache.get("users").unwrap(), &users));
+        assert!(!Arc::ptr_eq(cache.get("orders").unwrap(), &orders));
+        assert_same(&incremental, &second.snapshots().unwrap());
+        // And the change did reach the snapshots.
+        let eds = |s: &Snapshots| {
+            s.fallback
+                .of(ResourceType::Endpoint)
+                .get("orders")
+                .unwrap()
+                .version()
+        };
+        assert_ne!(eds(&incremental), eds(&first.snapshots().unwrap()));
+    }
+
+    #[test]
+    fn removed_services_are_dropped_and_errors_keep_the_cache() {
+        let mut cache = TranslationCache::default();
+        spec(9001).snapshots_with(&mut cache).unwrap();
+        let mut fewer = spec(9001);
+        fewer.services.retain(|s| s.name != "users");
+        assert_same(
+            &fewer.snapshots_with(&mut cache).unwrap(),
+            &fewer.snapshots().unwrap(),
+        );
+        assert_eq!((cache.len(), cache.translated()), (2, 3));
+
+        // A route to a service that is gone is refused, naming the service with the route.
+        let mut broken = spec(9001);
+        broken.services.retain(|s| s.name != "orders");
+        broken.nodes.retain(|n| n.service.is_none());
+        let err = broken.snapshots_with(&mut cache).unwrap_err();
+        assert_eq!(err.name.as_deref(), Some("payments"), "{err}");
+        assert!(err.reason.contains("unknown cluster \"orders\""), "{err}");
+        assert_eq!(cache.len(), 2, "a refused spec leaves the cache as it was");
+
+        // An invalid edit of a service is refused by name; its last good translation stays.
+        spec(9001).snapshots_with(&mut cache).unwrap();
+        let users = Arc::clone(cache.get("users").unwrap());
+        let mut invalid = spec(9001);
+        invalid.services[2].endpoints[0].address = "0.0.0.0:1".parse().unwrap();
+        let err = invalid.snapshots_with(&mut cache).unwrap_err();
+        assert_eq!(err.name.as_deref(), Some("users"), "{err}");
+        assert!(Arc::ptr_eq(cache.get("users").unwrap(), &users));
+    }
+
+    #[test]
+    fn domains_clashing_across_services_are_refused() {
+        let mut s = spec(9001);
+        s.services[2].aliases = vec!["orders".into()];
+        let err = s.snapshots().unwrap_err();
+        assert!(err.reason.contains("served by two virtual hosts"), "{err}");
+    }
+}
