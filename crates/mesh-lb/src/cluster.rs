@@ -164,6 +164,25 @@ impl ClusterState {
     pub(crate) fn update_assignment(self: &Arc<Self>, cla: Arc<ClusterLoadAssignment>) {
         let mut guard = self.lock();
         let old = self.endpoints.load_full();
+        // The EDS health of the hosts that stay, in the same pass that finds whether the hosts
+        // are the same ones (the general path below stores the same values for them).
+        let mut kept = 0;
+        for (_, e) in cla.iter() {
+            if let Some(st) = old.get(&e.address) {
+                store_eds_health(st, e.health);
+                kept += 1;
+            }
+        }
+        // A validated assignment lists each address once: as many found as held means the
+        // same set.
+        if kept == old.len() && kept == cla.len() {
+            // The common EDS update (weights, health, localities change; the hosts do not):
+            // the live states and their map stay as they are, only the set is rebuilt.
+            self.set
+                .store(EndpointSet::build(&cla, &old, self.options()));
+            guard.current = cla;
+            return;
+        }
         let mut map = EndpointMap::with_capacity_and_hasher(cla.len(), Default::default());
         for (_, e) in cla.iter() {
             let st = match old.get(&e.address) {
@@ -176,10 +195,7 @@ impl ClusterState {
                     None => Arc::new(EndpointState::new(e.address)),
                 },
             };
-            st.eds_healthy
-                .store(e.health.is_healthy(), Ordering::Relaxed);
-            st.eds_degraded
-                .store(e.health == HealthStatus::Degraded, Ordering::Relaxed);
+            store_eds_health(&st, e.health);
             map.insert(e.address, st);
         }
         let set = EndpointSet::build(&cla, &map, self.options());
@@ -273,4 +289,11 @@ impl ClusterState {
             }
         }
     }
+}
+
+/// Records the health the control plane reports for an endpoint.
+fn store_eds_health(st: &EndpointState, health: HealthStatus) {
+    st.eds_healthy.store(health.is_healthy(), Ordering::Relaxed);
+    st.eds_degraded
+        .store(health == HealthStatus::Degraded, Ordering::Relaxed);
 }

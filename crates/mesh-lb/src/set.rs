@@ -126,14 +126,12 @@ impl EndpointSet {
         let mut by_priority: BTreeMap<u32, Vec<Group<'_>>> = BTreeMap::new();
         let (mut total, mut healthy) = (0, 0);
         for g in &cla.endpoints {
+            // Borrowed states: only the hosts that end up in a bucket are cloned (once).
             let hosts: Vec<_> = g
                 .lb_endpoints
                 .iter()
-                .filter_map(|e| states.get(&e.address).map(|s| (s.clone(), e.weight.max(1))))
-                .map(|(s, w)| {
-                    let h = s.is_healthy();
-                    (s, w, h)
-                })
+                .filter_map(|e| states.get(&e.address).map(|s| (s, e.weight.max(1))))
+                .map(|(s, w)| (s, w, s.is_healthy()))
                 .collect();
             total += hosts.len();
             healthy += hosts.iter().filter(|h| h.2).count();
@@ -242,7 +240,7 @@ fn priority_loads(health: &[u64]) -> Vec<u32> {
 }
 
 /// A locality group: (locality, weight, [(state, endpoint weight, healthy)]).
-type Group<'a> = (&'a Locality, u32, Vec<(Arc<EndpointState>, u32, bool)>);
+type Group<'a> = (&'a Locality, u32, Vec<(&'a Arc<EndpointState>, u32, bool)>);
 
 /// A host with its weight.
 type Weighted = (Arc<EndpointState>, u32);
@@ -305,11 +303,16 @@ fn build_level(
         .map(|(share, hosts)| {
             cum += share;
             bucket_cum.push(cum);
-            let addrs: Vec<(SocketAddr, u32)> =
-                hosts.iter().map(|(s, w)| (s.address(), *w)).collect();
+            let (hosts, addrs): (Vec<_>, Vec<(SocketAddr, u32)>) = hosts
+                .into_iter()
+                .map(|(s, w)| {
+                    let a = s.address();
+                    (s, (a, w))
+                })
+                .unzip();
             Bucket {
                 picker: Picker::build(opts.policy, &addrs),
-                hosts: hosts.into_iter().map(|h| h.0).collect(),
+                hosts: hosts.into_boxed_slice(),
             }
         })
         .collect();

@@ -168,3 +168,32 @@ fn reloads_work_without_a_runtime() {
     assert!(ep_a.is_closed());
     assert_eq!(m.get("c").unwrap().pick(None).unwrap().address(), b);
 }
+
+#[tokio::test]
+async fn an_update_of_the_same_hosts_keeps_their_states_and_applies_their_health() {
+    let m = mesh_lb::ClusterManager::new();
+    m.reload(vec![eds_cluster("c")]).unwrap();
+    let addrs: Vec<std::net::SocketAddr> = (1..=3).map(|i| ([10, 0, 0, i], 80).into()).collect();
+    m.reload(ClusterLoadAssignment::from_addrs("c", addrs.clone()))
+        .unwrap();
+    let c = m.get("c").unwrap();
+    let before = c.endpoints();
+    assert_eq!(c.endpoint_set().healthy(), 3);
+    let mut update = ClusterLoadAssignment::from_addrs("c", addrs.clone());
+    update.endpoints[0].lb_endpoints[1].health = mesh_core::HealthStatus::Unhealthy;
+    m.reload(update).unwrap();
+    assert!(Arc::ptr_eq(&before, &c.endpoints()), "the states are kept");
+    assert_eq!(c.endpoint_set().healthy(), 2);
+    assert_eq!(c.endpoint_set().len(), 3);
+    // Another host set: the states of the hosts that stay are carried over.
+    m.reload(ClusterLoadAssignment::from_addrs("c", addrs[..2].to_vec()))
+        .unwrap();
+    let after = c.endpoints();
+    assert_eq!(after.len(), 2);
+    assert!(Arc::ptr_eq(&before[&addrs[0]], &after[&addrs[0]]));
+    assert_eq!(
+        c.endpoint_set().healthy(),
+        2,
+        "health from the new assignment"
+    );
+}
