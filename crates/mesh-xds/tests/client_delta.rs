@@ -182,3 +182,57 @@ async fn delta_add_remove_nack_and_reconnect() {
     );
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn delta_refresh_recovers_a_change_the_server_forgot_to_push() {
+    let mut server = ScriptedServer::start().await;
+    let clusters = Sink::<Vec<Cluster>>::new();
+    let client = XdsClient::builder()
+        .address(server.uri())
+        .node_id("sdk-1")
+        .mode(AdsMode::Delta)
+        .refresh_interval(Duration::from_millis(300))
+        .sink_all::<Cluster>(clusters.clone())
+        .start()
+        .unwrap();
+    let mut s = server.delta_stream().await;
+    expect(&mut s, T::Cluster, "").await;
+    expect(&mut s, T::Listener, "").await;
+    let plain = Cluster::new("a");
+    s.send(resp(
+        T::Cluster,
+        "d1",
+        vec![("a", "1", encode(&plain))],
+        &[],
+    ));
+    expect(&mut s, T::Cluster, "d1").await;
+    s.send(resp(T::Listener, "d2", vec![], &[]));
+    expect(&mut s, T::Listener, "d2").await;
+    client.wait_ready(client_support::WAIT).await.unwrap();
+
+    // The control plane changes "a" to version 2 but never pushes it on this stream. The
+    // refresh re-subscribes on a new stream with the versions held; the server answers with
+    // what differs, and the client applies it.
+    let mut changed = Cluster::new("a");
+    changed.connect_timeout = Duration::from_secs(2);
+    let mut s2 = server.delta_stream().await;
+    let cds = expect(&mut s2, T::Cluster, "").await;
+    assert_eq!(cds.initial_resource_versions.len(), 1);
+    assert_eq!(cds.initial_resource_versions["a"], "1");
+    assert!(cds.resource_names_subscribe.is_empty(), "wildcard");
+    expect(&mut s2, T::Listener, "").await;
+    s2.send(resp(
+        T::Cluster,
+        "r1",
+        vec![("a", "2", encode(&changed))],
+        &[],
+    ));
+    expect(&mut s2, T::Cluster, "r1").await;
+    assert_eq!(clusters.get(), vec![changed]);
+    let status = client.status();
+    assert!(status.refreshes >= 1, "{status:?}");
+    assert_eq!(status.connects, 1, "a refresh is not a reconnect");
+    assert!(matches!(status.connection, ConnectionState::Connected(_)));
+    assert_eq!(status.types[T::Cluster.type_url()].version, "sys-r1");
+    client.shutdown().await;
+}

@@ -323,8 +323,10 @@ async fn a_persisted_config_serves_at_once_while_the_control_plane_is_down() {
     let mut s = server.sotw_stream().await;
     serve_full_config(&mut s).await;
     c.wait_ready(client_support::WAIT).await.unwrap();
+    // The route table is the last of the full config to arrive (the listener names "main"
+    // before it does): once it is in the file, the whole config is.
     eventually("persisted", || {
-        std::fs::read(&file).is_ok_and(|b| b.windows(4).any(|w| w == b"main"))
+        std::fs::read(&file).is_ok_and(|b| b.windows(13).any(|w| w == b"virtual_hosts"))
     })
     .await;
     c.shutdown().await;

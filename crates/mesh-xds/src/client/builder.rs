@@ -50,6 +50,7 @@ pub struct XdsClientBuilder {
     node: core::Node,
     mode: AdsMode,
     cfg: DriverConfig,
+    refresh: Option<Duration>,
     tls: Option<XdsTls>,
     sinks: Sinks,
 }
@@ -72,11 +73,11 @@ impl Default for XdsClientBuilder {
                 connect_timeout: Duration::from_secs(5),
                 backoff_base: Duration::from_millis(500),
                 backoff_max: Duration::from_secs(30),
-                refresh: None,
                 persist: None,
                 max_message_bytes: 64 * 1024 * 1024,
                 tls: None,
             },
+            refresh: None,
             tls: None,
             sinks: Sinks::default(),
         }
@@ -163,9 +164,12 @@ impl XdsClientBuilder {
         self
     }
 
-    /// Re-request the full state on this period (the pull beside the push; SotW only).
+    /// Re-request on this period, counted from each stream's start (the pull beside the push,
+    /// to recover from a silently stale stream): SotW asks for the full state again on the
+    /// stream; delta re-subscribes on a new stream with the versions held, so the control plane
+    /// sends only what differs. See [`Refresh`](super::Refresh).
     pub fn refresh_interval(mut self, every: Duration) -> Self {
-        self.cfg.refresh = Some(every);
+        self.refresh = Some(every);
         self
     }
 
@@ -248,6 +252,7 @@ impl XdsClientBuilder {
             }
         }
         let mut state = AdsState::new(self.mode, self.node, store);
+        state.set_refresh_interval(self.refresh);
         if let Some(p) = &persisted {
             p.restore_versions(&mut state);
         }

@@ -17,7 +17,8 @@ use tonic::codec::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use super::persist::{self, Persisted};
-use super::state::{AdsState, Outbound};
+use super::refresh::Refresh;
+use super::state::{AdsState, Outbound, Outgoing};
 use super::{AdsMode, ConnectionState, ResourceType, XdsStatus};
 use crate::tls::error_chain;
 
@@ -29,7 +30,6 @@ pub(crate) struct DriverConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
-    pub(crate) refresh: Option<Duration>,
     pub(crate) persist: Option<PathBuf>,
     pub(crate) max_message_bytes: usize,
     /// TLS to the control plane (the addresses are `https://`).
@@ -180,8 +180,10 @@ struct Stream<'a> {
     healthy: bool,
 }
 
+type AdsClient = AggregatedDiscoveryServiceClient<Channel>;
+
 impl Stream<'_> {
-    async fn open(&self, addr: &str) -> Result<(Tx, Rx), String> {
+    async fn connect(&self, addr: &str) -> Result<AdsClient, String> {
         let mut endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("bad control-plane address {addr:?}: {e}"))?
             .connect_timeout(self.cfg.connect_timeout)
@@ -197,12 +199,28 @@ impl Stream<'_> {
             .connect()
             .await
             .map_err(|e| format!("connect to {addr}: {}", error_chain(&e)))?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        Ok(AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.cfg.max_message_bytes)
-            .max_encoding_message_size(self.cfg.max_message_bytes);
+            .max_encoding_message_size(self.cfg.max_message_bytes))
+    }
+
+    /// Opens an ADS stream on `client` whose first requests are `first`. They are queued before
+    /// the call, so a server that sends its response headers only with its first response (as
+    /// grpc-go does) cannot leave both sides waiting.
+    async fn open_stream(
+        &self,
+        client: &mut AdsClient,
+        first: Vec<Outgoing>,
+    ) -> Result<(Tx, Rx), String> {
+        const QUEUE: usize = 64;
         Ok(match self.state.mode {
             AdsMode::Sotw => {
-                let (tx, rx) = mpsc::channel(64);
+                let (tx, rx) = mpsc::channel(QUEUE.max(first.len()));
+                for o in first {
+                    if let Outbound::Sotw(r) = o.request {
+                        let _ = tx.try_send(r);
+                    }
+                }
                 let resp = client
                     .stream_aggregated_resources(ReceiverStream::new(rx))
                     .await
@@ -210,7 +228,12 @@ impl Stream<'_> {
                 (Tx::Sotw(tx), Rx::Sotw(resp.into_inner()))
             }
             AdsMode::Delta => {
-                let (tx, rx) = mpsc::channel(64);
+                let (tx, rx) = mpsc::channel(QUEUE.max(first.len()));
+                for o in first {
+                    if let Outbound::Delta(r) = o.request {
+                        let _ = tx.try_send(r);
+                    }
+                }
                 let resp = client
                     .delta_aggregated_resources(ReceiverStream::new(rx))
                     .await
@@ -229,7 +252,9 @@ impl Stream<'_> {
     }
 
     async fn pump(&mut self, addr: &str) -> Result<(), String> {
-        let (tx, mut rx) = self.open(addr).await?;
+        let mut client = self.connect(addr).await?;
+        let first = self.state.on_connect();
+        let (mut tx, mut rx) = self.open_stream(&mut client, first).await?;
         *self.connects += 1;
         publish(
             self.state,
@@ -237,11 +262,7 @@ impl Stream<'_> {
             ConnectionState::Connected(addr.into()),
             *self.connects,
         );
-        for o in self.state.on_connect() {
-            tx.send(o.request).await?;
-        }
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut refresh_at = self.cfg.refresh.map_or(far, |r| Instant::now() + r);
         // Held NACKs, per type: when to send, and how many were held in a row (their backoff).
         let mut held: [Option<(Instant, Outbound)>; 4] = Default::default();
         let mut holds = [0u32; 4];
@@ -284,11 +305,31 @@ impl Stream<'_> {
                     publish(self.state, self.out, ConnectionState::Connected(addr.into()), *self.connects);
                     self.persist();
                 }
-                _ = sleep_until(refresh_at) => {
-                    refresh_at = self.cfg.refresh.map_or(far, |r| Instant::now() + r);
-                    for o in self.state.refresh() {
-                        tx.send(o.request).await?;
+                _ = sleep_until(self.state.refresh_deadline().unwrap_or(far)) => {
+                    match self.state.on_refresh_tick(Instant::now()) {
+                        Some(Refresh::Send(outs)) => {
+                            for o in outs {
+                                tx.send(o.request).await?;
+                            }
+                        }
+                        Some(Refresh::NewStream(outs)) => {
+                            // Make before break: the old stream serves until the new one is
+                            // open. A connection that cannot open one in time is dead: reconnect.
+                            let opened = tokio::time::timeout(
+                                self.cfg.connect_timeout,
+                                self.open_stream(&mut client, outs),
+                            )
+                            .await
+                            .map_err(|_| "refresh: no new stream in time".to_string())?
+                            .map_err(|e| format!("refresh: {e}"))?;
+                            (tx, rx) = opened;
+                            // Held NACKs answer the old stream's nonces.
+                            held = Default::default();
+                            holds = [0; 4];
+                        }
+                        None => {}
                     }
+                    publish(self.state, self.out, ConnectionState::Connected(addr.into()), *self.connects);
                 }
                 _ = sleep_until(next_held) => {
                     let now = Instant::now();

@@ -62,12 +62,14 @@ mod builder;
 mod delta;
 mod driver;
 mod persist;
+mod refresh;
 mod state;
 mod stats;
 mod store;
 
 pub use crate::tls::XdsTls;
 pub use builder::{XdsClient, XdsClientBuilder, XdsClientError};
+pub use refresh::Refresh;
 pub use state::{AdsState, Outbound, Outgoing};
 pub use stats::{ConnectionState, TypeStatus, XdsStatus};
 pub use store::{ResourceMap, StoredResource, XdsConfig};

@@ -85,6 +85,10 @@ pub struct AdsState {
     pub(crate) store: Store,
     /// Set when an update was accepted, until the driver persisted it.
     pub(crate) dirty: bool,
+    /// The periodic re-request's period, and when the next one is due (see `refresh.rs`).
+    pub(crate) refresh_every: Option<std::time::Duration>,
+    pub(crate) refresh_at: Option<tokio::time::Instant>,
+    pub(crate) refreshes: u64,
 }
 
 impl AdsState {
@@ -96,6 +100,9 @@ impl AdsState {
             types: Default::default(),
             store,
             dirty: false,
+            refresh_every: None,
+            refresh_at: None,
+            refreshes: 0,
         };
         state.types[ResourceType::RouteConfiguration as usize].names =
             state.store.config.wanted_routes();
@@ -122,7 +129,14 @@ impl AdsState {
 
     /// The requests opening a new stream: every subscription, with the versions held (SotW
     /// `version_info`, delta `initial_resource_versions`), in Envoy's order (CDS, EDS, LDS, RDS).
+    /// Starts the refresh period over.
     pub fn on_connect(&mut self) -> Vec<Outgoing> {
+        self.schedule_refresh();
+        self.subscribe_all()
+    }
+
+    /// Every subscription as the first requests of a new stream.
+    pub(crate) fn subscribe_all(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for ty in ResourceType::ORDER {
             let ts = self.ty_mut(ty);
@@ -153,13 +167,9 @@ impl AdsState {
         out
     }
 
-    /// The periodic re-request (pull): a SotW request with an empty version for every
-    /// subscription, so the control plane answers with its full current state even if a push was
-    /// lost. Delta streams have no such request; this returns nothing for them.
-    pub fn refresh(&mut self) -> Vec<Outgoing> {
-        if self.mode == AdsMode::Delta {
-            return Vec::new();
-        }
+    /// SotW's re-request: every subscription with an empty version, so the control plane
+    /// answers with its full current state even if a push was lost.
+    pub(crate) fn sotw_refresh(&self) -> Vec<Outgoing> {
         ResourceType::ORDER
             .into_iter()
             .filter(|ty| ty.is_wildcard() || !self.ty(*ty).names.is_empty())
@@ -349,6 +359,7 @@ impl AdsState {
     pub fn status(&self) -> XdsStatus {
         let mut s = XdsStatus {
             ready: self.is_ready(),
+            refreshes: self.refreshes,
             ..XdsStatus::default()
         };
         for ty in ResourceType::ORDER {

@@ -52,6 +52,8 @@ pub struct XdsStatus {
     pub connects: u64,
     /// Whether the first full config has arrived (or a persisted one was loaded).
     pub ready: bool,
+    /// Periodic re-requests made (SotW: on the stream; delta: by re-subscribing on a new one).
+    pub refreshes: u64,
     /// Per type URL.
     pub types: BTreeMap<String, TypeStatus>,
 }
