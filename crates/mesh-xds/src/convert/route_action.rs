@@ -221,8 +221,16 @@ pub(crate) fn action_to(r: &Route, out: &mut rpb::Route) {
     out.response_headers_to_remove = a.response_headers_to_remove.clone();
     if let Some(rl) = &a.rate_limit {
         let cfg = rate_limit_to(Some(rl), &format!("route_{}", r.name));
+        // Wrapped as optional: Envoy and our sidecar have the filter and enforce it, while a
+        // proxyless gRPC client, which has no local rate limiter, skips it instead of NACKing
+        // the whole route table ("unsupported filter type").
+        let wrapped = rpb::FilterConfig {
+            config: Some(pack(&cfg)),
+            is_optional: true,
+            disabled: false,
+        };
         out.typed_per_filter_config
-            .insert(LOCAL_RATELIMIT_FILTER.to_string(), pack(&cfg));
+            .insert(LOCAL_RATELIMIT_FILTER.to_string(), pack(&wrapped));
         if let Some(x) = RateLimitExtras::of(rl) {
             mesh_meta_set(&mut out.metadata, "rate_limit", &x);
         }
