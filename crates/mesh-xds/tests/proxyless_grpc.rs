@@ -1,7 +1,8 @@
 //! Proxyless gRPC with a real gRPC xDS client: Python grpcio (its C-core xDS resolver) with a
 //! bootstrap pointing at our control plane resolves `xds:///hello`, calls a tonic server
 //! through the endpoints we serve, and follows a hot reload of mesh.yaml to another server,
-//! ACKing every resource on the way.
+//! ACKing every resource on the way; a second service uses every LB policy and route feature
+//! mesh.yaml has, and is ACKed too.
 #![allow(clippy::unwrap_used)]
 
 mod envoy_common;
@@ -56,8 +57,11 @@ async fn health_server(status: ServingStatus) -> SocketAddr {
     addr
 }
 
-/// Service `hello` (gRPC, so `http2`) at `endpoint`, a second service, and the proxyless node.
-fn mesh_yaml(endpoint: SocketAddr) -> String {
+/// Service `hello` (gRPC, so `http2`) at `endpoint`; service `other` at `others`, with most of
+/// what mesh.yaml can say about a service (every LB policy, through a weighted route to four
+/// clusters, a route with a rate limit, a fault filter, retries and a hash policy); and the
+/// proxyless node.
+fn mesh_yaml(endpoint: SocketAddr, others: SocketAddr) -> String {
     format!(
         r#"
 services:
@@ -68,9 +72,42 @@ services:
       - address: {endpoint}
   - name: other
     protocol: http2
+    lb_policy: {{ maglev: {{ table_size: 65537 }} }}
+    circuit_breakers: {{ max_requests: 10 }}
+    outlier_detection: {{ consecutive_5xx: 3 }}
+    health_check: {{ path: /healthz, interval: 1s, timeout: 1s }}
     endpoints:
-      - address: 127.0.0.1:9
-        zone: z1
+      - {{ address: "{others}", zone: z1 }}
+    routes:
+      - name: limited
+        match: {{ grpc: {{ service: pkg.Other, method: Slow }}, headers: [{{ name: x-canary, exact: "true" }}] }}
+        route:
+          cluster: other
+          timeout: 2s
+          retry_policy: {{ retry_on: "5xx,unavailable", num_retries: 2, per_try_timeout: 1s }}
+          rate_limit: {{ token_bucket: {{ max_tokens: 10, fill_interval: 1s }} }}
+          hash_policy: [{{ header: x-user }}]
+        filters:
+          - fault: {{ abort: {{ http_status: 503, percentage: 1.0 }} }}
+      - match: {{ prefix: / }}
+        route:
+          weighted_clusters:
+            - {{ name: other, weight: 1 }}
+            - {{ name: random, weight: 1 }}
+            - {{ name: least, weight: 1 }}
+            - {{ name: ring, weight: 1 }}
+  - name: random
+    protocol: http2
+    lb_policy: random
+    endpoints: [{{ address: "{others}" }}]
+  - name: least
+    protocol: http2
+    lb_policy: {{ least_request: {{ choice_count: 2 }} }}
+    endpoints: [{{ address: "{others}" }}]
+  - name: ring
+    protocol: http2
+    lb_policy: {{ ring_hash: {{ minimum_ring_size: 1024, maximum_ring_size: 8192 }} }}
+    endpoints: [{{ address: "{others}" }}]
 nodes:
   - id: {NODE}
     proxyless: true
@@ -201,7 +238,7 @@ fn a_grpc_xds_client_resolves_the_service_and_follows_a_reload() {
         .unwrap();
     let first = servers.block_on(health_server(ServingStatus::Serving));
     let second = servers.block_on(health_server(ServingStatus::NotServing));
-    let mut cp = ControlPlane::start(&mesh_yaml(first));
+    let mut cp = ControlPlane::start(&mesh_yaml(first, first));
     let dir = tempfile::tempdir().unwrap();
     let bootstrap_path = dir.path().join("bootstrap.json");
     std::fs::write(&bootstrap_path, bootstrap(cp.addr)).unwrap();
@@ -222,19 +259,29 @@ fn a_grpc_xds_client_resolves_the_service_and_follows_a_reload() {
     assert_node_acked_everything(&cp);
 
     // Hot reload: `hello` moves to the second server; the live channel follows.
-    let status = cp.edit(&mesh_yaml(second));
+    let status = cp.edit(&mesh_yaml(second, first));
     assert!(status.last_error.is_none(), "{:?}", status.last_error);
     let not_serving = response_hex(ServingStatus::NotServing);
-    let answer = client.command(&format!("until {not_serving} 100 5"));
-    let mut fields = answer.split(' ');
+    let followed = client.command(&format!("until {not_serving} 100 5"));
     assert_eq!(
-        fields.next(),
+        followed.split(' ').next(),
         Some(not_serving.as_str()),
-        "after the reload the calls reach the second server: {answer}"
+        "after the reload the calls reach the second server: {followed}"
     );
     assert_node_acked_everything(&cp);
+
+    // The other service: a weighted route over clusters of every LB policy (maglev, least
+    // request and random are served to gRPC as ring hash and round robin), a rate-limited route (optional
+    // for gRPC) and a fault filter; all ACKed, and the call reaches the first server.
+    let mut other = PyClient::start(&python, &bootstrap_path, "xds:///other");
+    let answer = other.command("call");
+    if answer != serving {
+        assert_node_acked_everything(&cp);
+    }
+    assert_eq!(answer, serving, "xds:///other reaches its endpoint");
+    assert_node_acked_everything(&cp);
     eprintln!(
-        "resolved and called in {resolved_in:?}; after the reload: {answer} (last, calls, s)"
+        "resolved and called in {resolved_in:?}; after the reload: {followed} (last, calls, s)"
     );
 }
 
@@ -245,11 +292,36 @@ fn a_node_that_is_not_proxyless_gets_no_api_listener() {
     // snapshot, since a missing resource only times out on the client).
     let (_, snaps) = mesh_xds::source::MeshSpec::load_str(
         "mesh.yaml",
-        &mesh_yaml("127.0.0.1:1".parse().unwrap()),
+        &mesh_yaml(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ),
     )
     .unwrap();
     let listeners = snaps.fallback.of(ResourceType::Listener).items();
     assert!(listeners.contains_key("outbound") && !listeners.contains_key("hello"));
     let proxyless = snaps.nodes[NODE].of(ResourceType::Listener).items();
     assert!(proxyless.contains_key("hello") && proxyless.contains_key("other"));
+    // Policies gRPC lacks are served to it as ones it has; sidecars get them as they are.
+    let lb = |snap: &mesh_xds::server::Snapshot, name: &str| {
+        let c: mesh_core::Cluster =
+            mesh_xds::convert::decode(snap.of(ResourceType::Cluster).get(name).unwrap().any())
+                .unwrap();
+        c.lb_policy
+    };
+    let grpc = &snaps.nodes[NODE];
+    assert!(matches!(
+        lb(grpc, "other"),
+        mesh_core::LbPolicy::RingHash { .. }
+    ));
+    assert_eq!(lb(grpc, "least"), mesh_core::LbPolicy::RoundRobin);
+    assert_eq!(lb(grpc, "random"), mesh_core::LbPolicy::RoundRobin);
+    assert!(matches!(
+        lb(&snaps.fallback, "other"),
+        mesh_core::LbPolicy::Maglev { .. }
+    ));
+    assert!(matches!(
+        lb(&snaps.fallback, "least"),
+        mesh_core::LbPolicy::LeastRequest { .. }
+    ));
 }

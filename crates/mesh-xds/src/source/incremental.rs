@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mesh_core::{RouteConfiguration, Validate, VirtualHost};
+use mesh_core::{Cluster, LbPolicy, RouteConfiguration, Validate, VirtualHost};
 
 use super::spec::{MeshSpec, ServiceSpec};
 use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
@@ -41,6 +41,8 @@ pub struct TranslationCache {
 pub(super) struct ServiceTranslation {
     spec: ServiceSpec,
     pub(super) cluster: Resource,
+    /// The cluster as proxyless gRPC clients get it, when it differs (see [`grpc_lb_policy`]).
+    grpc_cluster: Option<Resource>,
     pub(super) endpoints: Resource,
     virtual_host: VirtualHost,
 }
@@ -52,9 +54,17 @@ impl ServiceTranslation {
             Resource::from_any(any)
                 .map_err(|e| TranslateError::new(format!("services[{}]", s.name), Some(&s.name), e))
         };
+        let grpc_cluster = match grpc_lb_policy(&cluster.lb_policy) {
+            Some(lb_policy) => Some(encode(convert::encode(&Cluster {
+                lb_policy,
+                ..cluster.clone()
+            }))?),
+            None => None,
+        };
         Ok(Self {
             spec: s.clone(),
             cluster: encode(convert::encode(&cluster))?,
+            grpc_cluster,
             endpoints: encode(convert::encode(&la))?,
             virtual_host,
         })
@@ -62,6 +72,26 @@ impl ServiceTranslation {
 
     pub(super) fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The cluster resource for a proxyless gRPC client.
+    pub(super) fn grpc_cluster(&self) -> &Resource {
+        self.grpc_cluster.as_ref().unwrap_or(&self.cluster)
+    }
+}
+
+/// The policy a gRPC client gets instead of one it does not implement (gRPC's xDS client NACKs
+/// a cluster whose `lb_policy` is `MAGLEV`, `LEAST_REQUEST` or `RANDOM`: "LB policy is not
+/// supported"): Maglev becomes ring hash (consistent hashing on the same route hash policies),
+/// least request and random become round robin. `None` when the policy is served as it is.
+fn grpc_lb_policy(p: &LbPolicy) -> Option<LbPolicy> {
+    match p {
+        LbPolicy::Maglev { .. } => Some(LbPolicy::RingHash {
+            minimum_ring_size: 1024,
+            maximum_ring_size: 8 * 1024 * 1024,
+        }),
+        LbPolicy::LeastRequest { .. } | LbPolicy::Random => Some(LbPolicy::RoundRobin),
+        LbPolicy::RoundRobin | LbPolicy::RingHash { .. } => None,
     }
 }
 

@@ -232,7 +232,12 @@ impl MeshSpec {
         let err = |e: SnapshotError| node_error(node, e);
         let mut resources = Vec::with_capacity(2 * shared.services.len() + 8);
         for t in &shared.services {
-            resources.push(t.cluster.clone());
+            let cluster = if proxyless {
+                t.grpc_cluster()
+            } else {
+                &t.cluster
+            };
+            resources.push(cluster.clone());
             resources.push(t.endpoints.clone());
         }
         resources.push(shared.outbound.clone());
