@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use mesh_xds::client::{AdsMode, XdsClient};
+use mesh_xds::client::{AdsMode, XdsClient, XdsTls};
 
 use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
@@ -67,6 +67,9 @@ pub struct DynamicOptions {
     pub persist: Option<PathBuf>,
     /// The registry the registration API writes to (`/pub`, `/unpub`, `/sub`, `/unsub`).
     pub registry: Option<RegistryOptions>,
+    /// TLS to the control plane (the CA, optionally a client certificate for mTLS); the `xds`
+    /// addresses are then `https://`.
+    pub xds_tls: Option<XdsTls>,
 }
 
 /// Where the registration API publishes.
@@ -93,6 +96,7 @@ impl DynamicOptions {
             max_connections: 10_000,
             persist: None,
             registry: None,
+            xds_tls: None,
         }
     }
 }
@@ -168,6 +172,9 @@ impl Sidecar {
         }
         if let Some(p) = &opts.persist {
             builder = builder.persist_to(p);
+        }
+        if let Some(tls) = &opts.xds_tls {
+            builder = builder.tls(tls.clone());
         }
         let xds = dynamic::wire(builder, &listeners, &clusters).start()?;
         let stop = CancellationToken::new();

@@ -4,7 +4,9 @@
 //!   → inbound :8083 → local app 127.0.0.1:6060);
 //! - dynamic: `mesh-sidecar --xds http://127.0.0.1:18000[,..] --node-id ID [--node-cluster C]`:
 //!   listeners, routes, clusters and endpoints come from the xDS control plane (ours or any
-//!   other serving the subset we support).
+//!   other serving the subset we support). With `--xds-ca ca.pem` the stream is TLS (addresses
+//!   `https://`, or bare `host:port`), `--xds-cert`/`--xds-key` add a client certificate (mTLS)
+//!   and `--xds-server-name` the name to verify instead of the address's host.
 //!
 //! SIGTERM or SIGINT stops accepting, drains in-flight requests up to the drain deadline and
 //! exits 0.
@@ -16,6 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::{DynamicOptions, RegistryOptions, Sidecar, SidecarError};
+use mesh_xds::client::XdsTls;
 
 /// The mesh sidecar.
 #[derive(Debug, Parser)]
@@ -48,6 +51,19 @@ struct Args {
     /// Persist the last accepted xDS config here, and serve it at once after a restart.
     #[arg(long)]
     persist: Option<PathBuf>,
+    /// TLS to the control plane: the CA certificate (PEM) that signs its certificate. Bare
+    /// `--xds` addresses then mean `https://`.
+    #[arg(long, requires = "xds")]
+    xds_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the control plane (mTLS; with --xds-key).
+    #[arg(long, requires_all = ["xds_ca", "xds_key"])]
+    xds_cert: Option<PathBuf>,
+    /// Private key (PEM) of --xds-cert.
+    #[arg(long, requires_all = ["xds_ca", "xds_cert"])]
+    xds_key: Option<PathBuf>,
+    /// The name the control plane's certificate must carry (default: the address's host).
+    #[arg(long, requires = "xds_ca")]
+    xds_server_name: Option<String>,
     /// Registry (etcd URL) for the registration API (`POST /pub`, `/unpub`, `/sub`, `/unsub`).
     #[arg(long, requires = "xds")]
     registry: Option<String>,
@@ -72,17 +88,25 @@ async fn main() -> ExitCode {
         let xds = args
             .xds
             .iter()
-            .map(|a| {
-                if a.contains("://") {
-                    a.clone()
-                } else {
-                    format!("http://{a}")
-                }
+            .map(|a| match (a.contains("://"), args.xds_ca.is_some()) {
+                (true, _) => a.clone(),
+                (false, true) => format!("https://{a}"),
+                (false, false) => format!("http://{a}"),
             })
             .collect();
         let mut opts = DynamicOptions::new(xds, args.node_id.clone().unwrap_or_default());
         opts.node_cluster = args.node_cluster.clone();
         opts.persist = args.persist.clone();
+        opts.xds_tls = args.xds_ca.as_ref().map(|ca| {
+            let mut tls = XdsTls::new().ca_file(ca);
+            if let (Some(cert), Some(key)) = (&args.xds_cert, &args.xds_key) {
+                tls = tls.identity_files(cert, key);
+            }
+            if let Some(name) = &args.xds_server_name {
+                tls = tls.domain_name(name);
+            }
+            tls
+        });
         opts.registry = args.registry.as_ref().map(|url| RegistryOptions {
             url: url.clone(),
             prefix: args.registry_prefix.clone(),
