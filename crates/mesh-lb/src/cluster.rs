@@ -271,7 +271,7 @@ impl ClusterState {
             }
             match cluster.upgrade() {
                 Some(c) => c.close_if_removed(&st),
-                None => st.close.cancel(),
+                None => st.closer.close(),
             }
         });
     }
@@ -279,7 +279,7 @@ impl ClusterState {
     fn close_if_removed(&self, st: &Arc<EndpointState>) {
         let mut guard = self.lock();
         if st.removed.load(Ordering::Acquire) {
-            st.close.cancel();
+            st.closer.close();
             if guard
                 .draining
                 .get(&st.address())

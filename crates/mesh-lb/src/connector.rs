@@ -10,13 +10,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use mesh_core::{BoxError, MeshError, Shared};
 use tokio::net::TcpStream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower_service::Service;
 
 use crate::circuit_breaker::{CircuitBreaker, ConnectionPermit};
@@ -55,28 +55,31 @@ impl Service<Uri> for MeshConnector {
                 return Box::pin(std::future::ready(Err(err.into())));
             }
         };
-        let close = uri
+        let endpoint = uri
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-            .and_then(|addr| self.endpoints.load().get(&addr).map(|s| s.close.clone()));
+            .and_then(|addr| self.endpoints.load().get(&addr).cloned());
         let connecting = self.http.call(uri);
         Box::pin(async move {
             let io = connecting.await?;
             Ok(Conn {
                 io,
                 _permit: permit.connected(),
-                close: close.map(|t| Box::pin(t.cancelled_owned())),
+                close: endpoint.map(|ep| {
+                    let waker = ep.closer.watch();
+                    (ep, waker)
+                }),
             })
         })
     }
 }
 
 /// A pooled upstream connection: counts against `max_connections` while open, and reads EOF
-/// once its endpoint's close token fires, so hyper drops it from the pool.
+/// once its endpoint is closed, so hyper drops it from the pool.
 pub(crate) struct Conn {
     io: TokioIo<TcpStream>,
     _permit: ConnectionPermit,
-    close: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    close: Option<(Arc<EndpointState>, Arc<AtomicWaker>)>,
 }
 
 impl Connection for Conn {
@@ -92,8 +95,10 @@ impl Read for Conn {
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(close) = this.close.as_mut() {
-            if close.as_mut().poll(cx).is_ready() {
+        if let Some((endpoint, waker)) = &this.close {
+            // Register first: a close after the check wakes this task.
+            waker.register(cx.waker());
+            if endpoint.closer.is_closed() {
                 // EOF: the endpoint left the cluster and has no request in flight.
                 return Poll::Ready(Ok(()));
             }

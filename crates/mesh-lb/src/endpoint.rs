@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use tokio_util::sync::CancellationToken;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use futures_util::task::AtomicWaker;
+use http::uri::Authority;
 
 /// The live state of one endpoint, keyed by address in its cluster.
 ///
@@ -14,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct EndpointState {
     address: SocketAddr,
+    /// `ip:port` as a URI authority, built once: every request sent here carries it, and
+    /// formatting and parsing it per request showed in the chain benchmark's profile.
+    authority: Option<Authority>,
     pub(crate) in_flight: AtomicU32,
     pub(crate) requests: AtomicU64,
     /// Health as EDS reported it (`HealthStatus::is_healthy`).
@@ -34,8 +40,8 @@ pub struct EndpointState {
     pub(crate) consecutive_gateway: AtomicU32,
     /// Set while the endpoint is out of its cluster (draining).
     pub(crate) removed: AtomicBool,
-    /// Cancelled when the endpoint left its cluster and drained: its connections close.
-    pub(crate) close: CancellationToken,
+    /// Fired when the endpoint left its cluster and drained: its connections close.
+    pub(crate) closer: Closer,
 }
 
 impl EndpointState {
@@ -43,6 +49,7 @@ impl EndpointState {
     pub(crate) fn new(address: SocketAddr) -> Self {
         Self {
             address,
+            authority: Authority::try_from(address.to_string()).ok(),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             eds_healthy: AtomicBool::new(true),
@@ -56,13 +63,19 @@ impl EndpointState {
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
             removed: AtomicBool::new(false),
-            close: CancellationToken::new(),
+            closer: Closer::default(),
         }
     }
 
     /// The endpoint's address.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address as a URI authority (`ip:port`, `[v6]:port`); `None` only for an address
+    /// the URI grammar refuses.
+    pub fn authority(&self) -> Option<&Authority> {
+        self.authority.as_ref()
     }
 
     /// Requests sent to it and not yet finished (response body included).
@@ -107,16 +120,62 @@ impl EndpointState {
 
     /// Whether it left the cluster and its connections were closed.
     pub fn is_closed(&self) -> bool {
-        self.close.is_cancelled()
+        self.closer.is_closed()
+    }
+}
+
+/// Closes an endpoint's pooled connections once it has left its cluster and drained.
+///
+/// Each connection checks the flag on every read (one atomic load) and leaves its task's waker
+/// here, woken once when the flag is set, so that an idle pooled connection closes at once. A
+/// cancellation token served before, but polling its future on every read took two mutexes
+/// (the token's and its `Notify`'s, shared by all the endpoint's connections).
+#[derive(Debug, Default)]
+pub(crate) struct Closer {
+    closed: AtomicBool,
+    wakers: Mutex<Vec<Weak<AtomicWaker>>>,
+}
+
+impl Closer {
+    /// Closes every connection, present and future.
+    pub(crate) fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let wakers = std::mem::take(&mut *self.lock());
+            for w in wakers.iter().filter_map(Weak::upgrade) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// A new connection's waker slot: register the task's waker in it before each check of
+    /// [`is_closed`](Self::is_closed).
+    pub(crate) fn watch(&self) -> Arc<AtomicWaker> {
+        let slot = Arc::new(AtomicWaker::new());
+        let mut wakers = self.lock();
+        // Connections that are gone leave dead entries: drop them here, so the list stays as
+        // long as the open connections.
+        wakers.retain(|w| w.strong_count() > 0);
+        wakers.push(Arc::downgrade(&slot));
+        slot
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<AtomicWaker>>> {
+        // Only pushes and takes under the lock: a poisoned list is still a valid list.
+        self.wakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Counts one request against an endpoint until dropped (the response body's end).
 #[derive(Debug)]
-pub(crate) struct InFlightGuard(pub(crate) std::sync::Arc<EndpointState>);
+pub(crate) struct InFlightGuard(pub(crate) Arc<EndpointState>);
 
 impl InFlightGuard {
-    pub(crate) fn new(ep: std::sync::Arc<EndpointState>) -> Self {
+    pub(crate) fn new(ep: Arc<EndpointState>) -> Self {
         ep.in_flight.fetch_add(1, Ordering::Relaxed);
         ep.requests.fetch_add(1, Ordering::Relaxed);
         Self(ep)
@@ -132,7 +191,6 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn guard_counts_in_flight_until_dropped() {
@@ -147,5 +205,47 @@ mod tests {
         assert!(ep.is_healthy());
         ep.ejected.store(true, Ordering::Relaxed);
         assert!(!ep.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_watching_connections_and_closes_later_ones() {
+        let closer = Arc::new(Closer::default());
+        let (idle, gone) = (closer.watch(), closer.watch());
+        drop(gone);
+        // An idle connection parked on its read: registered, not closed.
+        let task = tokio::spawn({
+            let closer = closer.clone();
+            std::future::poll_fn(move |cx| {
+                idle.register(cx.waker());
+                if closer.is_closed() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+        });
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        let late = closer.watch();
+        assert_eq!(closer.lock().len(), 2, "the dead entry was dropped");
+        closer.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the parked connection was woken")
+            .unwrap();
+        assert!(closer.is_closed() && closer.lock().is_empty());
+        drop(late);
+        closer.close();
+    }
+
+    #[test]
+    fn authority_is_the_address() {
+        for a in ["127.0.0.1:8080", "[::1]:443"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let ep = EndpointState::new(addr);
+            let authority = ep.authority().unwrap();
+            assert_eq!(authority.as_str(), addr.to_string());
+            assert_eq!(authority.port_u16(), Some(addr.port()));
+        }
     }
 }

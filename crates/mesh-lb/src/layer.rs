@@ -135,7 +135,7 @@ impl<S> LoadBalance<S> {
                     cluster: cluster.name.to_string(),
                 })?;
         let address = endpoint.address();
-        point_at(req, address)?;
+        point_at(req, endpoint.authority())?;
         let ext = req.extensions_mut();
         ext.insert(PickedEndpoint {
             cluster: cluster.name.clone(),
@@ -150,9 +150,13 @@ impl<S> LoadBalance<S> {
     }
 }
 
-/// Points the request's URI at `addr`, keeping path and query, and keeps the original
-/// authority as the `Host` header.
-fn point_at(req: &mut Request<Body>, addr: std::net::SocketAddr) -> Result<(), MeshError> {
+/// Points the request's URI at the endpoint's `authority` (built once per endpoint, so no
+/// formatting or parsing per request), keeping path and query, and keeps the original authority
+/// as the `Host` header.
+fn point_at(req: &mut Request<Body>, authority: Option<&Authority>) -> Result<(), MeshError> {
+    let authority = authority.ok_or_else(|| MeshError::BadRequest {
+        reason: "the endpoint's address is not a valid URI authority".into(),
+    })?;
     if !req.headers().contains_key(HOST) {
         if let Some(a) = req.uri().authority() {
             if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
@@ -162,12 +166,7 @@ fn point_at(req: &mut Request<Body>, addr: std::net::SocketAddr) -> Result<(), M
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority =
-        Some(
-            Authority::try_from(addr.to_string()).map_err(|e| MeshError::BadRequest {
-                reason: e.to_string(),
-            })?,
-        );
+    parts.authority = Some(authority.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
