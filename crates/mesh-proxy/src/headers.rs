@@ -25,6 +25,14 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 
 /// Removes hop-by-hop headers, including those the `connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the few names present (comparisons of standard
+    // names are integer compares) instead of eight hashed removals on every request and response.
+    if !headers
+        .keys()
+        .any(|k| k == header::TE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -49,11 +57,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client's address to `x-forwarded-for`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+    use std::io::Write as _;
+    // The address is formatted on the stack: the header value is the only allocation.
+    let mut ip = [0u8; 64];
+    let len = {
+        let mut w = &mut ip[..];
+        if write!(w, "{client}").is_err() {
+            return;
+        }
+        64 - w.len()
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let ip = &ip[..len];
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_maybe_shared(
+            bytes::Bytes::from([prev.as_bytes(), b", ", ip].concat()),
+        ),
+        _ => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
@@ -158,6 +179,26 @@ mod tests {
         append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
         append_forwarded_for(&mut h, "::1".parse().unwrap());
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, ::1");
+        let long: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        h.insert(X_FORWARDED_FOR, " ".parse().unwrap());
+        append_forwarded_for(&mut h, long);
+        assert_eq!(h[X_FORWARDED_FOR], long.to_string().as_str());
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert("x-app", "kept".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // A custom hop-by-hop name alone is found too.
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The sidecar's Prometheus metrics (prometheus-client), shared by every listener.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+use mesh_core::Shared;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -121,6 +124,7 @@ impl Metrics {
             latency: self.inner.latency.get_or_create_owned(&labels),
             name: Arc::new(labels.listener),
             metrics: self.clone(),
+            counts: Arc::new(CountCache::default()),
         }
     }
     /// Records a local reply.
@@ -163,25 +167,86 @@ pub struct ListenerMetrics {
     latency: Histogram,
     name: Arc<String>,
     metrics: Metrics,
+    counts: Arc<CountCache>,
+}
+
+/// The listener's request counters by route and cluster, resolved once per pair: a request
+/// reads them with one atomic load and two string-keyed lookups, where building the family's
+/// labels cost two `String`s, SipHash over four fields and the family's lock on every request.
+#[derive(Debug, Default)]
+struct CountCache {
+    by_route: Shared<CountMap>,
+    /// Serialises inserts (first request of a route and cluster pair), never held by a hit.
+    insert: Mutex<()>,
+}
+
+type FastMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+type CountMap = FastMap<FastMap<Arc<RouteCounts>>>;
+
+/// The counters of one route and cluster pair, one per status class, each created on first use
+/// (so the exposition lists only classes that happened, as a family lookup would).
+#[derive(Debug)]
+struct RouteCounts {
+    route: String,
+    cluster: String,
+    by_class: [OnceLock<Counter>; 5],
 }
 
 impl ListenerMetrics {
     /// Records a finished request: its latency, and its count by route, cluster and status.
-    pub fn record(
-        &self,
-        route: String,
-        cluster: String,
-        status: http::StatusCode,
-        elapsed: Duration,
-    ) {
+    pub fn record(&self, route: &str, cluster: &str, status: http::StatusCode, elapsed: Duration) {
         self.latency.observe(elapsed.as_secs_f64());
-        let labels = RequestLabels {
-            listener: Arc::clone(&self.name),
-            route,
-            cluster,
-            status_class: status_class(status),
+        let class = status_class(status);
+        let map = self.counts.by_route.load();
+        match map.get(route).and_then(|m| m.get(cluster)) {
+            Some(counts) => self.count(counts, class),
+            None => {
+                drop(map);
+                self.count(&self.insert_counts(route, cluster), class);
+            }
+        }
+    }
+
+    fn count(&self, counts: &RouteCounts, class: &'static str) {
+        let slot = match class.as_bytes().first() {
+            Some(b'1') => 0,
+            Some(b'2') => 1,
+            Some(b'3') => 2,
+            Some(b'4') => 3,
+            _ => 4,
         };
-        self.metrics.inner.requests.get_or_create(&labels).inc();
+        counts.by_class[slot]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    listener: Arc::clone(&self.name),
+                    route: counts.route.clone(),
+                    cluster: counts.cluster.clone(),
+                    status_class: class,
+                };
+                self.metrics.inner.requests.get_or_create_owned(&labels)
+            })
+            .inc();
+    }
+
+    /// The slow path: the first request of a route and cluster pair on this listener.
+    fn insert_counts(&self, route: &str, cluster: &str) -> Arc<RouteCounts> {
+        let cache = &self.counts;
+        let _serial = cache.insert.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = CountMap::clone(&cache.by_route.load());
+        let counts = Arc::clone(
+            map.entry(route.to_owned())
+                .or_default()
+                .entry(cluster.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(RouteCounts {
+                        route: route.to_owned(),
+                        cluster: cluster.to_owned(),
+                        by_class: Default::default(),
+                    })
+                }),
+        );
+        cache.by_route.store(map);
+        counts
     }
 }
 
@@ -241,18 +306,12 @@ mod tests {
         let m = Metrics::register(&mut registry);
         let inbound = m.listener("inbound");
         inbound.active_requests.inc();
-        inbound.record(
-            "r".into(),
-            "c".into(),
-            http::StatusCode::OK,
-            Duration::from_millis(1),
-        );
-        inbound.record(
-            "r".into(),
-            "c".into(),
-            http::StatusCode::OK,
-            Duration::from_millis(2),
-        );
+        inbound.record("r", "c", http::StatusCode::OK, Duration::from_millis(1));
+        inbound.record("r", "c", http::StatusCode::OK, Duration::from_millis(2));
+        // Another pair and class, and the clone shares the cache.
+        inbound
+            .clone()
+            .record("", "", http::StatusCode::NOT_FOUND, Duration::ZERO);
         // The per-request path and the pre-resolved one count into the same series.
         m.record_request(
             RequestLabels {
@@ -270,7 +329,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("mesh_request_duration_seconds_count{listener=\"inbound\"} 3"),
+            text.contains(r#"mesh_requests_total{listener="inbound",route="",cluster="",status_class="4xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"route="r",cluster="c",status_class="4xx""#),
+            "classes appear on first use: {text}"
+        );
+        assert!(
+            text.contains("mesh_request_duration_seconds_count{listener=\"inbound\"} 4"),
             "{text}"
         );
         assert!(

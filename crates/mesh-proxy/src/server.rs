@@ -3,15 +3,17 @@
 //! graceful drain.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use mesh_core::extensions::{ClientAddr, ListenerName, MatchedRoute, TargetCluster};
+use mesh_core::extensions::{ClientAddr, ListenerName};
 use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -20,9 +22,12 @@ use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use crate::conn::{Activity, TrackedIo};
+use crate::conn::{
+    Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised, TrackedIo,
+};
 use crate::headers;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::stack::Decision;
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -49,17 +54,29 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let builder = Arc::new(builder(&settings.http));
+    let builder = builder(&settings.http);
     let tracker = TaskTracker::new();
-    // Cancelled when the drain deadline passes: connections still open are then dropped.
-    let force = CancellationToken::new();
+    let connections = Arc::new(Connections::default());
     let idle = settings.http.idle_timeout;
     let conns = metrics.active_connections(&settings.name);
-    // Resolved once per listener: no label building or family lookup per request for these.
-    let listener_metrics = Arc::new(metrics.listener(&settings.name));
+    let shared = Arc::new(EdgeShared {
+        listener: Arc::clone(&settings.name),
+        max_body: settings.http.max_request_bytes,
+        // Resolved once per listener: no label building or family lookup per request.
+        listener_metrics: metrics.listener(&settings.name),
+        metrics,
+    });
+    // One sweep per listener finds idle connections (no timer per connection).
+    let mut sweep =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                connections.close_idle(idle);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -72,19 +89,18 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&settings.connections).try_acquire_owned() else {
             tracing::warn!(listener = %settings.name, %peer, "connection limit reached, closing");
-            metrics.record_mesh_error(&settings.name, "connection_limit");
+            shared
+                .metrics
+                .record_mesh_error(&settings.name, "connection_limit");
             continue;
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let edge = Edge {
+            shared: Arc::clone(&shared),
             activity: Arc::clone(&activity),
-            listener: Arc::clone(&settings.name),
             peer,
-            max_body: settings.http.max_request_bytes,
             inner: service.clone(),
-            metrics: metrics.clone(),
-            listener_metrics: Arc::clone(&listener_metrics),
         };
         let conn = builder
             .serve_connection_with_upgrades(
@@ -94,48 +110,43 @@ pub async fn serve(
             .into_owned();
         let gauge = conns.clone();
         gauge.inc();
-        let stop = shutdown.clone();
-        let force = force.clone();
+        let id = connections.insert(Arc::clone(&activity));
+        let registry = Arc::clone(&connections);
         tracker.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let mut closing = false;
-            let check = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(e) = res {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = force.cancelled() => {
-                        tracing::debug!(%peer, "drain deadline: closing the connection");
-                        break;
-                    }
-                    () = stop.cancelled(), if !closing => {
-                        // Drain: finish in-flight requests, refuse new ones (GOAWAY / close).
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    () = tokio::time::sleep(check), if !closing => {
-                        if activity.idle_for() >= idle {
-                            tracing::debug!(%peer, "idle timeout: closing");
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
-                    }
+            match Supervised::new(conn, activity).await {
+                Ended::Done(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
+                Ended::Done(Ok(())) => {}
+                Ended::Forced => tracing::debug!(%peer, "drain deadline: closing the connection"),
             }
+            registry.remove(id);
             gauge.dec();
             drop(permit);
         });
     }
     drop(listener);
+    // Drain: finish in-flight requests, refuse new ones (GOAWAY / close).
+    connections.close_all_gracefully();
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(listener = %settings.name, "drain deadline passed with connections open; closing them");
-        force.cancel();
+        connections.close_all_now();
         tracker.wait().await;
+    }
+}
+
+impl<I, S, E, B> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
     }
 }
 
@@ -163,93 +174,164 @@ fn builder(http: &HttpProtocolOptions) -> auto::Builder<TokioExecutor> {
     }
 }
 
-/// The per-request work at the edge of a listener, before the layer stack and after it.
+/// What every connection of a listener shares.
+struct EdgeShared {
+    listener: Arc<str>,
+    max_body: u64,
+    metrics: Metrics,
+    listener_metrics: ListenerMetrics,
+}
+
+/// The per-request work at the edge of a listener, before the layer stack and after it. Cloned
+/// per request (hyper's service takes `&self`), so it holds two `Arc`s and the stack.
 #[derive(Clone)]
 struct Edge {
+    shared: Arc<EdgeShared>,
     activity: Arc<Activity>,
-    listener: Arc<str>,
     peer: SocketAddr,
-    max_body: u64,
     inner: StackService,
-    metrics: Metrics,
-    listener_metrics: Arc<ListenerMetrics>,
+}
+
+/// Set on local replies (`MeshError::to_response`).
+const X_MESH_ERROR: http::HeaderName = http::HeaderName::from_static("x-mesh-error");
+
+/// How a request left the edge for the stack.
+enum Sent {
+    /// The stack was ready at once and took it.
+    Called(<StackService as Service<Request<Body>>>::Future),
+    /// Refused before the stack (too large) or by the stack's readiness.
+    Failed(BoxError),
+    /// The stack was not ready: wait for it (boxed, so the common case's future stays small).
+    Waiting(Box<(StackService, Request<Body>)>),
 }
 
 impl Edge {
-    async fn call(mut self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        let _in_flight = self.activity.begin();
+    /// The request's per-hop work is done synchronously, and the stack polled ready with a no-op
+    /// waker: our layers are always ready, so the returned future only holds the stack's
+    /// response future and a few fields. hyper keeps one such future allocated per connection
+    /// for the connection's lifetime; as an `async fn` holding the request across the readiness
+    /// wait it was five times larger.
+    fn call(
+        mut self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
+        let guard = Active::new(&self.shared, &self.activity);
         let started = Instant::now();
         let grpc = is_grpc(&req);
-        let active = &self.listener_metrics.active_requests;
-        active.inc();
+        let sent = match self.prepare(req) {
+            Err(e) => Sent::Failed(e.into()),
+            Ok(req) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match self.inner.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => Sent::Called(self.inner.call(req)),
+                    Poll::Ready(Err(e)) => Sent::Failed(e),
+                    Poll::Pending => Sent::Waiting(Box::new((self.inner.clone(), req))),
+                }
+            }
+        };
+        let peer = self.peer;
+        async move {
+            let result = match sent {
+                Sent::Called(fut) => fut.await,
+                Sent::Failed(e) => Err(e),
+                Sent::Waiting(mut waiting) => match waiting.0.ready().await {
+                    Ok(_) => {
+                        let (mut svc, req) = *waiting;
+                        svc.call(req).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            Ok(guard.shared.finish(result, grpc, peer, started))
+        }
+    }
+
+    /// The per-hop request work: size limit, headers, extensions, body limit.
+    fn prepare(&self, req: Request<Incoming>) -> Result<Request<Body>, MeshError> {
+        let max_body = self.shared.max_body;
         let (mut parts, incoming) = req.into_parts();
         let too_large = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len > self.max_body);
-        let (resp, route, cluster) = if too_large {
-            (
-                self.local_reply(
-                    &MeshError::RequestTooLarge {
-                        limit: self.max_body,
-                    },
-                    grpc,
-                ),
-                String::new(),
-                String::new(),
-            )
-        } else {
-            headers::strip_hop_by_hop(&mut parts.headers);
-            headers::append_forwarded_for(&mut parts.headers, self.peer.ip());
-            headers::ensure_request_id(&mut parts.headers);
-            headers::ensure_traceparent(&mut parts.headers);
-            parts.extensions.insert(ClientAddr(self.peer));
-            parts
-                .extensions
-                .insert(ListenerName(Arc::clone(&self.listener)));
-            let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-            let body = body::boxed(http_body_util::Limited::new(incoming, limit));
-            let req = Request::from_parts(parts, body);
-            let result = match self.inner.ready().await {
-                Ok(svc) => svc.call(req).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(mut resp) => {
-                    let route = resp.extensions_mut().remove::<MatchedRoute>();
-                    let cluster = resp.extensions_mut().remove::<TargetCluster>();
-                    headers::strip_hop_by_hop(resp.headers_mut());
-                    (
-                        resp,
-                        route.map(|r| r.route.name.clone()).unwrap_or_default(),
-                        cluster.map(|c| c.0.to_string()).unwrap_or_default(),
-                    )
-                }
-                Err(e) => {
-                    let err = body_limit_error(&e, self.max_body)
-                        .unwrap_or_else(|| MeshError::from_boxed(e));
-                    (self.local_reply(&err, grpc), String::new(), String::new())
-                }
+            .is_some_and(|len| len > max_body);
+        if too_large {
+            return Err(MeshError::RequestTooLarge { limit: max_body });
+        }
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::append_forwarded_for(&mut parts.headers, self.peer.ip());
+        headers::ensure_request_id(&mut parts.headers);
+        headers::ensure_traceparent(&mut parts.headers);
+        parts.extensions.insert(ClientAddr(self.peer));
+        parts
+            .extensions
+            .insert(ListenerName(Arc::clone(&self.shared.listener)));
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let body = body::boxed(http_body_util::Limited::new(incoming, limit));
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+impl EdgeShared {
+    /// The per-hop response work and the request's metrics; errors become local replies here.
+    fn finish(
+        &self,
+        result: Result<Response<Body>, BoxError>,
+        grpc: bool,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response<Body> {
+        let (resp, decision) = match result {
+            Ok(mut resp) => {
+                let decision = Decision::take(resp.extensions_mut());
+                headers::strip_hop_by_hop(resp.headers_mut());
+                (resp, Some(decision))
+            }
+            Err(e) => {
+                let err =
+                    body_limit_error(&e, self.max_body).unwrap_or_else(|| MeshError::from_boxed(e));
+                tracing::debug!(listener = %self.listener, %peer, error = %err, "local reply");
+                (err.to_response(grpc), None)
             }
         };
-        if let Some(code) = resp
-            .headers()
-            .get("x-mesh-error")
-            .and_then(|v| v.to_str().ok())
-        {
-            self.metrics.record_mesh_error(&self.listener, code);
+        // Local replies are errors, or gRPC errors inside a 200: look no further otherwise.
+        if grpc || !resp.status().is_success() {
+            if let Some(code) = resp
+                .headers()
+                .get(X_MESH_ERROR)
+                .and_then(|v| v.to_str().ok())
+            {
+                self.metrics.record_mesh_error(&self.listener, code);
+            }
         }
+        let (route, cluster) = decision.as_ref().map_or(("", ""), Decision::names);
         self.listener_metrics
             .record(route, cluster, resp.status(), started.elapsed());
-        active.dec();
-        Ok(resp)
+        resp
     }
+}
 
-    fn local_reply(&self, err: &MeshError, grpc: bool) -> Response<Body> {
-        tracing::debug!(listener = %self.listener, peer = %self.peer, error = %err, "local reply");
-        err.to_response(grpc)
+/// A request in flight on the listener's gauge and on its connection, until dropped: also when
+/// the client goes away and hyper drops the request's future half way.
+struct Active {
+    shared: Arc<EdgeShared>,
+    _conn: InFlight,
+}
+
+impl Active {
+    fn new(shared: &Arc<EdgeShared>, conn: &Arc<Activity>) -> Self {
+        shared.listener_metrics.active_requests.inc();
+        Self {
+            shared: Arc::clone(shared),
+            _conn: conn.begin(),
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.shared.listener_metrics.active_requests.dec();
     }
 }
 

@@ -135,13 +135,41 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let route = req.extensions().get::<MatchedRoute>().cloned();
-        let cluster = req.extensions().get::<TargetCluster>().cloned();
+        let decision = Decision {
+            route: req.extensions().get::<MatchedRoute>().cloned(),
+            cluster: req.extensions().get::<TargetCluster>().cloned(),
+        };
         CopyDecisionFuture {
             inner: self.inner.call(req),
-            route,
-            cluster,
+            decision: Some(decision),
         }
+    }
+}
+
+/// The router's decision, carried on the response to the listener's metrics as one extension
+/// (one insert instead of two).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Decision {
+    route: Option<MatchedRoute>,
+    cluster: Option<TargetCluster>,
+}
+
+impl Decision {
+    /// Takes the decision off a response; a stack without [`DecisionToResponse`] may have put
+    /// the router's extensions there directly.
+    pub(crate) fn take(ext: &mut http::Extensions) -> Self {
+        ext.remove::<Decision>().unwrap_or_else(|| Self {
+            route: ext.remove(),
+            cluster: ext.remove(),
+        })
+    }
+
+    /// The route and cluster names, empty when there were none.
+    pub(crate) fn names(&self) -> (&str, &str) {
+        (
+            self.route.as_ref().map_or("", |r| r.route.name.as_str()),
+            self.cluster.as_ref().map_or("", |c| &c.0),
+        )
     }
 }
 
@@ -150,8 +178,7 @@ pin_project_lite::pin_project! {
     struct CopyDecisionFuture<F> {
         #[pin]
         inner: F,
-        route: Option<MatchedRoute>,
-        cluster: Option<TargetCluster>,
+        decision: Option<Decision>,
     }
 }
 
@@ -164,11 +191,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut resp = ready!(this.inner.poll(cx))?;
-        if let Some(r) = this.route.take() {
-            resp.extensions_mut().insert(r);
-        }
-        if let Some(c) = this.cluster.take() {
-            resp.extensions_mut().insert(c);
+        if let Some(d) = this.decision.take() {
+            resp.extensions_mut().insert(d);
         }
         Poll::Ready(Ok(resp))
     }
