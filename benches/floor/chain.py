@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The measuring half of ./scripts/bench (run it through that script, which installs and builds).
 
-Starts the app and the three two-hop chains (mesh-sidecar, Envoy, the bench-floor forwarder),
-then per scenario and round runs each contender in turn (alternating, so a slow spell of the
-shared machine hits all of them) and writes a markdown table with the ratios.
+Starts the app once; then per scenario starts fresh two-hop chains (mesh-sidecar, Envoy, the
+bench-floor forwarder; fresh processes so that no contender's peak RSS carries what its allocator
+kept from an earlier scenario), runs each contender in turn per round (alternating, so a slow
+spell of the shared machine hits all of them), stops the chains, and writes a markdown table with
+the ratios.
 """
 
 import os
@@ -30,15 +32,26 @@ BASE = int(os.environ.get("BENCH_PORT_BASE", "18600"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "benches", "RESULTS.md"))
 PROFILE = os.environ.get("BENCH_PROFILE") == "1"
 TICKS = os.sysconf("SC_CLK_TCK")
+# A/B of a change: a second mesh-sidecar binary (e.g. the build before it) as contender "base".
+BASELINE = os.environ.get("BENCH_BASELINE_BIN")
 
 APP = BASE
 PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "ours": (BASE + 11, BASE + 12, (BASE + 13, BASE + 14)),
     "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
     "floor": (BASE + 31, BASE + 32, None),
+    "base": (BASE + 41, BASE + 42, (BASE + 43, BASE + 44)),
 }
-CONTENDERS = ["direct", "ours", "envoy", "floor"]
-SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
+ALL_CONTENDERS = ["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
+ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
+# Subsets for a quick A/B: BENCH_CONTENDERS=ours,floor BENCH_SCENARIOS=h1:32,h2c:32
+CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL_CONTENDERS)).split(",")
+              if c]
+SCENARIOS = [(p, int(n)) for p, n in (x.split(":") for x in
+             os.environ.get("BENCH_SCENARIOS", ",".join(f"{p}:{n}" for p, n in ALL_SCENARIOS))
+             .split(",") if x)]
+NAMES = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2", "envoy": "Envoy ×2",
+         "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2"}
 
 procs = []  # every process we started, stopped in the end
 tmp = tempfile.mkdtemp(prefix="mesh-bench-")
@@ -125,35 +138,57 @@ def write(name, text):
     return path
 
 
-def start_all():
-    """Returns {contender: [outbound pid, inbound pid]} (empty for direct)."""
-    pids = {"direct": []}
+def start_app():
     spawn("app", [f"{BIN}/bench-app", f"127.0.0.1:{APP}"],
           {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
+
+
+def start_chains(tag):
+    """Starts fresh proxies for every contender; returns {contender: [outbound, inbound]}."""
+    chains = {"direct": []}
     worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
-    front, back, (a1, a2) = PORTS["ours"]
-    out = spawn("ours-outbound", [f"{BIN}/mesh-sidecar", "--config",
-                                  write("out.yaml", sidecar_yaml("outbound", front, back, a1))],
-                worker_env)
-    inn = spawn("ours-inbound", [f"{BIN}/mesh-sidecar", "--config",
-                                 write("in.yaml", sidecar_yaml("inbound", back, APP, a2))],
-                worker_env)
-    pids["ours"] = [out.pid, inn.pid]
-    front, back, (a1, a2) = PORTS["envoy"]
-    envoys = []
-    for name, listen, upstream, admin in (("outbound", front, back, a1),
-                                          ("inbound", back, APP, a2)):
-        cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin))
-        envoys.append(spawn(f"envoy-{name}", [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
-                                              "--disable-hot-restart", "-l", "warning"]).pid)
-    pids["envoy"] = envoys
-    front, back, _ = PORTS["floor"]
-    out = spawn("floor-outbound", [f"{BIN}/bench-floor", f"127.0.0.1:{front}",
-                                   f"127.0.0.1:{back}"], worker_env)
-    inn = spawn("floor-inbound", [f"{BIN}/bench-floor", f"127.0.0.1:{back}",
-                                  f"127.0.0.1:{APP}"], worker_env)
-    pids["floor"] = [out.pid, inn.pid]
-    return pids
+    sidecars = [("ours", f"{BIN}/mesh-sidecar")]
+    if BASELINE:
+        sidecars.append(("base", BASELINE))
+    for contender, binary in sidecars:
+        if contender not in CONTENDERS:
+            continue
+        front, back, (a1, a2) = PORTS[contender]
+        chains[contender] = [
+            spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
+                f"{contender}-{name}.yaml", sidecar_yaml(name, listen, upstream, admin))],
+                  worker_env)
+            for name, listen, upstream, admin in (("outbound", front, back, a1),
+                                                  ("inbound", back, APP, a2))]
+    if "envoy" in CONTENDERS:
+        front, back, (a1, a2) = PORTS["envoy"]
+        envoys = []
+        for name, listen, upstream, admin in (("outbound", front, back, a1),
+                                              ("inbound", back, APP, a2)):
+            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin))
+            envoys.append(spawn(f"envoy-{name}-{tag}",
+                                [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
+                                 "--disable-hot-restart", "-l", "warning"]))
+        chains["envoy"] = envoys
+    if "floor" in CONTENDERS:
+        front, back, _ = PORTS["floor"]
+        chains["floor"] = [
+            spawn(f"floor-{name}-{tag}", [f"{BIN}/bench-floor", f"127.0.0.1:{listen}",
+                                          f"127.0.0.1:{upstream}"], worker_env)
+            for name, listen, upstream in (("outbound", front, back), ("inbound", back, APP))]
+    return chains
+
+
+def stop(ps):
+    for p in ps:
+        p.terminate()
+    for p in ps:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    procs[:] = [(n, p) for n, p in procs if p not in ps]
 
 
 def port_of(contender):
@@ -162,7 +197,7 @@ def port_of(contender):
 
 def wait_ready(deadline=30.0):
     start = time.monotonic()
-    for c in CONTENDERS:
+    for c in ["direct"] + [c for c in CONTENDERS if c != "direct"]:
         url = f"http://127.0.0.1:{port_of(c)}/"
         while True:
             for name, p in procs:
@@ -267,7 +302,7 @@ def profile(pids):
     data = os.path.join(tmp, "perf.data")
     port = port_of("ours")
     rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-o", data,
-                            "-p", str(pids[1]), "--", "sleep", str(DURATION)],
+                            "-p", str(pids[1].pid), "--", "sleep", str(DURATION)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_wrk(port, 32, DURATION)
     rec.wait()
@@ -294,15 +329,19 @@ def fmt_ratio(a, b):
 
 def main():
     load_start = open("/proc/loadavg").read().split()[:3]
-    pids = start_all()
+    start_app()
     try:
-        wait_ready()
-        log(f"all chains answer; logs and configs in {tmp}")
         results = {}  # (scenario, contender) -> [round results]
         for proto, conns in SCENARIOS:
+            tag = f"{proto}-{conns}"
+            chains = start_chains(tag)
+            wait_ready()
+            log(f"{tag}: fresh chains answer; logs and configs in {tmp}")
+            pids = {c: [p.pid for p in ps] for c, ps in chains.items()}
             for rnd in range(ROUNDS):
                 # Alternate: rotate the order each round so no contender always goes first.
-                order = CONTENDERS[rnd % 4:] + CONTENDERS[:rnd % 4]
+                k = rnd % len(CONTENDERS)
+                order = CONTENDERS[k:] + CONTENDERS[:k]
                 for c in order:
                     r = measure(c, pids[c], proto, conns, DURATION)
                     results.setdefault((proto, conns, c), []).append(r)
@@ -310,17 +349,12 @@ def main():
                         f"p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms "
                         f"cpu {['%.2f' % x for x in r['cpu']]} s rss "
                         f"{['%.1f' % x for x in r['rss']]} MB errors {r['errors']}")
+            if PROFILE and (proto, conns) == ("h1", 32) and "ours" in chains:
+                profile(chains["ours"])
+            stop([p for ps in chains.values() for p in ps])
         load_end = open("/proc/loadavg").read().split()[:3]
-        if PROFILE:
-            profile(pids["ours"])
     finally:
-        for _, p in procs:
-            p.terminate()
-        for _, p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop([p for _, p in procs])
     write_markdown(results, load_start, load_end)
     shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
@@ -373,7 +407,9 @@ def write_markdown(results, load_start, load_end):
         f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams "
         f"(the proxies' upstream hops are HTTP/1.1). CPU: utime+stime of each proxy process per "
         f"10,000 requests (outbound / inbound); RSS: peak (VmHWM, reset before each "
-        f"measurement) of each proxy.",
+        f"measurement) of each proxy. Every scenario starts fresh proxy processes (all "
+        f"contenders alike), so a peak is that scenario's own and not what an allocator kept "
+        f"from an earlier one.",
         "",
         "| scenario | contender | req/s | p50 ms | p99 ms | CPU s / 10k req (out / in) "
         "| peak RSS MB (out / in) | errors |",
@@ -387,48 +423,49 @@ def write_markdown(results, load_start, load_end):
             rng = f" ({lo:.0f}–{hi:.0f})" if ROUNDS > 1 else ""
             cpu = " / ".join(f"{v:.3f}" for v in x["cpu"]) or "–"
             rss = " / ".join(f"{v:.1f}" for v in x["rss"]) or "–"
-            name = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2",
-                    "envoy": "Envoy ×2", "floor": "floor (hyper) ×2"}[c]
-            L.append(f"| {scen} | {name} | {x['rps']:.0f}{rng} | {x['p50']:.3f} | "
+            L.append(f"| {scen} | {NAMES[c]} | {x['rps']:.0f}{rng} | {x['p50']:.3f} | "
                      f"{x['p99']:.3f} | {cpu} | {rss} | {x['errors']} |")
-    L += [
-        "",
-        "## Ratios",
-        "",
-        "| scenario | req/s ours/Envoy | p99 ours/Envoy | CPU/req ours/Envoy "
-        "| req/s ours/floor | p99 ours/floor | CPU/req ours/floor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for proto, conns in SCENARIOS:
-        scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
-        o, e, f = (s[(proto, conns, c)] for c in ("ours", "envoy", "floor"))
-        L.append(f"| {scen} | {fmt_ratio(o['rps'], e['rps'])} | {fmt_ratio(o['p99'], e['p99'])} "
-                 f"| {fmt_ratio(sum(o['cpu']), sum(e['cpu']))} | {fmt_ratio(o['rps'], f['rps'])} "
-                 f"| {fmt_ratio(o['p99'], f['p99'])} | {fmt_ratio(sum(o['cpu']), sum(f['cpu']))} |")
-    o, e, f = (s[("h1", 32, c)] for c in ("ours", "envoy", "floor"))
-    rss = max(max(s[(p, n, "ours")]["rss"]) for p, n in SCENARIOS)
-    check = lambda ok: "met" if ok else "**missed**"
-    L += [
-        "",
-        "## Targets (HTTP/1.1, 32 connections, equal workers)",
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        f"| req/s ≥ 2x Envoy | {o['rps'] / e['rps']:.2f}x | {check(o['rps'] >= 2 * e['rps'])} |",
-        f"| p99 ≤ 0.5x Envoy | {o['p99'] / e['p99']:.2f}x | {check(o['p99'] <= 0.5 * e['p99'])} |",
-        f"| req/s ≥ 80 % of the floor | {100 * o['rps'] / f['rps']:.0f} % "
-        f"| {check(o['rps'] >= 0.8 * f['rps'])} |",
-        f"| CPU per request ≤ 0.5x Envoy | {sum(o['cpu']) / sum(e['cpu']):.2f}x "
-        f"| {check(sum(o['cpu']) <= 0.5 * sum(e['cpu']))} |",
-        f"| peak RSS < 15 MB per sidecar (HTTP/1.1, 32 connections) | {max(o['rss']):.1f} MB "
-        f"| {check(max(o['rss']) < 15)} |",
-        f"| peak RSS < 15 MB per sidecar (any scenario) | {rss:.1f} MB | {check(rss < 15)} |",
-        "",
-        "Peak RSS is reset before each measurement to the current RSS, which keeps what the "
-        "allocator held on to from earlier scenarios (they run in the order of the table), so the "
-        "h2c figures include the 256-connection high-water mark.",
-        "",
-    ]
+    # Ratios of ours against every other proxy that ran.
+    others = [c for c in ("envoy", "floor", "base") if c in CONTENDERS]
+    if "ours" in CONTENDERS and others:
+        short = {"envoy": "Envoy", "floor": "floor", "base": "baseline"}
+        head = " | ".join(f"req/s ours/{short[c]} | p99 ours/{short[c]} | CPU/req ours/{short[c]}"
+                          for c in others)
+        L += ["", "## Ratios", "", f"| scenario | {head} |",
+              "|---|" + "---:|" * (3 * len(others))]
+        for proto, conns in SCENARIOS:
+            scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+            o = s[(proto, conns, "ours")]
+            cells = []
+            for c in others:
+                x = s[(proto, conns, c)]
+                cells += [fmt_ratio(o["rps"], x["rps"]), fmt_ratio(o["p99"], x["p99"]),
+                          fmt_ratio(sum(o["cpu"]), sum(x["cpu"]))]
+            L.append(f"| {scen} | " + " | ".join(cells) + " |")
+    if all(c in CONTENDERS for c in ("ours", "envoy", "floor")) and ("h1", 32) in SCENARIOS:
+        o, e, f = (s[("h1", 32, c)] for c in ("ours", "envoy", "floor"))
+        rss = max(max(s[(p, n, "ours")]["rss"]) for p, n in SCENARIOS)
+        check = lambda ok: "met" if ok else "**missed**"
+        L += [
+            "",
+            "## Targets (HTTP/1.1, 32 connections, equal workers)",
+            "",
+            "| target | measured | |",
+            "|---|---|---|",
+            f"| req/s ≥ 2x Envoy | {o['rps'] / e['rps']:.2f}x "
+            f"| {check(o['rps'] >= 2 * e['rps'])} |",
+            f"| p99 ≤ 0.5x Envoy | {o['p99'] / e['p99']:.2f}x "
+            f"| {check(o['p99'] <= 0.5 * e['p99'])} |",
+            f"| req/s ≥ 80 % of the floor | {100 * o['rps'] / f['rps']:.0f} % "
+            f"| {check(o['rps'] >= 0.8 * f['rps'])} |",
+            f"| CPU per request ≤ 0.5x Envoy | {sum(o['cpu']) / sum(e['cpu']):.2f}x "
+            f"| {check(sum(o['cpu']) <= 0.5 * sum(e['cpu']))} |",
+            f"| peak RSS < 15 MB per sidecar (HTTP/1.1, 32 connections) | {max(o['rss']):.1f} MB "
+            f"| {check(max(o['rss']) < 15)} |",
+            f"| peak RSS < 15 MB per sidecar (any scenario) | {rss:.1f} MB | {check(rss < 15)} |",
+            "",
+        ]
+    L.append("")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:
         fh.write("\n".join(L))
