@@ -90,6 +90,11 @@ fn run_server() {
     let mut flip = false;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
+        if line.trim() == "exit" {
+            // Exit with everything still allocated, so a heap profiler wrapping this process
+            // (XDS_SCALE_SERVER_WRAP) reports what 1,000 synced subscribers hold as "leaked".
+            std::process::exit(0);
+        }
         if line.trim() == "flip" {
             flip = !flip;
             cache
@@ -109,7 +114,19 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
+        let exe = std::env::current_exe().expect("exe");
+        // XDS_SCALE_SERVER_WRAP runs the server under a profiler, e.g. "heaptrack -o /tmp/xds".
+        let wrap = std::env::var("XDS_SCALE_SERVER_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(first) => {
+                let mut c = Command::new(first);
+                c.args(words).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd
             .env("MESH_XDS_SCALE_SERVER", "1")
             // glibc keeps freed memory in its arenas, so RSS would count the transient
             // initial-sync buffers as if live; serve big blocks from mmap and trim eagerly so
@@ -126,15 +143,28 @@ impl Server {
             .expect("spawn server");
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("server address");
-        let addr = line.trim().parse().expect("address");
+        // The first line that parses as an address (a profiler may print its own lines first).
+        let addr = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).expect("server address") == 0 {
+                panic!("the server exited before printing its address");
+            }
+            if let Ok(addr) = line.trim().parse() {
+                break addr;
+            }
+        };
         Self {
             child,
             stdin,
             stdout,
             addr,
         }
+    }
+
+    /// Asks the server to exit at once, holding everything (for a heap profiler's leak report).
+    fn exit(&mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.child.wait();
     }
 
     fn flip(&mut self) {
@@ -415,6 +445,12 @@ fn bench(c: &mut Criterion) {
         rss_synced as f64 / 1048576.0,
         (rss_synced.saturating_sub(rss_idle)) as f64 / n as f64 / 1024.0
     );
+
+    if std::env::var_os("XDS_SCALE_SERVER_WRAP").is_some() {
+        server.exit();
+        rt.shutdown_timeout(Duration::from_secs(1));
+        return;
+    }
 
     let mut flipped = false;
     let mut pushes = 0u64;
