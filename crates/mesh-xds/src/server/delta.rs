@@ -9,16 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use super::cache::{lock, Current};
+use super::cache::lock;
 use super::resource::ResourceType;
-use super::snapshot::Snapshot;
-use super::xds::{Shared, StreamGuard};
+use super::stream::{Protocol, StreamBase};
+use super::wire::Encoded;
 
 #[derive(Default)]
 struct TypeState {
@@ -38,7 +36,7 @@ struct TypeState {
 }
 
 /// Target size of one delta response's resources.
-const CHUNK_BYTES: usize = 16 * 1024;
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -47,102 +45,41 @@ enum Part {
     Both,
 }
 
-struct Delta {
-    shared: Arc<Shared>,
-    guard: StreamGuard,
-    fixed: Option<ResourceType>,
-    node: Option<String>,
-    rx: Option<watch::Receiver<Current>>,
+pub(crate) struct Delta {
+    base: StreamBase,
     types: HashMap<ResourceType, TypeState>,
-    nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
-/// Serves one delta stream until the client goes away.
-pub(crate) async fn run<S>(
-    shared: Arc<Shared>,
-    guard: StreamGuard,
-    fixed: Option<ResourceType>,
-    mut requests: S,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) where
-    S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
-{
-    let mut d = Delta {
-        shared,
-        guard,
-        fixed,
-        node: None,
-        rx: None,
-        types: HashMap::new(),
-        nonce: 0,
-        tx,
-    };
-    loop {
-        let changed = async {
-            match d.rx.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            req = requests.next() => match req {
-                Some(Ok(req)) => {
-                    if let Err(status) = d.on_request(req).await {
-                        let _ = d.tx.send(Err(status)).await;
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(stream = d.guard.id, error = %e, "delta xDS stream error");
-                    break;
-                }
-                None => break,
-            },
-            ok = changed => {
-                if !ok || d.push_all().await.is_err() {
-                    break;
-                }
-            }
+impl Delta {
+    pub(crate) fn new(base: StreamBase) -> Self {
+        Self {
+            base,
+            types: HashMap::new(),
         }
     }
 }
 
-impl Delta {
-    fn current(&self) -> Option<(Arc<Snapshot>, Instant)> {
-        let rx = self.rx.as_ref()?;
-        let cur = rx.borrow();
-        Some((cur.snapshot.clone()?, cur.set_at))
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+
+    fn base(&mut self) -> &mut StreamBase {
+        &mut self.base
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
-        let kind = match self.fixed {
-            Some(k) if req.type_url.is_empty() || req.type_url == k.type_url() => k,
-            Some(k) => {
-                return Err(Status::invalid_argument(format!(
-                    "this service serves {}, not {}",
-                    k.type_url(),
-                    req.type_url
-                )))
-            }
-            None => match ResourceType::from_type_url(&req.type_url) {
-                Some(k) => k,
-                None => return Ok(()),
-            },
+        self.handle(req).await
+    }
+
+    async fn push_all(&mut self) -> Result<(), Status> {
+        self.push().await
+    }
+}
+
+impl Delta {
+    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
+        let Some((kind, node)) = self.base.begin(&req.type_url, req.node.as_ref())? else {
+            return Ok(());
         };
-        let node = match &self.node {
-            Some(n) => n.clone(),
-            None => {
-                let node = req.node.as_ref().ok_or_else(|| {
-                    Status::invalid_argument("the first request must carry a node")
-                })?;
-                let key = self.shared.cache.node_key(node);
-                self.rx = Some(self.shared.cache.watch(&key));
-                self.node = Some(key.clone());
-                key
-            }
-        };
-        self.shared.callbacks.request(self.guard.id, &node, kind);
         let first = !self.types.contains_key(&kind);
         let st = self.types.entry(kind).or_default();
         // Anything in a request may change what the client needs.
@@ -156,13 +93,14 @@ impl Delta {
             }
         }
         if !req.response_nonce.is_empty() && st.nonces.contains(&req.response_nonce) {
-            let status = self.shared.cache.status(&node);
+            let status = self.base.shared.cache.status(&node);
             match &req.error_detail {
                 Some(err) => {
                     tracing::warn!(node = %node, %kind, version = %st.last_version,
                         error = %err.message, "delta NACK");
                     lock(&status).nack(kind, &st.last_version, &err.message);
-                    self.shared
+                    self.base
+                        .shared
                         .callbacks
                         .nack(&node, kind, &st.last_version, &err.message);
                     // The client refused them: it does not hold them.
@@ -173,7 +111,8 @@ impl Delta {
                 None => {
                     lock(&status).ack(kind, &st.last_version);
                     let since = st.set_at.map(|t| t.elapsed()).unwrap_or_default();
-                    self.shared
+                    self.base
+                        .shared
                         .callbacks
                         .ack(&node, kind, &st.last_version, since);
                 }
@@ -201,7 +140,7 @@ impl Delta {
 
     /// On a snapshot change: every type's updates in dependency order, then removals in
     /// reverse order (what referenced a removed resource is updated before it goes).
-    async fn push_all(&mut self) -> Result<(), Status> {
+    async fn push(&mut self) -> Result<(), Status> {
         for kind in ResourceType::ALL {
             self.respond(kind, Part::Updates).await?;
         }
@@ -212,10 +151,10 @@ impl Delta {
     }
 
     async fn respond(&mut self, kind: ResourceType, part: Part) -> Result<(), Status> {
-        let Some((snap, set_at)) = self.current() else {
+        let Some((snap, set_at)) = self.base.current() else {
             return Ok(());
         };
-        let node = self.node.clone().unwrap_or_default();
+        let node = self.base.node.clone().unwrap_or_default();
         let Some(st) = self.types.get_mut(&kind) else {
             return Ok(());
         };
@@ -224,7 +163,7 @@ impl Delta {
             return Ok(());
         }
         let version = ts.version();
-        if self.shared.cache.is_parked(&node, kind, &version) {
+        if self.base.shared.cache.is_parked(&node, kind, &version) {
             return Ok(());
         }
         if part != Part::Updates {
@@ -261,39 +200,33 @@ impl Delta {
         st.last_sent.clone_from(&updates);
         st.set_at = Some(set_at);
         st.nonces.clear();
-        self.shared
-            .callbacks
-            .response(self.guard.id, &node, kind, &version, updates.len());
-        // Large pushes (a first sync of thousands of endpoints) go in chunks of about
-        // CHUNK_BYTES: the transport keeps a buffer as large as the largest message it sent for
-        // the life of the stream, so bounded messages keep per-subscriber memory bounded.
-        let mut chunks: Vec<Vec<WireResource>> = vec![Vec::new()];
-        let mut size = 0;
-        for r in &updates {
-            let len = r.any().value.len();
-            if size + len > CHUNK_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
-                chunks.push(Vec::new());
-                size = 0;
+        self.base.shared.callbacks.response(
+            self.base.guard.id,
+            &node,
+            kind,
+            &version,
+            updates.len(),
+        );
+        // Very large pushes (a first sync of a huge mesh) go in chunks of about CHUNK_BYTES,
+        // so no message nears a client's receive limit (gRPC's default is 4 MiB).
+        let mut chunks: Vec<&[Arc<Resource>]> = Vec::new();
+        let (mut from, mut size) = (0, 0);
+        for (i, r) in updates.iter().enumerate() {
+            let len = r.delta_entry().len();
+            if size + len > CHUNK_BYTES && i > from {
+                chunks.push(&updates[from..i]);
+                (from, size) = (i, 0);
             }
             size += len;
-            if let Some(c) = chunks.last_mut() {
-                c.push(WireResource {
-                    name: r.name().to_owned(),
-                    version: r.version(),
-                    resource: Some(r.any().clone()),
-                    ..WireResource::default()
-                });
-            }
         }
+        chunks.push(&updates[from..]);
         let last = chunks.len() - 1;
         let mut removed = Some(removed);
         for (i, resources) in chunks.into_iter().enumerate() {
-            self.nonce += 1;
-            let nonce = self.nonce.to_string();
+            let nonce = self.base.next_nonce();
             st.nonces.push(nonce.clone());
-            let resp = DeltaDiscoveryResponse {
+            let head = DeltaDiscoveryResponse {
                 system_version_info: version.clone(),
-                resources,
                 type_url: kind.type_url().to_owned(),
                 removed_resources: if i == last {
                     removed.take().unwrap_or_default()
@@ -303,10 +236,9 @@ impl Delta {
                 nonce,
                 ..DeltaDiscoveryResponse::default()
             };
-            self.tx
-                .send(Ok(resp))
-                .await
-                .map_err(|_| Status::cancelled("client gone"))?;
+            self.base
+                .send(Encoded::delta(&head, resources.iter().map(|r| &**r)))
+                .await?;
         }
         Ok(())
     }

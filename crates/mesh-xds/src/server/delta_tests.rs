@@ -27,24 +27,24 @@ fn snap(clusters: &[(&str, u32)]) -> Snapshot {
 
 struct Client {
     req: mpsc::Sender<Result<DeltaDiscoveryRequest, Status>>,
-    resp: mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>,
+    resp: std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>,
+    >,
 }
 
 impl Client {
     fn start(server: &XdsServer) -> Self {
         let (req_tx, req_rx) = mpsc::channel(16);
-        let (resp_tx, resp_rx) = mpsc::channel(16);
-        let guard = server.open(StreamKind::DeltaAds).unwrap();
-        tokio::spawn(super::delta::run(
-            server.shared(),
-            guard,
-            None,
-            ReceiverStream::new(req_rx),
-            resp_tx,
-        ));
+        let rx = server
+            .start(
+                StreamKind::DeltaAds,
+                super::delta::Delta::new,
+                ReceiverStream::new(req_rx),
+            )
+            .unwrap();
         Self {
             req: req_tx,
-            resp: resp_rx,
+            resp: super::xds::typed(rx),
         }
     }
 
@@ -84,15 +84,22 @@ impl Client {
     }
 
     async fn next(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(5), self.resp.recv())
-            .await
-            .expect("a response within 5 s")
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut self.resp),
+        )
+        .await
+        .expect("a response within 5 s")
+        .unwrap()
+        .unwrap()
     }
 
     async fn nothing(&mut self) {
-        let r = tokio::time::timeout(Duration::from_millis(100), self.resp.recv()).await;
+        let r = tokio::time::timeout(
+            Duration::from_millis(100),
+            futures::StreamExt::next(&mut self.resp),
+        )
+        .await;
         assert!(r.is_err(), "expected no response, got {r:?}");
     }
 }

@@ -11,13 +11,16 @@ pub mod admin;
 mod cache;
 mod callbacks;
 mod delta;
+mod grpc;
 mod held;
 mod metrics;
 mod resource;
 mod snapshot;
 mod sotw;
 mod status;
+mod stream;
 mod validate;
+mod wire;
 mod xds;
 
 pub use cache::{CacheDump, Current, NodeDump, NodeHash, SnapshotCache, TypeDump, Validator};

@@ -3,13 +3,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hasher;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use bytes::Bytes;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::Resource as WireResource;
 use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -111,13 +114,30 @@ pub enum ResourceError {
 /// Its version is a hash of its type and bytes: the same content always has the same version,
 /// on every replica and across restarts, so a reconnecting client that already holds it is not
 /// sent it again.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Resource {
     kind: ResourceType,
     name: String,
     hash: u64,
     any: Any,
+    /// Its entry in a `DiscoveryResponse` / `DeltaDiscoveryResponse`, encoded on first use and
+    /// then shared by every stream that sends it.
+    sotw: OnceLock<Bytes>,
+    delta: OnceLock<Bytes>,
 }
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        // The cached encodings follow from the rest.
+        self.kind == other.kind
+            && self.hash == other.hash
+            && self.name == other.name
+            && self.any == other.any
+    }
+}
+
+/// Field number of `resources` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+const RESOURCES_FIELD: u32 = 2;
 
 impl fmt::Debug for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,6 +193,8 @@ impl Resource {
             name: name.into(),
             hash,
             any,
+            sotw: OnceLock::new(),
+            delta: OnceLock::new(),
         }
     }
 
@@ -199,6 +221,31 @@ impl Resource {
     /// The packed message.
     pub fn any(&self) -> &Any {
         &self.any
+    }
+
+    /// Its `resources` entry of a `DiscoveryResponse` (key, length, the `Any`).
+    pub(crate) fn sotw_entry(&self) -> &Bytes {
+        self.sotw.get_or_init(|| {
+            let mut buf = Vec::with_capacity(self.any.encoded_len() + 8);
+            prost::encoding::message::encode(RESOURCES_FIELD, &self.any, &mut buf);
+            buf.into()
+        })
+    }
+
+    /// Its `resources` entry of a `DeltaDiscoveryResponse` (a `Resource` with name, version
+    /// and the `Any`).
+    pub(crate) fn delta_entry(&self) -> &Bytes {
+        self.delta.get_or_init(|| {
+            let wire = WireResource {
+                name: self.name.clone(),
+                version: self.version(),
+                resource: Some(self.any.clone()),
+                ..WireResource::default()
+            };
+            let mut buf = Vec::with_capacity(wire.encoded_len() + 8);
+            prost::encoding::message::encode(RESOURCES_FIELD, &wire, &mut buf);
+            buf.into()
+        })
     }
 }
 

@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use super::cache::{lock as lock_status, Current};
+use super::cache::lock as lock_status;
 use super::resource::{Resource, ResourceType};
-use super::snapshot::Snapshot;
-use super::xds::{Shared, StreamGuard};
+use super::stream::{Protocol, StreamBase};
+use super::wire::Encoded;
 
 /// What the stream last sent of one type, and what the client subscribes to.
 #[derive(Default)]
@@ -27,114 +25,50 @@ struct TypeState {
     set_at: Option<Instant>,
 }
 
-struct Sotw {
-    shared: Arc<Shared>,
-    guard: StreamGuard,
-    fixed: Option<ResourceType>,
-    node: Option<String>,
-    rx: Option<watch::Receiver<Current>>,
+pub(crate) struct Sotw {
+    base: StreamBase,
     types: HashMap<ResourceType, TypeState>,
-    nonce: u64,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
-/// Serves one SotW stream until the client goes away.
-pub(crate) async fn run<S>(
-    shared: Arc<Shared>,
-    guard: StreamGuard,
-    fixed: Option<ResourceType>,
-    mut requests: S,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) where
-    S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
-{
-    let mut s = Sotw {
-        shared,
-        guard,
-        fixed,
-        node: None,
-        rx: None,
-        types: HashMap::new(),
-        nonce: 0,
-        tx,
-    };
-    loop {
-        let changed = async {
-            match s.rx.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            req = requests.next() => match req {
-                Some(Ok(req)) => {
-                    if let Err(status) = s.on_request(req).await {
-                        let _ = s.tx.send(Err(status)).await;
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(stream = s.guard.id, error = %e, "xDS stream error");
-                    break;
-                }
-                None => break,
-            },
-            ok = changed => {
-                if !ok || s.push_all().await.is_err() {
-                    break;
-                }
-            }
+impl Sotw {
+    pub(crate) fn new(base: StreamBase) -> Self {
+        Self {
+            base,
+            types: HashMap::new(),
         }
     }
 }
 
-impl Sotw {
-    fn current(&self) -> Option<(Arc<Snapshot>, Instant)> {
-        let rx = self.rx.as_ref()?;
-        let cur = rx.borrow();
-        Some((cur.snapshot.clone()?, cur.set_at))
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+
+    fn base(&mut self) -> &mut StreamBase {
+        &mut self.base
     }
 
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
-        let kind = match self.fixed {
-            Some(k) if req.type_url.is_empty() || req.type_url == k.type_url() => k,
-            Some(k) => {
-                return Err(Status::invalid_argument(format!(
-                    "this service serves {}, not {}",
-                    k.type_url(),
-                    req.type_url
-                )))
-            }
-            None => match ResourceType::from_type_url(&req.type_url) {
-                Some(k) => k,
-                None => {
-                    tracing::debug!(type_url = %req.type_url, "request for an unserved type ignored");
-                    return Ok(());
-                }
-            },
+        self.handle(req).await
+    }
+
+    async fn push_all(&mut self) -> Result<(), Status> {
+        self.push().await
+    }
+}
+
+impl Sotw {
+    async fn handle(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
+        let Some((kind, node)) = self.base.begin(&req.type_url, req.node.as_ref())? else {
+            return Ok(());
         };
-        let node = match &self.node {
-            Some(n) => n.clone(),
-            None => {
-                let node = req.node.as_ref().ok_or_else(|| {
-                    Status::invalid_argument("the first request must carry a node")
-                })?;
-                let key = self.shared.cache.node_key(node);
-                self.rx = Some(self.shared.cache.watch(&key));
-                self.node = Some(key.clone());
-                key
-            }
-        };
-        self.shared.callbacks.request(self.guard.id, &node, kind);
         let first = !self.types.contains_key(&kind);
-        let current = self.current();
+        let current = self.base.current();
         let st = self.types.entry(kind).or_default();
         if !req.response_nonce.is_empty() {
             if req.response_nonce != st.nonce {
                 // An answer to an older response; the newer one's answer is still to come.
                 return Ok(());
             }
-            let status = self.shared.cache.status(&node);
+            let status = self.base.shared.cache.status(&node);
             let version = st.sent_version.clone().unwrap_or_default();
             match &req.error_detail {
                 Some(err) => {
@@ -143,14 +77,16 @@ impl Sotw {
                     // The client kept what it had before; which set that was is not known
                     // here, so nothing is assumed held (make-before-break keeps nothing).
                     st.sent.clear();
-                    self.shared
+                    self.base
+                        .shared
                         .callbacks
                         .nack(&node, kind, &version, &err.message);
                 }
                 None => {
                     lock_status(&status).ack(kind, &req.version_info);
                     let since = st.set_at.map(|t| t.elapsed()).unwrap_or_default();
-                    self.shared
+                    self.base
+                        .shared
                         .callbacks
                         .ack(&node, kind, &req.version_info, since);
                 }
@@ -179,23 +115,19 @@ impl Sotw {
     /// Sends every type whose content changed, in dependency order; full-state types that
     /// lose resources first get the union of old and new (make before break), and the final
     /// set after everything that referenced the removed resources was updated.
-    async fn push_all(&mut self) -> Result<(), ()> {
+    async fn push(&mut self) -> Result<(), Status> {
         let mut deferred = Vec::new();
         for kind in ResourceType::ALL {
             if !self.types.contains_key(&kind) {
                 continue;
             }
-            if self.respond(kind, true).await.is_err() {
-                return Err(());
-            }
+            self.respond(kind, true).await?;
             if self.types.get(&kind).is_some_and(|s| s.set_at.is_none()) {
                 deferred.push(kind);
             }
         }
         for kind in deferred {
-            if self.respond(kind, false).await.is_err() {
-                return Err(());
-            }
+            self.respond(kind, false).await?;
         }
         Ok(())
     }
@@ -204,10 +136,10 @@ impl Sotw {
     /// a full-state type keeps resources the client holds but the snapshot dropped (and is
     /// marked for a final send by clearing `set_at`).
     async fn respond(&mut self, kind: ResourceType, keep_removed: bool) -> Result<(), Status> {
-        let Some((snap, set_at)) = self.current() else {
+        let Some((snap, set_at)) = self.base.current() else {
             return Ok(());
         };
-        let node = self.node.clone().unwrap_or_default();
+        let node = self.base.node.clone().unwrap_or_default();
         let Some(st) = self.types.get_mut(&kind) else {
             return Ok(());
         };
@@ -217,12 +149,14 @@ impl Sotw {
         if st.sent_version.as_deref() == Some(version.as_str()) && same_names(&st.sent, &items) {
             return Ok(());
         }
-        if self.shared.cache.is_parked(&node, kind, &version) {
+        if self.base.shared.cache.is_parked(&node, kind, &version) {
             return Ok(());
         }
         if !kind.is_full_state() && items.iter().all(|r| holds(&st.sent, r)) {
             // For EDS/RDS (and SDS, RTDS) absence means nothing, so a response that only
-            // drops names tells the client nothing: skip it.
+            // drops names tells the client nothing: skip it. The client forgot the names it
+            // dropped, so a name it subscribes to again is sent again.
+            st.sent = items;
             return Ok(());
         }
         let mut keep = false;
@@ -240,26 +174,33 @@ impl Sotw {
                 keep = true;
             }
         }
-        self.nonce += 1;
-        st.nonce = self.nonce.to_string();
-        let resp = DiscoveryResponse {
+        st.nonce = self.base.next_nonce();
+        let head = DiscoveryResponse {
             version_info: version.clone(),
-            resources: items.iter().map(|r| r.any().clone()).collect(),
             type_url: kind.type_url().to_owned(),
             nonce: st.nonce.clone(),
             ..DiscoveryResponse::default()
         };
+        // LDS and CDS responses carry the whole set (what is absent is removed). EDS, RDS,
+        // SDS and RTDS responses may carry only what changed: the xDS protocol groups those
+        // like delta responses, and a client keeps the resources a response does not name
+        // (Envoy's and gRPC's SotW clients update only the watches named in a response). A
+        // one-endpoint change then costs one assignment per subscriber, not all of them.
+        let send: Vec<&Resource> = items
+            .iter()
+            .filter(|r| kind.is_full_state() || !holds(&st.sent, r))
+            .map(|r| &**r)
+            .collect();
+        let msg = Encoded::sotw(&head, send.iter().copied());
+        let n = send.len();
         st.sent_version = Some(version.clone());
         st.set_at = if keep { None } else { Some(set_at) };
-        let n = items.len();
         st.sent = items;
-        self.shared
+        self.base
+            .shared
             .callbacks
-            .response(self.guard.id, &node, kind, &version, n);
-        self.tx
-            .send(Ok(resp))
-            .await
-            .map_err(|_| Status::cancelled("client gone"))
+            .response(self.base.guard.id, &node, kind, &version, n);
+        self.base.send(msg).await
     }
 }
 

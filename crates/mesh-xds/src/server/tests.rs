@@ -113,24 +113,22 @@ async fn nodes_without_a_snapshot_get_the_fallback_and_groups_share_one() {
 /// An in-memory SotW stream on a fresh server.
 struct Client {
     req: mpsc::Sender<Result<DiscoveryRequest, Status>>,
-    resp: mpsc::Receiver<Result<DiscoveryResponse, Status>>,
+    resp: std::pin::Pin<Box<dyn futures::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>,
 }
 
 impl Client {
     fn start(server: &XdsServer) -> Self {
         let (req_tx, req_rx) = mpsc::channel(16);
-        let (resp_tx, resp_rx) = mpsc::channel(16);
-        let guard = server.open(StreamKind::Ads).unwrap();
-        tokio::spawn(super::sotw::run(
-            server.shared(),
-            guard,
-            None,
-            ReceiverStream::new(req_rx),
-            resp_tx,
-        ));
+        let rx = server
+            .start(
+                StreamKind::Ads,
+                super::sotw::Sotw::new,
+                ReceiverStream::new(req_rx),
+            )
+            .unwrap();
         Self {
             req: req_tx,
-            resp: resp_rx,
+            resp: super::xds::typed(rx),
         }
     }
 
@@ -169,15 +167,22 @@ impl Client {
     }
 
     async fn next(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(5), self.resp.recv())
-            .await
-            .expect("a response within 5 s")
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut self.resp),
+        )
+        .await
+        .expect("a response within 5 s")
+        .unwrap()
+        .unwrap()
     }
 
     async fn nothing(&mut self) {
-        let r = tokio::time::timeout(Duration::from_millis(100), self.resp.recv()).await;
+        let r = tokio::time::timeout(
+            Duration::from_millis(100),
+            futures::StreamExt::next(&mut self.resp),
+        )
+        .await;
         assert!(r.is_err(), "expected no response, got {r:?}");
     }
 
@@ -326,6 +331,55 @@ async fn pushes_go_in_dependency_order_and_make_before_break() {
     assert_eq!(names(&c.next().await), ["b"]);
     c.send(ResourceType::Route, &["r2"], "", "").await;
     assert_eq!(names(&c.next().await), ["r2"]);
+}
+
+#[tokio::test]
+async fn sotw_eds_pushes_carry_only_what_changed_and_resubscribed_names_come_again() {
+    let snap = |port_b: u32| {
+        Snapshot::from_resources([
+            eds_cluster("a"),
+            endpoints("a", 1),
+            eds_cluster("b"),
+            endpoints("b", port_b),
+        ])
+        .unwrap()
+    };
+    let cache = SnapshotCache::new();
+    cache.set_snapshot("n", snap(1)).unwrap();
+    let server = XdsServer::new(cache.clone());
+    let mut c = Client::start(&server);
+    c.send(ResourceType::Endpoint, &["a", "b"], "", "").await;
+    let e = c.next().await;
+    assert_eq!(names(&e), ["a", "b"]);
+    c.send(
+        ResourceType::Endpoint,
+        &["a", "b"],
+        &e.version_info,
+        &e.nonce,
+    )
+    .await;
+    cache.set_snapshot("n", snap(2)).unwrap();
+    let e2 = c.next().await;
+    assert_eq!(names(&e2), ["b"], "only the changed assignment");
+    assert_eq!(
+        e2.version_info,
+        snap(2).of(ResourceType::Endpoint).version()
+    );
+    c.send(
+        ResourceType::Endpoint,
+        &["a", "b"],
+        &e2.version_info,
+        &e2.nonce,
+    )
+    .await;
+    c.nothing().await;
+    // Dropping a name sends nothing; asking for it again sends it (the client forgot it).
+    c.send(ResourceType::Endpoint, &["b"], &e2.version_info, "")
+        .await;
+    c.nothing().await;
+    c.send(ResourceType::Endpoint, &["a", "b"], &e2.version_info, "")
+        .await;
+    assert_eq!(names(&c.next().await), ["a"]);
 }
 
 #[tokio::test]

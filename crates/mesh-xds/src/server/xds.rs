@@ -29,15 +29,19 @@ use envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_serv
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cache::SnapshotCache;
 use super::callbacks::{Callbacks, NoCallbacks, StreamId, StreamKind};
+use super::delta::Delta;
+use super::grpc::Discovery;
 use super::resource::ResourceType;
-use super::{delta, sotw};
+use super::sotw::Sotw;
+use super::stream::{self, Protocol, StreamBase};
+use super::wire::Out;
 
 /// What every stream of a server shares.
 pub(crate) struct Shared {
@@ -135,11 +139,6 @@ impl XdsServer {
         self.rebuild(|s| s.max_streams = n)
     }
 
-    #[cfg(test)]
-    pub(crate) fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
-    }
-
     /// The cache served.
     pub fn cache(&self) -> &SnapshotCache {
         &self.shared.cache
@@ -151,14 +150,48 @@ impl XdsServer {
     }
 
     /// Every discovery service, to mount on a tonic server.
+    ///
+    /// Their streams send responses as shared pre-encoded bytes (no per-stream encoding or
+    /// encode buffer); mounting the generated `*DiscoveryServiceServer`s on this server
+    /// directly also works, at the cost of decoding and re-encoding every response.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(AggregatedDiscoveryServiceServer::new(self.clone()))
-            .add_service(ListenerDiscoveryServiceServer::new(self.clone()))
-            .add_service(RouteDiscoveryServiceServer::new(self.clone()))
-            .add_service(ClusterDiscoveryServiceServer::new(self.clone()))
-            .add_service(EndpointDiscoveryServiceServer::new(self.clone()))
-            .add_service(SecretDiscoveryServiceServer::new(self.clone()))
-            .add_service(RuntimeDiscoveryServiceServer::new(self.clone()))
+        use ResourceType as T;
+        let s = || self.clone();
+        tonic::service::Routes::new(Discovery::new(
+            AggregatedDiscoveryServiceServer::new(s()),
+            s(),
+            None,
+        ))
+        .add_service(Discovery::new(
+            ListenerDiscoveryServiceServer::new(s()),
+            s(),
+            Some(T::Listener),
+        ))
+        .add_service(Discovery::new(
+            RouteDiscoveryServiceServer::new(s()),
+            s(),
+            Some(T::Route),
+        ))
+        .add_service(Discovery::new(
+            ClusterDiscoveryServiceServer::new(s()),
+            s(),
+            Some(T::Cluster),
+        ))
+        .add_service(Discovery::new(
+            EndpointDiscoveryServiceServer::new(s()),
+            s(),
+            Some(T::Endpoint),
+        ))
+        .add_service(Discovery::new(
+            SecretDiscoveryServiceServer::new(s()),
+            s(),
+            Some(T::Secret),
+        ))
+        .add_service(Discovery::new(
+            RuntimeDiscoveryServiceServer::new(s()),
+            s(),
+            Some(T::Runtime),
+        ))
     }
 
     /// Serves every discovery service on `listener` until `shutdown` completes.
@@ -208,16 +241,37 @@ impl XdsServer {
         })
     }
 
+    /// Opens a stream of `kind` (refused beyond the stream limit) and spawns its task; the
+    /// receiver yields its encoded responses.
+    pub(crate) fn start<P, S>(
+        &self,
+        kind: StreamKind,
+        protocol: impl FnOnce(StreamBase) -> P,
+        requests: S,
+    ) -> Result<mpsc::Receiver<Out>, Status>
+    where
+        P: Protocol,
+        S: Stream<Item = Result<P::Request, Status>> + Unpin + Send + 'static,
+    {
+        let fixed = match kind {
+            StreamKind::Single(k) | StreamKind::DeltaSingle(k) => Some(k),
+            StreamKind::Ads | StreamKind::DeltaAds => None,
+        };
+        let guard = self.open(kind)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let base = StreamBase::new(self.shared.clone(), guard, fixed, tx);
+        tokio::spawn(stream::drive(protocol(base), requests));
+        Ok(rx)
+    }
+
     fn sotw(
         &self,
         fixed: Option<ResourceType>,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Boxed<DiscoveryResponse>>, Status> {
-        let guard = self.open(fixed.map_or(StreamKind::Ads, StreamKind::Single))?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let shared = self.shared.clone();
-        tokio::spawn(sotw::run(shared, guard, fixed, req.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let kind = fixed.map_or(StreamKind::Ads, StreamKind::Single);
+        let rx = self.start(kind, Sotw::new, req.into_inner())?;
+        Ok(Response::new(typed(rx)))
     }
 
     fn delta(
@@ -225,11 +279,9 @@ impl XdsServer {
         fixed: Option<ResourceType>,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Boxed<DeltaDiscoveryResponse>>, Status> {
-        let guard = self.open(fixed.map_or(StreamKind::DeltaAds, StreamKind::DeltaSingle))?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let shared = self.shared.clone();
-        tokio::spawn(delta::run(shared, guard, fixed, req.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let kind = fixed.map_or(StreamKind::DeltaAds, StreamKind::DeltaSingle);
+        let rx = self.start(kind, Delta::new, req.into_inner())?;
+        Ok(Response::new(typed(rx)))
     }
 
     fn fetch(
@@ -266,6 +318,18 @@ impl XdsServer {
             ..DiscoveryResponse::default()
         }))
     }
+}
+
+/// Encoded responses decoded back into messages, for the generated services' typed streams
+/// (used only when those are mounted directly rather than through [`XdsServer::routes`]).
+pub(crate) fn typed<M>(rx: mpsc::Receiver<Out>) -> Boxed<M>
+where
+    M: prost::Message + Default + Send + 'static,
+{
+    Box::pin(ReceiverStream::new(rx).map(|out| match out {
+        Ok(msg) => msg.decode::<M>(),
+        Err(status) => Err(*status),
+    }))
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,165 @@
+//! What SotW and delta streams share: the state every discovery stream has (its node, the
+//! watch on that node's snapshot, nonces, the response channel) and the loop that drives one
+//! until the client goes away.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tonic::Status;
+
+use super::cache::Current;
+use super::resource::ResourceType;
+use super::snapshot::Snapshot;
+use super::wire::{Encoded, Tx};
+use super::xds::{Shared, StreamGuard};
+
+/// The state every discovery stream has, whatever its protocol.
+pub(crate) struct StreamBase {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) guard: StreamGuard,
+    /// The one type a per-type service serves (`None` on ADS).
+    fixed: Option<ResourceType>,
+    /// The node key, from the first request.
+    pub(crate) node: Option<String>,
+    rx: Option<watch::Receiver<Current>>,
+    nonce: u64,
+    tx: Tx,
+}
+
+impl StreamBase {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        guard: StreamGuard,
+        fixed: Option<ResourceType>,
+        tx: Tx,
+    ) -> Self {
+        Self {
+            shared,
+            guard,
+            fixed,
+            node: None,
+            rx: None,
+            nonce: 0,
+            tx,
+        }
+    }
+
+    /// The node's snapshot now, and when it was set.
+    pub(crate) fn current(&self) -> Option<(Arc<Snapshot>, Instant)> {
+        let rx = self.rx.as_ref()?;
+        let cur = rx.borrow();
+        Some((cur.snapshot.clone()?, cur.set_at))
+    }
+
+    /// The type a request is for and the stream's node key (bound by the first request, which
+    /// must carry the node). `None`: a type this server does not serve, to ignore.
+    pub(crate) fn begin(
+        &mut self,
+        type_url: &str,
+        node: Option<&Node>,
+    ) -> Result<Option<(ResourceType, String)>, Status> {
+        let kind = match self.fixed {
+            Some(k) if type_url.is_empty() || type_url == k.type_url() => k,
+            Some(k) => {
+                return Err(Status::invalid_argument(format!(
+                    "this service serves {}, not {type_url}",
+                    k.type_url(),
+                )))
+            }
+            None => match ResourceType::from_type_url(type_url) {
+                Some(k) => k,
+                None => {
+                    tracing::debug!(%type_url, "request for an unserved type ignored");
+                    return Ok(None);
+                }
+            },
+        };
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => {
+                let node = node.ok_or_else(|| {
+                    Status::invalid_argument("the first request must carry a node")
+                })?;
+                let key = self.shared.cache.node_key(node);
+                self.rx = Some(self.shared.cache.watch(&key));
+                self.node = Some(key.clone());
+                key
+            }
+        };
+        self.shared.callbacks.request(self.guard.id, &node, kind);
+        Ok(Some((kind, node)))
+    }
+
+    /// A nonce no earlier response of this stream had.
+    pub(crate) fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    /// Queues a response (waits while the client is behind).
+    pub(crate) async fn send(&self, msg: Encoded) -> Result<(), Status> {
+        self.tx
+            .send(Ok(msg))
+            .await
+            .map_err(|_| Status::cancelled("client gone"))
+    }
+}
+
+/// One discovery protocol (SotW or delta) on top of [`StreamBase`].
+pub(crate) trait Protocol: Send + 'static {
+    /// The request message.
+    type Request: Send + 'static;
+
+    fn base(&mut self) -> &mut StreamBase;
+
+    /// Handles a request (subscription change, ACK or NACK) and answers it if needed.
+    fn on_request(&mut self, req: Self::Request)
+        -> impl Future<Output = Result<(), Status>> + Send;
+
+    /// Sends what changed after the node's snapshot changed.
+    fn push_all(&mut self) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// Serves one stream until the client goes away: requests and snapshot changes, in order.
+pub(crate) async fn drive<P, S>(mut p: P, mut requests: S)
+where
+    P: Protocol,
+    S: Stream<Item = Result<P::Request, Status>> + Unpin + Send,
+{
+    loop {
+        let base = p.base();
+        let id = base.guard.id;
+        let changed = async {
+            match base.rx.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        // The handlers are boxed so the idle task (one per subscriber, waiting here) is only
+        // as large as this select, not as the largest handler's state.
+        tokio::select! {
+            req = requests.next() => match req {
+                Some(Ok(req)) => {
+                    if let Err(status) = Box::pin(p.on_request(req)).await {
+                        let _ = p.base().tx.send(Err(Box::new(status))).await;
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(stream = id, error = %e, "xDS stream error");
+                    break;
+                }
+                None => break,
+            },
+            ok = changed => {
+                if !ok || Box::pin(p.push_all()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
