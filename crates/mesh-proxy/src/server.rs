@@ -2,6 +2,7 @@
 //! HTTP/1.1, through hyper-util's auto server), the per-hop edge work, the protections, and a
 //! graceful drain.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -100,12 +101,12 @@ pub async fn serve(
             shared: Arc::clone(&shared),
             activity: Arc::clone(&activity),
             peer,
-            inner: service.clone(),
+            inner: RefCell::new(service.clone()),
         };
         let conn = builder
             .serve_connection_with_upgrades(
                 TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity))),
-                hyper::service::service_fn(move |req| edge.clone().call(req)),
+                hyper::service::service_fn(move |req| edge.call(req)),
             )
             .into_owned();
         let gauge = conns.clone();
@@ -182,14 +183,17 @@ struct EdgeShared {
     listener_metrics: ListenerMetrics,
 }
 
-/// The per-request work at the edge of a listener, before the layer stack and after it. Cloned
-/// per request (hyper's service takes `&self`), so it holds two `Arc`s and the stack.
-#[derive(Clone)]
+/// The per-request work at the edge of a listener, before the layer stack and after it: one per
+/// connection.
 struct Edge {
     shared: Arc<EdgeShared>,
     activity: Arc<Activity>,
     peer: SocketAddr,
-    inner: StackService,
+    /// hyper calls its service through `&self`; the stack's `poll_ready` and `call` want
+    /// `&mut`. Both happen synchronously inside [`Edge::call`] (the response future owns what it
+    /// needs), so the borrow never spans an await, and the stack is not cloned (a boxed
+    /// allocation and a handful of reference counts) per request.
+    inner: RefCell<StackService>,
 }
 
 /// Set on local replies (`MeshError::to_response`).
@@ -212,7 +216,7 @@ impl Edge {
     /// for the connection's lifetime; as an `async fn` holding the request across the readiness
     /// wait it was five times larger.
     fn call(
-        mut self,
+        &self,
         req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let guard = Active::new(&self.shared, &self.activity);
@@ -222,10 +226,12 @@ impl Edge {
             Err(e) => Sent::Failed(e.into()),
             Ok(req) => {
                 let mut cx = Context::from_waker(Waker::noop());
-                match self.inner.poll_ready(&mut cx) {
-                    Poll::Ready(Ok(())) => Sent::Called(self.inner.call(req)),
+                let mut inner = self.inner.borrow_mut();
+                match inner.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => Sent::Called(inner.call(req)),
                     Poll::Ready(Err(e)) => Sent::Failed(e),
-                    Poll::Pending => Sent::Waiting(Box::new((self.inner.clone(), req))),
+                    // Wait on a clone, polled ready itself before it is called.
+                    Poll::Pending => Sent::Waiting(Box::new((inner.clone(), req))),
                 }
             }
         };
