@@ -31,6 +31,8 @@ H2_CONNS = int(os.environ.get("BENCH_H2_CONNS", "1"))
 BASE = int(os.environ.get("BENCH_PORT_BASE", "18600"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "benches", "RESULTS.md"))
 PROFILE = os.environ.get("BENCH_PROFILE") == "1"
+# Instructions per request of one hop under callgrind: immune to the shared machine's load.
+CALLGRIND = os.environ.get("BENCH_CALLGRIND") == "1"
 TICKS = os.sysconf("SC_CLK_TCK")
 # A/B of a change: a second mesh-sidecar binary (e.g. the build before it) as contender "base".
 BASELINE = os.environ.get("BENCH_BASELINE_BIN")
@@ -323,6 +325,61 @@ def profile(pids):
     log(f"wrote {path}")
 
 
+def instructions_per_request(name, argv, port, n=3000):
+    """User-space instructions per request of one proxy hop (client → proxy → app), counted by
+    callgrind between a warm-up and the end of `n` keep-alive requests (8 connections)."""
+    out = os.path.join(tmp, f"callgrind-{name}.out")
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    r.read()
+                    break
+            except OSError:
+                if time.monotonic() > deadline or p.poll() is not None:
+                    sys.exit(f"{name} under callgrind does not answer on {url}")
+                time.sleep(0.5)
+        h2load = ["h2load", "--h1", "-c", "8", "-t", "1"]
+        subprocess.run(h2load + ["-n", "500", url], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, check=True)
+        subprocess.run(h2load + ["-n", str(n), url], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, check=True)
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    dumps = [f for f in os.listdir(tmp) if f.startswith(f"callgrind-{name}.out.")]
+    total = 0
+    with open(os.path.join(tmp, max(dumps))) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                total = int(line.split()[1])
+                break
+    return total / n
+
+
+def instructions():
+    """Instructions per request of one hop for ours, the floor (and the baseline binary)."""
+    port = BASE + 51
+    cfg = write("callgrind.yaml", sidecar_yaml("inbound", port, APP, BASE + 52))
+    hops = [("ours", [f"{BIN}/mesh-sidecar", "--config", cfg])]
+    if BASELINE:
+        hops.append(("base", [BASELINE, "--config", cfg]))
+    hops.append(("floor", [f"{BIN}/bench-floor", f"127.0.0.1:{port}", f"127.0.0.1:{APP}"]))
+    res = {}
+    for name, argv in hops:
+        res[name] = instructions_per_request(name, argv, port)
+        log(f"callgrind {name}: {res[name]:.0f} instructions per request")
+    return res
+
+
 def fmt_ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
 
@@ -353,9 +410,10 @@ def main():
                 profile(chains["ours"])
             stop([p for ps in chains.values() for p in ps])
         load_end = open("/proc/loadavg").read().split()[:3]
+        instr = instructions() if CALLGRIND else {}
     finally:
         stop([p for _, p in procs])
-    write_markdown(results, load_start, load_end)
+    write_markdown(results, load_start, load_end, instr)
     shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
 
@@ -388,7 +446,7 @@ def envoy_version():
     return m.group(1) if m else "?"
 
 
-def write_markdown(results, load_start, load_end):
+def write_markdown(results, load_start, load_end, instr):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L = [
@@ -465,6 +523,16 @@ def write_markdown(results, load_start, load_end):
             f"| peak RSS < 15 MB per sidecar (any scenario) | {rss:.1f} MB | {check(rss < 15)} |",
             "",
         ]
+    if instr:
+        f = instr.get("floor")
+        L += ["", "## Instructions per request (callgrind, one hop)", "",
+              "User-space instructions of one proxy (client → proxy → app, HTTP/1.1 keep-alive, "
+              "8 connections, 3,000 requests after a 500-request warm-up): a count that does not "
+              "depend on the load of the shared machine. Kernel time (the syscalls, the same for "
+              "ours and the floor) is not in it.", "",
+              "| proxy | instructions / request | vs floor |", "|---|---:|---:|"]
+        for name, v in instr.items():
+            L.append(f"| {NAMES[name].replace(' ×2', '')} | {v:,.0f} | {fmt_ratio(v, f)} |")
     L.append("")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:
