@@ -1,7 +1,7 @@
 //! A delta discovery stream (ADS or one type's service): only what changed is sent, per
 //! resource, by comparing content hashes with what the client holds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::held::Held;
 use super::resource::Resource;
@@ -15,13 +15,13 @@ use tonic::Status;
 
 use super::cache::lock;
 use super::resource::ResourceType;
-use super::stream::{Protocol, StreamBase};
+use super::stream::{intern, PerType, Protocol, StreamBase};
 use super::wire::Encoded;
 
 #[derive(Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    names: BTreeSet<Arc<str>>,
     /// What the client holds.
     held: Held,
     /// The type version the client was fully brought to (nothing to add or remove), so a push
@@ -47,14 +47,14 @@ enum Part {
 
 pub(crate) struct Delta {
     base: StreamBase,
-    types: HashMap<ResourceType, TypeState>,
+    types: PerType<TypeState>,
 }
 
 impl Delta {
     pub(crate) fn new(base: StreamBase) -> Self {
         Self {
             base,
-            types: HashMap::new(),
+            types: PerType::default(),
         }
     }
 }
@@ -80,8 +80,8 @@ impl Delta {
         let Some((kind, node)) = self.base.begin(&req.type_url, req.node.as_ref())? else {
             return Ok(());
         };
-        let first = !self.types.contains_key(&kind);
-        let st = self.types.entry(kind).or_default();
+        let first = !self.types.contains(kind);
+        let st = self.types.get_or_default(kind);
         // Anything in a request may change what the client needs.
         st.synced = None;
         if first {
@@ -118,18 +118,19 @@ impl Delta {
                 }
             }
         }
+        let snap = self.base.current().map(|(s, _)| s);
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 st.wildcard = true;
             } else {
-                st.names.insert(n.clone());
+                st.names.insert(intern(snap.as_deref(), kind, n));
             }
         }
         for n in &req.resource_names_unsubscribe {
             if n == "*" {
                 st.wildcard = false;
             } else {
-                st.names.remove(n);
+                st.names.remove(n.as_str());
                 if !st.wildcard {
                     st.held.remove(n);
                 }
@@ -155,7 +156,7 @@ impl Delta {
             return Ok(());
         };
         let node = self.base.node.clone().unwrap_or_default();
-        let Some(st) = self.types.get_mut(&kind) else {
+        let Some(st) = self.types.get_mut(kind) else {
             return Ok(());
         };
         let ts = snap.of(kind);

@@ -117,7 +117,8 @@ pub enum ResourceError {
 #[derive(Clone)]
 pub struct Resource {
     kind: ResourceType,
-    name: String,
+    /// Shared with the subscriptions that name it (see `stream::intern`).
+    name: Arc<str>,
     hash: u64,
     any: Any,
     /// Its entry in a `DiscoveryResponse` / `DeltaDiscoveryResponse`, encoded on first use and
@@ -190,7 +191,7 @@ impl Resource {
         let hash = content_hash(&any);
         Self {
             kind,
-            name: name.into(),
+            name: Arc::from(name.into()),
             hash,
             any,
             sotw: OnceLock::new(),
@@ -205,6 +206,11 @@ impl Resource {
 
     /// Its name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its name, shared.
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -237,7 +243,7 @@ impl Resource {
     pub(crate) fn delta_entry(&self) -> &Bytes {
         self.delta.get_or_init(|| {
             let wire = WireResource {
-                name: self.name.clone(),
+                name: self.name.to_string(),
                 version: self.version(),
                 resource: Some(self.any.clone()),
                 ..WireResource::default()

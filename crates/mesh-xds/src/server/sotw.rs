@@ -1,6 +1,6 @@
 //! A state-of-the-world discovery stream (ADS or one type's service).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,14 +9,14 @@ use tonic::Status;
 
 use super::cache::lock as lock_status;
 use super::resource::{Resource, ResourceType};
-use super::stream::{Protocol, StreamBase};
+use super::stream::{intern, PerType, Protocol, StreamBase};
 use super::wire::Encoded;
 
 /// What the stream last sent of one type, and what the client subscribes to.
 #[derive(Default)]
 struct TypeState {
     /// `None`: wildcard (everything of the type).
-    names: Option<BTreeSet<String>>,
+    names: Option<BTreeSet<Arc<str>>>,
     /// Version and resources of the last response (sorted by name): what the client holds.
     sent_version: Option<String>,
     sent: Vec<Arc<Resource>>,
@@ -27,14 +27,14 @@ struct TypeState {
 
 pub(crate) struct Sotw {
     base: StreamBase,
-    types: HashMap<ResourceType, TypeState>,
+    types: PerType<TypeState>,
 }
 
 impl Sotw {
     pub(crate) fn new(base: StreamBase) -> Self {
         Self {
             base,
-            types: HashMap::new(),
+            types: PerType::default(),
         }
     }
 }
@@ -60,9 +60,9 @@ impl Sotw {
         let Some((kind, node)) = self.base.begin(&req.type_url, req.node.as_ref())? else {
             return Ok(());
         };
-        let first = !self.types.contains_key(&kind);
+        let first = !self.types.contains(kind);
         let current = self.base.current();
-        let st = self.types.entry(kind).or_default();
+        let st = self.types.get_or_default(kind);
         if !req.response_nonce.is_empty() {
             if req.response_nonce != st.nonce {
                 // An answer to an older response; the newer one's answer is still to come.
@@ -92,7 +92,12 @@ impl Sotw {
                 }
             }
         }
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let snap = current.as_ref().map(|(s, _)| &**s);
+        let names: BTreeSet<Arc<str>> = req
+            .resource_names
+            .iter()
+            .map(|n| intern(snap, kind, n))
+            .collect();
         st.names = if names.contains("*") || (names.is_empty() && kind.is_full_state()) {
             None
         } else {
@@ -118,11 +123,11 @@ impl Sotw {
     async fn push(&mut self) -> Result<(), Status> {
         let mut deferred = Vec::new();
         for kind in ResourceType::ALL {
-            if !self.types.contains_key(&kind) {
+            if !self.types.contains(kind) {
                 continue;
             }
             self.respond(kind, true).await?;
-            if self.types.get(&kind).is_some_and(|s| s.set_at.is_none()) {
+            if self.types.get(kind).is_some_and(|s| s.set_at.is_none()) {
                 deferred.push(kind);
             }
         }
@@ -140,7 +145,7 @@ impl Sotw {
             return Ok(());
         };
         let node = self.base.node.clone().unwrap_or_default();
-        let Some(st) = self.types.get_mut(&kind) else {
+        let Some(st) = self.types.get_mut(kind) else {
             return Ok(());
         };
         let ts = snap.of(kind);
@@ -207,11 +212,14 @@ impl Sotw {
 /// The resources of a type a subscription includes, sorted by name.
 fn included(
     items: &std::collections::BTreeMap<String, Arc<Resource>>,
-    names: Option<&BTreeSet<String>>,
+    names: Option<&BTreeSet<Arc<str>>>,
 ) -> Vec<Arc<Resource>> {
     match names {
         None => items.values().cloned().collect(),
-        Some(names) => names.iter().filter_map(|n| items.get(n).cloned()).collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| items.get(&**n).cloned())
+            .collect(),
     }
 }
 

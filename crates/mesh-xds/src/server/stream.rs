@@ -109,6 +109,42 @@ impl StreamBase {
     }
 }
 
+/// Per-type state of a stream: a slot per type, boxed (a `HashMap` of four types costs more
+/// than what it holds, and every subscriber has one).
+pub(crate) struct PerType<T>([Option<Box<T>>; 6]);
+
+impl<T> Default for PerType<T> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+impl<T: Default> PerType<T> {
+    pub(crate) fn contains(&self, kind: ResourceType) -> bool {
+        self.0[kind.index()].is_some()
+    }
+
+    pub(crate) fn get(&self, kind: ResourceType) -> Option<&T> {
+        self.0[kind.index()].as_deref()
+    }
+
+    pub(crate) fn get_mut(&mut self, kind: ResourceType) -> Option<&mut T> {
+        self.0[kind.index()].as_deref_mut()
+    }
+
+    pub(crate) fn get_or_default(&mut self, kind: ResourceType) -> &mut T {
+        self.0[kind.index()].get_or_insert_with(Box::default)
+    }
+}
+
+/// A subscribed name, shared with the snapshot's resource of that name when there is one: a
+/// subscription of 100 names then holds 100 pointers rather than 100 strings per subscriber.
+pub(crate) fn intern(snap: Option<&Snapshot>, kind: ResourceType, name: &str) -> Arc<str> {
+    snap.and_then(|s| s.of(kind).get(name))
+        .map(|r| r.shared_name().clone())
+        .unwrap_or_else(|| Arc::from(name))
+}
+
 /// One discovery protocol (SotW or delta) on top of [`StreamBase`].
 pub(crate) trait Protocol: Send + 'static {
     /// The request message.
