@@ -126,17 +126,20 @@ impl Server {
             }
             None => Command::new(&exe),
         };
-        let mut child = cmd
-            .env("MESH_XDS_SCALE_SERVER", "1")
-            // glibc keeps freed memory in its arenas, so RSS would count the transient
-            // initial-sync buffers as if live; serve big blocks from mmap and trim eagerly so
-            // RSS reflects what the server holds (also a sensible production setting).
-            .env(
+        cmd.env("MESH_XDS_SCALE_SERVER", "1");
+        // glibc keeps freed memory in its arenas, so RSS would count the transient
+        // initial-sync buffers as if live; serve big blocks from mmap and trim eagerly so
+        // RSS reflects what the server holds (also a sensible production setting).
+        // XDS_SCALE_MALLOC_DEFAULTS=1 leaves glibc as it is, to see what fragmentation adds.
+        if std::env::var_os("XDS_SCALE_MALLOC_DEFAULTS").is_none() {
+            cmd.env(
                 "MALLOC_MMAP_THRESHOLD_",
                 std::env::var("XDS_SCALE_MMAP").unwrap_or("65536".into()),
             )
             .env("MALLOC_TRIM_THRESHOLD_", "65536")
-            .env("MALLOC_ARENA_MAX", "2")
+            .env("MALLOC_ARENA_MAX", "2");
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -406,6 +409,14 @@ fn bench(c: &mut Criterion) {
         }
     };
     let versions = [version(false), version(true)];
+    let eds = fallback(false);
+    let eds_bytes: usize = eds
+        .of(ResourceType::Endpoint)
+        .items()
+        .values()
+        .map(|r| r.any().value.len())
+        .sum();
+    eprintln!("xds_scale: the 100 endpoint assignments encode to {eds_bytes} bytes");
     let mut server = Server::start();
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = server.rss();
