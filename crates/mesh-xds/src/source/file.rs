@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::incremental::TranslationCache;
 use super::spec::MeshSpec;
 use super::translate::Snapshots;
 use crate::server::SnapshotCache;
@@ -36,12 +37,22 @@ impl fmt::Display for SourceError {
 impl MeshSpec {
     /// Parses and translates `text` (read from `file`, named in errors).
     pub fn load_str(file: &str, text: &str) -> Result<(MeshSpec, Snapshots), SourceError> {
+        Self::load_str_with(file, text, &mut TranslationCache::default())
+    }
+
+    /// [`MeshSpec::load_str`], re-translating only the services that differ from those
+    /// `cache` holds (see [`MeshSpec::snapshots_with`]).
+    pub fn load_str_with(
+        file: &str,
+        text: &str,
+        cache: &mut TranslationCache,
+    ) -> Result<(MeshSpec, Snapshots), SourceError> {
         let spec = MeshSpec::from_yaml(text).map_err(|e| SourceError {
             file: file.to_owned(),
             line: e.location().map(|l| l.line()),
             reason: e.to_string(),
         })?;
-        let snaps = spec.snapshots().map_err(|e| SourceError {
+        let snaps = spec.snapshots_with(cache).map_err(|e| SourceError {
             file: file.to_owned(),
             line: e.name.as_deref().and_then(|n| line_of(text, n)),
             reason: e.to_string(),
@@ -87,6 +98,17 @@ pub fn apply(
     Ok(now)
 }
 
+/// What a [`FileSource`] keeps between reloads.
+#[derive(Debug, Default)]
+struct FileState {
+    /// Hash of the content last tried.
+    hash: u64,
+    /// The nodes with snapshots of their own, set by the last good load.
+    nodes: BTreeSet<String>,
+    /// Services as last translated.
+    translations: TranslationCache,
+}
+
 /// The outcome of the latest reload attempt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadStatus {
@@ -96,7 +118,8 @@ pub struct ReloadStatus {
     pub last_error: Option<SourceError>,
 }
 
-/// Serves a `mesh.yaml` into a cache and reloads it when its content changes.
+/// Serves a `mesh.yaml` into a cache and reloads it when its content changes; an edit
+/// re-translates only the services it changed.
 ///
 /// The file is polled (every 200 ms by default) rather than watched with inotify: polling sees
 /// editors' write-to-temp-and-rename saves, files on network and container mounts, and a
@@ -105,7 +128,7 @@ pub struct ReloadStatus {
 pub struct FileSource {
     path: PathBuf,
     cache: SnapshotCache,
-    state: Arc<Mutex<(u64, BTreeSet<String>)>>,
+    state: Arc<Mutex<FileState>>,
     status: watch::Sender<ReloadStatus>,
 }
 
@@ -132,13 +155,15 @@ impl FileSource {
         let mut h = fnv::FnvHasher::default();
         h.write(text.as_bytes());
         let hash = h.finish();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0 == hash {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        if state.hash == hash {
             return Ok(false);
         }
-        state.0 = hash;
-        let result = MeshSpec::load_str(&file, &text).and_then(|(_, snaps)| {
-            apply(&self.cache, &snaps, &state.1).map_err(|e| SourceError {
+        state.hash = hash;
+        let loaded = MeshSpec::load_str_with(&file, &text, &mut state.translations);
+        let result = loaded.and_then(|(_, snaps)| {
+            apply(&self.cache, &snaps, &state.nodes).map_err(|e| SourceError {
                 file: file.clone(),
                 line: None,
                 reason: e.to_string(),
@@ -146,7 +171,7 @@ impl FileSource {
         });
         match result {
             Ok(nodes) => {
-                state.1 = nodes;
+                state.nodes = nodes;
                 self.status.send_modify(|s| {
                     s.applied += 1;
                     s.last_error = None;

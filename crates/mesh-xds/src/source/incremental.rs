@@ -4,8 +4,9 @@
 //! A service's cluster and endpoints depend on nothing but its own spec, and they are the same
 //! for every node: they are translated, validated and encoded once per change of that spec and
 //! shared by all nodes' snapshots. The outbound route table is one resource holding every
-//! service's virtual host, so it is reassembled (from the kept virtual hosts) and checked across
-//! services on every rebuild; each node's own listeners and inbound side are per node anyway.
+//! service's virtual host: it is kept while no virtual host changes (a change of endpoints leaves
+//! them as they are), and otherwise reassembled from the kept virtual hosts and checked across
+//! services. Each node's own listeners and inbound side are per node anyway.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,6 +34,11 @@ use crate::server::Resource;
 pub struct TranslationCache {
     services: HashMap<String, Arc<ServiceTranslation>>,
     translated: u64,
+    /// The last outbound table and the virtual hosts it was built from: reused while every
+    /// service keeps its virtual host (an endpoint change does not touch it).
+    outbound: Option<(Vec<Arc<VirtualHost>>, Resource)>,
+    /// Outbound tables built (for tests).
+    tables: u64,
 }
 
 /// One service, translated: its validated cluster and endpoints as encoded resources, and its
@@ -44,12 +50,18 @@ pub(super) struct ServiceTranslation {
     /// The cluster as proxyless gRPC clients get it, when it differs (see [`grpc_lb_policy`]).
     grpc_cluster: Option<Resource>,
     pub(super) endpoints: Resource,
-    virtual_host: VirtualHost,
+    virtual_host: Arc<VirtualHost>,
 }
 
 impl ServiceTranslation {
-    fn new(s: &ServiceSpec) -> Result<Self, TranslateError> {
+    /// Translates `s`; keeps `previous`'s virtual host when it is unchanged, so the outbound
+    /// table can be reused.
+    fn new(s: &ServiceSpec, previous: Option<&Self>) -> Result<Self, TranslateError> {
         let (cluster, la, virtual_host) = service_config(s)?;
+        let virtual_host = match previous {
+            Some(p) if *p.virtual_host == virtual_host => Arc::clone(&p.virtual_host),
+            _ => Arc::new(virtual_host),
+        };
         let encode = |any| {
             Resource::from_any(any)
                 .map_err(|e| TranslateError::new(format!("services[{}]", s.name), Some(&s.name), e))
@@ -124,16 +136,36 @@ impl TranslationCache {
         let mut services = Vec::with_capacity(spec.services.len());
         let mut fresh = 0;
         for s in &spec.services {
-            let t = match self.services.get(&s.name) {
+            let previous = self.services.get(&s.name);
+            let t = match previous {
                 Some(t) if t.spec == *s => Arc::clone(t),
                 _ => {
                     fresh += 1;
-                    Arc::new(ServiceTranslation::new(s)?)
+                    Arc::new(ServiceTranslation::new(s, previous.map(|p| &**p))?)
                 }
             };
             services.push(t);
         }
-        let outbound = outbound_table(&services)?;
+        let hosts: Vec<Arc<VirtualHost>> = services
+            .iter()
+            .map(|t| Arc::clone(&t.virtual_host))
+            .collect();
+        let outbound = match &self.outbound {
+            // The same virtual hosts (hence the same services, in the same order): the table
+            // and its checks are unchanged.
+            Some((old, table))
+                if old.len() == hosts.len()
+                    && old.iter().zip(&hosts).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+            {
+                table.clone()
+            }
+            _ => {
+                let table = outbound_table(&services)?;
+                self.tables += 1;
+                self.outbound = Some((hosts, table.clone()));
+                table
+            }
+        };
         self.translated += fresh;
         self.services = services
             .iter()
@@ -172,7 +204,10 @@ fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, Tran
     }
     let table = RouteConfiguration {
         name: OUTBOUND.into(),
-        virtual_hosts: services.iter().map(|t| t.virtual_host.clone()).collect(),
+        virtual_hosts: services
+            .iter()
+            .map(|t| VirtualHost::clone(&t.virtual_host))
+            .collect(),
     };
     let at = format!("route_configs[{OUTBOUND}]");
     table
@@ -250,6 +285,10 @@ nodes:
         let second = spec(9011);
         let incremental = second.snapshots_with(&mut cache).unwrap();
         assert_eq!(cache.translated(), 4, "only orders is translated again");
+        assert_eq!(
+            cache.tables, 1,
+            "an endpoint change keeps the outbound table"
+        );
         assert!(Arc::ptr_eq(cache.get("payments").unwrap(), &payments));
         assert!(Arc::ptr_eq(cache.get("users").unwrap(), &users));
         assert!(!Arc::ptr_eq(cache.get("orders").unwrap(), &orders));
@@ -263,6 +302,15 @@ nodes:
                 .version()
         };
         assert_ne!(eds(&incremental), eds(&first.snapshots().unwrap()));
+
+        // A route change rebuilds the table, and still equals a full translation.
+        let mut third = spec(9011);
+        third.services[2].aliases = vec!["people".into()];
+        assert_same(
+            &third.snapshots_with(&mut cache).unwrap(),
+            &third.snapshots().unwrap(),
+        );
+        assert_eq!((cache.translated(), cache.tables), (5, 2));
     }
 
     #[test]

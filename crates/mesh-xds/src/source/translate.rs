@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::google::protobuf::Any;
 use mesh_core::{
     Cluster, ClusterLoadAssignment, Direction, Discovery, Endpoint, Listener, Locality,
     LocalityEndpoints, MeshConfig, Route, RouteAction, RouteConfiguration, Validate, VirtualHost,
@@ -249,8 +250,9 @@ impl MeshSpec {
         if proxyless {
             // API listeners instead of socket listeners, and no inbound side.
             if let Some(out) = own.listeners.iter().find(|l| l.name == OUTBOUND) {
+                let manager = api_manager(out);
                 for t in &shared.services {
-                    push(api_listener(t.name(), out))?;
+                    push(api_listener(t.name(), &manager))?;
                 }
             }
         } else {
@@ -377,10 +379,10 @@ fn virtual_host(s: &ServiceSpec) -> VirtualHost {
     }
 }
 
-/// An API listener named after a service, for proxyless gRPC (`xds:///SERVICE`): the outbound
-/// listener's connection manager (RDS `outbound`), without the local rate-limit filter, which
-/// gRPC clients do not implement and would NACK.
-fn api_listener(service: &str, outbound: &Listener) -> envoy_types::pb::google::protobuf::Any {
+/// The connection manager of proxyless gRPC's API listeners (packed): the outbound listener's
+/// (RDS `outbound`), without the local rate-limit filter, which gRPC clients do not implement
+/// and would NACK. Built once per node and shared by every service's API listener.
+fn api_manager(outbound: &Listener) -> Any {
     let mut proto = convert::XdsResource::to_proto(outbound);
     let manager = proto
         .filter_chains
@@ -396,10 +398,16 @@ fn api_listener(service: &str, outbound: &Listener) -> envoy_types::pb::google::
             m
         })
         .unwrap_or_default();
+    convert::pack(&manager)
+}
+
+/// An API listener named after a service, for proxyless gRPC (`xds:///SERVICE`), with the
+/// connection manager from [`api_manager`].
+fn api_listener(service: &str, manager: &Any) -> Any {
     let listener = lpb::Listener {
         name: service.to_owned(),
         api_listener: Some(lpb::ApiListener {
-            api_listener: Some(convert::pack(&manager)),
+            api_listener: Some(manager.clone()),
         }),
         ..lpb::Listener::default()
     };
