@@ -64,16 +64,27 @@ fn registrations_leases_restarts_and_replicas() {
             .await
             .unwrap();
         let (mut keeper, _stream) = client.lease_keep_alive(lease).await.unwrap();
+        // A second service, so that the expiry below shows only `orders` is translated again.
+        let users = Registration::new("127.0.0.1:9101".parse().unwrap());
+        client
+            .put(
+                users.key(PREFIX, "users"),
+                serde_json::to_string(&users).unwrap(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
         let short = Registration::new("127.0.0.1:9002".parse().unwrap());
         register(&mut client, PREFIX, "orders", &short, 2)
             .await
             .unwrap();
-        wait(&mut status, "two endpoints", |s| s.endpoints == 2).await;
+        wait(&mut status, "three endpoints", |s| s.endpoints == 3).await;
         assert_eq!(endpoint_count(&cache, "orders"), Some(2));
+        let translated = status.borrow().translated;
 
         // Replicas on one etcd serve the same versions (content hashes).
-        wait(&mut replica_status, "replica: two endpoints", |s| {
-            s.endpoints == 2
+        wait(&mut replica_status, "replica: three endpoints", |s| {
+            s.endpoints == 3
         })
         .await;
         assert_eq!(
@@ -85,7 +96,7 @@ fn registrations_leases_restarts_and_replicas() {
         let mut expired = false;
         for _ in 0..40 {
             keeper.keep_alive().await.unwrap();
-            if status.borrow().endpoints == 1 {
+            if status.borrow().endpoints == 2 {
                 expired = true;
                 break;
             }
@@ -97,6 +108,12 @@ fn registrations_leases_restarts_and_replicas() {
             *status.borrow()
         );
         assert_eq!(endpoint_count(&cache, "orders"), Some(1));
+        assert_eq!(endpoint_count(&cache, "users"), Some(1));
+        assert_eq!(
+            status.borrow().translated,
+            translated + 1,
+            "the expiry re-translated orders alone (users reused)"
+        );
         // Revoke the kept lease before the restart so nothing expires across it.
         client.lease_revoke(lease).await.unwrap();
         wait(&mut status, "no endpoints", |s| s.endpoints == 0).await;

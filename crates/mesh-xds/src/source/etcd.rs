@@ -95,6 +95,9 @@ pub struct EtcdStatus {
     pub applied: u64,
     /// Registrations known now.
     pub endpoints: usize,
+    /// Service translations made so far: a change that touches one service adds one (the
+    /// others' translations are reused).
+    pub translated: u64,
     /// The last error (connection or refused config), cleared by the next success.
     pub last_error: Option<String>,
 }
@@ -261,6 +264,7 @@ impl EtcdSource {
         self.status.send_modify(|s| {
             s.revision = revision;
             s.endpoints = registry.len();
+            s.translated = translations.translated();
             match result {
                 Ok(_) => {
                     s.applied += 1;
