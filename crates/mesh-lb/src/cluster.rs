@@ -166,20 +166,22 @@ impl ClusterState {
         let old = self.endpoints.load_full();
         // The EDS health of the hosts that stay, in the same pass that finds whether the hosts
         // are the same ones (the general path below stores the same values for them).
-        let mut kept = 0;
+        let mut kept = Vec::with_capacity(old.len());
         for (_, e) in cla.iter() {
             if let Some(st) = old.get(&e.address) {
                 store_eds_health(st, e.health);
-                kept += 1;
+                kept.push(st);
             }
         }
         // A validated assignment lists each address once: as many found as held means the
         // same set.
-        if kept == old.len() && kept == cla.len() {
+        if kept.len() == old.len() && kept.len() == cla.len() {
             // The common EDS update (weights, health, localities change; the hosts do not):
-            // the live states and their map stay as they are, only the set is rebuilt.
-            self.set
-                .store(EndpointSet::build(&cla, &old, self.options()));
+            // the live states and their map stay as they are, only the set is rebuilt, from the
+            // states just looked up (in the assignment's order, as the build walks it).
+            let mut states = kept.into_iter();
+            let set = EndpointSet::build_with(&cla, |_| states.next(), self.options());
+            self.set.store(set);
             guard.current = cla;
             return;
         }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_core::{ClusterLoadAssignment, LbPolicy, Locality};
+use mesh_core::{ClusterLoadAssignment, Endpoint, LbPolicy, Locality};
 
 use crate::connector::EndpointMap;
 use crate::endpoint::EndpointState;
@@ -117,6 +117,17 @@ impl EndpointSet {
         states: &EndpointMap,
         opts: BuildOptions<'_>,
     ) -> Self {
+        Self::build_with(cla, |e| states.get(&e.address), opts)
+    }
+
+    /// Builds the set with the state of each endpoint of the assignment from `state_of`, called
+    /// once per endpoint in the assignment's order (so a caller that already looked the states
+    /// up can hand them over without a second lookup each).
+    pub(crate) fn build_with<'s>(
+        cla: &ClusterLoadAssignment,
+        mut state_of: impl FnMut(&Endpoint) -> Option<&'s Arc<EndpointState>>,
+        opts: BuildOptions<'_>,
+    ) -> Self {
         // 0 only comes from `Default` (validation refuses it): read it as Envoy's default.
         let overprov = match cla.overprovisioning_factor {
             0 => 140,
@@ -130,7 +141,7 @@ impl EndpointSet {
             let hosts: Vec<_> = g
                 .lb_endpoints
                 .iter()
-                .filter_map(|e| states.get(&e.address).map(|s| (s, e.weight.max(1))))
+                .filter_map(|e| state_of(e).map(|s| (s, e.weight.max(1))))
                 .map(|(s, w)| (s, w, s.is_healthy()))
                 .collect();
             total += hosts.len();
