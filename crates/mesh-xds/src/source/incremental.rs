@@ -221,7 +221,7 @@ fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, Tran
 mod tests {
     use super::*;
     use crate::server::ResourceType;
-    use crate::source::Snapshots;
+    use crate::source::{NodeSpec, Snapshots};
 
     fn spec(orders_port: u16) -> MeshSpec {
         MeshSpec::from_yaml(&format!(
@@ -342,6 +342,26 @@ nodes:
         let err = invalid.snapshots_with(&mut cache).unwrap_err();
         assert_eq!(err.name.as_deref(), Some("users"), "{err}");
         assert!(Arc::ptr_eq(cache.get("users").unwrap(), &users));
+    }
+
+    #[test]
+    fn nodes_alike_share_one_snapshot() {
+        let mut s = spec(9001);
+        s.nodes.push(NodeSpec {
+            id: "orders-2".into(),
+            ..s.nodes[0].clone()
+        });
+        let snaps = s.snapshots().unwrap();
+        let (a, b) = (&snaps.nodes["orders-1"], &snaps.nodes["orders-2"]);
+        for t in ResourceType::ALL {
+            for (name, r) in a.of(t).items() {
+                assert!(Arc::ptr_eq(r, &b.of(t).items()[name]), "{t} {name}");
+            }
+        }
+        assert_eq!(a.len(), b.len());
+        // Nodes that differ do not share.
+        assert_ne!(snaps.nodes["grpc-1"].version(), a.version());
+        assert_ne!(snaps.fallback.version(), a.version());
     }
 
     #[test]

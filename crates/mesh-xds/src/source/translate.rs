@@ -73,9 +73,26 @@ impl MeshSpec {
         let shared = cache.translate(self)?;
         let fallback = self.node_snapshot(&shared, None, self.listeners, false)?;
         let mut nodes = BTreeMap::new();
+        // A node's snapshot depends only on its service, addresses and kind: replicas of one
+        // service on default addresses share one (its resources by `Arc`).
+        let mut built = BTreeMap::new();
         for n in &self.nodes {
             let addrs = n.listeners.unwrap_or_default().over(self.listeners);
-            let snap = self.node_snapshot(&shared, Some(n), addrs, n.proxyless)?;
+            let key = (
+                n.service.as_deref(),
+                addrs.outbound,
+                addrs.inbound,
+                addrs.local_app,
+                n.proxyless,
+            );
+            let snap = match built.get(&key) {
+                Some(snap) => Snapshot::clone(snap),
+                None => {
+                    let snap = self.node_snapshot(&shared, Some(n), addrs, n.proxyless)?;
+                    built.insert(key, snap.clone());
+                    snap
+                }
+            };
             nodes.insert(n.id.clone(), snap);
         }
         Ok(Snapshots { nodes, fallback })
