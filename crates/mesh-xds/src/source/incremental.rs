@@ -11,8 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mesh_core::{Cluster, LbPolicy, RouteConfiguration, Validate, VirtualHost};
+use mesh_core::{Cluster, RouteConfiguration, Validate, VirtualHost};
 
+use super::proxyless::grpc_lb_policy;
 use super::spec::{MeshSpec, ServiceSpec};
 use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
 use crate::convert;
@@ -47,7 +48,7 @@ pub struct TranslationCache {
 pub(super) struct ServiceTranslation {
     spec: ServiceSpec,
     pub(super) cluster: Resource,
-    /// The cluster as proxyless gRPC clients get it, when it differs (see [`grpc_lb_policy`]).
+    /// The cluster as proxyless gRPC clients get it, when it differs (see `proxyless::grpc_lb_policy`).
     grpc_cluster: Option<Resource>,
     pub(super) endpoints: Resource,
     virtual_host: Arc<VirtualHost>,
@@ -89,21 +90,6 @@ impl ServiceTranslation {
     /// The cluster resource for a proxyless gRPC client.
     pub(super) fn grpc_cluster(&self) -> &Resource {
         self.grpc_cluster.as_ref().unwrap_or(&self.cluster)
-    }
-}
-
-/// The policy a gRPC client gets instead of one it does not implement (gRPC's xDS client NACKs
-/// a cluster whose `lb_policy` is `MAGLEV`, `LEAST_REQUEST` or `RANDOM`: "LB policy is not
-/// supported"): Maglev becomes ring hash (consistent hashing on the same route hash policies),
-/// least request and random become round robin. `None` when the policy is served as it is.
-fn grpc_lb_policy(p: &LbPolicy) -> Option<LbPolicy> {
-    match p {
-        LbPolicy::Maglev { .. } => Some(LbPolicy::RingHash {
-            minimum_ring_size: 1024,
-            maximum_ring_size: 8 * 1024 * 1024,
-        }),
-        LbPolicy::LeastRequest { .. } | LbPolicy::Random => Some(LbPolicy::RoundRobin),
-        LbPolicy::RoundRobin | LbPolicy::RingHash { .. } => None,
     }
 }
 

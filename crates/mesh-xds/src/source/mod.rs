@@ -3,6 +3,7 @@
 mod etcd;
 mod file;
 mod incremental;
+mod proxyless;
 mod spec;
 mod translate;
 

@@ -3,18 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::listener::v3 as lpb;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
-use envoy_types::pb::google::protobuf::Any;
 use mesh_core::{
     Cluster, ClusterLoadAssignment, Direction, Discovery, Endpoint, Listener, Locality,
     LocalityEndpoints, MeshConfig, Route, RouteAction, RouteConfiguration, Validate, VirtualHost,
 };
-use prost::Message;
 
 use super::incremental::{SharedResources, TranslationCache};
+use super::proxyless::{api_listener, api_manager};
 use super::spec::{ListenerAddrs, MeshSpec, NodeSpec, ServiceSpec};
-use crate::convert::{self, LOCAL_RATELIMIT_FILTER};
+use crate::convert;
 use crate::server::{Resource, Snapshot, SnapshotError};
 
 /// Name of the outbound listener and its route configuration.
@@ -394,39 +391,4 @@ fn virtual_host(s: &ServiceSpec) -> VirtualHost {
         domains,
         routes,
     }
-}
-
-/// The connection manager of proxyless gRPC's API listeners (packed): the outbound listener's
-/// (RDS `outbound`), without the local rate-limit filter, which gRPC clients do not implement
-/// and would NACK. Built once per node and shared by every service's API listener.
-fn api_manager(outbound: &Listener) -> Any {
-    let mut proto = convert::XdsResource::to_proto(outbound);
-    let manager = proto
-        .filter_chains
-        .pop()
-        .and_then(|fc| fc.filters.into_iter().next())
-        .and_then(|f| match f.config_type {
-            Some(lpb::filter::ConfigType::TypedConfig(any)) => Some(any),
-            _ => None,
-        })
-        .and_then(|any| hcm::HttpConnectionManager::decode(any.value.as_slice()).ok())
-        .map(|mut m| {
-            m.http_filters.retain(|f| f.name != LOCAL_RATELIMIT_FILTER);
-            m
-        })
-        .unwrap_or_default();
-    convert::pack(&manager)
-}
-
-/// An API listener named after a service, for proxyless gRPC (`xds:///SERVICE`), with the
-/// connection manager from [`api_manager`].
-fn api_listener(service: &str, manager: &Any) -> Any {
-    let listener = lpb::Listener {
-        name: service.to_owned(),
-        api_listener: Some(lpb::ApiListener {
-            api_listener: Some(manager.clone()),
-        }),
-        ..lpb::Listener::default()
-    };
-    convert::pack(&listener)
 }
