@@ -49,7 +49,8 @@ pub enum SidecarError {
 /// How a dynamic (xDS-fed) sidecar finds its control plane.
 #[derive(Debug, Clone)]
 pub struct DynamicOptions {
-    /// Control-plane addresses (`http://host:port`), tried in order on failure.
+    /// Control-plane addresses (`http://host:port`, or `https://host:port` with
+    /// [`xds_tls`](Self::xds_tls)), tried in order on failure.
     pub xds: Vec<String>,
     /// This node's id.
     pub node_id: String,
