@@ -191,7 +191,8 @@ async fn delta_refresh_recovers_a_change_the_server_forgot_to_push() {
         .address(server.uri())
         .node_id("sdk-1")
         .mode(AdsMode::Delta)
-        .refresh_interval(Duration::from_millis(300))
+        // Long enough that no second refresh replaces the new stream while the test scripts it.
+        .refresh_interval(Duration::from_secs(1))
         .sink_all::<Cluster>(clusters.clone())
         .start()
         .unwrap();
