@@ -111,9 +111,16 @@ pub async fn serve(
             .into_owned();
         let gauge = conns.clone();
         gauge.inc();
-        let id = connections.insert(Arc::clone(&activity));
-        let registry = Arc::clone(&connections);
+        let registered = Registered {
+            id: connections.insert(Arc::clone(&activity)),
+            registry: Arc::clone(&connections),
+            gauge,
+            _permit: permit,
+        };
         tracker.spawn(async move {
+            // Dropped however the task ends (also if it is dropped or panics half way), so the
+            // registry never keeps a dead connection's waker, and with it the task, alive.
+            let _registered = registered;
             match Supervised::new(conn, activity).await {
                 Ended::Done(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -121,9 +128,6 @@ pub async fn serve(
                 Ended::Done(Ok(())) => {}
                 Ended::Forced => tracing::debug!(%peer, "drain deadline: closing the connection"),
             }
-            registry.remove(id);
-            gauge.dec();
-            drop(permit);
         });
     }
     drop(listener);
@@ -134,6 +138,22 @@ pub async fn serve(
         tracing::warn!(listener = %settings.name, "drain deadline passed with connections open; closing them");
         connections.close_all_now();
         tracker.wait().await;
+    }
+}
+
+/// A connection's place in its listener: registry entry, open-connections gauge and
+/// connection-limit permit, all given back when dropped.
+struct Registered {
+    id: u64,
+    registry: Arc<Connections>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+        self.gauge.dec();
     }
 }
 
