@@ -11,7 +11,9 @@
 //!
 //! `cargo bench -p mesh-benches --bench xds_scale -- --warm-up-time 1 --measurement-time 3`
 //! (`XDS_SCALE_SUBSCRIBERS` overrides the 1,000; `XDS_SCALE_SOTW=1` uses state-of-the-world
-//! subscribers instead of delta ones.)
+//! subscribers instead of delta ones; `XDS_SCALE_SERVER_WRAP="heaptrack -o /tmp/xds"` profiles
+//! the server's live heap at sync; `XDS_SCALE_MALLOC_DEFAULTS=1` leaves glibc untuned.)
+//! Figures and the heap profile: benches/XDS_SCALE.md.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
