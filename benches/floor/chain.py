@@ -29,6 +29,13 @@ WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 APP_WORKERS = int(os.environ.get("BENCH_APP_WORKERS", str(NPROC)))
 H2_CONNS = int(os.environ.get("BENCH_H2_CONNS", "1"))
 BASE = int(os.environ.get("BENCH_PORT_BASE", "18600"))
+# The protocol of the proxy-to-proxy hop, the same for every contender: h2 (HTTP/2 with prior
+# knowledge, what a mesh runs between its proxies: Linkerd upgrades that hop, Istio's
+# h2UpgradePolicy does for Envoy) or h1 (HTTP/1.1 keep-alive, one connection per request in
+# flight). The last hop to the app is HTTP/1.1 either way, as the client's hop is.
+HOP = os.environ.get("BENCH_HOP", "h2")
+if HOP not in ("h1", "h2"):
+    sys.exit(f"BENCH_HOP must be h1 or h2, not {HOP}")
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "benches", "RESULTS.md"))
 PROFILE = os.environ.get("BENCH_PROFILE") == "1"
 # Instructions per request of one hop under callgrind: immune to the shared machine's load.
@@ -71,7 +78,7 @@ def spawn(name, argv, env=None):
     return p
 
 
-def sidecar_yaml(name, listen, upstream, admin):
+def sidecar_yaml(name, listen, upstream, admin, protocol="http1"):
     return f"""admin: 127.0.0.1:{admin}
 listeners:
   - name: {name}
@@ -87,13 +94,21 @@ listeners:
               route: {{ cluster: next }}
 clusters:
   - name: next
+    protocol: {protocol}
     load_assignment:
       endpoints:
         - endpoints: [ {{ address: "127.0.0.1:{upstream}" }} ]
 """
 
 
-def envoy_yaml(listen, upstream, admin):
+def envoy_yaml(listen, upstream, admin, h2=False):
+    # The upstream hop's protocol: HTTP/1.1 unless h2 (Envoy's explicit HTTP/2 config).
+    protocol = """
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {}""" if h2 else ""
     return f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
@@ -123,7 +138,7 @@ static_resources:
   clusters:
     - name: next
       type: STATIC
-      connect_timeout: 5s
+      connect_timeout: 5s{protocol}
       load_assignment:
         cluster_name: next
         endpoints:
@@ -158,16 +173,17 @@ def start_chains(tag):
         front, back, (a1, a2) = PORTS[contender]
         chains[contender] = [
             spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
-                f"{contender}-{name}.yaml", sidecar_yaml(name, listen, upstream, admin))],
-                  worker_env)
-            for name, listen, upstream, admin in (("outbound", front, back, a1),
-                                                  ("inbound", back, APP, a2))]
+                f"{contender}-{name}.yaml",
+                sidecar_yaml(name, listen, upstream, admin, protocol))], worker_env)
+            for name, listen, upstream, admin, protocol in (
+                ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
+                ("inbound", back, APP, a2, "http1"))]
     if "envoy" in CONTENDERS:
         front, back, (a1, a2) = PORTS["envoy"]
         envoys = []
-        for name, listen, upstream, admin in (("outbound", front, back, a1),
-                                              ("inbound", back, APP, a2)):
-            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin))
+        for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, HOP == "h2"),
+                                                  ("inbound", back, APP, a2, False)):
+            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin, h2))
             envoys.append(spawn(f"envoy-{name}-{tag}",
                                 [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
                                  "--disable-hot-restart", "-l", "warning"]))
@@ -176,8 +192,9 @@ def start_chains(tag):
         front, back, _ = PORTS["floor"]
         chains["floor"] = [
             spawn(f"floor-{name}-{tag}", [f"{BIN}/bench-floor", f"127.0.0.1:{listen}",
-                                          f"127.0.0.1:{upstream}"], worker_env)
-            for name, listen, upstream in (("outbound", front, back), ("inbound", back, APP))]
+                                          f"127.0.0.1:{upstream}", hop], worker_env)
+            for name, listen, upstream, hop in (("outbound", front, back, HOP),
+                                                ("inbound", back, APP, "h1"))]
     return chains
 
 
@@ -230,12 +247,16 @@ def reset_hwm(pid):
         pass  # not permitted: the peak then spans the whole run
 
 
-def hwm_kb(pid):
+def status_kb(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def hwm_kb(pid):
+    return status_kb(pid, "VmHWM")
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -296,6 +317,10 @@ def measure(contender, pids, proto, conns, secs):
     res = run(port, conns if proto == "h1" else H2_CONNS, secs)
     res["cpu"] = [(cpu_ticks(pid) - b) / TICKS for pid, b in zip(pids, before)]
     res["rss"] = [hwm_kb(pid) / 1024.0 for pid in pids]
+    # What the resident set is made of right after the load: anonymous (heap, stacks) and
+    # file-backed (the binary's and libraries' pages the kernel mapped in).
+    res["anon"] = [status_kb(pid, "RssAnon") / 1024.0 for pid in pids]
+    res["file"] = [status_kb(pid, "RssFile") / 1024.0 for pid in pids]
     return res
 
 
@@ -405,7 +430,9 @@ def main():
                     log(f"{proto} c={conns} round {rnd + 1} {c:6}: {r['rps']:9.0f} req/s "
                         f"p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms "
                         f"cpu {['%.2f' % x for x in r['cpu']]} s rss "
-                        f"{['%.1f' % x for x in r['rss']]} MB errors {r['errors']}")
+                        f"{['%.1f' % x for x in r['rss']]} MB (anon "
+                        f"{['%.1f' % x for x in r['anon']]}, file "
+                        f"{['%.1f' % x for x in r['file']]}) errors {r['errors']}")
             if PROFILE and (proto, conns) == ("h1", 32) and "ours" in chains:
                 profile(chains["ours"])
             stop([p for ps in chains.values() for p in ps])
@@ -428,6 +455,8 @@ def summary(rounds):
         "p99": statistics.median(r["p99"] for r in rounds),
         "cpu": [sum(r["cpu"][i] for r in rounds) / reqs * 10_000 for i in range(n)],
         "rss": [max(r["rss"][i] for r in rounds) for i in range(n)],
+        "anon": [max(r["anon"][i] for r in rounds) for i in range(n)],
+        "file": [max(r["file"][i] for r in rounds) for i in range(n)],
         "errors": sum(r["errors"] for r in rounds),
     }
 
@@ -446,6 +475,10 @@ def envoy_version():
     return m.group(1) if m else "?"
 
 
+HOP_TEXT = {"h2": "HTTP/2 (prior knowledge, multiplexed on one connection)",
+            "h1": "HTTP/1.1 keep-alive (a connection per request in flight)"}
+
+
 def write_markdown(results, load_start, load_end, instr):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -462,16 +495,20 @@ def write_markdown(results, load_start, load_end, instr):
         f"`TOKIO_WORKER_THREADS={WORKERS}` for mesh-sidecar and the floor); the app has "
         f"{APP_WORKERS}. {DURATION} s per measurement after a 1 s warm-up, {ROUNDS} round(s), "
         f"contenders alternated; figures are medians over rounds (req/s range in brackets). "
-        f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams "
-        f"(the proxies' upstream hops are HTTP/1.1). CPU: utime+stime of each proxy process per "
+        f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams. "
+        f"The proxy-to-proxy hop is {HOP_TEXT[HOP]} for every contender (`BENCH_HOP={HOP}`); "
+        f"the hop to the app is HTTP/1.1. CPU: utime+stime of each proxy process per "
         f"10,000 requests (outbound / inbound); RSS: peak (VmHWM, reset before each "
-        f"measurement) of each proxy. Every scenario starts fresh proxy processes (all "
+        f"measurement) of each proxy, and what the resident set was made of right after the "
+        f"load: anonymous memory (heap, stacks) and file-backed pages (the binary's and the "
+        f"libraries' code the kernel mapped in, shared with every other process running them). "
+        f"Every scenario starts fresh proxy processes (all "
         f"contenders alike), so a peak is that scenario's own and not what an allocator kept "
         f"from an earlier one.",
         "",
         "| scenario | contender | req/s | p50 ms | p99 ms | CPU s / 10k req (out / in) "
-        "| peak RSS MB (out / in) | errors |",
-        "|---|---|---:|---:|---:|---|---|---:|",
+        "| peak RSS MB (out / in) | of it anon + file MB (out / in) | errors |",
+        "|---|---|---:|---:|---:|---|---|---|---:|",
     ]
     for proto, conns in SCENARIOS:
         scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
@@ -481,8 +518,9 @@ def write_markdown(results, load_start, load_end, instr):
             rng = f" ({lo:.0f}–{hi:.0f})" if ROUNDS > 1 else ""
             cpu = " / ".join(f"{v:.3f}" for v in x["cpu"]) or "–"
             rss = " / ".join(f"{v:.1f}" for v in x["rss"]) or "–"
+            split = " / ".join(f"{a:.1f} + {f:.1f}" for a, f in zip(x["anon"], x["file"])) or "–"
             L.append(f"| {scen} | {NAMES[c]} | {x['rps']:.0f}{rng} | {x['p50']:.3f} | "
-                     f"{x['p99']:.3f} | {cpu} | {rss} | {x['errors']} |")
+                     f"{x['p99']:.3f} | {cpu} | {rss} | {split} | {x['errors']} |")
     # Ratios of ours against every other proxy that ran.
     others = [c for c in ("envoy", "floor", "base") if c in CONTENDERS]
     if "ours" in CONTENDERS and others:
