@@ -125,8 +125,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     hex_into(&mut s[19..23], &b[8..10]);
     hex_into(&mut s[24..36], &b[10..16]);
     if let Ok(v) = HeaderValue::from_bytes(&s) {
-        headers.insert(X_REQUEST_ID, v);
+        headers.insert(X_REQUEST_ID, unique(v));
     }
+}
+
+/// Marks a value that is new on every request as never to be indexed by HPACK. Indexing it in
+/// an HTTP/2 hop's dynamic table buys nothing (no later request repeats it) and costs on every
+/// request: the encoder walked the chain of earlier values under the same name, compared each,
+/// inserted this one and evicted another (a fifth of a request's instructions on a sidecar's
+/// HTTP/2 upstream hop). A never-indexed literal is the HPACK representation for exactly such a
+/// value; HTTP/1.1 hops ignore the flag. (It also makes the value print as `Sensitive` in
+/// `Debug` output.)
+fn unique(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
 }
 
 /// Lowercase hex of `bytes` into `out` (twice as long). Hand-rolled: `write!("{:02x}")` runs the
@@ -155,7 +167,7 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     hex_into(&mut s[3..35], &trace.to_be_bytes());
     hex_into(&mut s[36..52], &span.to_be_bytes());
     if let Ok(v) = HeaderValue::from_bytes(&s) {
-        headers.insert(TRACEPARENT, v);
+        headers.insert(TRACEPARENT, unique(v));
     }
 }
 
@@ -229,6 +241,24 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn generated_ids_are_never_indexed_but_passed_on_values_are_untouched() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        ensure_traceparent(&mut h);
+        assert!(h[X_REQUEST_ID].is_sensitive());
+        assert!(h[TRACEPARENT].is_sensitive());
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, "abc".parse().unwrap());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert(TRACEPARENT, tp.parse().unwrap());
+        ensure_request_id(&mut h);
+        ensure_traceparent(&mut h);
+        assert!(!h[X_REQUEST_ID].is_sensitive());
+        assert!(!h[TRACEPARENT].is_sensitive());
+        assert_eq!(h[TRACEPARENT], tp);
     }
 
     #[test]
