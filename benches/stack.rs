@@ -4,6 +4,12 @@
 //! Target: under 1 µs per request.
 //!
 //! `cargo bench -p mesh-benches --bench stack -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Load-independent figures: `STACK_ITERS=N` runs the stack N times outside criterion and exits,
+//! every call through the non-inlined [`one_request`], so a profiler can count just that:
+//! `STACK_ITERS=100000 valgrind --tool=callgrind --toggle-collect='*one_request*'
+//! --dump-instr=no target/release/deps/stack-*` gives instructions per request (total / N), and
+//! `callgrind_annotate --tree=caller` the calls to `malloc` among them (allocations per request).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::future::Future;
@@ -130,20 +136,28 @@ fn targets() -> Vec<(http::HeaderValue, http::Uri)> {
         .collect()
 }
 
+/// One request through the stack, as an SDK user's client makes it: poll ready, call, poll the
+/// response future once, drop the response. Never inlined, so a profiler can count only this.
+#[inline(never)]
+fn one_request<S>(svc: &mut S, req: Request<Body>) -> http::StatusCode
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut fut = std::pin::pin!(svc.call(req));
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(resp) => resp.unwrap().status(),
+        Poll::Pending => unreachable!("every layer and the inner service are ready"),
+    }
+}
+
 fn stack(c: &mut Criterion) {
     let lb = LoadBalanceLayer::new(clusters());
     let router = RouterLayer::new(&routes()).unwrap();
     let mut svc = rate_limit().layer(router.layer(lb.layer(tower::service_fn(ready_inner))));
     let targets = targets();
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut call = |req: Request<Body>| {
-        assert!(svc.poll_ready(&mut cx).is_ready());
-        let mut fut = std::pin::pin!(svc.call(req));
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(resp) => resp.unwrap().status(),
-            Poll::Pending => unreachable!("every layer and the inner service are ready"),
-        }
-    };
+    let mut call = |req: Request<Body>| one_request(&mut svc, req);
     let request = |i: usize| {
         let (host, uri) = &targets[i & 63];
         let mut req = Request::new(body::empty());
@@ -154,6 +168,15 @@ fn stack(c: &mut Criterion) {
     // Every target routes, picks and succeeds.
     for i in 0..64 {
         assert_eq!(call(request(i)), http::StatusCode::OK);
+    }
+    if let Some(n) = std::env::var("STACK_ITERS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        for i in 0..n {
+            black_box(call(request(i)));
+        }
+        std::process::exit(0);
     }
     let mut g = c.benchmark_group("stack");
     let mut i = 0;
