@@ -81,11 +81,11 @@ impl CircuitBreaker {
         limit
     }
 
-    /// Admits one request (a retry when `retry`), or names the limit that refuses it.
-    pub(crate) fn try_request(
-        self: &Arc<Self>,
-        retry: bool,
-    ) -> Result<RequestPermit, &'static str> {
+    /// Admits one request (a retry when `retry`), or names the limit that refuses it. An
+    /// admitted request must be given back with [`release`](Self::release) (with the same
+    /// `retry`) when it ends: its owner does so on drop, without an `Arc` of its own to the
+    /// breaker (the data path's admitted request holds its cluster, which holds the breaker).
+    pub(crate) fn try_admit(&self, retry: bool) -> Result<(), &'static str> {
         if !try_inc(&self.requests, self.limits.max_requests) {
             return Err(self.overflow(REQ, "max_requests"));
         }
@@ -93,10 +93,15 @@ impl CircuitBreaker {
             self.requests.fetch_sub(1, Ordering::AcqRel);
             return Err(self.overflow(RETRY, "max_retries"));
         }
-        Ok(RequestPermit {
-            cb: self.clone(),
-            retry,
-        })
+        Ok(())
+    }
+
+    /// Gives back a request admitted by [`try_admit`](Self::try_admit).
+    pub(crate) fn release(&self, retry: bool) {
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+        if retry {
+            self.retries.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Admits one connect attempt, or names the limit that refuses it.
@@ -124,22 +129,6 @@ impl CircuitBreaker {
             retries_overflow: o(RETRY),
             connections_overflow: o(CONN),
             pending_overflow: o(PENDING),
-        }
-    }
-}
-
-/// One admitted request; released on drop.
-#[derive(Debug)]
-pub(crate) struct RequestPermit {
-    cb: Arc<CircuitBreaker>,
-    retry: bool,
-}
-
-impl Drop for RequestPermit {
-    fn drop(&mut self) {
-        self.cb.requests.fetch_sub(1, Ordering::AcqRel);
-        if self.retry {
-            self.cb.retries.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -196,15 +185,19 @@ mod tests {
     #[test]
     fn requests_and_retries_are_limited_and_released() {
         let cb = cb(2, 1, 10, 10);
-        let a = cb.try_request(true).unwrap();
-        assert_eq!(cb.try_request(true).unwrap_err(), "max_retries");
-        let _b = cb.try_request(false).unwrap();
-        assert_eq!(cb.try_request(false).unwrap_err(), "max_requests");
-        drop(a);
-        let _c = cb.try_request(true).unwrap();
+        cb.try_admit(true).unwrap();
+        assert_eq!(cb.try_admit(true).unwrap_err(), "max_retries");
+        cb.try_admit(false).unwrap();
+        assert_eq!(cb.try_admit(false).unwrap_err(), "max_requests");
+        cb.release(true);
+        cb.try_admit(true).unwrap();
         let s = cb.stats();
         assert_eq!((s.requests, s.retries), (2, 1));
         assert_eq!((s.requests_overflow, s.retries_overflow), (1, 1));
+        cb.release(true);
+        cb.release(false);
+        let s = cb.stats();
+        assert_eq!((s.requests, s.retries), (0, 0));
     }
 
     #[test]

@@ -16,17 +16,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::circuit_breaker::RequestPermit;
 use crate::cluster::ClusterState;
 use crate::endpoint::InFlightGuard;
 use crate::outlier::Outcome;
 use crate::upstream::Upstream;
 use crate::ClusterManager;
-
-/// The cluster the load balancer picked from, handed to [`Upstream`] in the extensions so it
-/// need not look the cluster up again.
-#[derive(Clone, Debug)]
-pub(crate) struct PickedCluster(pub(crate) Arc<ClusterState>);
 
 /// Load-balances requests over the clusters of a [`ClusterManager`].
 ///
@@ -94,11 +88,19 @@ impl LoadBalance<Upstream> {
     }
 }
 
-/// What a request holds while in flight.
+/// What a request holds while in flight: its endpoint (counted in flight) and its cluster,
+/// whose breaker admitted it and is released when this is dropped (the response body's end).
 struct Admitted {
     cluster: Arc<ClusterState>,
     endpoint: InFlightGuard,
-    permit: RequestPermit,
+    /// Admitted as a retry (counted against `max_retries` too).
+    retry: bool,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.cluster.breaker.release(self.retry);
+    }
 }
 
 impl<S> LoadBalance<S> {
@@ -116,36 +118,44 @@ impl<S> LoadBalance<S> {
                 cluster: target.0.to_string(),
             })?;
         let retry = ext.get::<RetryAttempt>().is_some_and(|r| r.0 > 0);
-        let permit =
-            cluster
-                .breaker
-                .try_request(retry)
-                .map_err(|limit| MeshError::CircuitOpen {
-                    cluster: cluster.name.to_string(),
-                    limit,
-                })?;
+        cluster
+            .breaker
+            .try_admit(retry)
+            .map_err(|limit| MeshError::CircuitOpen {
+                cluster: cluster.name.to_string(),
+                limit,
+            })?;
         let hash = ext.get::<RequestHash>().map(|h| h.0);
-        let endpoint =
-            cluster
-                .set
-                .load()
-                .pick(hash)
-                .cloned()
-                .ok_or_else(|| MeshError::NoHealthyEndpoint {
-                    cluster: cluster.name.to_string(),
-                })?;
-        let address = endpoint.address();
-        point_at(req, endpoint.authority())?;
-        let ext = req.extensions_mut();
-        ext.insert(PickedEndpoint {
+        let picked = cluster
+            .set
+            .load()
+            .pick(hash)
+            .cloned()
+            .ok_or_else(|| MeshError::NoHealthyEndpoint {
+                cluster: cluster.name.to_string(),
+            })
+            .and_then(|endpoint| {
+                point_at(req, endpoint.authority())?;
+                Ok(endpoint)
+            });
+        let endpoint = match picked {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                cluster.breaker.release(retry);
+                return Err(e);
+            }
+        };
+        // Only the endpoint goes into the extensions: `Upstream` finds its cluster by name, so
+        // the request pays for one boxed extension (and no map growth) less.
+        req.extensions_mut().insert(PickedEndpoint {
             cluster: cluster.name.clone(),
-            address,
+            address: endpoint.address(),
         });
-        ext.insert(PickedCluster(cluster.clone()));
+        // Dropping `Admitted` gives the breaker and the in-flight count back.
         Ok(Admitted {
             endpoint: InFlightGuard::new(endpoint),
             cluster,
-            permit,
+            retry,
         })
     }
 }
@@ -178,7 +188,7 @@ fn point_at(req: &mut Request<Body>, authority: Option<&Authority>) -> Result<()
 
 impl<S> Service<Request<Body>> for LoadBalance<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
@@ -192,11 +202,10 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         match self.admit(&mut req) {
             Ok(admitted) => {
-                // Call the instance that was polled ready; keep a fresh clone for next time.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                // The instance polled ready is called in place: its future owns what it needs,
+                // so no clone of the inner service per request.
                 ResponseFuture {
-                    inner: Some(inner.call(req)),
+                    inner: Some(self.inner.call(req)),
                     admitted: Some(admitted),
                     error: None,
                 }
@@ -248,8 +257,7 @@ where
                 Poll::Ready(Ok(resp.map(|b| {
                     body::boxed(Guarded {
                         inner: b,
-                        _endpoint: admitted.endpoint,
-                        _permit: admitted.permit,
+                        _admitted: admitted,
                     })
                 })))
             }
@@ -269,8 +277,7 @@ pin_project! {
     struct Guarded {
         #[pin]
         inner: Body,
-        _endpoint: InFlightGuard,
-        _permit: RequestPermit,
+        _admitted: Admitted,
     }
 }
 
@@ -291,5 +298,82 @@ impl HttpBody for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+
+    use mesh_core::{Cluster, ClusterLoadAssignment, Reload};
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+
+    fn manager(addrs: &[SocketAddr]) -> ClusterManager {
+        let mut c = Cluster::new("c");
+        c.load_assignment = Some(ClusterLoadAssignment::from_addrs(
+            "c",
+            addrs.iter().copied(),
+        ));
+        let m = ClusterManager::new();
+        m.reload(vec![c]).unwrap();
+        m
+    }
+
+    fn request(retry: Option<u32>) -> Request<Body> {
+        let mut req = Request::get("/p?q=1").body(body::empty()).unwrap();
+        req.extensions_mut().insert(TargetCluster::new("c"));
+        if let Some(n) = retry {
+            req.extensions_mut().insert(RetryAttempt(n));
+        }
+        req
+    }
+
+    /// The request's breaker slot (and retry slot) is held until the response body is dropped,
+    /// and the picked endpoint reaches the inner service with the URI pointed at it.
+    #[tokio::test]
+    async fn admitted_requests_hold_the_breaker_until_the_body_ends() {
+        let addr: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let m = manager(&[addr]);
+        let inner = service_fn(|req: Request<Body>| async move {
+            let picked = req.extensions().get::<PickedEndpoint>().cloned().unwrap();
+            assert_eq!(
+                (&*picked.cluster, picked.address),
+                ("c", "10.0.0.1:8080".parse().unwrap())
+            );
+            assert_eq!(req.uri().to_string(), "http://10.0.0.1:8080/p?q=1");
+            Ok::<_, BoxError>(Response::new(body::full("hi")))
+        });
+        let svc = LoadBalanceLayer::new(m.clone()).layer(inner);
+        let cluster = m.get("c").unwrap();
+        let resp = svc.clone().oneshot(request(Some(1))).await.unwrap();
+        let s = cluster.circuit_breaker().stats();
+        assert_eq!((s.requests, s.retries), (1, 1));
+        let ep = cluster.pick(None).unwrap();
+        assert_eq!((ep.in_flight(), ep.requests()), (1, 1));
+        drop(resp);
+        let s = cluster.circuit_breaker().stats();
+        assert_eq!((s.requests, s.retries), (0, 0));
+        assert_eq!(ep.in_flight(), 0);
+    }
+
+    /// A request refused after the breaker admitted it (no endpoint) gives its slot back.
+    #[tokio::test]
+    async fn a_refusal_after_admission_releases_the_breaker() {
+        let m = manager(&[]);
+        let inner = service_fn(|_req: Request<Body>| async {
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
+        let svc = LoadBalanceLayer::new(m.clone()).layer(inner);
+        let err = svc.oneshot(request(Some(2))).await.unwrap_err();
+        assert!(matches!(
+            MeshError::from_boxed(err),
+            MeshError::NoHealthyEndpoint { .. }
+        ));
+        let s = m.get("c").unwrap().circuit_breaker().stats();
+        assert_eq!((s.requests, s.retries), (0, 0));
     }
 }

@@ -20,7 +20,6 @@ use tower_service::Service;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::ClusterState;
 use crate::connector::{EndpointMap, MeshConnector};
-use crate::layer::PickedCluster;
 use crate::ClusterManager;
 
 /// How long an idle pooled connection is kept.
@@ -126,8 +125,8 @@ pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Box
 /// The default inner service of [`crate::LoadBalance`]: sends the request to the endpoint its
 /// URI names over the picked cluster's pooled client.
 ///
-/// It needs the cluster: [`crate::LoadBalance`] passes it along in the request extensions; used
-/// alone, it looks the cluster up by the request's [`PickedEndpoint`].
+/// It finds the cluster by the request's [`PickedEndpoint`] (which [`crate::LoadBalance`]
+/// records): one map lookup here rather than a second boxed extension on every request.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     clusters: ClusterManager,
@@ -152,11 +151,7 @@ impl Service<Request<Body>> for Upstream {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let picked = req.extensions().get::<PickedEndpoint>();
-        let cluster: Option<Arc<ClusterState>> = req
-            .extensions()
-            .get::<PickedCluster>()
-            .map(|p| p.0.clone())
-            .or_else(|| picked.and_then(|p| self.clusters.get(&p.cluster)));
+        let cluster: Option<Arc<ClusterState>> = picked.and_then(|p| self.clusters.get(&p.cluster));
         let endpoint = picked
             .map(|p| p.address)
             .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
