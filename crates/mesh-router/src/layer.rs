@@ -111,38 +111,47 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        // One atomic load; the guard is dropped before any await, the route Arc kept.
-        let decision = self.table.load().decide(&req);
-        let decision = match decision {
-            Ok(d) => d,
+        // One atomic load; the guard is dropped before the inner service is called, the
+        // route's Arc cloned only when the response future needs the route.
+        let table = self.table.load();
+        let route = match table.route_for(&req) {
+            Ok((route, cluster, hash)) => {
+                let policy = &route.policy;
+                policy.rewrite.apply(&mut req);
+                policy.request_headers.apply(req.headers_mut());
+                let ext = req.extensions_mut();
+                ext.insert(route.matched.clone());
+                ext.insert(cluster);
+                if let Some(h) = hash {
+                    ext.insert(h);
+                }
+                route
+            }
             Err(e) => {
                 let resp = e.to_response(mesh_core::is_grpc(&req));
                 return ResponseFuture::new(Kind::Ready { resp: Some(resp) }, None);
             }
         };
-        let route = decision.route;
-        let policy = &route.policy;
-        policy.rewrite.apply(&mut req);
-        policy.request_headers.apply(req.headers_mut());
-        let ext = req.extensions_mut();
-        ext.insert(route.matched.clone());
-        ext.insert(decision.cluster);
-        if let Some(h) = decision.hash {
-            ext.insert(h);
+        let edits = (!route.policy.response_headers.is_empty()).then(|| Arc::clone(route));
+        if route.filters.is_empty() && !route.policy.wraps_call() {
+            drop(table);
+            // The instance polled ready is called in place: no clone of the inner service.
+            let fut = self.inner.call(req);
+            return ResponseFuture::new(Kind::Direct { fut }, edits);
         }
-        // Take the service that was polled ready, leaving a clone for the next call.
+        let route = Arc::clone(route);
+        drop(table);
+        // The policy owns the service it calls (retries call it again): take the one that was
+        // polled ready, leaving a clone for the next call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let kind = if route.filters.is_empty() && !policy.wraps_call() {
-            Kind::Direct {
-                fut: inner.call(req),
-            }
-        } else if route.filters.is_empty() {
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let policy = Arc::clone(&route.policy);
+        let kind = if route.filters.is_empty() {
             Kind::Boxed {
-                fut: Policy::new(inner, Arc::clone(policy)).call(req),
+                fut: Policy::new(inner, policy).call_once(req),
             }
         } else {
-            let mut svc: HttpService = BoxCloneService::new(Policy::new(inner, Arc::clone(policy)));
+            let mut svc: HttpService = BoxCloneService::new(Policy::new(inner, policy));
             for filter in route.filters.iter().rev() {
                 svc = filter.apply(svc);
             }
@@ -150,7 +159,6 @@ where
                 fut: Box::pin(svc.oneshot(req)),
             }
         };
-        let edits = (!route.policy.response_headers.is_empty()).then_some(route);
         ResponseFuture::new(kind, edits)
     }
 }

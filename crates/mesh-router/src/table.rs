@@ -202,6 +202,20 @@ impl RouteTable {
     /// Decides where `req` goes: the first matching route of its virtual host, the target
     /// cluster and the request hash. No match (or no cluster header) is `MeshError::NoRoute`.
     pub fn decide<B>(&self, req: &Request<B>) -> Result<Decision, MeshError> {
+        let (route, cluster, hash) = self.route_for(req)?;
+        Ok(Decision {
+            route: Arc::clone(route),
+            cluster,
+            hash,
+        })
+    }
+
+    /// [`decide`](Self::decide) with the route borrowed from the table, for the router's data
+    /// path: it clones the route's `Arc` only when the response future needs it.
+    pub(crate) fn route_for<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<(&Arc<CompiledRoute>, TargetCluster, Option<RequestHash>), MeshError> {
         let authority = authority(req);
         let view = RequestView::of(req);
         let no_route = || MeshError::NoRoute {
@@ -211,11 +225,8 @@ impl RouteTable {
         let (v, r) = self.find(authority, &view).ok_or_else(no_route)?;
         let route = &self.vhosts[v].routes[r];
         let cluster = route.destination.pick(req.headers()).ok_or_else(no_route)?;
-        Ok(Decision {
-            route: Arc::clone(route),
-            cluster,
-            hash: request_hash(&route.hash_policy, req).map(RequestHash),
-        })
+        let hash = request_hash(&route.hash_policy, req).map(RequestHash);
+        Ok((route, cluster, hash))
     }
 
     /// The (virtual host, route) indices of the first route whose match holds, through the

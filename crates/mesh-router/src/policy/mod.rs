@@ -108,8 +108,22 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
-        let inner = self.inner.clone();
-        let policy = Arc::clone(&self.policy);
+        Self::run(self.inner.clone(), Arc::clone(&self.policy), req)
+    }
+}
+
+impl<S> Policy<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    /// [`Service::call`] for a policy used once: the inner service moves into the future
+    /// instead of being cloned into it.
+    pub(crate) fn call_once(self, req: Request<Body>) -> BoxFuture {
+        Self::run(self.inner, self.policy, req)
+    }
+
+    fn run(inner: S, policy: Arc<RoutePolicy>, req: Request<Body>) -> BoxFuture {
         if policy.retry.is_none() {
             // The common case (a timeout, no retries) in a future of a few words: one holding
             // the retry machinery and the request as well was copied whole into its box on
