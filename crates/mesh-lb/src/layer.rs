@@ -167,8 +167,10 @@ fn point_at(req: &mut Request<Body>, authority: Option<&Authority>) -> Result<()
     let authority = authority.ok_or_else(|| MeshError::BadRequest {
         reason: "the endpoint's address is not a valid URI authority".into(),
     })?;
-    if !req.headers().contains_key(HOST) {
-        if let Some(a) = req.uri().authority() {
+    // Only a URI that names an authority (HTTP/2, absolute form) can leave `Host` to fill in:
+    // an origin-form request skips the header lookup.
+    if let Some(a) = req.uri().authority() {
+        if !req.headers().contains_key(HOST) {
             if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
                 req.headers_mut().insert(HOST, v);
             }

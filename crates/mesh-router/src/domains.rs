@@ -60,13 +60,21 @@ impl Domains {
 
 /// Drops a port (`host:80`, `[::1]:80`) and lowers ASCII case, borrowing when nothing changes.
 fn normalize(authority: &str) -> Cow<'_, str> {
-    let host = if authority.starts_with('[') {
+    let bytes = authority.as_bytes();
+    let host = if bytes.first() == Some(&b'[') {
         authority
             .find(']')
             .map_or(authority, |end| &authority[..=end])
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        // A port is the digits after the last `:` (possibly none): walk back over the trailing
+        // digits and look for the colon, rather than searching the whole host for it.
+        let digits = bytes
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        match (bytes.len() - digits).checked_sub(1) {
+            Some(colon) if bytes[colon] == b':' => &authority[..colon],
             _ => authority,
         }
     };
@@ -80,6 +88,31 @@ fn normalize(authority: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference: the port is what follows the last `:` when it is all digits.
+    fn normalize_reference(authority: &str) -> String {
+        let host = if authority.starts_with('[') {
+            authority
+                .find(']')
+                .map_or(authority, |end| &authority[..=end])
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => authority,
+            }
+        };
+        host.to_ascii_lowercase()
+    }
+
+    #[test]
+    fn normalize_drops_ports_like_the_reference() {
+        for a in [
+            "", ":", "::", "::1", "a:1:2", "a:b:3", "Host", "host:", "host:80", "host:8a", "8080",
+            ":80", "[::1]", "[::1]:80", "[::1", "A.B:1x:2", "x:ä", "ä:1",
+        ] {
+            assert_eq!(normalize(a), normalize_reference(a), "{a:?}");
+        }
+    }
 
     fn table() -> Domains {
         let mut d = Domains::default();
@@ -114,6 +147,12 @@ mod tests {
         assert_eq!(d.lookup("[::1]:9000"), Some(5));
         assert_eq!(d.lookup("foo-bar.example.org"), Some(6));
         assert_eq!(d.lookup("elsewhere"), Some(3));
+        assert_eq!(d.lookup("other.test:"), Some(4), "an empty port is a port");
+        assert_eq!(
+            d.lookup("Other.Test:80x"),
+            Some(3),
+            "not a port: kept, so no match"
+        );
         let mut no_default = Domains::default();
         no_default.add(0, "a");
         assert_eq!(no_default.lookup("b"), None);
