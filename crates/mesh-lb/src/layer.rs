@@ -215,7 +215,9 @@ where
             Err(e) => ResponseFuture {
                 inner: None,
                 admitted: None,
-                error: Some(e),
+                // Boxed now rather than when polled: the future stays small on the admitted
+                // path, and the error is returned boxed anyway.
+                error: Some(e.into()),
             },
         }
     }
@@ -229,7 +231,7 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         admitted: Option<Admitted>,
-        error: Option<MeshError>,
+        error: Option<BoxError>,
     }
 }
 
@@ -243,10 +245,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            let err = this.error.take().unwrap_or(MeshError::Upstream {
-                reason: "response future polled after completion".into(),
+            let err = this.error.take().unwrap_or_else(|| {
+                MeshError::Upstream {
+                    reason: "response future polled after completion".into(),
+                }
+                .into()
             });
-            return Poll::Ready(Err(err.into()));
+            return Poll::Ready(Err(err));
         };
         let result = std::task::ready!(inner.poll(cx));
         let Some(admitted) = this.admitted.take() else {

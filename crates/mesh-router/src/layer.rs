@@ -129,7 +129,12 @@ where
             }
             Err(e) => {
                 let resp = e.to_response(mesh_core::is_grpc(&req));
-                return ResponseFuture::new(Kind::Ready { resp: Some(resp) }, None);
+                return ResponseFuture::new(
+                    Kind::Ready {
+                        resp: Some(Box::new(resp)),
+                    },
+                    None,
+                );
             }
         };
         let edits = (!route.policy.response_headers.is_empty()).then(|| Arc::clone(route));
@@ -175,7 +180,9 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Ready { resp: Option<Response<Body>> },
+        // Boxed: the router's own answers are rare, and the future (moved up through every
+        // layer's call) should not carry a response's worth of bytes for them.
+        Ready { resp: Option<Box<Response<Body>>> },
         Direct { #[pin] fut: F },
         Boxed { fut: BoxFuture },
     }
@@ -204,6 +211,7 @@ where
         let mut result = match this.kind.project() {
             KindProj::Ready { resp } => resp
                 .take()
+                .map(|r| *r)
                 .ok_or_else(|| "router response polled after completion".into()),
             KindProj::Direct { fut } => ready!(fut.poll(cx)),
             KindProj::Boxed { fut } => ready!(fut.as_mut().poll(cx)),

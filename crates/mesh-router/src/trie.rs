@@ -167,7 +167,19 @@ impl PathTrie {
     /// Calls `visit` with the route lists that hold for `path`: the prefix lists of every node
     /// on the way, and the exact list of the node the whole path ends on. `fold` compares ASCII
     /// case-insensitively (the keys were inserted lowered).
-    pub(crate) fn walk(&self, path: &[u8], fold: bool, mut visit: impl FnMut(&[u32])) {
+    pub(crate) fn walk(&self, path: &[u8], fold: bool, visit: impl FnMut(&[u32])) {
+        if fold {
+            self.walk_as::<true>(path, visit);
+        } else {
+            self.walk_as::<false>(path, visit);
+        }
+    }
+
+    /// [`walk`](Self::walk) with the case rule fixed at compile time, so the per-byte compare
+    /// carries no branch on it.
+    #[inline]
+    fn walk_as<const FOLD: bool>(&self, path: &[u8], mut visit: impl FnMut(&[u32])) {
+        let fold = FOLD;
         let mut node = self.nodes[0];
         let mut rest = path;
         loop {
