@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use mesh_core::{Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 pub struct ClusterState {
     pub(crate) name: Arc<str>,
     pub(crate) config: Cluster,
-    pub(crate) set: Shared<EndpointSet>,
+    /// The current endpoint set, in this struct rather than behind a `Shared` handle: the data
+    /// path reaches it with one pointer less (it is never shared apart from its cluster).
+    pub(crate) set: ArcSwap<EndpointSet>,
     pub(crate) endpoints: Shared<EndpointMap>,
     /// The current assignment and the draining endpoints; the lock also serialises rebuilds
     /// and drain decisions (config path only).
@@ -89,7 +92,7 @@ impl ClusterState {
             name,
             has_maintenance: runtime.is_some() && config.outlier_detection.is_some(),
             config,
-            set: Shared::new(EndpointSet::default()),
+            set: ArcSwap::from_pointee(EndpointSet::default()),
             endpoints,
             assignment: Mutex::new(Assignment::default()),
             local,
@@ -181,7 +184,7 @@ impl ClusterState {
             // states just looked up (in the assignment's order, as the build walks it).
             let mut states = kept.into_iter();
             let set = EndpointSet::build_with(&cla, |_| states.next(), self.options());
-            self.set.store(set);
+            self.set.store(Arc::new(set));
             guard.current = cla;
             return;
         }
@@ -213,7 +216,7 @@ impl ClusterState {
             }
         }
         self.endpoints.store(map);
-        self.set.store(set);
+        self.set.store(Arc::new(set));
         guard.current = cla;
         // Draining takes the lock itself (at once when there is no runtime).
         drop(guard);
@@ -235,8 +238,8 @@ impl ClusterState {
     pub(crate) fn rebuild(&self) {
         let guard = self.lock();
         let map = self.endpoints.load_full();
-        self.set
-            .store(EndpointSet::build(&guard.current, &map, self.options()));
+        let set = EndpointSet::build(&guard.current, &map, self.options());
+        self.set.store(Arc::new(set));
     }
 
     /// Asks for a rebuild after a health change seen on the data path: the maintenance task

@@ -106,17 +106,20 @@ impl Drop for Admitted {
 impl<S> LoadBalance<S> {
     fn admit(&self, req: &mut Request<Body>) -> Result<Admitted, MeshError> {
         let ext = req.extensions();
-        let Some(target) = ext.get::<TargetCluster>() else {
+        let Some(TargetCluster(target)) = ext.get::<TargetCluster>() else {
             return Err(MeshError::ClusterNotFound {
                 cluster: String::new(),
             });
         };
         let cluster = self
             .clusters
-            .get(&target.0)
+            .get(target)
             .ok_or_else(|| MeshError::ClusterNotFound {
-                cluster: target.0.to_string(),
+                cluster: target.to_string(),
             })?;
+        // The name as the router shared it (the same string as the cluster's, whose Arc lives
+        // elsewhere): its count was just touched, so the clone hits the cache.
+        let target = Arc::clone(target);
         let retry = ext.get::<RetryAttempt>().is_some_and(|r| r.0 > 0);
         cluster
             .breaker
@@ -148,7 +151,7 @@ impl<S> LoadBalance<S> {
         // Only the endpoint goes into the extensions: `Upstream` finds its cluster by name, so
         // the request pays for one boxed extension (and no map growth) less.
         req.extensions_mut().insert(PickedEndpoint {
-            cluster: cluster.name.clone(),
+            cluster: target,
             address: endpoint.address(),
         });
         // Dropping `Admitted` gives the breaker and the in-flight count back.

@@ -34,6 +34,9 @@ pub struct EndpointSet {
     level_cum: Box<[u32]>,
     total: usize,
     healthy: usize,
+    /// The only bucket when there is one level with one bucket (the common case), moved out of
+    /// its level so that a pick reads this set and the hosts, not two more arrays between.
+    single: Option<Bucket>,
 }
 
 #[derive(Debug)]
@@ -55,6 +58,9 @@ impl EndpointSet {
     /// `None` when no endpoint may take traffic. No allocation, no lock.
     #[inline]
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<EndpointState>> {
+        if let Some(bucket) = &self.single {
+            return bucket.hosts.get(bucket.picker.pick(&bucket.hosts, hash));
+        }
         let level = match self.levels.len() {
             0 => return None,
             1 => &self.levels[0],
@@ -65,7 +71,7 @@ impl EndpointSet {
             }
         };
         let bucket = if level.buckets.len() == 1 {
-            &level.buckets[0]
+            level.buckets.first()?
         } else {
             let total = level.bucket_cum.last().copied().unwrap_or(1);
             let r = ((u128::from(level_key(hash) >> 32) * u128::from(total)) >> 32) as u64;
@@ -211,11 +217,19 @@ impl EndpointSet {
         if let Some(last) = level_cum.last_mut() {
             *last = 100;
         }
+        let single = match levels.as_mut_slice() {
+            [level] if level.buckets.len() == 1 => {
+                let mut buckets = std::mem::take(&mut level.buckets).into_vec();
+                buckets.pop()
+            }
+            _ => None,
+        };
         Self {
             levels: levels.into_boxed_slice(),
             level_cum: level_cum.into_boxed_slice(),
             total,
             healthy,
+            single,
         }
     }
 }

@@ -207,3 +207,24 @@ fn a_zero_panic_threshold_disables_panic_mode() {
     };
     assert!(EndpointSet::build(&cla, &st, o).pick(None).is_none());
 }
+
+#[test]
+fn one_bucket_is_picked_from_directly_and_several_through_their_level() {
+    let cla = ClusterLoadAssignment {
+        endpoints: vec![group(0, "a", &[1, 2]), group(0, "b", &[3])],
+        ..Default::default()
+    };
+    let st = states(&cla);
+    let set = EndpointSet::build(&cla, &st, opts(&LbPolicy::RoundRobin));
+    assert!(set.single.is_some(), "one level, one bucket");
+    let c = count(&set, 300);
+    assert_eq!((c[&1], c[&2], c[&3]), (100, 100, 100), "{c:?}");
+    assert_eq!(set.priority_loads(), [(0, 100)]);
+    let o = BuildOptions {
+        locality_weighted: true,
+        ..opts(&LbPolicy::RoundRobin)
+    };
+    let set = EndpointSet::build(&cla, &st, o);
+    assert!(set.single.is_none(), "two locality buckets");
+    assert_eq!(count(&set, 300).len(), 3);
+}

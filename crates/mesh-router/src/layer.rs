@@ -116,9 +116,11 @@ where
         let table = self.table.load();
         let route = match table.route_for(&req) {
             Ok((route, cluster, hash)) => {
-                let policy = &route.policy;
-                policy.rewrite.apply(&mut req);
-                policy.request_headers.apply(req.headers_mut());
+                if route.shape.edits_request {
+                    let policy = &route.policy;
+                    policy.rewrite.apply(&mut req);
+                    policy.request_headers.apply(req.headers_mut());
+                }
                 let ext = req.extensions_mut();
                 ext.insert(route.matched.clone());
                 ext.insert(cluster);
@@ -137,8 +139,8 @@ where
                 );
             }
         };
-        let edits = (!route.policy.response_headers.is_empty()).then(|| Arc::clone(route));
-        if route.filters.is_empty() && !route.policy.wraps_call() {
+        let edits = route.shape.edits_response.then(|| Arc::clone(route));
+        if route.shape.direct {
             drop(table);
             // The instance polled ready is called in place: no clone of the inner service.
             let fut = self.inner.call(req);

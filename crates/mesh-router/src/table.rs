@@ -4,19 +4,20 @@
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, Request};
+use http::Request;
 use mesh_core::extensions::{ClientAddr, MatchedRoute, RequestHash, TargetCluster};
 use mesh_core::{
-    ClusterSpecifier, HashPolicy, MeshError, ReloadError, Route, RouteConfiguration, Validate,
-    ValidationError,
+    HashPolicy, MeshError, ReloadError, Route, RouteConfiguration, Validate, ValidationError,
 };
-use rand::Rng;
 
 use crate::domains::Domains;
 use crate::filters::{LayerRegistry, RouteLayer};
 use crate::matcher::{PathMatcher, RequestView, RouteMatcher};
 use crate::policy::RoutePolicy;
 use crate::trie::{PathTrie, TrieBuilder};
+
+mod destination;
+use destination::Destination;
 
 /// One route, compiled.
 #[derive(Debug)]
@@ -29,69 +30,36 @@ pub(crate) struct CompiledRoute {
     pub(crate) policy: Arc<RoutePolicy>,
     /// Extra layers, outermost first.
     pub(crate) filters: Vec<RouteLayer>,
+    /// What the data path needs to know of `policy` and `filters` before touching them (they
+    /// live in other allocations, so reading them is a cache miss per request).
+    pub(crate) shape: Shape,
 }
 
-/// Where a route sends requests, with cluster names shared rather than copied per request.
-#[derive(Debug)]
-enum Destination {
-    One(TargetCluster),
-    /// Clusters with the running sum of weights (zero-weight clusters are never picked).
-    Weighted(Vec<(TargetCluster, u64)>),
-    Header(HeaderName),
-}
-
-impl Destination {
-    fn compile(spec: &ClusterSpecifier) -> Result<Self, ValidationError> {
-        Ok(match spec {
-            ClusterSpecifier::Cluster(c) => Self::One(TargetCluster::new(c.as_str())),
-            ClusterSpecifier::WeightedClusters(w) => {
-                let mut sum = 0u64;
-                Self::Weighted(
-                    w.iter()
-                        .map(|c| {
-                            sum += u64::from(c.weight);
-                            (TargetCluster::new(c.name.as_str()), sum)
-                        })
-                        .collect(),
-                )
-            }
-            ClusterSpecifier::ClusterHeader(h) => Self::Header(
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| ValidationError::new("cluster_header", "not a header name"))?,
-            ),
-        })
-    }
-
-    fn pick(&self, headers: &HeaderMap) -> Option<TargetCluster> {
-        match self {
-            Self::One(c) => Some(c.clone()),
-            Self::Weighted(w) => {
-                let total = w.last().map_or(0, |(_, sum)| *sum);
-                let r = rand::rng().random_range(0..total.max(1));
-                let i = w.partition_point(|(_, sum)| *sum <= r);
-                w.get(i).map(|(c, _)| c.clone())
-            }
-            Self::Header(h) => headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(TargetCluster::new),
-        }
-    }
+/// A route's data-path summary, computed at compile time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// No filter, timeout or retry: the inner service is called directly.
+    pub(crate) direct: bool,
+    /// A rewrite or request header edit applies.
+    pub(crate) edits_request: bool,
+    /// A response header edit applies.
+    pub(crate) edits_response: bool,
 }
 
 /// One virtual host, indexed: exact and prefix routes live in path tries (one case-sensitive,
 /// one lowered), regex routes in a list; all are identified by their position in `routes`.
+///
+/// A trie entry is `position << 1 | path_only`: `path_only` is set when only the path decides
+/// (no header, query or gRPC condition), so a trie hit is a match without touching the route
+/// itself (one cache miss fewer per request), and the flag costs no second lookup of its own.
+/// The shift keeps the entries in position order.
 #[derive(Debug)]
 struct VirtualHostIndex {
     routes: Vec<Arc<CompiledRoute>>,
     cased: PathTrie,
     folded: PathTrie,
-    /// Routes no trie can index (regex paths), ascending.
+    /// Routes no trie can index (regex paths), by position, ascending.
     others: Vec<u32>,
-    /// Per route: only the path decides (no header, query or gRPC condition), so a trie hit is
-    /// a match without touching the route itself (one cache miss fewer per request).
-    path_only: Vec<bool>,
 }
 
 /// A compiled, validated `RouteConfiguration`, ready for the data path.
@@ -149,25 +117,27 @@ impl RouteTable {
             let mut routes = Vec::with_capacity(vh.routes.len());
             let (mut cased, mut folded, mut others) =
                 (TrieBuilder::default(), TrieBuilder::default(), Vec::new());
-            let mut path_only = Vec::with_capacity(vh.routes.len());
             for (j, route) in vh.routes.iter().enumerate() {
                 let compiled = compile_route(&name, &vh_name, route, registry).map_err(|e| {
                     let e = e.within(format!("virtual_hosts[{i}].routes[{j}]"));
                     refuse(describe(config, &e))
                 })?;
-                let j = u32::try_from(j).map_err(|_| refuse("too many routes".into()))?;
+                let j = u32::try_from(j)
+                    .ok()
+                    .filter(|j| *j < 1 << 31)
+                    .ok_or_else(|| refuse("too many routes".into()))?;
                 let m = &compiled.matcher;
+                let entry = j << 1 | u32::from(m.path_only());
                 let trie = if m.case_sensitive {
                     &mut cased
                 } else {
                     &mut folded
                 };
                 match &m.path {
-                    PathMatcher::Prefix(p) => trie.insert(p.as_bytes(), j, false),
-                    PathMatcher::Exact(p) => trie.insert(p.as_bytes(), j, true),
+                    PathMatcher::Prefix(p) => trie.insert(p.as_bytes(), entry, false),
+                    PathMatcher::Exact(p) => trie.insert(p.as_bytes(), entry, true),
                     PathMatcher::Regex(_) => others.push(j),
                 }
-                path_only.push(m.path_only());
                 routes.push(Arc::new(compiled));
             }
             let vh_i = u32::try_from(i).map_err(|_| refuse("too many virtual hosts".into()))?;
@@ -179,7 +149,6 @@ impl RouteTable {
                 cased: cased.freeze(),
                 folded: folded.freeze(),
                 others,
-                path_only,
             });
         }
         Ok(Self {
@@ -236,13 +205,16 @@ impl RouteTable {
         let v = self.domains.lookup(authority)? as usize;
         let vh = &self.vhosts[v];
         let mut best = u32::MAX;
+        // `path_known`: a trie list, whose entries carry the path-only flag (see
+        // `VirtualHostIndex`); otherwise plain positions whose whole match is to be checked.
         let mut consider = |list: &[u32], path_known: bool| {
-            for &i in list {
+            for &e in list {
+                let i = if path_known { e >> 1 } else { e };
                 if i >= best {
                     break;
                 }
                 let holds = if path_known {
-                    vh.path_only[i as usize] || vh.routes[i as usize].matcher.rest_matches(view)
+                    e & 1 == 1 || vh.routes[i as usize].matcher.rest_matches(view)
                 } else {
                     vh.routes[i as usize].matcher.matches(view)
                 };
@@ -298,7 +270,7 @@ fn compile_route(
     let policy = RoutePolicy::compile(&route.action, prefix_len).map_err(|e| e.within("route"))?;
     let destination =
         Destination::compile(&route.action.destination).map_err(|e| e.within("route"))?;
-    let filters = route
+    let filters: Vec<RouteLayer> = route
         .filters
         .iter()
         .enumerate()
@@ -308,6 +280,11 @@ fn compile_route(
                 .map_err(|why| ValidationError::new(format!("filters[{k}]"), why))
         })
         .collect::<Result<_, _>>()?;
+    let shape = Shape {
+        direct: filters.is_empty() && !policy.wraps_call(),
+        edits_request: !policy.rewrite.is_empty() || !policy.request_headers.is_empty(),
+        edits_response: !policy.response_headers.is_empty(),
+    };
     Ok(CompiledRoute {
         matched: MatchedRoute {
             route_config: Arc::clone(table),
@@ -319,6 +296,7 @@ fn compile_route(
         hash_policy: route.action.hash_policy.clone(),
         policy: Arc::new(policy),
         filters,
+        shape,
     })
 }
 

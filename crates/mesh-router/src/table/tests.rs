@@ -330,3 +330,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shape_says_what_the_data_path_may_skip() {
+    let t = table(
+        r#"
+name: t
+virtual_hosts:
+  - name: vh
+    domains: ["*"]
+    routes:
+      - { name: plain, match: { path: "/plain" }, route: { cluster: c, timeout: 0s } }
+      - { name: timed, match: { path: "/timed" }, route: { cluster: c } }
+      - name: edits
+        match: { path: "/edits" }
+        route:
+          cluster: c
+          timeout: 0s
+          prefix_rewrite: /x
+          response_headers_to_add: [{ name: x-a, value: b }]
+"#,
+    );
+    let shape = |path: &str| t.decide(&req(path, &[])).unwrap().route.shape;
+    let s = shape("/plain");
+    assert!(s.direct && !s.edits_request && !s.edits_response);
+    assert!(
+        !shape("/timed").direct,
+        "the default timeout wraps the call"
+    );
+    let s = shape("/edits");
+    assert!(s.direct && s.edits_request && s.edits_response);
+}
