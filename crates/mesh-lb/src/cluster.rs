@@ -24,18 +24,24 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 ///
 /// Its background tasks (outlier sweeps, health checks, drains) end when the last handle is
 /// dropped: the state owns a cancellation token that its `Drop` fires.
+// `repr(C)`: the fields a request reads come first, so they share the cache lines right after
+// the Arc's counts instead of being spread through the config by the compiler's layout.
+#[repr(C)]
 pub struct ClusterState {
-    pub(crate) name: Arc<str>,
-    pub(crate) config: Cluster,
     /// The current endpoint set, in this struct rather than behind a `Shared` handle: the data
     /// path reaches it with one pointer less (it is never shared apart from its cluster).
     pub(crate) set: ArcSwap<EndpointSet>,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    /// `config.outlier_detection.is_some()`, beside the other hot fields: a response's outcome
+    /// is recorded only then.
+    pub(crate) detects_outliers: bool,
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Cluster,
     pub(crate) endpoints: Shared<EndpointMap>,
     /// The current assignment and the draining endpoints; the lock also serialises rebuilds
     /// and drain decisions (config path only).
     assignment: Mutex<Assignment>,
     local: Option<Locality>,
-    pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) upstream: UpstreamClients,
     /// Time zero for ejection deadlines.
     pub(crate) epoch: tokio::time::Instant,
@@ -91,6 +97,7 @@ impl ClusterState {
         let cluster = Arc::new(Self {
             name,
             has_maintenance: runtime.is_some() && config.outlier_detection.is_some(),
+            detects_outliers: config.outlier_detection.is_some(),
             config,
             set: ArcSwap::from_pointee(EndpointSet::default()),
             endpoints,

@@ -15,31 +15,34 @@ use http::uri::Authority;
 /// health-check streak and outlier state carry over); a removed one is drained and then its
 /// pooled connections are closed through [`EndpointState::is_closed`]'s token.
 #[derive(Debug)]
+// `repr(C)`: what every request touches (the counts, the authority, the address) comes first,
+// in the cache line of the Arc's own counts.
+#[repr(C)]
 pub struct EndpointState {
-    address: SocketAddr,
+    pub(crate) in_flight: AtomicU32,
+    pub(crate) requests: AtomicU64,
     /// `ip:port` as a URI authority, built once: every request sent here carries it, and
     /// formatting and parsing it per request showed in the chain benchmark's profile.
     authority: Option<Authority>,
-    pub(crate) in_flight: AtomicU32,
-    pub(crate) requests: AtomicU64,
+    address: SocketAddr,
     /// Health as EDS reported it (`HealthStatus::is_healthy`).
     pub(crate) eds_healthy: AtomicBool,
     /// EDS reported it degraded: it takes traffic only when no healthy endpoint is left.
     pub(crate) eds_degraded: AtomicBool,
     /// Health as active health checking sees it (true until checks say otherwise).
     pub(crate) hc_healthy: AtomicBool,
-    pub(crate) hc_successes: AtomicU32,
-    pub(crate) hc_failures: AtomicU32,
     /// Ejected by outlier detection.
     pub(crate) ejected: AtomicBool,
-    /// When the ejection ends, in milliseconds since the cluster's epoch.
-    pub(crate) ejected_until_ms: AtomicU64,
+    /// Set while the endpoint is out of its cluster (draining).
+    pub(crate) removed: AtomicBool,
+    pub(crate) hc_successes: AtomicU32,
+    pub(crate) hc_failures: AtomicU32,
     /// How many times it was ejected (the ejection time grows with it).
     pub(crate) ejections: AtomicU32,
     pub(crate) consecutive_5xx: AtomicU32,
     pub(crate) consecutive_gateway: AtomicU32,
-    /// Set while the endpoint is out of its cluster (draining).
-    pub(crate) removed: AtomicBool,
+    /// When the ejection ends, in milliseconds since the cluster's epoch.
+    pub(crate) ejected_until_ms: AtomicU64,
     /// Fired when the endpoint left its cluster and drained: its connections close.
     pub(crate) closer: Closer,
 }

@@ -63,6 +63,9 @@ impl ClusterState {
 
     /// Records a request's outcome against its endpoint; ejects it past the thresholds.
     pub(crate) fn record(&self, ep: &Arc<EndpointState>, outcome: Outcome) {
+        if !self.detects_outliers {
+            return;
+        }
         let Some(od) = &self.config.outlier_detection else {
             return;
         };
