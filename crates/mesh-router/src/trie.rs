@@ -85,83 +85,81 @@ impl TrieBuilder {
         (self.nodes.len() - 1) as u32
     }
 
-    /// The lookup form: every node, label, child table and route list laid out in flat arrays,
-    /// nodes in depth-first order, so a walk reads a few contiguous cache lines instead of
-    /// chasing one allocation per field per node.
+    /// The lookup form: every node's header, label, child table and route lists laid out in one
+    /// array of words, nodes in depth-first order (a child follows its parent closely), so a
+    /// walk reads a few neighbouring cache lines instead of one or more per field per node
+    /// (five separate arrays before: a cache miss each, per request).
     pub(crate) fn freeze(&self) -> PathTrie {
-        let mut t = PathTrie {
-            nodes: Vec::with_capacity(self.nodes.len()),
-            labels: Vec::new(),
-            child_keys: Vec::new(),
-            child_ids: Vec::new(),
-            routes: Vec::new(),
-        };
-        // Depth-first numbering: new id of each old node.
+        // Depth-first order of the nodes.
         let mut order = Vec::with_capacity(self.nodes.len());
         let mut stack = vec![0usize];
         while let Some(n) = stack.pop() {
             order.push(n);
             stack.extend(self.nodes[n].children.iter().rev().map(|c| c.1 as usize));
         }
-        let mut new_id = vec![0u32; self.nodes.len()];
-        for (new, old) in order.iter().enumerate() {
-            new_id[*old] = new as u32;
-        }
-        let span = |v: &mut Vec<u32>, items: &[u32]| {
-            let start = v.len() as u32;
-            v.extend_from_slice(items);
-            (start, items.len() as u32)
+        // Each node's offset in the word array.
+        let size = |n: &Node| {
+            HEADER
+                + n.label.len().div_ceil(4)
+                + 2 * n.children.len()
+                + n.prefix.len()
+                + n.exact.len()
         };
-        for old in order {
+        let mut offset = vec![0u32; self.nodes.len()];
+        let mut at = 0usize;
+        for &n in &order {
+            offset[n] = at as u32;
+            at += size(&self.nodes[n]);
+        }
+        let mut t = PathTrie {
+            words: Vec::with_capacity(at),
+            routes: 0,
+        };
+        for &old in &order {
             let n = &self.nodes[old];
-            let label = (t.labels.len() as u32, n.label.len() as u32);
-            t.labels.extend_from_slice(&n.label);
-            let children = (t.child_keys.len() as u32, n.children.len() as u32);
+            t.words.extend_from_slice(&[
+                n.label.len() as u32,
+                n.children.len() as u32,
+                n.prefix.len() as u32,
+                n.exact.len() as u32,
+            ]);
+            // The label's bytes, four to a word (little end first).
+            t.words.extend(
+                n.label
+                    .chunks(4)
+                    .map(|c| c.iter().rev().fold(0u32, |w, b| (w << 8) | u32::from(*b))),
+            );
             for (key, id) in &n.children {
-                t.child_keys.push(*key);
-                t.child_ids.push(new_id[*id as usize]);
+                t.words.push(u32::from(*key));
+                t.words.push(offset[*id as usize]);
             }
-            let prefix = span(&mut t.routes, &n.prefix);
-            let exact = span(&mut t.routes, &n.exact);
-            t.nodes.push(Frozen {
-                label,
-                children,
-                prefix,
-                exact,
-            });
+            t.words.extend_from_slice(&n.prefix);
+            t.words.extend_from_slice(&n.exact);
+            t.routes += n.prefix.len() + n.exact.len();
         }
         t
     }
 }
 
-/// A frozen node: `(start, len)` spans into the trie's flat arrays.
-#[derive(Debug, Clone, Copy)]
-struct Frozen {
-    label: (u32, u32),
-    children: (u32, u32),
-    prefix: (u32, u32),
-    exact: (u32, u32),
-}
+/// Words of a node's header: label length, number of children, of prefix routes and of exact
+/// routes. The header is followed by the label (four bytes a word), the `(key, offset)` pair of
+/// each child, then the prefix routes, then the exact routes (each list ascending).
+const HEADER: usize = 4;
 
-/// Route indices keyed by path prefixes and exact paths, in lookup form. Sizes fit `u32`
-/// because a table's routes (and so its trie nodes and bytes) are far fewer than 4 billion.
+/// Route indices keyed by path prefixes and exact paths, in lookup form (see
+/// [`TrieBuilder::freeze`]). Sizes fit `u32` because a table's routes (and so its trie nodes
+/// and bytes) are far fewer than 4 billion.
 #[derive(Debug, Clone)]
 pub(crate) struct PathTrie {
-    nodes: Vec<Frozen>,
-    labels: Vec<u8>,
-    child_keys: Vec<u8>,
-    child_ids: Vec<u32>,
-    routes: Vec<u32>,
-}
-
-fn span<T>(v: &[T], (start, len): (u32, u32)) -> &[T] {
-    &v[start as usize..(start + len) as usize]
+    words: Vec<u32>,
+    /// How many route entries the trie holds.
+    routes: usize,
 }
 
 impl PathTrie {
     /// Whether no route is indexed.
     pub(crate) fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes == 0
     }
 
     /// Calls `visit` with the route lists that hold for `path`: the prefix lists of every node
@@ -179,46 +177,61 @@ impl PathTrie {
     /// carries no branch on it.
     #[inline]
     fn walk_as<const FOLD: bool>(&self, path: &[u8], mut visit: impl FnMut(&[u32])) {
-        let fold = FOLD;
-        let mut node = self.nodes[0];
+        let lower = |b: u8| if FOLD { b.to_ascii_lowercase() } else { b };
+        let w = self.words.as_slice();
+        let mut node = 0usize;
         let mut rest = path;
+        // Every offset and length was written by `freeze`, so the `get`s below only fail on a
+        // corrupt trie; they end the walk rather than panic.
         loop {
-            if node.prefix.1 > 0 {
-                visit(span(&self.routes, node.prefix));
+            let Some(&[label, children, prefix, exact]) = w.get(node..node + HEADER) else {
+                return;
+            };
+            let (children, prefix, exact) = (children as usize, prefix as usize, exact as usize);
+            let kids = node + HEADER + (label as usize).div_ceil(4);
+            let routes = kids + 2 * children;
+            if prefix > 0 {
+                visit(w.get(routes..routes + prefix).unwrap_or_default());
             }
             let Some(&first) = rest.first() else {
-                if node.exact.1 > 0 {
-                    visit(span(&self.routes, node.exact));
+                if exact > 0 {
+                    let exact_at = routes + prefix;
+                    visit(w.get(exact_at..exact_at + exact).unwrap_or_default());
                 }
                 return;
             };
-            let first = if fold {
-                first.to_ascii_lowercase()
-            } else {
-                first
-            };
-            let keys = span(&self.child_keys, node.children);
-            let Some(i) = keys.iter().position(|k| *k == first) else {
+            let first = u32::from(lower(first));
+            let Some(pairs) = w.get(kids..routes) else {
                 return;
             };
-            let child = self.nodes[self.child_ids[node.children.0 as usize + i] as usize];
-            let label = span(&self.labels, child.label);
-            let Some(head) = rest.get(..label.len()) else {
+            let Some(child) = pairs.chunks_exact(2).find(|p| p[0] == first).map(|p| p[1]) else {
                 return;
             };
-            // The first byte is the child's key, already compared. Labels are mostly a few
-            // bytes: a plain loop beats a call into memcmp there.
-            let same = head[1..].iter().zip(&label[1..]).all(|(a, b)| {
-                if fold {
-                    a.to_ascii_lowercase() == *b
-                } else {
-                    a == b
-                }
+            let child = child as usize;
+            let Some(&len) = w.get(child) else {
+                return;
+            };
+            let len = len as usize;
+            let Some(head) = rest.get(..len) else {
+                return;
+            };
+            // The label follows the child's header, in the cache line the walk reads next
+            // anyway; compared a word (four bytes, packed as `freeze` packs them) at a time.
+            let at = child + HEADER;
+            let Some(label) = w.get(at..at + len.div_ceil(4)) else {
+                return;
+            };
+            // The first byte is the child's key, already compared.
+            let same = head.iter().enumerate().skip(1).all(|(k, a)| {
+                // Truncation intended: byte `k % 4` of the word.
+                label
+                    .get(k / 4)
+                    .is_some_and(|word| (word >> (8 * (k % 4))) as u8 == lower(*a))
             });
             if !same {
                 return;
             }
-            rest = &rest[label.len()..];
+            rest = &rest[len..];
             node = child;
         }
     }
