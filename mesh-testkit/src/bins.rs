@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-/// The workspace root: two levels above mesh-testkit's manifest directory.
+/// The workspace root: the parent of mesh-testkit's manifest directory.
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
         .ancestors()
-        .nth(2)
+        .nth(1)
         .unwrap_or(manifest)
         .to_path_buf()
 }
