@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use futures::{Stream, StreamExt};
 use mesh_core::{
     Cluster, ClusterLoadAssignment, Discovery, Endpoint, Locality, LocalityEndpoints, Reload,
-    ReloadError, Shared,
+    ReloadEach, ReloadError, Shared,
 };
 use mesh_lb::ClusterManager;
 use mesh_xds::client::{AdsState, ResourceType, XdsClient, XdsClientBuilder};
@@ -99,6 +99,12 @@ struct SharedSink(Shared<ClusterLoadAssignment>);
 impl Reload<ClusterLoadAssignment> for SharedSink {
     fn reload(&self, update: ClusterLoadAssignment) -> Result<(), ReloadError> {
         self.0.store(update);
+        Ok(())
+    }
+}
+
+impl ReloadEach<ClusterLoadAssignment> for SharedSink {
+    fn remove(&self, _name: &str) -> Result<(), ReloadError> {
         Ok(())
     }
 }

@@ -45,6 +45,7 @@ fn spec(nodes: usize, flip: bool) -> MeshSpec {
         service: Some(format!("svc-{i}")),
         listeners: None,
         proxyless,
+        sdk: false,
     };
     MeshSpec {
         services,

@@ -1,10 +1,5 @@
-//! Shared pieces of the runnable examples in this folder.
-//!
-//! - `grpc`: a tonic client whose channel is the mesh's layer stack (router → load balancer →
-//!   pooled HTTP/2 upstream), calling two replicas of a tonic server, with no sidecar.
-//!
-//! The one-command demo mesh, the xDS-fed SDK client and the Envoy bootstraps land with the
-//! sidecar issue.
+//! Shared pieces of the runnable examples in this folder: a hello-world app, a control plane on
+//! a mesh.yaml of the example's own (rewritable, to show a live change), and the whole demo mesh.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,6 +35,62 @@ pub async fn hello_app(addr: SocketAddr, name: &'static str) -> std::io::Result<
         }
     });
     Ok(local)
+}
+
+/// A control plane serving a mesh.yaml it keeps in a temporary directory: what an example that
+/// embeds the SDK connects to (a real application connects to its own control plane). Dropping
+/// it stops the server and the file source.
+pub struct ControlPlane {
+    /// The xDS address.
+    pub addr: SocketAddr,
+    path: std::path::PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Serves `mesh_yaml` on an ephemeral loopback port; the file is polled every 100 ms.
+    pub async fn start(mesh_yaml: &str) -> Result<Self, mesh_core::BoxError> {
+        use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
+        use mesh_xds::source::FileSource;
+
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, mesh_yaml)?;
+        let cache = SnapshotCache::new();
+        cache.set_validator(mesh_core_validator());
+        let source = FileSource::new(&path, cache.clone())
+            .spawn(std::time::Duration::from_millis(100))
+            .map_err(|e| e.to_string())?;
+        let (addr, server) = XdsServer::new(cache).spawn("127.0.0.1:0".parse()?).await?;
+        Ok(Self {
+            addr,
+            path,
+            tasks: vec![source, server],
+            _dir: dir,
+        })
+    }
+
+    /// The address as a client takes it (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the mesh.yaml (the source picks the edit up within its poll interval).
+    pub fn rewrite(&self, mesh_yaml: &str) -> std::io::Result<()> {
+        // Write then rename, so the poller never reads half a file.
+        let tmp = self.path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, mesh_yaml)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// The whole demo mesh in one process: the control plane on the embedded `demo_mesh.yaml`, the

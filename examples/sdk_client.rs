@@ -1,129 +1,165 @@
-//! The in-process mesh: a hyper client wrapped with the router, rate-limit and load-balancing
-//! layers, all fed live by an `XdsClient` — no sidecar at all.
+//! The in-process mesh: a hyper client under the router, rate-limit and load-balancing layers,
+//! all fed live by xDS through one call, `Mesh::connect` — no sidecar at all.
 //!
 //! Run: `cargo run --example sdk_client` (it starts its own control plane and two app replicas
-//! on loopback; point `XdsClient` at your control plane instead in a real application).
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+//! on loopback; a real application points `MeshOptions` at its control plane instead).
 
 use http::Request;
 use http_body_util::BodyExt;
-use mesh_core::{body, Cluster, ClusterLoadAssignment, RouteConfiguration};
-use mesh_lb::{ClusterManager, LoadBalance, RemoveLoadAssignment};
-use mesh_ratelimit::RateLimitLayer;
-use mesh_router::{LayerRegistry, RouterLayer};
-use mesh_xds::client::XdsClient;
-use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
-use mesh_xds::source::FileSource;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh_core::{body, Body};
+use mesh_examples::ControlPlane;
+use mesh_xds::sdk::{Mesh, MeshOptions, MeshService};
 use tower::{Layer, ServiceExt};
 
-const MESH: &str = r#"
+/// The example's mesh: one service with two replicas, a rate-limited route and a default one.
+/// `sdk-1` is declared an SDK node, so it gets the outbound side only.
+fn mesh_yaml(endpoints: &[std::net::SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!(
+        r#"
 services:
   - name: hello
-    endpoints: [ { address: "{a}" }, { address: "{b}" } ]
+    endpoints: [ {} ]
     routes:
       - name: hello-limited
-        match: { prefix: /limited }
-        route: { cluster: hello, rate_limit: { token_bucket: { max_tokens: 1, fill_interval: 60s } } }
+        match: {{ prefix: /limited }}
+        route: {{ cluster: hello, rate_limit: {{ token_bucket: {{ max_tokens: 1, fill_interval: 60s }} }} }}
       - name: hello-default
-        match: { prefix: / }
-        route: { cluster: hello }
-"#;
+        match: {{ prefix: / }}
+        route: {{ cluster: hello }}
+nodes:
+  - {{ id: sdk-1, sdk: true }}
+"#,
+        eps.join(", ")
+    )
+}
 
 #[tokio::main]
 async fn main() -> Result<(), mesh_core::BoxError> {
-    for line in run().await? {
-        println!("{line}");
+    let a = mesh_examples::hello_app("127.0.0.1:0".parse()?, "replica a").await?;
+    let b = mesh_examples::hello_app("127.0.0.1:0".parse()?, "replica b").await?;
+    let cp = ControlPlane::start(&mesh_yaml(&[a, b])).await?;
+
+    // One call: the layers, fed live by the control plane.
+    let mesh = Mesh::connect(MeshOptions::new(cp.url(), "sdk-1")).await?;
+    // Your own hyper client, under the mesh's layers.
+    let http = mesh
+        .layer()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Body>());
+    for path in ["/", "/", "/limited", "/limited"] {
+        println!("{}", get(&http, "hello", path).await?);
     }
+    mesh.shutdown().await;
     Ok(())
 }
 
-/// Starts a control plane for the example (a real application connects to its own).
-async fn control_plane(
-    a: SocketAddr,
-    b: SocketAddr,
-) -> Result<(SocketAddr, tempfile::TempDir), mesh_core::BoxError> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("mesh.yaml");
-    std::fs::write(
-        &path,
-        MESH.replace("{a}", &a.to_string())
-            .replace("{b}", &b.to_string()),
-    )?;
-    let cache = SnapshotCache::new();
-    cache.set_validator(mesh_core_validator());
-    FileSource::new(&path, cache.clone()).spawn(Duration::from_millis(200))?;
-    let (addr, _) = XdsServer::new(cache).spawn("127.0.0.1:0".parse()?).await?;
-    Ok((addr, dir))
-}
-
-/// The example: returns what it printed.
-async fn run() -> Result<Vec<String>, mesh_core::BoxError> {
-    let a = mesh_examples::hello_app("127.0.0.1:0".parse()?, "replica a").await?;
-    let b = mesh_examples::hello_app("127.0.0.1:0".parse()?, "replica b").await?;
-    let (xds, _dir) = control_plane(a, b).await?;
-
-    // The layers, empty until xDS fills them.
-    let clusters = ClusterManager::new();
-    let router = RouterLayer::empty(LayerRegistry::default());
-    let limits = RateLimitLayer::new(Default::default())?;
-
-    // The xDS client feeds them: CDS/EDS to the cluster manager, the `outbound` route table to
-    // the router, and that table's rate limits to the rate limiter.
-    let removed = clusters.clone();
-    let client = XdsClient::builder()
-        .address(format!("http://{xds}"))
-        .node_id("sdk-1")
-        .sink_all::<Cluster>(Arc::new(clusters.clone()))
-        .sink_each::<ClusterLoadAssignment>(Arc::new(clusters.clone()))
-        .on_removed::<ClusterLoadAssignment>(move |name| {
-            mesh_core::Reload::reload(&removed, RemoveLoadAssignment(name.to_string()))
-        })
-        .sink_named::<RouteConfiguration>("outbound", Arc::new(router.clone()))
-        .sink_rate_limits("outbound", Arc::new(limits.clone()))
-        .start()?;
-    client.wait_ready(Duration::from_secs(10)).await?;
-
-    // The application's client: router → rate limit → load balancer → pooled hyper client.
-    let http = router.layer(limits.layer(LoadBalance::upstream(clusters.clone())));
-    let mut out = Vec::new();
-    for path in ["/", "/", "/limited", "/limited"] {
-        let req = Request::get(format!("http://hello{path}")).body(body::empty())?;
-        let resp = http.clone().oneshot(req).await?;
-        let status = resp.status();
-        let text = resp.into_body().collect().await?.to_bytes();
-        out.push(format!(
-            "GET hello{path} -> {status} {}",
-            String::from_utf8_lossy(&text).trim()
-        ));
-    }
-    client.shutdown().await;
-    Ok(out)
+/// `GET http://{host}{path}` through the mesh, as one line: status and body.
+async fn get(http: &MeshService, host: &str, path: &str) -> Result<String, mesh_core::BoxError> {
+    let req = Request::get(format!("http://{host}{path}")).body(body::empty())?;
+    let resp = http.clone().oneshot(req).await?;
+    let status = resp.status();
+    let text = resp.into_body().collect().await?.to_bytes();
+    Ok(format!(
+        "GET {host}{path} -> {status} {}",
+        String::from_utf8_lossy(&text).trim()
+    ))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Routing, balancing and rate limiting from xDS; an endpoint change followed live; a
+    /// thousand concurrent calls spawned on the runtime; a miss that names what did not match.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_sdk_client_routes_balances_and_limits_from_xds() {
-        let lines = super::run().await.expect("the sdk_client example failed");
-        assert_eq!(lines.len(), 4, "{lines:?}");
+    async fn the_sdk_client_routes_balances_limits_and_follows_xds() {
+        let a = mesh_examples::hello_app("127.0.0.1:0".parse().unwrap(), "replica a")
+            .await
+            .unwrap();
+        let b = mesh_examples::hello_app("127.0.0.1:0".parse().unwrap(), "replica b")
+            .await
+            .unwrap();
+        let cp = ControlPlane::start(&mesh_yaml(&[a, b])).await.unwrap();
+        let mesh = Mesh::connect(MeshOptions::new(cp.url(), "sdk-1"))
+            .await
+            .expect("the mesh connects and gets a full config");
+        let http = mesh
+            .layer()
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Body>());
+
+        // Balancing: round robin alternates the two replicas.
+        let first = get(&http, "hello", "/").await.unwrap();
+        let second = get(&http, "hello", "/").await.unwrap();
         assert!(
-            lines[0].starts_with("GET hello/ -> 200 OK hello world from replica"),
-            "{lines:?}"
-        );
-        assert_ne!(
-            lines[0], lines[1],
-            "round robin over both replicas: {lines:?}"
+            first.starts_with("GET hello/ -> 200 OK hello world from replica"),
+            "{first}"
         );
         assert!(
-            lines[2].starts_with("GET hello/limited -> 200"),
-            "{lines:?}"
+            second.starts_with("GET hello/ -> 200 OK hello world from replica"),
+            "{second}"
         );
+        assert_ne!(first, second, "both replicas answer");
+
+        // Rate limiting of the route, in-process: one token, then 429.
+        assert!(get(&http, "hello", "/limited")
+            .await
+            .unwrap()
+            .contains("-> 200"));
+        let limited = get(&http, "hello", "/limited").await.unwrap();
+        assert!(limited.contains("-> 429"), "{limited}");
+
+        // A miss names the authority and path that did not match.
+        let miss = get(&http, "nowhere", "/x").await.unwrap();
+        assert!(miss.contains("-> 404"), "{miss}");
         assert!(
-            lines[3].starts_with("GET hello/limited -> 429"),
-            "{lines:?}"
+            miss.contains(r#"authority "nowhere" and path /x"#),
+            "{miss}"
         );
+
+        // A thousand concurrent calls, each spawned on the runtime: the client and its
+        // futures are Send + 'static.
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let client = http.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get("http://hello/").body(body::empty()).unwrap();
+                let resp = client.oneshot(req).await?;
+                Ok::<_, mesh_core::MeshError>(resp.status())
+            }));
+        }
+        let mut statuses = BTreeMap::new();
+        for t in tasks {
+            let status = t.await.unwrap().unwrap();
+            *statuses.entry(status.as_u16()).or_insert(0) += 1;
+        }
+        assert_eq!(statuses, BTreeMap::from([(200, 1000)]));
+
+        // A live endpoint change: replica c replaces both; the layers follow without a restart.
+        let c = mesh_examples::hello_app("127.0.0.1:0".parse().unwrap(), "replica c")
+            .await
+            .unwrap();
+        cp.rewrite(&mesh_yaml(&[c])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = get(&http, "hello", "/").await.unwrap();
+            if line.ends_with("replica c") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {line} after 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..10 {
+            let line = get(&http, "hello", "/").await.unwrap();
+            assert!(line.ends_with("replica c"), "{line}");
+        }
+        mesh.shutdown().await;
     }
 }

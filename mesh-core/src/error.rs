@@ -32,7 +32,7 @@ pub enum GrpcCode {
 #[non_exhaustive]
 pub enum MeshError {
     /// No virtual host or route matched.
-    #[error("no route for {authority}{path}")]
+    #[error("{}", no_route(.authority, .path))]
     NoRoute {
         /// The request's authority (Host).
         authority: String,
@@ -108,6 +108,21 @@ pub enum MeshError {
         /// The HTTP status to answer with.
         status: u16,
     },
+}
+
+/// Names what did not match; a request without an authority cannot match a virtual host at all,
+/// which is worth saying (a tonic client on a custom service sends only the path unless built
+/// `with_origin`).
+fn no_route(authority: &str, path: &str) -> String {
+    if authority.is_empty() {
+        format!(
+            "no route for path {path}: the request names no authority (no Host header and no \
+             absolute URI), so no virtual host can match; give the URI a host \
+             (tonic: `with_origin(service, \"http://SERVICE\")`)"
+        )
+    } else {
+        format!("no route for authority {authority:?} and path {path}")
+    }
 }
 
 fn retry_after_secs(d: &Duration) -> u64 {
@@ -366,8 +381,21 @@ mod tests {
         assert_eq!(resp.headers()["content-type"], "application/grpc");
         assert_eq!(
             resp.headers()["grpc-message"],
-            "mesh router: no route for svc/pkg.S/M"
+            "mesh router: no route for authority \"svc\" and path /pkg.S/M"
         );
+    }
+
+    /// A request without an authority is told why nothing could match, and how to fix it.
+    #[test]
+    fn no_route_without_authority_says_so() {
+        let err = MeshError::NoRoute {
+            authority: String::new(),
+            path: "/grpc.health.v1.Health/Check".into(),
+        };
+        let text = err.to_string();
+        assert!(text.contains("path /grpc.health.v1.Health/Check"), "{text}");
+        assert!(text.contains("names no authority"), "{text}");
+        assert!(text.contains("with_origin"), "{text}");
     }
 
     #[test]

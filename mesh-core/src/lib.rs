@@ -53,6 +53,7 @@ mod error;
 pub mod extensions;
 mod listener;
 mod ratelimit;
+mod registration;
 mod reload;
 mod route;
 mod validate;
@@ -70,7 +71,8 @@ pub use ratelimit::{
     DescriptorSource, LocalRateLimit, RateLimitConfig, RateLimitMode, RateLimitRule,
     RateLimitScope, TokenBucketConfig,
 };
-pub use reload::{Reload, ReloadError, Shared};
+pub use registration::Registration;
+pub use reload::{Reload, ReloadEach, ReloadError, Shared};
 pub use route::{
     ClusterSpecifier, FaultAbort, FaultConfig, FaultDelay, FilterConfig, HashPolicy, HeaderMatcher,
     HeaderValueOption, PathMatch, QueryParamMatcher, RetryBackoff, RetryBudget, RetryOn,

@@ -29,6 +29,22 @@ impl<T, R: Reload<T> + ?Sized> Reload<T> for Arc<R> {
     }
 }
 
+/// A sink fed one resource at a time (each added or changed `T`), which must therefore also be
+/// told when a resource goes away: otherwise what it was fed would linger after the control
+/// plane removed it (an endpoint set of a deleted cluster, say). The xDS client calls
+/// [`remove`](Self::remove) for every removed name once the rest of the update was accepted.
+pub trait ReloadEach<T>: Reload<T> {
+    /// Forgets the resource named `name`. Unknown names are not an error (the sink may never
+    /// have been fed that resource).
+    fn remove(&self, name: &str) -> Result<(), ReloadError>;
+}
+
+impl<T, R: ReloadEach<T> + ?Sized> ReloadEach<T> for Arc<R> {
+    fn remove(&self, name: &str) -> Result<(), ReloadError> {
+        (**self).remove(name)
+    }
+}
+
 /// Why a [`Reload`] refused an update. The previous state keeps serving.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name:?} rejected: {reason}")]

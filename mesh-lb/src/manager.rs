@@ -155,6 +155,14 @@ impl Reload<ClusterLoadAssignment> for ClusterManager {
     }
 }
 
+/// Removal, as the xDS client's per-resource sinks are told of it: empties the endpoint set of
+/// the removed assignment's cluster (`RemoveLoadAssignment`).
+impl mesh_core::ReloadEach<mesh_core::ClusterLoadAssignment> for ClusterManager {
+    fn remove(&self, name: &str) -> Result<(), ReloadError> {
+        self.reload(RemoveLoadAssignment(name.to_owned()))
+    }
+}
+
 impl Reload<RemoveLoadAssignment> for ClusterManager {
     fn reload(&self, update: RemoveLoadAssignment) -> Result<(), ReloadError> {
         self.remove_load_assignment(&update.0);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use mesh_core::{
     Cluster, ClusterLoadAssignment, Listener, Reload, ReloadError, RouteConfiguration,
 };
-use mesh_lb::{ClusterManager, RemoveLoadAssignment};
+use mesh_lb::ClusterManager;
 use mesh_xds::client::{XdsClientBuilder, XdsStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -53,13 +53,9 @@ pub fn wire(
     listeners: &ListenerManager,
     clusters: &ClusterManager,
 ) -> XdsClientBuilder {
-    let removed = clusters.clone();
     builder
         .sink_all::<Cluster>(Arc::new(clusters.clone()))
         .sink_each::<ClusterLoadAssignment>(Arc::new(clusters.clone()))
-        .on_removed::<ClusterLoadAssignment>(move |name| {
-            removed.reload(RemoveLoadAssignment(name.to_string()))
-        })
         .sink_all::<Listener>(Arc::new(ListenerSink(listeners.clone())))
         .sink_all::<RouteConfiguration>(Arc::new(RouteSink(listeners.clone())))
 }

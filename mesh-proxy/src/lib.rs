@@ -5,8 +5,9 @@
 //! (rate limit → router → per-route policy → load balancer → pooled upstream), the admin endpoint
 //! with Prometheus metrics, and the registration API. Policy lives in the layer crates.
 //!
-//! Landed so far: the per-hop header handling ([`headers`]) and the metrics ([`metrics`]). The
-//! listeners, admin endpoint and binary land with the sidecar issue.
+//! Features: `etcd` backs the registration API with an etcd registry (etcd-client's build
+//! script runs `protoc`); `cli` builds the `mesh-sidecar` binary (clap, tracing-subscriber).
+//! Neither is on by default, so a program that embeds the sidecar needs neither.
 
 pub mod admin;
 pub mod bootstrap;
@@ -15,6 +16,7 @@ pub mod dynamic;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;
+#[cfg(feature = "etcd")]
 pub mod registration;
 pub mod server;
 pub mod sidecar;

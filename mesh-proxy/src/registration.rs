@@ -17,9 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_client::{Client, PutOptions};
 use http::{Method, Response, StatusCode};
-use mesh_core::{body, Body};
+use mesh_core::{body, Body, Registration};
 use mesh_lb::ClusterManager;
-use mesh_xds::source::Registration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 

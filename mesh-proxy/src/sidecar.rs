@@ -22,6 +22,7 @@ use crate::bootstrap::Bootstrap;
 use crate::dynamic;
 use crate::listeners::ListenerManager;
 use crate::metrics::{ClusterCollector, Metrics};
+#[cfg(feature = "etcd")]
 use crate::registration::Registrar;
 
 /// Why the sidecar could not start.
@@ -31,8 +32,18 @@ pub enum SidecarError {
     #[error(transparent)]
     Config(#[from] ReloadError),
     /// The registry could not be reached.
+    #[cfg(feature = "etcd")]
     #[error(transparent)]
     Registry(#[from] crate::registration::RegistryError),
+    /// A registry was asked for, but this build has no registry client.
+    #[error(
+        "registry {url}: this mesh-proxy was built without the `etcd` feature \
+         (rebuild with `--features etcd`, which needs protoc)"
+    )]
+    RegistryUnsupported {
+        /// The registry URL asked for.
+        url: String,
+    },
     /// The xDS client could not start.
     #[error("xDS client: {0}")]
     Xds(#[from] mesh_xds::client::XdsClientError),
@@ -203,12 +214,15 @@ impl Sidecar {
         )
         .with_ready_flag(ready);
         let admin = match &opts.registry {
+            #[cfg(feature = "etcd")]
             Some(r) => {
                 let registrar =
                     Registrar::connect(&r.url, &r.prefix, r.ttl, clusters.clone(), stop.clone())
                         .await?;
                 registrar.install(admin)
             }
+            #[cfg(not(feature = "etcd"))]
+            Some(r) => return Err(SidecarError::RegistryUnsupported { url: r.url.clone() }),
             None => admin,
         };
         let (admin_addr, admin_task) = serve_admin(admin, opts.admin, &stop).await?;

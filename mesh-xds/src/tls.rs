@@ -1,6 +1,6 @@
 //! TLS on the xDS stream, both ends: [`XdsTls`] for the client (the CA that signs the control
 //! plane's certificate, optionally a client certificate for mTLS, optionally the name to verify),
-//! [`ServerTls`] for the control plane (its certificate and key, optionally the CA of the clients
+//! `ServerTls` (feature `control-plane`) for the control plane (its certificate and key, optionally the CA of the clients
 //! it requires certificates from). Both are rustls (on ring) through tonic's TLS support.
 //!
 //! Certificates and keys are PEM, given as bytes or as files; files are read when the client
@@ -12,14 +12,11 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use mesh_xds::client::XdsClient;
-//! use mesh_xds::server::{SnapshotCache, XdsServer};
-//! use mesh_xds::tls::{ServerTls, XdsTls};
+//! use mesh_xds::tls::XdsTls;
 //!
-//! // The control plane, requiring client certificates signed by clients-ca.pem.
-//! let tls = ServerTls::from_files("cp.pem", "cp-key.pem")?.client_ca_file("clients-ca.pem")?;
-//! let listener = tokio::net::TcpListener::bind("0.0.0.0:18000").await?;
-//! tokio::spawn(XdsServer::new(SnapshotCache::new()).serve_tls(listener, tls, std::future::pending()));
-//!
+//! // The control plane (feature `control-plane`) would require client certificates so:
+//! // `XdsServer::new(cache).serve_tls(listener, ServerTls::from_files("cp.pem", "cp-key.pem")?
+//! //      .client_ca_file("clients-ca.pem")?, shutdown)`.
 //! // A client trusting ca.pem, presenting its own certificate.
 //! let client = XdsClient::builder()
 //!     .address("https://cp.mesh.internal:18000")
@@ -29,9 +26,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A TLS setting that could not be used (a file that does not read, a PEM that does not parse).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +143,7 @@ impl XdsTls {
     }
 }
 
+#[cfg(feature = "control-plane")]
 /// TLS on the control plane's listener: its certificate and key, and optionally the CA whose
 /// client certificates it requires (mTLS: a client without one is refused at the handshake).
 #[derive(Clone)]
@@ -155,6 +153,7 @@ pub struct ServerTls {
     client_ca: Option<Vec<u8>>,
 }
 
+#[cfg(feature = "control-plane")]
 impl ServerTls {
     /// The server's certificate (chain) and private key, PEM.
     pub fn from_pem(cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Result<Self, TlsError> {
@@ -166,7 +165,10 @@ impl ServerTls {
     }
 
     /// The server's certificate and private key, from PEM files.
-    pub fn from_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, TlsError> {
+    pub fn from_files(
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self, TlsError> {
         Ok(Self {
             cert: Pem::File(cert.as_ref().into()).read("server certificate")?,
             key: Pem::File(key.as_ref().into()).read("server key")?,
@@ -181,7 +183,7 @@ impl ServerTls {
     }
 
     /// Requires client certificates signed by the CA of this PEM file.
-    pub fn client_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self, TlsError> {
+    pub fn client_ca_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self, TlsError> {
         self.client_ca = Some(Pem::File(path.as_ref().into()).read("client CA certificate")?);
         Ok(self)
     }
@@ -191,8 +193,9 @@ impl ServerTls {
         self.client_ca.is_some()
     }
 
-    pub(crate) fn server_config(&self) -> ServerTlsConfig {
-        let cfg = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key));
+    pub(crate) fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        let cfg = tonic::transport::ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key));
         match &self.client_ca {
             Some(ca) => cfg.client_ca_root(Certificate::from_pem(ca)),
             None => cfg,
@@ -200,6 +203,7 @@ impl ServerTls {
     }
 }
 
+#[cfg(feature = "control-plane")]
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
@@ -209,6 +213,7 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+#[cfg(feature = "control-plane")]
 impl crate::server::XdsServer {
     /// Serves every discovery service over TLS on `listener` until `shutdown` completes (what
     /// [`serve`](crate::server::XdsServer::serve) does in plaintext). A client whose handshake
@@ -275,6 +280,11 @@ mod tests {
     fn key_bytes_are_not_printed() {
         let tls = XdsTls::new().identity_pem("-----BEGIN CERT", "-----BEGIN SECRET KEY");
         assert!(!format!("{tls:?}").contains("SECRET"));
+    }
+
+    #[cfg(feature = "control-plane")]
+    #[test]
+    fn a_server_names_the_missing_file() {
         let err = ServerTls::from_files("/nonexistent/c.pem", "/nonexistent/k.pem").unwrap_err();
         assert!(err.0.contains("server certificate"), "{err}");
     }

@@ -16,7 +16,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use mesh_xds::server::{admin, mesh_core_validator, Metrics, SnapshotCache, XdsServer};
-use mesh_xds::source::{EtcdSource, FileSource, MeshSpec};
+use mesh_xds::source::FileSource;
+#[cfg(feature = "etcd")]
+use mesh_xds::source::{EtcdSource, MeshSpec};
 use mesh_xds::tls::ServerTls;
 
 /// The xDS control plane of the mesh.
@@ -108,24 +110,7 @@ async fn main() -> anyhow::Result<()> {
             .spawn(args.poll)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     } else {
-        let base = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("read {}", path.display()))?;
-                MeshSpec::load_str(&path.display().to_string(), &text)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .0
-            }
-            None => MeshSpec::default(),
-        };
-        let endpoints = args
-            .etcd
-            .iter()
-            .map(|e| e.trim_start_matches("http://").to_owned())
-            .collect();
-        EtcdSource::new(endpoints, &args.prefix, cache.clone())
-            .with_base(base)
-            .spawn();
+        spawn_etcd(&args, cache.clone())?;
     }
 
     let metrics = Arc::new(Metrics::new());
@@ -151,4 +136,37 @@ async fn main() -> anyhow::Result<()> {
         None => server.serve(listener, shutdown).await?,
     }
     Ok(())
+}
+
+/// Serves the registrations under `--prefix` in etcd, joined to the `--config` base spec.
+#[cfg(feature = "etcd")]
+fn spawn_etcd(args: &Args, cache: SnapshotCache) -> anyhow::Result<()> {
+    let base = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            MeshSpec::load_str(&path.display().to_string(), &text)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .0
+        }
+        None => MeshSpec::default(),
+    };
+    let endpoints = args
+        .etcd
+        .iter()
+        .map(|e| e.trim_start_matches("http://").to_owned())
+        .collect();
+    EtcdSource::new(endpoints, &args.prefix, cache)
+        .with_base(base)
+        .spawn();
+    Ok(())
+}
+
+/// Built without the `etcd` feature: `--etcd` is refused with what to rebuild with.
+#[cfg(not(feature = "etcd"))]
+fn spawn_etcd(_args: &Args, _cache: SnapshotCache) -> anyhow::Result<()> {
+    bail!(
+        "--etcd: this mesh-control-plane was built without etcd support; \
+         rebuild with `--features cli,etcd` (needs protoc)"
+    )
 }

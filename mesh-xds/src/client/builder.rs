@@ -191,15 +191,20 @@ impl XdsClientBuilder {
         self
     }
 
-    /// A sink fed each added or changed `T` (it does not see removals).
-    pub fn sink_each<T: StoredResource>(mut self, sink: Arc<dyn Reload<T>>) -> Self {
+    /// A sink fed each added or changed `T`, and told of each removed one
+    /// ([`ReloadEach::remove`](mesh_core::ReloadEach::remove), after every other sink accepted
+    /// the update).
+    pub fn sink_each<T: StoredResource>(mut self, sink: Arc<dyn mesh_core::ReloadEach<T>>) -> Self {
+        let removal = Arc::clone(&sink);
         self.sinks.add_each(sink);
+        self.sinks
+            .add_removed::<T>(Arc::new(move |name: &str| removal.remove(name)));
         self
     }
 
-    /// A callback told the name of each removed `T` (what a [`sink_each`](Self::sink_each)
-    /// sink needs to forget resources, e.g. mesh-lb's `RemoveLoadAssignment`). Removals are
-    /// applied after every other sink accepted the update, and cannot be rolled back.
+    /// A callback told the name of each removed `T`, besides the [`sink_each`](Self::sink_each)
+    /// sinks (which hear of removals through their own contract). Removals are applied after
+    /// every other sink accepted the update, and cannot be rolled back.
     pub fn on_removed<T: StoredResource>(
         mut self,
         f: impl Fn(&str) -> Result<(), mesh_core::ReloadError> + Send + Sync + 'static,

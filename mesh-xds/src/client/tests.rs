@@ -16,6 +16,8 @@ use crate::convert::{encode, XdsResource};
 /// Records what it is fed; refuses updates for which `refuse` holds.
 pub(crate) struct Recorder<T> {
     pub seen: Mutex<Vec<T>>,
+    /// Names it was told were removed (as a per-resource sink).
+    pub removed: Mutex<Vec<String>>,
     refuse: Box<dyn Fn(&T) -> bool + Send + Sync>,
 }
 
@@ -26,6 +28,7 @@ impl<T> Recorder<T> {
     pub fn refusing(f: impl Fn(&T) -> bool + Send + Sync + 'static) -> Arc<Self> {
         Arc::new(Self {
             seen: Mutex::new(Vec::new()),
+            removed: Mutex::new(Vec::new()),
             refuse: Box::new(f),
         })
     }
@@ -37,6 +40,13 @@ impl<T: Clone + Send + 'static> Reload<T> for Recorder<T> {
             return Err(ReloadError::new("test", "x", "refused by the sink"));
         }
         self.seen.lock().unwrap().push(update);
+        Ok(())
+    }
+}
+
+impl<T: Clone + Send + 'static> mesh_core::ReloadEach<T> for Recorder<T> {
+    fn remove(&self, name: &str) -> Result<(), ReloadError> {
+        self.removed.lock().unwrap().push(name.to_owned());
         Ok(())
     }
 }
@@ -212,8 +222,10 @@ fn ack_nack_and_the_nack_loop_guard() {
 #[test]
 fn sotw_removal_and_eds_follow_cds() {
     let eps = Recorder::<Vec<ClusterLoadAssignment>>::new();
+    let each = Recorder::<ClusterLoadAssignment>::new();
     let mut s = XdsClient::builder()
         .sink_all::<ClusterLoadAssignment>(eps.clone())
+        .sink_each::<ClusterLoadAssignment>(each.clone())
         .into_state();
     s.on_connect();
     let cds = vec![encode(&eds_cluster("a")), encode(&eds_cluster("b"))];
@@ -245,6 +257,8 @@ fn sotw_removal_and_eds_follow_cds() {
     )));
     assert_eq!(names(&out[1]), ["a"]);
     assert!(!s.store.config.clusters.contains_key("b"));
+    // A per-resource sink is told of the removal by its contract, no callback needed.
+    assert_eq!(*each.removed.lock().unwrap(), ["b"]);
     let last = eps.seen.lock().unwrap().last().unwrap().clone();
     assert_eq!(
         last.iter()

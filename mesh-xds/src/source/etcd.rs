@@ -1,69 +1,25 @@
 //! The etcd source: endpoints registered under a key prefix with leases, watched and served.
 //!
-//! Layout: `<prefix>/services/<service>/<ip:port>` → JSON [`Registration`], put under a lease the
+//! Layout: `<prefix>/services/<service>/<ip:port>` → JSON [`Registration`](mesh_core::Registration), put under a lease the
 //! registering instance keeps alive; when the instance dies the lease expires, etcd deletes the
 //! key and the endpoint leaves every snapshot. Services' policies and nodes come from an
 //! optional base [`MeshSpec`] (the same schema as `mesh.yaml`); a registered service absent from
 //! it gets the defaults.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use mesh_core::Registration;
 
 use super::file::{apply, SourceError};
 use super::incremental::TranslationCache;
 use super::spec::{EndpointSpec, MeshSpec, ServiceSpec};
 use crate::server::SnapshotCache;
-
-/// The value of a registration key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Registration {
-    /// IP address.
-    pub address: IpAddr,
-    /// Port.
-    pub port: u16,
-    /// Relative weight (default 1).
-    #[serde(default = "one")]
-    pub weight: u32,
-    /// Free-form metadata.
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    /// Zone (locality).
-    #[serde(default)]
-    pub zone: String,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl Registration {
-    /// A registration of `addr` with weight 1 and no zone.
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            address: addr.ip(),
-            port: addr.port(),
-            weight: 1,
-            metadata: BTreeMap::new(),
-            zone: String::new(),
-        }
-    }
-
-    /// Its key under `prefix`.
-    pub fn key(&self, prefix: &str, service: &str) -> String {
-        format!(
-            "{}/services/{service}/{}",
-            prefix.trim_end_matches('/'),
-            SocketAddr::new(self.address, self.port)
-        )
-    }
-}
 
 /// Registers `reg` for `service` under `prefix` with a lease of `ttl` seconds; returns the lease
 /// id, which the caller keeps alive (`Client::lease_keep_alive`) or revokes to deregister.

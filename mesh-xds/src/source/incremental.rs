@@ -229,6 +229,7 @@ services:
 nodes:
   - {{ id: orders-1, service: orders }}
   - {{ id: grpc-1, proxyless: true }}
+  - {{ id: app-1, sdk: true }}
 "#
         ))
         .unwrap()
@@ -356,5 +357,37 @@ nodes:
         s.services[2].aliases = vec!["orders".into()];
         let err = s.snapshots().unwrap_err();
         assert!(err.reason.contains("served by two virtual hosts"), "{err}");
+    }
+
+    /// An SDK node gets the outbound side only: the outbound listener (which names its route
+    /// table), the outbound table, every service's cluster and endpoints; no inbound listener,
+    /// inbound table or local-app cluster. A node cannot be both proxyless and SDK.
+    #[test]
+    fn an_sdk_node_gets_the_outbound_side_only() {
+        let snaps = spec(9001).snapshots().unwrap();
+        let names = |id: &str, t: ResourceType| -> Vec<String> {
+            snaps.nodes[id].of(t).items().keys().cloned().collect()
+        };
+        assert_eq!(names("app-1", ResourceType::Listener), ["outbound"]);
+        assert_eq!(names("app-1", ResourceType::Route), ["outbound"]);
+        assert_eq!(
+            names("app-1", ResourceType::Cluster),
+            ["orders", "payments", "users"]
+        );
+        assert_eq!(
+            names("app-1", ResourceType::Endpoint),
+            ["orders", "payments", "users"]
+        );
+        // A sidecar on the same spec gets the inbound side too.
+        assert_eq!(
+            names("orders-1", ResourceType::Listener),
+            ["inbound", "outbound"]
+        );
+        assert!(names("orders-1", ResourceType::Cluster).contains(&"local_app".to_string()));
+
+        let mut both = spec(9001);
+        both.nodes[1].sdk = true;
+        let err = both.snapshots().unwrap_err();
+        assert!(err.reason.contains("not both"), "{err}");
     }
 }

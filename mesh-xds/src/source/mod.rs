@@ -1,5 +1,7 @@
-//! Sources that produce snapshots: a `mesh.yaml` file (hot reloaded) and etcd.
+//! Sources that produce snapshots: a `mesh.yaml` file (hot reloaded) and, with the `etcd`
+//! feature, etcd.
 
+#[cfg(feature = "etcd")]
 mod etcd;
 mod file;
 mod incremental;
@@ -7,8 +9,10 @@ mod proxyless;
 mod spec;
 mod translate;
 
-pub use etcd::{register, EtcdSource, EtcdStatus, Registration};
+#[cfg(feature = "etcd")]
+pub use etcd::{register, EtcdSource, EtcdStatus};
 pub use file::{apply, FileSource, ReloadStatus, SourceError};
 pub use incremental::TranslationCache;
+pub use mesh_core::Registration;
 pub use spec::{EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, ServiceSpec};
 pub use translate::{Snapshots, TranslateError, INBOUND, LOCAL_APP, OUTBOUND};

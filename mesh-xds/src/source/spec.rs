@@ -138,6 +138,33 @@ pub struct NodeSpec {
     /// resolves) and no socket listeners.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proxyless: bool,
+    /// An application embedding the mesh SDK (`mesh_xds::sdk`): gets the outbound listener (its
+    /// route table's name and listener-level rate limit; the SDK binds no socket), the outbound
+    /// route table, the clusters and endpoints, and nothing of the inbound side.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sdk: bool,
+}
+
+/// What kind of client a node is, which decides the shape of its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum NodeKind {
+    /// A sidecar (ours or Envoy): outbound and inbound listeners, the local app's cluster.
+    Sidecar,
+    /// A proxyless gRPC client: API listeners, gRPC-compatible clusters.
+    Proxyless,
+    /// An application embedding the SDK: the outbound side only.
+    Sdk,
+}
+
+impl NodeSpec {
+    /// The node's kind (a spec setting both `proxyless` and `sdk` is refused by the check).
+    pub(crate) fn kind(&self) -> NodeKind {
+        match (self.proxyless, self.sdk) {
+            (true, _) => NodeKind::Proxyless,
+            (false, true) => NodeKind::Sdk,
+            (false, false) => NodeKind::Sidecar,
+        }
+    }
 }
 
 /// Listener addresses of one node, each optional.

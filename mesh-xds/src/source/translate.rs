@@ -10,7 +10,7 @@ use mesh_core::{
 
 use super::incremental::{SharedResources, TranslationCache};
 use super::proxyless::{api_listener, api_manager};
-use super::spec::{ListenerAddrs, MeshSpec, NodeSpec, ServiceSpec};
+use super::spec::{ListenerAddrs, MeshSpec, NodeKind, NodeSpec, ServiceSpec};
 use crate::convert;
 use crate::server::{Resource, Snapshot, SnapshotError};
 
@@ -68,7 +68,7 @@ impl MeshSpec {
     ) -> Result<Snapshots, TranslateError> {
         self.check()?;
         let shared = cache.translate(self)?;
-        let fallback = self.node_snapshot(&shared, None, self.listeners, false)?;
+        let fallback = self.node_snapshot(&shared, None, self.listeners, NodeKind::Sidecar)?;
         let mut nodes = BTreeMap::new();
         // A node's snapshot depends only on its service, addresses and kind: replicas of one
         // service on default addresses share one (its resources by `Arc`).
@@ -80,12 +80,12 @@ impl MeshSpec {
                 addrs.outbound,
                 addrs.inbound,
                 addrs.local_app,
-                n.proxyless,
+                n.kind(),
             );
             let snap = match built.get(&key) {
                 Some(snap) => Snapshot::clone(snap),
                 None => {
-                    let snap = self.node_snapshot(&shared, Some(n), addrs, n.proxyless)?;
+                    let snap = self.node_snapshot(&shared, Some(n), addrs, n.kind())?;
                     built.insert(key, snap.clone());
                     snap
                 }
@@ -127,6 +127,13 @@ impl MeshSpec {
                     format!("nodes[{}]", n.id),
                     Some(&n.id),
                     "duplicate node id",
+                ));
+            }
+            if n.proxyless && n.sdk {
+                return Err(TranslateError::new(
+                    format!("nodes[{}]", n.id),
+                    Some(&n.id),
+                    "a node is `proxyless` or `sdk`, not both",
                 ));
             }
             if let Some(svc) = &n.service {
@@ -225,7 +232,7 @@ impl MeshSpec {
         shared: &SharedResources,
         node: Option<&NodeSpec>,
         addrs: ListenerAddrs,
-        proxyless: bool,
+        kind: NodeKind,
     ) -> Result<Snapshot, TranslateError> {
         let own = self.node_part(node, addrs);
         // The node's part against a stand-in of the outbound table (checked in `shared`): the
@@ -247,7 +254,7 @@ impl MeshSpec {
         let err = |e: SnapshotError| node_error(node, e);
         let mut resources = Vec::with_capacity(2 * shared.services.len() + 8);
         for t in &shared.services {
-            let cluster = if proxyless {
+            let cluster = if kind == NodeKind::Proxyless {
                 t.grpc_cluster()
             } else {
                 &t.cluster
@@ -260,14 +267,22 @@ impl MeshSpec {
             resources.push(Resource::from_any(any).map_err(|e| err(e.into()))?);
             Ok(())
         };
-        push(convert::encode(&own.local_app))?;
-        if proxyless {
+        if kind != NodeKind::Sdk {
+            push(convert::encode(&own.local_app))?;
+        }
+        if kind == NodeKind::Proxyless {
             // API listeners instead of socket listeners, and no inbound side.
             if let Some(out) = own.listeners.iter().find(|l| l.name == OUTBOUND) {
                 let manager = api_manager(out);
                 for t in &shared.services {
                     push(api_listener(t.name(), &manager))?;
                 }
+            }
+        } else if kind == NodeKind::Sdk {
+            // The outbound listener only: it names the route table the SDK subscribes to and
+            // carries the listener-level rate limit. Nothing of the inbound side.
+            for l in own.listeners.iter().filter(|l| l.name == OUTBOUND) {
+                push(convert::encode(l))?;
             }
         } else {
             push(convert::encode(&own.inbound))?;
