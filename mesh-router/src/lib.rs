@@ -35,11 +35,9 @@
 //! DEADLINE_EXCEEDED), a fault abort its status. So a `Router` can serve a hyper connection
 //! directly. Errors of the inner service pass through unchanged.
 //!
-//! **A compiler caveat for users.** rustc cannot prove `Send` for a future that holds the
-//! router's future (or a hyper connection serving it) when that future is written inside an
-//! `async` block and then spawned ("`Send`/`From` is not general enough", from the lifetime in
-//! `mesh_core::BoxError`). Build such futures in a plain `fn` and box them
-//! (`Box::pin(router.oneshot(req))`), as `tests/http.rs` does for its server.
+//! **Spawning.** A router's future is `Send + 'static` when its inner service's is, so
+//! `tokio::spawn(router.oneshot(req))` works. (`mesh_core::Body` is a struct rather than an alias
+//! of a boxed body type precisely so that rustc can prove this inside `async` blocks.)
 //!
 //! **Reload.** [`RouterLayer`] implements `Reload<RouteConfiguration>`: the new table is
 //! validated and compiled (regexes, tries, domain maps) off the data path and swapped in with

@@ -15,6 +15,7 @@ use mesh_ratelimit::{RateLimit, RateLimitLayer};
 use mesh_router::{Router, RouterLayer};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
+use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 /// The full in-process stack over an inner client `S` (which takes `Request<Body>` and answers
 /// `Response<Body>`): the router outside (it picks the route, whose rate limit and policy the
@@ -80,7 +81,7 @@ impl MeshLayer {
         S::Future: Send + 'static,
     {
         MeshService {
-            inner: BoxCloneSyncService::new(self.stack(inner)),
+            inner: BoxCloneSyncService::new(sensitive(self.stack(inner))),
         }
     }
 }
@@ -159,6 +160,19 @@ impl Service<Request<tonic::body::Body>> for MeshService {
     }
 }
 
+/// Marks credentials sensitive before anything sees them (tower-http): `Debug` output and logs
+/// show them redacted, and HTTP/2 never indexes them in HPACK (no compression oracle on a
+/// shared connection). The sidecar does not pay for this layer; the SDK, where a credential is
+/// the application's own, does.
+fn sensitive<S>(inner: S) -> SetSensitiveRequestHeaders<S> {
+    SetSensitiveRequestHeadersLayer::new([
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::COOKIE,
+    ])
+    .layer(inner)
+}
+
 /// Puts a client with its own response body and error type (hyper's `Incoming` and
 /// `hyper_util::client::legacy::Error`, say) on the mesh's body and boxed error, so it can sit
 /// under the load balancer. No allocation beyond boxing the response body.
@@ -205,5 +219,32 @@ where
         self.inner
             .call(req)
             .map(convert::<B, S::Error> as Convert<B, S::Error>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Credentials reach the client marked sensitive; other headers do not.
+    #[tokio::test]
+    async fn credentials_are_marked_sensitive() {
+        let inner = tower::service_fn(|req: Request<Body>| async move {
+            assert!(req.headers()[http::header::AUTHORIZATION].is_sensitive());
+            assert!(req.headers()[http::header::COOKIE].is_sensitive());
+            assert!(!req.headers()["x-other"].is_sensitive());
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
+        let req = Request::get("http://a/")
+            .header(http::header::AUTHORIZATION, "Bearer secret")
+            .header(http::header::COOKIE, "session=1")
+            .header("x-other", "1")
+            .body(body::empty())
+            .unwrap();
+        sensitive(inner).oneshot(req).await.unwrap();
     }
 }
