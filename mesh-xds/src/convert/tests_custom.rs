@@ -110,13 +110,18 @@ fn unknown_filter_types_are_refused_unless_optional() {
     p.filter_chains[0].filters[0].config_type =
         Some(lpb::filter::ConfigType::TypedConfig(pack(&m)));
     let back = Listener::from_proto(p).unwrap();
-    assert_eq!(back.http_filters.len(), 1, "the unknown optional one is skipped");
+    assert_eq!(
+        back.http_filters.len(),
+        1,
+        "the unknown optional one is skipped"
+    );
 }
 
 #[test]
 fn listener_wide_faults_are_refused_by_validation() {
     let mut l = listener();
-    l.http_filters.push(FilterConfig::Fault(FaultConfig::default()));
+    l.http_filters
+        .push(FilterConfig::Fault(FaultConfig::default()));
     let err = l.validate().unwrap_err();
     assert_eq!(err.path, "http_filters[2]");
 }
