@@ -197,11 +197,7 @@ impl Mesh {
                 x.wait_ready(Duration::from_secs(20)).await?;
             }
         }
-        Ok(Self {
-            cp,
-            client,
-            hello,
-        })
+        Ok(Self { cp, client, hello })
     }
 
     /// Drains both sidecars.
