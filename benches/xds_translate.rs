@@ -46,6 +46,7 @@ fn spec(nodes: usize, flip: bool) -> MeshSpec {
         listeners: None,
         proxyless,
         sdk: false,
+        http_filters: None,
     };
     MeshSpec {
         services,

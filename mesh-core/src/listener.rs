@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{non_empty, Validate, ValidationError};
-use crate::{LocalRateLimit, RouteConfiguration};
+use crate::{FilterConfig, LocalRateLimit, RouteConfiguration};
 
 /// A listener of the sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +30,10 @@ pub struct Listener {
     /// A rate limit for every request on the listener (Envoy's `local_ratelimit` filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<LocalRateLimit>,
+    /// Custom HTTP filters run on every request of the listener, in order: after the
+    /// listener-wide rate limit, before routing (so they see requests that match no route too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_filters: Vec<FilterConfig>,
 }
 
 impl Listener {
@@ -116,6 +120,18 @@ impl Validate for Listener {
         }
         if let Some(rl) = &self.rate_limit {
             rl.validate().map_err(|e| e.within("rate_limit"))?;
+        }
+        for (i, f) in self.http_filters.iter().enumerate() {
+            let at = format!("http_filters[{i}]");
+            if let FilterConfig::Fault(_) = f {
+                // Envoy's listener-level fault filter only takes per-route settings here (the
+                // xDS conversion refuses listener-wide faults), so the model refuses them too.
+                return Err(ValidationError::new(
+                    at,
+                    "listener-wide faults are not supported (configure faults per route)",
+                ));
+            }
+            f.validate().map_err(|e| e.within(at))?;
         }
         Ok(())
     }

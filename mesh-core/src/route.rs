@@ -453,6 +453,10 @@ pub enum FilterConfig {
         /// Its settings.
         #[serde(default)]
         config: BTreeMap<String, String>,
+        /// Skipped, instead of refusing the config, by a proxy that has no factory registered
+        /// under `name` (xDS `is_optional`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        optional: bool,
     },
 }
 
@@ -463,6 +467,12 @@ impl FilterConfig {
             Self::Fault(_) => "fault",
             Self::Custom { name, .. } => name,
         }
+    }
+
+    /// Whether a proxy without a factory for this filter may skip it (only custom filters can
+    /// be optional: every proxy has `fault`).
+    pub fn is_optional(&self) -> bool {
+        matches!(self, Self::Custom { optional: true, .. })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod bootstrap;
 mod conn;
 pub mod dynamic;
+pub mod filters;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;

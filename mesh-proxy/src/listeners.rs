@@ -157,7 +157,10 @@ impl ListenerManager {
                         .clone()
                         .or_else(|| l.route_config.clone())
                         .unwrap_or_default();
+                    // Built first: an unknown filter refuses the update before the routes change.
+                    let filters = s.build_filters(&l)?;
                     s.reload_routes(&l, rc)?;
+                    s.set_filters(filters);
                     s
                 }
                 _ => ListenerStack::new(

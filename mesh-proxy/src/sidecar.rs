@@ -82,6 +82,9 @@ pub struct DynamicOptions {
     /// TLS to the control plane (the CA, optionally a client certificate for mTLS); the `xds`
     /// addresses are then `https://`.
     pub xds_tls: Option<XdsTls>,
+    /// The filter factories listener-level (`http_filters`) and per-route (`filters`) configs
+    /// name; register your own on top of [`LayerRegistry::default`] (which holds `fault`).
+    pub filters: LayerRegistry,
 }
 
 /// Where the registration API publishes.
@@ -109,6 +112,7 @@ impl DynamicOptions {
             persist: None,
             registry: None,
             xds_tls: None,
+            filters: LayerRegistry::default(),
         }
     }
 }
@@ -129,7 +133,17 @@ impl Sidecar {
     /// Starts a sidecar with a static bootstrap: clusters and endpoints first, then the
     /// listeners, then the admin endpoint (ready at once, since the config is complete).
     pub async fn start_static(boot: Bootstrap) -> Result<Self, SidecarError> {
-        let (registry, clusters, listeners) = managers(boot.max_connections, boot.drain_timeout);
+        Self::start_static_with(boot, LayerRegistry::default()).await
+    }
+
+    /// [`start_static`](Self::start_static) with your own filter factories: listener-level
+    /// (`http_filters`) and per-route (`filters`) configs are built from `filters`.
+    pub async fn start_static_with(
+        boot: Bootstrap,
+        filters: LayerRegistry,
+    ) -> Result<Self, SidecarError> {
+        let (registry, clusters, listeners) =
+            managers(boot.max_connections, boot.drain_timeout, filters);
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
             clusters.reload(cla.clone())?;
@@ -169,8 +183,11 @@ impl Sidecar {
     /// drained when removed), routes from RDS, clusters from CDS/EDS. `/ready` answers 200 once
     /// the first full config has arrived.
     pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
-        let (mut registry, clusters, listeners) =
-            managers(opts.max_connections, opts.drain_timeout);
+        let (mut registry, clusters, listeners) = managers(
+            opts.max_connections,
+            opts.drain_timeout,
+            opts.filters.clone(),
+        );
         let listeners = listeners.lenient_routes();
         let mut builder = XdsClient::builder()
             .node_id(&opts.node_id)
@@ -291,21 +308,17 @@ async fn serve_admin(
 }
 
 /// What both modes start from: the metrics registry (with the per-cluster collector), an empty
-/// cluster manager, and a listener manager sending to it.
+/// cluster manager, and a listener manager sending to it, building filters from `filters`.
 fn managers(
     max_connections: usize,
     drain: Duration,
+    filters: LayerRegistry,
 ) -> (Registry, ClusterManager, ListenerManager) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let clusters = ClusterManager::new();
     registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
-    let listeners = ListenerManager::new(
-        clusters.clone(),
-        LayerRegistry::default(),
-        metrics,
-        max_connections,
-        drain,
-    );
+    let listeners =
+        ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain);
     (registry, clusters, listeners)
 }

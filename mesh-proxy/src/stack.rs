@@ -1,5 +1,6 @@
 //! The layer stack of one listener, assembled from the layer crates:
-//! rate limit (listener rules) → router → rate limit (route rules) → load balancer → upstream.
+//! rate limit (listener rules) → listener filters → router → rate limit (route rules) → load
+//! balancer → upstream.
 //!
 //! Route-scoped limits need the router's decision, so they sit inside it; listener-wide limits
 //! stay outside, so even a request that matches no route is counted, as with Envoy's
@@ -21,12 +22,15 @@ use mesh_router::{LayerRegistry, RouterLayer};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
+use crate::filters::{self, FilterChain, ListenerFilterLayer};
 use crate::server::StackService;
 
 /// The live, reloadable layers of one listener. Cloning shares them.
 #[derive(Clone, Debug)]
 pub struct ListenerStack {
     listener_limits: RateLimitLayer,
+    filters: ListenerFilterLayer,
+    registry: LayerRegistry,
     router: RouterLayer,
     route_limits: RateLimitLayer,
     clusters: ClusterManager,
@@ -42,12 +46,15 @@ impl ListenerStack {
         registry: LayerRegistry,
     ) -> Result<Self, ReloadError> {
         let (outer, inner) = split_limits(RateLimitConfig::for_listener(listener, routes));
-        let router = RouterLayer::empty(registry);
+        let filters = ListenerFilterLayer::new(filters::build(listener, &registry)?);
+        let router = RouterLayer::empty(registry.clone());
         if let Some(rc) = routes.or(listener.route_config.as_ref()) {
             router.reload(rc.clone())?;
         }
         Ok(Self {
             listener_limits: RateLimitLayer::new(outer)?,
+            filters,
+            registry,
             router,
             route_limits: RateLimitLayer::new(inner)?,
             clusters,
@@ -68,6 +75,17 @@ impl ListenerStack {
         self.listener_limits.reload(outer)
     }
 
+    /// Builds `listener`'s `http_filters` with this stack's registry, without applying them (so a
+    /// refusal changes nothing); [`set_filters`](Self::set_filters) applies the result.
+    pub fn build_filters(&self, listener: &Listener) -> Result<FilterChain, ReloadError> {
+        filters::build(listener, &self.registry)
+    }
+
+    /// Swaps the listener-level filters in place (the socket and connections stay).
+    pub fn set_filters(&self, chain: FilterChain) {
+        self.filters.reload(chain);
+    }
+
     /// The router layer (for its table, e.g. in the config dump).
     pub fn router(&self) -> &RouterLayer {
         &self.router
@@ -78,6 +96,8 @@ impl ListenerStack {
         let upstream = LoadBalance::upstream(self.clusters.clone());
         let svc = ServiceBuilder::new()
             .layer(self.listener_limits.clone())
+            .layer(self.filters.clone())
+            .map_err(Into::<BoxError>::into)
             .layer(self.router.clone())
             .layer(self.route_limits.clone())
             .layer(DecisionToResponse)

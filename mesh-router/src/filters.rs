@@ -103,6 +103,30 @@ impl LayerRegistry {
         self.factories.keys().map(String::as_str)
     }
 
+    /// Whether a factory is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    /// Builds the layer `config` names, or `None` for an optional filter with no factory here
+    /// (xDS `is_optional`: a proxy skips what it does not have, instead of refusing the config).
+    pub fn build_optional(&self, config: &FilterConfig) -> Result<Option<RouteLayer>, String> {
+        if config.is_optional() && !self.contains(config.name()) {
+            return Ok(None);
+        }
+        self.build(config).map(Some)
+    }
+
+    /// Builds the layers of a filter chain, in order, skipping optional filters with no
+    /// factory; an error carries the index of the refused filter.
+    pub fn build_all(&self, configs: &[FilterConfig]) -> Result<Vec<RouteLayer>, (usize, String)> {
+        let mut layers = Vec::with_capacity(configs.len());
+        for (i, f) in configs.iter().enumerate() {
+            layers.extend(self.build_optional(f).map_err(|why| (i, why))?);
+        }
+        Ok(layers)
+    }
+
     /// Builds the layer `config` names.
     pub fn build(&self, config: &FilterConfig) -> Result<RouteLayer, String> {
         let name = config.name();

@@ -270,16 +270,9 @@ fn compile_route(
     let policy = RoutePolicy::compile(&route.action, prefix_len).map_err(|e| e.within("route"))?;
     let destination =
         Destination::compile(&route.action.destination).map_err(|e| e.within("route"))?;
-    let filters: Vec<RouteLayer> = route
-        .filters
-        .iter()
-        .enumerate()
-        .map(|(k, f)| {
-            registry
-                .build(f)
-                .map_err(|why| ValidationError::new(format!("filters[{k}]"), why))
-        })
-        .collect::<Result<_, _>>()?;
+    let filters: Vec<RouteLayer> = registry
+        .build_all(&route.filters)
+        .map_err(|(k, why)| ValidationError::new(format!("filters[{k}]"), why))?;
     let shape = Shape {
         direct: filters.is_empty() && !policy.wraps_call(),
         edits_request: !policy.rewrite.is_empty() || !policy.request_headers.is_empty(),

@@ -32,6 +32,7 @@ fn snapshot(
         route_config: None,
         http: HttpProtocolOptions::default(),
         rate_limit: None,
+        http_filters: Vec::new(),
     };
     let anys = clusters
         .iter()

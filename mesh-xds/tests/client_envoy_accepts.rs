@@ -81,6 +81,7 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
             mode: RateLimitMode::Reject,
             descriptor: Some(DescriptorSource::ClientAddress),
         }),
+        http_filters: Vec::new(),
     };
     let mut inline = routes.clone();
     inline.name = "inline".into();
@@ -96,6 +97,7 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
             ..Default::default()
         },
         rate_limit: None,
+        http_filters: Vec::new(),
     };
     BTreeMap::from([
         (T::Cluster.type_url(), vec![encode(&cluster), encode(&eds)]),

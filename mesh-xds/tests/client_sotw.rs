@@ -35,6 +35,7 @@ fn listener() -> Listener {
         route_config: None,
         http: HttpProtocolOptions::default(),
         rate_limit: None,
+        http_filters: Vec::new(),
     }
 }
 

@@ -80,6 +80,7 @@ fn snapshot() -> Snapshot {
         route_config: None,
         http: HttpProtocolOptions::default(),
         rate_limit: None,
+        http_filters: Vec::new(),
     };
     let la = ClusterLoadAssignment::from_addrs("a", [([10, 0, 0, 1], 80).into()]);
     Snapshot::from_anys([

@@ -390,6 +390,7 @@ virtual_hosts:
     bad.virtual_hosts[0].routes[0].filters = vec![mesh_core::FilterConfig::Custom {
         name: "tag".into(),
         config: Default::default(),
+        optional: false,
     }];
     let err = RouterLayer::with_registry(&bad, registry).unwrap_err();
     assert!(err.to_string().contains("tag needs a value"), "{err}");

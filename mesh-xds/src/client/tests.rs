@@ -66,6 +66,7 @@ fn listener(name: &str, routes: &str) -> Listener {
         route_config: None,
         http: HttpProtocolOptions::default(),
         rate_limit: None,
+        http_filters: Vec::new(),
     }
 }
 

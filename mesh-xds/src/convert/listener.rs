@@ -6,9 +6,10 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
-use mesh_core::{Direction, HttpProtocolOptions, Listener, RouteConfiguration};
+use mesh_core::{Direction, FilterConfig, HttpProtocolOptions, Listener, RouteConfiguration};
 use prost::Name;
 
+use super::custom;
 use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
 use super::{
@@ -215,7 +216,7 @@ fn hcm_from(
             ))
         }
     };
-    let rate_limit = http_filters_from(&m.http_filters, extras)?;
+    let (rate_limit, http_filters) = http_filters_from(&m.http_filters, extras)?;
     Ok(Listener {
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -224,17 +225,21 @@ fn hcm_from(
         route_config,
         http,
         rate_limit,
+        http_filters,
     })
 }
 
-/// Checks the HTTP filter chain (only filters the mesh implements, router last) and returns the
-/// listener-wide rate limit it configures.
+/// Checks the HTTP filter chain (router last) and returns the listener-wide rate limit it
+/// configures and its custom filters: any other filter whose config is a (Typed)Struct. Whether
+/// the sidecar has a factory for a custom filter is its own business (it refuses a required one
+/// it lacks); a filter of any other type is refused here unless optional.
 fn http_filters_from(
     filters: &[hcm::HttpFilter],
     extras: Option<RateLimitExtras>,
-) -> Result<Option<mesh_core::LocalRateLimit>, ConvertError> {
+) -> Result<(Option<mesh_core::LocalRateLimit>, Vec<FilterConfig>), ConvertError> {
     use hcm::http_filter::ConfigType;
     let mut rate_limit = None;
+    let mut custom = Vec::new();
     let mut saw_router = false;
     for (i, f) in filters.iter().enumerate() {
         let at = format!("http_filters[{i}]");
@@ -269,6 +274,8 @@ fn http_filters_from(
                     "listener-wide faults (configure faults per route)",
                 ));
             }
+        } else if custom::is_custom(any) {
+            custom.push(custom::custom_from(&f.name, any, f.is_optional, &at)?);
         } else if !f.is_optional {
             return Err(ConvertError::unsupported(
                 at,
@@ -282,7 +289,7 @@ fn http_filters_from(
             format!("the last filter must be {ROUTER_FILTER}"),
         ));
     }
-    Ok(rate_limit)
+    Ok((rate_limit, custom))
 }
 
 fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
@@ -306,14 +313,29 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
     };
     // Rate limiting first (reject before spending a fault delay), then faults, then the router.
     // Both are always present so that per-route typed_per_filter_config takes effect.
-    let http_filters = vec![
+    // Custom filters run after both and before the router, as in the sidecar's stack.
+    let mut http_filters = vec![
         filter(
             LOCAL_RATELIMIT_FILTER,
             pack(&rate_limit_to(l.rate_limit.as_ref(), &l.name)),
         ),
         filter(FAULT_FILTER, pack(&fault_to(&Default::default()))),
-        filter(ROUTER_FILTER, pack(&router::Router::default())),
     ];
+    for f in &l.http_filters {
+        // Listener validation refuses faults here; only custom filters reach this.
+        if let FilterConfig::Custom {
+            name,
+            config,
+            optional,
+        } = f
+        {
+            http_filters.push(hcm::HttpFilter {
+                is_optional: *optional,
+                ..filter(name, custom::custom_to(config))
+            });
+        }
+    }
+    http_filters.push(filter(ROUTER_FILTER, pack(&router::Router::default())));
     hcm::HttpConnectionManager {
         codec_type: codec as i32,
         stat_prefix: l.name.clone(),

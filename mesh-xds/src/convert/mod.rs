@@ -38,6 +38,7 @@ use prost::Message;
 
 mod cluster;
 mod cluster_policy;
+mod custom;
 mod endpoint;
 mod filters;
 mod listener;
@@ -46,6 +47,7 @@ mod route;
 mod route_action;
 mod route_policy;
 
+pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
 
 /// Type URL of `envoy.config.listener.v3.Listener` (LDS).
@@ -286,3 +288,5 @@ pub(crate) fn check_ads_source(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_custom;

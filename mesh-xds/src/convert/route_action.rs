@@ -7,13 +7,13 @@ use envoy_types::pb::envoy::config::route::v3 as rpb;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
-use envoy_types::pb::google::protobuf as pbw;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::{
     ClusterSpecifier, FilterConfig, PathMatch, RetryBudget, Route, RouteAction, WeightedCluster,
 };
 use prost::Name;
 
+use super::custom;
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
 use super::route_policy::{
     hash_from, hash_to, header_add_to, header_adds_from, retry_from, retry_to,
@@ -143,6 +143,8 @@ pub(crate) fn action_from(
         header_adds_from(&r.response_headers_to_add, "response_headers_to_add")?;
     out.response_headers_to_remove = r.response_headers_to_remove.clone();
     let extras: Option<RateLimitExtras> = mesh_meta_get(r.metadata.as_ref(), "rate_limit")?;
+    let optional_filters: Vec<String> =
+        mesh_meta_get(r.metadata.as_ref(), "optional_filters")?.unwrap_or_default();
     let mut filters = Vec::new();
     // Sorted, so the mesh's filter order does not depend on a hash map's.
     let per_filter: BTreeMap<_, _> = r.typed_per_filter_config.iter().collect();
@@ -154,8 +156,11 @@ pub(crate) fn action_from(
             out.rate_limit = rate_limit_from(&unpack(any, &at)?, extras.clone(), &at)?;
         } else if any.type_url == fault::HttpFault::type_url() {
             filters.push(FilterConfig::Fault(fault_from(&unpack(any, &at)?, &at)?));
-        } else if any.type_url == pbw::Struct::type_url() && optional {
-            filters.push(custom_from(name, &unpack(any, &at)?));
+        } else if custom::is_custom(any) && optional {
+            // Always wrapped optional for Envoy's sake (see `action_to`); the mesh's own flag
+            // travels in the route's metadata.
+            let optional = optional_filters.iter().any(|n| n == name);
+            filters.push(custom::custom_from(name, any, optional, &at)?);
         } else if !optional {
             return Err(ConvertError::unsupported(
                 at,
@@ -238,12 +243,32 @@ pub(crate) fn action_to(r: &Route, out: &mut rpb::Route) {
     if let Some(budget) = a.retry_policy.as_ref().and_then(|p| p.budget.as_ref()) {
         mesh_meta_set(&mut out.metadata, "retry_budget", budget);
     }
+    let mut optional_filters = Vec::new();
     for f in &r.filters {
         let (name, any) = match f {
             FilterConfig::Fault(fc) => (FAULT_FILTER.to_string(), pack(&fault_to(fc))),
-            FilterConfig::Custom { name, config } => (name.clone(), custom_to(config)),
+            FilterConfig::Custom {
+                name,
+                config,
+                optional,
+            } => {
+                if *optional {
+                    optional_filters.push(name.clone());
+                }
+                // Wrapped as optional, so real Envoy, which knows no such filter, skips it
+                // instead of rejecting the route table.
+                let wrapped = rpb::FilterConfig {
+                    config: Some(custom::custom_to(config)),
+                    is_optional: true,
+                    disabled: false,
+                };
+                (name.clone(), pack(&wrapped))
+            }
         };
         out.typed_per_filter_config.insert(name, any);
+    }
+    if !optional_filters.is_empty() {
+        mesh_meta_set(&mut out.metadata, "optional_filters", &optional_filters);
     }
 }
 
@@ -259,40 +284,6 @@ fn unwrap_filter_config(any: &Any, at: &str) -> Result<(Option<Any>, bool), Conv
         wrapper.config
     };
     Ok((config, wrapper.is_optional))
-}
-
-fn custom_from(name: &str, s: &pbw::Struct) -> FilterConfig {
-    let config = s
-        .fields
-        .iter()
-        .filter_map(|(k, v)| match &v.kind {
-            Some(pbw::value::Kind::StringValue(s)) => Some((k.clone(), s.clone())),
-            _ => None,
-        })
-        .collect();
-    FilterConfig::Custom {
-        name: name.to_string(),
-        config,
-    }
-}
-
-/// A custom (mesh-registry) filter as an optional `FilterConfig` holding a `Struct`, so real
-/// Envoy, which knows no such filter, skips it instead of rejecting the route table.
-fn custom_to(config: &BTreeMap<String, String>) -> Any {
-    let fields = config
-        .iter()
-        .map(|(k, v)| {
-            let value = pbw::Value {
-                kind: Some(pbw::value::Kind::StringValue(v.clone())),
-            };
-            (k.clone(), value)
-        })
-        .collect();
-    pack(&rpb::FilterConfig {
-        config: Some(pack(&pbw::Struct { fields })),
-        is_optional: true,
-        disabled: false,
-    })
 }
 
 fn weighted_from(w: &rpb::WeightedCluster) -> Result<ClusterSpecifier, ConvertError> {

@@ -111,6 +111,7 @@ fn listener_proto_is_what_envoy_expects() {
         route_config: None,
         http: HttpProtocolOptions::default(),
         rate_limit: None,
+        http_filters: Vec::new(),
     };
     let p = l.to_proto();
     let f = &p.filter_chains[0].filters[0];

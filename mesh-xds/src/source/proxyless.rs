@@ -74,6 +74,7 @@ mod tests {
             route_config: None,
             http: Default::default(),
             rate_limit: None,
+            http_filters: Vec::new(),
         };
         let any = api_listener("hello", &api_manager(&out));
         let l = lpb::Listener::decode(any.value.as_slice()).unwrap();

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_core::{
-    CircuitBreakers, HealthCheck, LbPolicy, LocalRateLimit, OutlierDetection, RetryPolicy, Route,
-    UpstreamProtocol,
+    CircuitBreakers, FilterConfig, HealthCheck, LbPolicy, LocalRateLimit, OutlierDetection,
+    RetryPolicy, Route, UpstreamProtocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,39 @@ pub struct MeshSpec {
     /// Nodes with settings of their own; any other node gets the defaults.
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    /// Custom HTTP filters of every sidecar's listeners (a node's own `http_filters` override
+    /// them, list by list).
+    #[serde(default, skip_serializing_if = "ListenerFilters::is_empty")]
+    pub http_filters: ListenerFilters,
+}
+
+/// Listener-level custom HTTP filters, per listener. Each list run in order on every request of
+/// its listener, after the listener's rate limit and before routing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFilters {
+    /// The outbound listener's filters (calls of the local app out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Vec<FilterConfig>>,
+    /// The inbound listener's filters (calls in to the local app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Vec<FilterConfig>>,
+}
+
+impl ListenerFilters {
+    /// Whether neither list is given.
+    pub fn is_empty(&self) -> bool {
+        self.outbound.is_none() && self.inbound.is_none()
+    }
+
+    /// These lists over `defaults`: a list given here replaces the default one (`[]` removes
+    /// it), a missing one keeps it.
+    pub fn over(&self, defaults: &ListenerFilters) -> ListenerFilters {
+        ListenerFilters {
+            outbound: self.outbound.clone().or_else(|| defaults.outbound.clone()),
+            inbound: self.inbound.clone().or_else(|| defaults.inbound.clone()),
+        }
+    }
 }
 
 /// Where a sidecar listens and where its local app is.
@@ -143,6 +176,10 @@ pub struct NodeSpec {
     /// route table, the clusters and endpoints, and nothing of the inbound side.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sdk: bool,
+    /// This node's listener-level custom filters, over the top-level `http_filters` (sidecar
+    /// nodes only: the SDK and proxyless clients run no listener filters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_filters: Option<ListenerFilters>,
 }
 
 /// What kind of client a node is, which decides the shape of its snapshot.

@@ -10,7 +10,7 @@ use mesh_core::{
 
 use super::incremental::{SharedResources, TranslationCache};
 use super::proxyless::{api_listener, api_manager};
-use super::spec::{ListenerAddrs, MeshSpec, NodeKind, NodeSpec, ServiceSpec};
+use super::spec::{ListenerAddrs, ListenerFilters, MeshSpec, NodeKind, NodeSpec, ServiceSpec};
 use crate::convert;
 use crate::server::{Resource, Snapshot, SnapshotError};
 
@@ -83,8 +83,12 @@ impl MeshSpec {
                 n.kind(),
             );
             let snap = match built.get(&key) {
-                Some(snap) => Snapshot::clone(snap),
-                None => {
+                // A node with filters of its own gets a snapshot of its own.
+                Some(snap) if n.http_filters.is_none() => Snapshot::clone(snap),
+                _ if n.http_filters.is_some() => {
+                    self.node_snapshot(&shared, Some(n), addrs, n.kind())?
+                }
+                _ => {
                     let snap = self.node_snapshot(&shared, Some(n), addrs, n.kind())?;
                     built.insert(key, snap.clone());
                     snap
@@ -166,7 +170,8 @@ impl MeshSpec {
             cfg.endpoints.push(la);
             outbound.virtual_hosts.push(vh);
         }
-        let own = self.node_part(node, addrs);
+        let kind = node.map_or(NodeKind::Sidecar, NodeSpec::kind);
+        let own = self.node_part(node, addrs, kind);
         cfg.route_configs.push(outbound);
         cfg.route_configs.push(own.inbound);
         cfg.clusters.push(own.local_app);
@@ -177,16 +182,24 @@ impl MeshSpec {
 
     /// What a node has of its own: its two listeners, the inbound route table and the local
     /// app's cluster (not validated).
-    fn node_part(&self, node: Option<&NodeSpec>, addrs: ListenerAddrs) -> NodePart {
-        let listener = |name: &str, address, direction, rate_limit| Listener {
-            name: name.into(),
-            address,
-            direction,
-            route_config_name: name.into(),
-            route_config: None,
-            http: Default::default(),
-            rate_limit,
+    fn node_part(&self, node: Option<&NodeSpec>, addrs: ListenerAddrs, kind: NodeKind) -> NodePart {
+        let filters = match (kind, node.and_then(|n| n.http_filters.as_ref())) {
+            // The SDK and proxyless clients have no listener filter chain of ours to run them.
+            (NodeKind::Sdk | NodeKind::Proxyless, _) => ListenerFilters::default(),
+            (NodeKind::Sidecar, Some(own)) => own.over(&self.http_filters),
+            (NodeKind::Sidecar, None) => self.http_filters.clone(),
         };
+        let listener =
+            |name: &str, address, direction, rate_limit, http_filters: Option<Vec<_>>| Listener {
+                name: name.into(),
+                address,
+                direction,
+                route_config_name: name.into(),
+                route_config: None,
+                http: Default::default(),
+                rate_limit,
+                http_filters: http_filters.unwrap_or_default(),
+            };
         let service = node
             .and_then(|n| n.service.as_deref())
             .and_then(|s| self.service(s));
@@ -217,8 +230,20 @@ impl MeshSpec {
         let rate_limit = service.and_then(|s| s.rate_limit.clone());
         NodePart {
             listeners: vec![
-                listener(OUTBOUND, addrs.outbound, Direction::Outbound, None),
-                listener(INBOUND, addrs.inbound, Direction::Inbound, rate_limit),
+                listener(
+                    OUTBOUND,
+                    addrs.outbound,
+                    Direction::Outbound,
+                    None,
+                    filters.outbound,
+                ),
+                listener(
+                    INBOUND,
+                    addrs.inbound,
+                    Direction::Inbound,
+                    rate_limit,
+                    filters.inbound,
+                ),
             ],
             inbound,
             local_app,
@@ -234,7 +259,7 @@ impl MeshSpec {
         addrs: ListenerAddrs,
         kind: NodeKind,
     ) -> Result<Snapshot, TranslateError> {
-        let own = self.node_part(node, addrs);
+        let own = self.node_part(node, addrs, kind);
         // The node's part against a stand-in of the outbound table (checked in `shared`): the
         // same checks as a whole-config validation, without the services again.
         let check = MeshConfig {
