@@ -8,7 +8,9 @@ use mesh_core::{MeshConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// The seed's default mesh: outbound :8082 routes everything to the inbound sidecar at :8083,
-/// which routes everything to the local app at 127.0.0.1:6060.
+/// which routes everything to the local app at 127.0.0.1:6060. Both hops speak the protocol the
+/// request came in with (Envoy's `use_downstream_protocol_config`): an HTTP/1.1 app and a gRPC
+/// (HTTP/2) app both work with no flags.
 pub const DEFAULT_BOOTSTRAP: &str = r#"
 listeners:
   - name: outbound
@@ -35,10 +37,12 @@ listeners:
               route: { cluster: local_app }
 clusters:
   - name: inbound_sidecar
+    protocol: use_downstream
     load_assignment:
       endpoints:
         - endpoints: [ { address: "127.0.0.1:8083" } ]
   - name: local_app
+    protocol: use_downstream
     load_assignment:
       endpoints:
         - endpoints: [ { address: "127.0.0.1:6060" } ]

@@ -31,6 +31,55 @@ async fn start_grpc_app() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// The seed default (`mesh-sidecar` with no arguments), on free ports: a gRPC app and an
+/// HTTP/1.1 app both work through it, since each hop speaks the protocol the request came in
+/// with (the default once spoke HTTP/1.1 to the app whatever came in, and gRPC failed with
+/// "invalid HTTP version parsed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_default_passes_grpc_and_http1() {
+    let (grpc_app, grpc_task) = start_grpc_app().await;
+    // A raw HTTP/1.1 server: an HTTP/2 preface would get no answer from it.
+    let http_app = mesh_testkit::HttpStub::start(200, "hello over HTTP/1.1").unwrap();
+    for (app, grpc) in [(grpc_app.port(), true), (http_app.addr().port(), false)] {
+        let ports = mesh_testkit::free_ports(3);
+        let (out, inb, admin) = (ports[0], ports[1], ports[2]);
+        let yaml = mesh_proxy::bootstrap::DEFAULT_BOOTSTRAP
+            .replace("0.0.0.0:8082", &format!("127.0.0.1:{out}"))
+            .replace("0.0.0.0:8083", &format!("127.0.0.1:{inb}"))
+            .replace("127.0.0.1:8083", &format!("127.0.0.1:{inb}"))
+            .replace("127.0.0.1:6060", &format!("127.0.0.1:{app}"));
+        let mut boot = Bootstrap::from_yaml(&yaml, Path::new("default.yaml")).unwrap();
+        boot.admin = format!("127.0.0.1:{admin}").parse().unwrap();
+        let sidecar = Sidecar::start_static(boot).await.unwrap();
+        if grpc {
+            let channel = Channel::from_shared(format!("http://127.0.0.1:{out}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .unwrap();
+            let resp = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: "mesh.Hello".into(),
+                })
+                .await
+                .expect("gRPC through the seed default");
+            assert_eq!(resp.into_inner().status(), ServingStatus::Serving);
+        } else {
+            let (status, body) = tokio::task::spawn_blocking(move || {
+                mesh_testkit::http_get(([127, 0, 0, 1], out).into(), "/hi")
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!((status, body.as_str()), (200, "hello over HTTP/1.1"));
+            assert_eq!(http_app.requests(), 1);
+        }
+        sidecar.shutdown().await;
+    }
+    grpc_task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tonic_calls_cross_both_hops_with_trailers() {
     let (app, app_task) = start_grpc_app().await;
