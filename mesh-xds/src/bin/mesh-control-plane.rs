@@ -58,6 +58,11 @@ struct Args {
     /// How often the mesh file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
     poll: Duration,
+    /// On SIGTERM or Ctrl-C: how long open xDS streams may stay before the process exits (new
+    /// connections are refused and clients told GOAWAY at once; ADS streams never end by
+    /// themselves, so the bound is what ends them).
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,15 +132,50 @@ async fn main() -> anyhow::Result<()> {
     let server = XdsServer::new(cache)
         .with_callbacks(metrics)
         .max_concurrent_streams(args.max_streams);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+    // The signal starts a graceful shutdown (no new connections, GOAWAY to the open ones) and
+    // the drain clock; the process exits 0 when the last stream is gone or the clock runs out.
+    let drain_timeout = args.drain_timeout;
+    let (signalled, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!(?drain_timeout, "shutting down: draining xDS streams");
+        let _ = signalled.send(());
     };
-    match tls {
-        Some(tls) => server.serve_tls(listener, tls, shutdown).await?,
-        None => server.serve(listener, shutdown).await?,
+    let deadline = async move {
+        if drain_started.await.is_ok() {
+            tokio::time::sleep(drain_timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let serve = async move {
+        match tls {
+            Some(tls) => server.serve_tls(listener, tls, shutdown).await,
+            None => server.serve(listener, shutdown).await,
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = deadline => tracing::info!("drain deadline reached: closing the remaining streams"),
     }
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Serves the registrations under `--prefix` in etcd, joined to the `--config` base spec.
