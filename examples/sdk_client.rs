@@ -142,6 +142,12 @@ mod tests {
         }
         assert_eq!(statuses, BTreeMap::from([(200, 1000)]));
 
+        // The unboxed stack (`MeshStack<Upstream>`, our pooled client) spawns as well.
+        let stack = mesh.stack();
+        let req = Request::get("http://hello/").body(body::empty()).unwrap();
+        let resp = tokio::spawn(stack.oneshot(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+
         // A live endpoint change: replica c replaces both; the layers follow without a restart.
         let c = mesh_examples::hello_app("127.0.0.1:0".parse().unwrap(), "replica c")
             .await
