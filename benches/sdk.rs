@@ -1,0 +1,128 @@
+//! What the in-process mesh costs on a real call: a hyper client calling a loopback hyper server,
+//! bare and wrapped in the SDK's layers (`MeshLayer`: router → rate limit → load balancer, with
+//! a route limit that never refuses and the default 15 s route timeout), side by side.
+//!
+//! `cargo bench -p mesh-benches --bench sdk -- --warm-up-time 1 --measurement-time 5`
+//!
+//! Both calls go over one pooled keep-alive HTTP/1.1 connection to the same server; the
+//! difference between the two medians is the SDK's cost per call.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::{body, Body, Cluster, ClusterLoadAssignment, RateLimitConfig, Reload};
+use mesh_lb::ClusterManager;
+use mesh_ratelimit::RateLimitLayer;
+use mesh_router::RouterLayer;
+use mesh_xds::sdk::MeshLayer;
+use tower::{Layer, Service, ServiceExt};
+
+/// A hyper server answering `ok` on every path, on its own runtime thread.
+fn server(rt: &tokio::runtime::Runtime) -> SocketAddr {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The mesh's layers over one cluster `app` at `addr`, with a route limit far above any rate
+/// the bench reaches (so the bucket is consulted on every call but never refuses).
+fn mesh_layer(addr: SocketAddr) -> MeshLayer {
+    let routes = mesh_core::yaml::from_str(
+        r#"
+name: outbound
+virtual_hosts:
+  - name: app
+    domains: ["app"]
+    routes:
+      - name: app
+        match: { prefix: / }
+        route:
+          cluster: app
+          rate_limit: { token_bucket: { max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s } }
+"#,
+    )
+    .unwrap();
+    let router = RouterLayer::new(&routes).unwrap();
+    let listener: mesh_core::Listener = mesh_core::yaml::from_str(
+        "{ name: outbound, address: 127.0.0.1:0, direction: outbound, route_config_name: outbound }",
+    )
+    .unwrap();
+    let limits =
+        RateLimitLayer::new(RateLimitConfig::for_listener(&listener, Some(&routes))).unwrap();
+    let clusters = ClusterManager::new();
+    let mut app = Cluster::new("app");
+    app.load_assignment = Some(ClusterLoadAssignment::from_addrs("app", [addr]));
+    clusters.reload(vec![app]).unwrap();
+    MeshLayer::new(router, limits, clusters)
+}
+
+fn bench(c: &mut Criterion) {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server(&server_rt);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let mesh = mesh_layer(addr).layer(client.clone());
+
+    let bare_uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let mut g = c.benchmark_group("sdk_call");
+    g.bench_function("bare_hyper_client", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = Request::get(bare_uri.clone()).body(body::empty()).unwrap();
+                let resp = client.request(req).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            })
+        })
+    });
+    g.bench_function("mesh_layer_over_hyper_client", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = Request::get("http://app/").body(body::empty()).unwrap();
+                let mut svc = mesh.clone();
+                let resp = ServiceExt::<Request<Body>>::ready(&mut svc)
+                    .await
+                    .unwrap()
+                    .call(req)
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
