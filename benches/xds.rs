@@ -24,8 +24,9 @@ use mesh_core::{
     ReloadEach, ReloadError, Shared,
 };
 use mesh_lb::ClusterManager;
-use mesh_xds::client::{AdsState, ResourceType, XdsClient, XdsClientBuilder};
+use mesh_xds::client::{AdsState, XdsClient, XdsClientBuilder};
 use mesh_xds::convert::encode;
+use mesh_xds::ResourceType;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -113,12 +114,12 @@ fn bench_eds_10k(c: &mut Criterion) {
     // Wire bytes of two alternating versions, as a control plane would send them.
     let wire = [
         response(
-            ResourceType::ClusterLoadAssignment,
+            ResourceType::Endpoint,
             "e1",
             vec![encode(&big_assignment(0))],
         ),
         response(
-            ResourceType::ClusterLoadAssignment,
+            ResourceType::Endpoint,
             "e2",
             vec![encode(&big_assignment(1))],
         ),
@@ -177,11 +178,11 @@ fn bench_eds_one_of_1000(c: &mut Criterion) {
     let cds = response(ResourceType::Cluster, "c1", clusters.collect());
     state.on_response(DiscoveryResponse::decode(cds.as_slice()).unwrap());
     let all = (0..1000).map(|i| encode(&assignment(i, 0)));
-    let eds = response(ResourceType::ClusterLoadAssignment, "e0", all.collect());
+    let eds = response(ResourceType::Endpoint, "e0", all.collect());
     state.on_response(DiscoveryResponse::decode(eds.as_slice()).unwrap());
     let wire = [1u32, 2].map(|salt| {
         let one = vec![encode(&assignment(7, salt))];
-        response(ResourceType::ClusterLoadAssignment, &format!("e{salt}"), one)
+        response(ResourceType::Endpoint, &format!("e{salt}"), one)
     });
     let mut g = c.benchmark_group("xds_eds_1000_assignments");
     g.sample_size(20);
@@ -294,7 +295,7 @@ fn bench_loopback(c: &mut Criterion) {
                         let resp = DiscoveryResponse {
                             version_info: format!("v{n}"),
                             resources: vec![encode(&la)],
-                            type_url: ResourceType::ClusterLoadAssignment.type_url().into(),
+                            type_url: ResourceType::Endpoint.type_url().into(),
                             nonce: format!("n{n}"),
                             ..Default::default()
                         };
@@ -316,5 +317,10 @@ fn bench_loopback(c: &mut Criterion) {
     drop(client);
 }
 
-criterion_group!(benches, bench_eds_10k, bench_eds_one_of_1000, bench_loopback);
+criterion_group!(
+    benches,
+    bench_eds_10k,
+    bench_eds_one_of_1000,
+    bench_loopback
+);
 criterion_main!(benches);
