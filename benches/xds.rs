@@ -1,7 +1,7 @@
 //! mesh-xds client: decode + convert + validate + reload of a 10,000-endpoint
 //! ClusterLoadAssignment into mesh-lb's `ClusterManager` (the real EDS sink), the same into a
-//! bare arc-swap sink, and the loopback latency from a control plane sending an update to the
-//! sink having applied it.
+//! bare arc-swap sink, an EDS response changing one of 1,000 held assignments, and the loopback
+//! latency from a control plane sending an update to the sink having applied it.
 //!
 //! `cargo bench -p mesh-benches --bench xds -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -24,8 +24,9 @@ use mesh_core::{
     ReloadEach, ReloadError, Shared,
 };
 use mesh_lb::ClusterManager;
-use mesh_xds::client::{AdsState, ResourceType, XdsClient, XdsClientBuilder};
+use mesh_xds::client::{AdsState, XdsClient, XdsClientBuilder};
 use mesh_xds::convert::encode;
+use mesh_xds::ResourceType;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -113,12 +114,12 @@ fn bench_eds_10k(c: &mut Criterion) {
     // Wire bytes of two alternating versions, as a control plane would send them.
     let wire = [
         response(
-            ResourceType::ClusterLoadAssignment,
+            ResourceType::Endpoint,
             "e1",
             vec![encode(&big_assignment(0))],
         ),
         response(
-            ResourceType::ClusterLoadAssignment,
+            ResourceType::Endpoint,
             "e2",
             vec![encode(&big_assignment(1))],
         ),
@@ -158,6 +159,43 @@ fn bench_eds_10k(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// 1,000 EDS clusters of 100 endpoints each; every response changes one of them. The client
+/// keeps the other 999 as they are (no copy of their endpoints per response).
+fn bench_eds_one_of_1000(c: &mut Criterion) {
+    let assignment = |i: usize, salt: u32| {
+        let mut la = big_assignment(salt);
+        la.cluster_name = format!("c{i}");
+        la.endpoints.truncate(1);
+        la
+    };
+    let mut state = XdsClient::builder()
+        .sink_each::<ClusterLoadAssignment>(Arc::new(SharedSink(Shared::default())))
+        .into_state();
+    state.on_connect();
+    let clusters = (0..1000).map(|i| encode(&eds_cluster(&format!("c{i}"))));
+    let cds = response(ResourceType::Cluster, "c1", clusters.collect());
+    state.on_response(DiscoveryResponse::decode(cds.as_slice()).unwrap());
+    let all = (0..1000).map(|i| encode(&assignment(i, 0)));
+    let eds = response(ResourceType::Endpoint, "e0", all.collect());
+    state.on_response(DiscoveryResponse::decode(eds.as_slice()).unwrap());
+    let wire = [1u32, 2].map(|salt| {
+        let one = vec![encode(&assignment(7, salt))];
+        response(ResourceType::Endpoint, &format!("e{salt}"), one)
+    });
+    let mut g = c.benchmark_group("xds_eds_1000_assignments");
+    g.sample_size(20);
+    let mut i = 0usize;
+    g.bench_function("one_changed_sotw", |b| {
+        b.iter(|| {
+            i += 1;
+            let resp = DiscoveryResponse::decode(wire[i % 2].as_slice()).unwrap();
+            state.on_response(resp);
+        })
+    });
+    g.finish();
+    assert_eq!(state.config().endpoints.len(), 1000);
 }
 
 // ---- loopback: a minimal ADS server whose responses the bench writes ----------------------
@@ -257,7 +295,7 @@ fn bench_loopback(c: &mut Criterion) {
                         let resp = DiscoveryResponse {
                             version_info: format!("v{n}"),
                             resources: vec![encode(&la)],
-                            type_url: ResourceType::ClusterLoadAssignment.type_url().into(),
+                            type_url: ResourceType::Endpoint.type_url().into(),
                             nonce: format!("n{n}"),
                             ..Default::default()
                         };
@@ -279,5 +317,10 @@ fn bench_loopback(c: &mut Criterion) {
     drop(client);
 }
 
-criterion_group!(benches, bench_eds_10k, bench_loopback);
+criterion_group!(
+    benches,
+    bench_eds_10k,
+    bench_eds_one_of_1000,
+    bench_loopback
+);
 criterion_main!(benches);

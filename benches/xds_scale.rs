@@ -29,8 +29,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
-use mesh_xds::server::{ResourceType, Snapshot, SnapshotCache, XdsServer};
+use mesh_xds::server::{Snapshot, SnapshotCache, XdsServer};
 use mesh_xds::source::{EndpointSpec, MeshSpec, ServiceSpec};
+use mesh_xds::ResourceType;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -309,9 +309,10 @@ mod tests {
         let mut status = mesh.client.xds().unwrap().status_watch();
         let error = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                let err = status.borrow_and_update().types[mesh_xds::convert::LISTENER_TYPE]
-                    .last_error
-                    .clone();
+                let err = status.borrow_and_update().types
+                    [mesh_xds::ResourceType::Listener.type_url()]
+                .last_error
+                .clone();
                 if let Some(e) = err {
                     return e;
                 }

@@ -7,7 +7,7 @@
 //!
 //! | feature | what |
 //! |---|---|
-//! | *(always)* | [`client`]: the ADS subscriber (state-of-the-world and delta) that converts resources to mesh-core's model, validates them and feeds the layers' `Reload` sinks, ACKing or NACKing each update; [`convert`]; [`tls`] to the control plane |
+//! | *(always)* | [`ResourceType`], the xDS types both sides name; [`client`]: the ADS subscriber (state-of-the-world and delta) that converts resources to mesh-core's model, validates them and feeds the layers' `Reload` sinks, ACKing or NACKing each update; [`convert`]; [`tls`] to the control plane |
 //! | `sdk` (default) | [`sdk`]: one call from a control-plane address to ready router, rate-limit and load-balancing layers, every sink wired inside |
 //! | `control-plane` | [`server`] (per-node snapshot cache, the aggregated and per-type discovery services, admin) and [`source`] (the `mesh.yaml` file source) |
 //! | `etcd` | the etcd source and registration helpers (etcd-client's build script runs `protoc`) |
@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod convert;
+mod resource_type;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 #[cfg(feature = "control-plane")]
@@ -22,3 +23,5 @@ pub mod server;
 #[cfg(feature = "control-plane")]
 pub mod source;
 pub mod tls;
+
+pub use resource_type::ResourceType;

@@ -13,8 +13,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::*;
-use mesh_xds::client::{AdsMode, ConnectionState, ResourceType as T, XdsClient};
+use mesh_xds::client::{AdsMode, ConnectionState, XdsClient};
 use mesh_xds::convert::encode;
+use mesh_xds::ResourceType as T;
 
 fn eds(name: &str) -> Cluster {
     let mut c = Cluster::new(name);
@@ -88,7 +89,7 @@ async fn delta_add_remove_nack_and_reconnect() {
         .await
         .error_detail
         .is_none());
-    let sub = expect(&mut s, T::ClusterLoadAssignment, "").await;
+    let sub = expect(&mut s, T::Endpoint, "").await;
     assert_eq!(sub.resource_names_subscribe, ["a", "b"]);
     let la = |n: &str| {
         encode(&ClusterLoadAssignment::from_addrs(
@@ -97,12 +98,12 @@ async fn delta_add_remove_nack_and_reconnect() {
         ))
     };
     s.send(resp(
-        T::ClusterLoadAssignment,
+        T::Endpoint,
         "d2",
         vec![("a", "e1", la("a")), ("b", "e1", la("b"))],
         &[],
     ));
-    expect(&mut s, T::ClusterLoadAssignment, "d2").await;
+    expect(&mut s, T::Endpoint, "d2").await;
     s.send(resp(T::Listener, "d3", vec![], &[]));
     expect(&mut s, T::Listener, "d3").await;
     client.wait_ready(client_support::WAIT).await.unwrap();
@@ -143,7 +144,7 @@ async fn delta_add_remove_nack_and_reconnect() {
         &["b"],
     ));
     expect(&mut s, T::Cluster, "d5").await;
-    let unsub = expect(&mut s, T::ClusterLoadAssignment, "").await;
+    let unsub = expect(&mut s, T::Endpoint, "").await;
     assert_eq!(unsub.resource_names_unsubscribe, ["b"]);
     assert_eq!(
         clusters
@@ -171,7 +172,7 @@ async fn delta_add_remove_nack_and_reconnect() {
     let cds = expect(&mut s, T::Cluster, "").await;
     assert_eq!(cds.initial_resource_versions.len(), 1);
     assert_eq!(cds.initial_resource_versions["a"], "2");
-    let eds_req = expect(&mut s, T::ClusterLoadAssignment, "").await;
+    let eds_req = expect(&mut s, T::Endpoint, "").await;
     assert_eq!(eds_req.resource_names_subscribe, ["a"]);
     assert_eq!(eds_req.initial_resource_versions["a"], "e1");
     expect(&mut s, T::Listener, "").await;

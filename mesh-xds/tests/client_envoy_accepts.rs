@@ -14,8 +14,8 @@ use client_support::ScriptedServer;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::*;
-use mesh_xds::client::ResourceType as T;
 use mesh_xds::convert::encode;
+use mesh_xds::ResourceType as T;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -101,12 +101,12 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     };
     BTreeMap::from([
         (T::Cluster.type_url(), vec![encode(&cluster), encode(&eds)]),
-        (T::ClusterLoadAssignment.type_url(), vec![encode(&la)]),
+        (T::Endpoint.type_url(), vec![encode(&la)]),
         (
             T::Listener.type_url(),
             vec![encode(&outbound), encode(&inbound)],
         ),
-        (T::RouteConfiguration.type_url(), vec![encode(&routes)]),
+        (T::Route.type_url(), vec![encode(&routes)]),
     ])
 }
 

@@ -11,10 +11,9 @@ use client_support::{eventually, ScriptedServer, Sink, SotwStream};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::*;
-use mesh_xds::client::{
-    ConnectionState, ResourceType, ResourceType as T, XdsClient, XdsClientBuilder,
-};
+use mesh_xds::client::{ConnectionState, XdsClient, XdsClientBuilder};
 use mesh_xds::convert::encode;
+use mesh_xds::{ResourceType, ResourceType as T};
 
 fn eds(name: &str) -> Cluster {
     let mut c = Cluster::new(name);
@@ -125,30 +124,20 @@ async fn serve_full_config(s: &mut SotwStream) {
         .await
         .error_detail
         .is_none());
-    let sub = expect(s, T::ClusterLoadAssignment, "", "").await;
+    let sub = expect(s, T::Endpoint, "", "").await;
     assert_eq!(sub.resource_names, ["a", "b"]);
     s.send(resp(
-        T::ClusterLoadAssignment,
+        T::Endpoint,
         "e1",
         "n2",
         vec![encode(&endpoints("a", 1)), encode(&endpoints("b", 2))],
     ));
-    expect(s, T::ClusterLoadAssignment, "e1", "n2").await;
+    expect(s, T::Endpoint, "e1", "n2").await;
     s.send(resp(T::Listener, "l1", "n3", vec![encode(&listener())]));
     expect(s, T::Listener, "l1", "n3").await;
-    assert_eq!(
-        expect(s, T::RouteConfiguration, "", "")
-            .await
-            .resource_names,
-        ["main"]
-    );
-    s.send(resp(
-        T::RouteConfiguration,
-        "r1",
-        "n4",
-        vec![encode(&routes())],
-    ));
-    expect(s, T::RouteConfiguration, "r1", "n4").await;
+    assert_eq!(expect(s, T::Route, "", "").await.resource_names, ["main"]);
+    s.send(resp(T::Route, "r1", "n4", vec![encode(&routes())]));
+    expect(s, T::Route, "r1", "n4").await;
 }
 
 #[tokio::test]
@@ -191,7 +180,7 @@ async fn ack_nack_removal_and_reconnect_with_versions_held() {
     // Removal: b is absent from the next full response.
     s.send(resp(T::Cluster, "c3", "n6", vec![encode(&eds("a"))]));
     expect(&mut s, T::Cluster, "c3", "n6").await;
-    let sub = expect(&mut s, T::ClusterLoadAssignment, "e1", "n2").await;
+    let sub = expect(&mut s, T::Endpoint, "e1", "n2").await;
     assert_eq!(sub.resource_names, ["a"], "b's EDS subscription is dropped");
     let names = |v: &[Cluster]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&sinks.clusters.get()), ["a"]);
@@ -212,10 +201,10 @@ async fn ack_nack_removal_and_reconnect_with_versions_held() {
     let mut server = ScriptedServer::start_on(addr).await;
     let mut s = server.sotw_stream().await;
     expect(&mut s, T::Cluster, "c3", "").await;
-    let eds_req = expect(&mut s, T::ClusterLoadAssignment, "e1", "").await;
+    let eds_req = expect(&mut s, T::Endpoint, "e1", "").await;
     assert_eq!(eds_req.resource_names, ["a"]);
     expect(&mut s, T::Listener, "l1", "").await;
-    let rds = expect(&mut s, T::RouteConfiguration, "r1", "").await;
+    let rds = expect(&mut s, T::Route, "r1", "").await;
     assert_eq!(rds.resource_names, ["main"]);
     eventually("reconnected", || client.status().connects == 2).await;
     assert!(client.is_ready());

@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use envoy_common::ControlPlane;
-use mesh_xds::server::ResourceType;
+use mesh_xds::ResourceType;
 use prost::Message;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::ServingStatus;

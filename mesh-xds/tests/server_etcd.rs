@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use mesh_testkit::EtcdProcess;
-use mesh_xds::server::{mesh_core_validator, ResourceType, SnapshotCache};
+use mesh_xds::server::{mesh_core_validator, SnapshotCache};
 use mesh_xds::source::{register, EtcdSource, EtcdStatus, Registration};
+use mesh_xds::ResourceType;
 use tokio::sync::watch;
 
 const PREFIX: &str = "/mesh-test";

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use mesh_xds::convert::decode;
-use mesh_xds::server::{mesh_core_validator, ResourceType, SnapshotCache};
+use mesh_xds::server::{mesh_core_validator, Snapshot, SnapshotCache};
 use mesh_xds::source::{FileSource, MeshSpec, OUTBOUND};
+use mesh_xds::ResourceType;
 use prost::Message;
 
 fn example() -> String {
@@ -14,14 +15,34 @@ fn example() -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// Converts every resource of `snap` as the client does before it ACKs (API listeners excepted:
+/// mesh-core has no model of them). The control plane validates the model it translates and
+/// does not convert its own output back at run time; this is the test that it need not.
+fn assert_clients_accept(snap: &Snapshot) {
+    for r in snap.of(ResourceType::Cluster).items().values() {
+        decode::<mesh_core::Cluster>(r.any()).unwrap();
+    }
+    for r in snap.of(ResourceType::Endpoint).items().values() {
+        decode::<mesh_core::ClusterLoadAssignment>(r.any()).unwrap();
+    }
+    for r in snap.of(ResourceType::Route).items().values() {
+        decode::<mesh_core::RouteConfiguration>(r.any()).unwrap();
+    }
+    for r in snap.of(ResourceType::Listener).items().values() {
+        let proto = Listener::decode(r.any().value.as_slice()).unwrap();
+        if proto.api_listener.is_none() {
+            decode::<mesh_core::Listener>(r.any()).unwrap();
+        }
+    }
+}
+
 #[test]
 fn the_example_translates_into_valid_snapshots() {
     let (spec, snaps) = MeshSpec::load_str("mesh.yaml", &example()).unwrap();
     assert_eq!(spec.services.len(), 3);
-    let validate = mesh_core_validator();
-    validate(&snaps.fallback).unwrap();
+    assert_clients_accept(&snaps.fallback);
     for s in snaps.nodes.values() {
-        validate(s).unwrap();
+        assert_clients_accept(s);
         s.check_consistency().unwrap();
     }
     // The outbound routes reach every service by name and name:port.

@@ -331,9 +331,12 @@ impl Watches {
     fn get<T: StoredResource>(&self) -> watch::Receiver<ResourceMap<T>> {
         let any: &dyn std::any::Any = match T::TYPE {
             super::ResourceType::Listener => &self.listeners,
-            super::ResourceType::RouteConfiguration => &self.routes,
+            super::ResourceType::Route => &self.routes,
             super::ResourceType::Cluster => &self.clusters,
-            super::ResourceType::ClusterLoadAssignment => &self.endpoints,
+            super::ResourceType::Endpoint => &self.endpoints,
+            super::ResourceType::Secret | super::ResourceType::Runtime => {
+                return watch::channel(Arc::default()).1
+            }
         };
         match any.downcast_ref::<watch::Receiver<ResourceMap<T>>>() {
             Some(rx) => rx.clone(),

@@ -2,6 +2,7 @@
 //! and subscribe/unsubscribe requests instead of whole name lists.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -11,14 +12,14 @@ use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 
 use super::state::{nack_status, status, AdsState, Outbound, Outgoing};
 use super::store::StoredResource;
-use super::ResourceType;
+use super::{subscribed_type, ResourceType};
 use crate::convert::{decode, ConvertError};
 
 impl AdsState {
     /// Handles a delta response: applies its added/changed resources and `removed_resources` as
     /// one update (ACK), or none of it (NACK); then follows the resource chain.
     pub fn on_delta_response(&mut self, resp: DeltaDiscoveryResponse) -> Vec<Outgoing> {
-        let Some(ty) = ResourceType::from_url(&resp.type_url) else {
+        let Some(ty) = subscribed_type(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
             return Vec::new();
         };
@@ -26,7 +27,7 @@ impl AdsState {
         if let Some(rej) = &self.ty(ty).rejected {
             if rej.key == key {
                 let error = rej.error.clone();
-                self.types[ty as usize].stats.nacks += 1;
+                self.types[ty.index()].stats.nacks += 1;
                 return vec![Outgoing {
                     request: self.delta_ack(ty, &resp.nonce, Some(error)),
                     hold: true,
@@ -35,14 +36,16 @@ impl AdsState {
         }
         let applied = match ty {
             ResourceType::Listener => self.delta_apply::<Listener>(&resp),
-            ResourceType::RouteConfiguration => self.delta_apply::<RouteConfiguration>(&resp),
+            ResourceType::Route => self.delta_apply::<RouteConfiguration>(&resp),
             ResourceType::Cluster => self.delta_apply::<Cluster>(&resp),
-            ResourceType::ClusterLoadAssignment => self.delta_apply::<ClusterLoadAssignment>(&resp),
+            ResourceType::Endpoint => self.delta_apply::<ClusterLoadAssignment>(&resp),
+            // Not subscribed to (`subscribed_type` returned none of these).
+            ResourceType::Secret | ResourceType::Runtime => Ok(()),
         };
         match applied {
             Ok(()) => {
                 self.accepted(ty);
-                let ts = &mut self.types[ty as usize];
+                let ts = &mut self.types[ty.index()];
                 for name in &resp.removed_resources {
                     ts.resource_versions.remove(name);
                 }
@@ -89,7 +92,7 @@ impl AdsState {
                 Ok(v) => {
                     let name = v.resource_name().to_string();
                     if T::TYPE.is_wildcard() || names.contains(&name) {
-                        next.insert(name, v);
+                        next.insert(name, Arc::new(v));
                     }
                 }
                 Err(e) => errors.push(e),
@@ -98,12 +101,12 @@ impl AdsState {
         if !errors.is_empty() {
             return Err(nack_status(&errors));
         }
-        // Only the entries the response neither replaces nor removes are copied over.
+        // The entries the response neither replaces nor removes are shared, not copied.
         let removed: std::collections::HashSet<&str> =
             resp.removed_resources.iter().map(String::as_str).collect();
         for (k, v) in T::map(&self.store.config) {
             if !removed.contains(k.as_str()) && !next.contains_key(k) {
-                next.insert(k.clone(), v.clone());
+                next.insert(k.clone(), Arc::clone(v));
             }
         }
         self.store

@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::persist::{self, Persisted};
 use super::refresh::Refresh;
 use super::state::{AdsState, Outbound, Outgoing};
-use super::{AdsMode, ConnectionState, ResourceType, XdsStatus};
+use super::{subscribed_type, AdsMode, ConnectionState, ResourceType, XdsStatus};
 use crate::tls::error_chain;
 
 /// How the driver behaves (the builder's settings).
@@ -264,8 +264,8 @@ impl Stream<'_> {
         );
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         // Held NACKs, per type: when to send, and how many were held in a row (their backoff).
-        let mut held: [Option<(Instant, Outbound)>; 4] = Default::default();
-        let mut holds = [0u32; 4];
+        let mut held: [Option<(Instant, Outbound)>; ResourceType::ALL.len()] = Default::default();
+        let mut holds = [0u32; ResourceType::ALL.len()];
         loop {
             let next_held = held
                 .iter()
@@ -280,23 +280,23 @@ impl Stream<'_> {
                     };
                     self.healthy = true;
                     let (ty, outs) = match msg {
-                        Inbound::Sotw(r) => (ResourceType::from_url(&r.type_url), self.state.on_response(r)),
-                        Inbound::Delta(r) => (ResourceType::from_url(&r.type_url), self.state.on_delta_response(r)),
+                        Inbound::Sotw(r) => (subscribed_type(&r.type_url), self.state.on_response(r)),
+                        Inbound::Delta(r) => (subscribed_type(&r.type_url), self.state.on_delta_response(r)),
                     };
                     if let Some(ty) = ty {
-                        held[ty as usize] = None; // a newer response supersedes a held NACK
+                        held[ty.index()] = None; // a newer response supersedes a held NACK
                     }
                     for o in outs {
                         match (o.hold, ty) {
                             (true, Some(ty)) => {
-                                let i = ty as usize;
+                                let i = ty.index();
                                 let delay = backoff(self.cfg.backoff_base * 2, self.cfg.backoff_max, holds[i]);
                                 holds[i] = holds[i].saturating_add(1);
                                 held[i] = Some((Instant::now() + delay, o.request));
                             }
                             (_, ty) => {
                                 if let Some(ty) = ty.filter(|t| self.state.ty(*t).rejected.is_none()) {
-                                    holds[ty as usize] = 0;
+                                    holds[ty.index()] = 0;
                                 }
                                 tx.send(o.request).await?;
                             }
@@ -325,7 +325,7 @@ impl Stream<'_> {
                             (tx, rx) = opened;
                             // Held NACKs answer the old stream's nonces.
                             held = Default::default();
-                            holds = [0; 4];
+                            holds = [0; ResourceType::ALL.len()];
                         }
                         None => {}
                     }

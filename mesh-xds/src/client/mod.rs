@@ -56,7 +56,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::convert::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use crate::ResourceType;
 
 mod builder;
 mod delta;
@@ -85,47 +85,9 @@ pub enum AdsMode {
     Delta,
 }
 
-/// The four xDS resource types the client subscribes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceType {
-    /// LDS.
-    Listener = 0,
-    /// RDS.
-    RouteConfiguration = 1,
-    /// CDS.
-    Cluster = 2,
-    /// EDS.
-    ClusterLoadAssignment = 3,
-}
-
-impl ResourceType {
-    /// Envoy's subscription order: clusters and their endpoints before listeners and routes.
-    pub const ORDER: [ResourceType; 4] = [
-        Self::Cluster,
-        Self::ClusterLoadAssignment,
-        Self::Listener,
-        Self::RouteConfiguration,
-    ];
-
-    /// The type URL on the wire.
-    pub fn type_url(self) -> &'static str {
-        match self {
-            Self::Listener => LISTENER_TYPE,
-            Self::RouteConfiguration => ROUTE_TYPE,
-            Self::Cluster => CLUSTER_TYPE,
-            Self::ClusterLoadAssignment => ENDPOINT_TYPE,
-        }
-    }
-
-    /// The type of a type URL.
-    pub fn from_url(url: &str) -> Option<Self> {
-        Self::ORDER.into_iter().find(|t| t.type_url() == url)
-    }
-
-    /// LDS and CDS are wildcard subscriptions; RDS and EDS name what they want.
-    pub fn is_wildcard(self) -> bool {
-        matches!(self, Self::Listener | Self::Cluster)
-    }
+/// The type a response's type URL names, if the client subscribes to that type.
+pub(crate) fn subscribed_type(type_url: &str) -> Option<ResourceType> {
+    ResourceType::from_type_url(type_url).filter(|t| ResourceType::CLIENT.contains(t))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ impl Persisted {
             config: state.store.config.clone(),
             ..Self::default()
         };
-        for ty in ResourceType::ORDER {
+        for ty in ResourceType::CLIENT {
             let ts = state.ty(ty);
             let url = ty.type_url().to_string();
             p.versions.insert(url.clone(), ts.version.clone());
@@ -44,8 +44,8 @@ impl Persisted {
     /// Restores the versions into a state machine built over `self.config` (same mode only: a
     /// SotW version means nothing to a delta stream and the other way round).
     pub(crate) fn restore_versions(&self, state: &mut AdsState) {
-        for ty in ResourceType::ORDER {
-            let ts = &mut state.types[ty as usize];
+        for ty in ResourceType::CLIENT {
+            let ts = &mut state.types[ty.index()];
             ts.received = true;
             if self.mode != state.mode {
                 continue;

@@ -7,6 +7,7 @@
 //! plane resending a bad config does not make the client re-apply it in a tight loop.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -18,7 +19,7 @@ use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 
 use super::stats::{TypeStatus, XdsStatus};
 use super::store::{Store, StoredResource};
-use super::{AdsMode, ResourceType};
+use super::{subscribed_type, AdsMode, ResourceType};
 use crate::convert::{decode, ConvertError};
 
 /// gRPC `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
@@ -81,7 +82,9 @@ pub(crate) struct TypeState {
 pub struct AdsState {
     pub(crate) mode: AdsMode,
     pub(crate) node: Node,
-    pub(crate) types: [TypeState; 4],
+    /// Indexed by [`ResourceType::index`] (the two types the client does not subscribe to stay
+    /// unused).
+    pub(crate) types: [TypeState; ResourceType::ALL.len()],
     pub(crate) store: Store,
     /// Set when an update was accepted, until the driver persisted it.
     pub(crate) dirty: bool,
@@ -104,19 +107,17 @@ impl AdsState {
             refresh_at: None,
             refreshes: 0,
         };
-        state.types[ResourceType::RouteConfiguration as usize].names =
-            state.store.config.wanted_routes();
-        state.types[ResourceType::ClusterLoadAssignment as usize].names =
-            state.store.config.wanted_endpoints();
+        state.types[ResourceType::Route.index()].names = state.store.config.wanted_routes();
+        state.types[ResourceType::Endpoint.index()].names = state.store.config.wanted_endpoints();
         state
     }
 
     pub(crate) fn ty(&self, ty: ResourceType) -> &TypeState {
-        &self.types[ty as usize]
+        &self.types[ty.index()]
     }
 
     fn ty_mut(&mut self, ty: ResourceType) -> &mut TypeState {
-        &mut self.types[ty as usize]
+        &mut self.types[ty.index()]
     }
 
     /// Whether the first full config has arrived: LDS and CDS accepted, and every route table
@@ -138,7 +139,7 @@ impl AdsState {
     /// Every subscription as the first requests of a new stream.
     pub(crate) fn subscribe_all(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        for ty in ResourceType::ORDER {
+        for ty in ResourceType::CLIENT {
             let ts = self.ty_mut(ty);
             ts.nonce.clear();
             ts.rejected = None;
@@ -170,7 +171,7 @@ impl AdsState {
     /// SotW's re-request: every subscription with an empty version, so the control plane
     /// answers with its full current state even if a push was lost.
     pub(crate) fn sotw_refresh(&self) -> Vec<Outgoing> {
-        ResourceType::ORDER
+        ResourceType::CLIENT
             .into_iter()
             .filter(|ty| ty.is_wildcard() || !self.ty(*ty).names.is_empty())
             .map(|ty| {
@@ -184,7 +185,7 @@ impl AdsState {
     /// Handles a SotW response: validates and applies it (ACK), or keeps the previous config
     /// (NACK with `error_detail`); then follows the resource chain (LDS → RDS, CDS → EDS).
     pub fn on_response(&mut self, resp: DiscoveryResponse) -> Vec<Outgoing> {
-        let Some(ty) = ResourceType::from_url(&resp.type_url) else {
+        let Some(ty) = subscribed_type(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
             return Vec::new();
         };
@@ -202,9 +203,11 @@ impl AdsState {
         }
         let applied = match ty {
             ResourceType::Listener => self.sotw_apply::<Listener>(&resp),
-            ResourceType::RouteConfiguration => self.sotw_apply::<RouteConfiguration>(&resp),
+            ResourceType::Route => self.sotw_apply::<RouteConfiguration>(&resp),
             ResourceType::Cluster => self.sotw_apply::<Cluster>(&resp),
-            ResourceType::ClusterLoadAssignment => self.sotw_apply::<ClusterLoadAssignment>(&resp),
+            ResourceType::Endpoint => self.sotw_apply::<ClusterLoadAssignment>(&resp),
+            // Not subscribed to (`subscribed_type` returned none of these).
+            ResourceType::Secret | ResourceType::Runtime => Ok(()),
         };
         match applied {
             Ok(()) => {
@@ -230,7 +233,7 @@ impl AdsState {
             match decode::<T>(any) {
                 Ok(r) => {
                     let name = r.resource_name().to_string();
-                    if got.insert(name.clone(), r).is_some() {
+                    if got.insert(name.clone(), Arc::new(r)).is_some() {
                         errors.push(ConvertError::new(
                             format!("{}[{name}]", T::KIND),
                             "listed twice in one response",
@@ -250,10 +253,10 @@ impl AdsState {
             // what it had (Envoy's behaviour for non-wildcard types).
             let names = &self.ty(T::TYPE).names;
             got.retain(|k, _| names.contains(k));
-            // Only the entries the response does not replace are copied over.
+            // The entries the response does not replace are shared, not copied.
             for (k, v) in T::map(&self.store.config) {
                 if !got.contains_key(k) {
-                    got.insert(k.clone(), v.clone());
+                    got.insert(k.clone(), Arc::clone(v));
                 }
             }
             got
@@ -303,14 +306,8 @@ impl AdsState {
     /// referenced (a cluster removed from CDS drops its endpoints).
     pub(crate) fn follow_chain(&mut self, ty: ResourceType) -> Vec<Outgoing> {
         let (child, wanted) = match ty {
-            ResourceType::Listener => (
-                ResourceType::RouteConfiguration,
-                self.store.config.wanted_routes(),
-            ),
-            ResourceType::Cluster => (
-                ResourceType::ClusterLoadAssignment,
-                self.store.config.wanted_endpoints(),
-            ),
+            ResourceType::Listener => (ResourceType::Route, self.store.config.wanted_routes()),
+            ResourceType::Cluster => (ResourceType::Endpoint, self.store.config.wanted_endpoints()),
             _ => return Vec::new(),
         };
         let ts = self.ty_mut(child);
@@ -324,7 +321,7 @@ impl AdsState {
         }
         ts.names = wanted;
         let pruned = match child {
-            ResourceType::RouteConfiguration => self.prune::<RouteConfiguration>(),
+            ResourceType::Route => self.prune::<RouteConfiguration>(),
             _ => self.prune::<ClusterLoadAssignment>(),
         };
         if let Err(e) = pruned {
@@ -362,7 +359,7 @@ impl AdsState {
             refreshes: self.refreshes,
             ..XdsStatus::default()
         };
-        for ty in ResourceType::ORDER {
+        for ty in ResourceType::CLIENT {
             let ts = self.ty(ty);
             let mut t = ts.stats.clone();
             t.version = match self.mode {
@@ -371,9 +368,10 @@ impl AdsState {
             };
             t.resources = match ty {
                 ResourceType::Listener => self.store.config.listeners.len(),
-                ResourceType::RouteConfiguration => self.store.config.routes.len(),
+                ResourceType::Route => self.store.config.routes.len(),
                 ResourceType::Cluster => self.store.config.clusters.len(),
-                ResourceType::ClusterLoadAssignment => self.store.config.endpoints.len(),
+                ResourceType::Endpoint => self.store.config.endpoints.len(),
+                ResourceType::Secret | ResourceType::Runtime => 0,
             };
             s.types.insert(ty.type_url().to_string(), t);
         }

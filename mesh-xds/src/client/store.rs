@@ -63,15 +63,17 @@ impl XdsConfig {
     }
 }
 
-/// The current resources of one type, as published on its watch channel.
-pub type ResourceMap<T> = Arc<BTreeMap<String, T>>;
+/// The current resources of one type, as published on its watch channel. Each resource is held
+/// by `Arc`: a response that changes one resource clones the pointers to the others.
+pub type ResourceMap<T> = Arc<BTreeMap<String, Arc<T>>>;
+
+/// The resources of one type, by name, each shared.
+pub(crate) type Resources<T> = BTreeMap<String, Arc<T>>;
 
 /// A mesh-core type the client stores and feeds to sinks (the four xDS resource types).
 pub trait StoredResource: XdsResource {
-    /// Its xDS type.
-    const TYPE: ResourceType;
     #[doc(hidden)]
-    fn map(config: &XdsConfig) -> &BTreeMap<String, Self>;
+    fn map(config: &XdsConfig) -> &Resources<Self>;
     #[doc(hidden)]
     fn set(config: &mut XdsConfig, map: ResourceMap<Self>);
     #[doc(hidden)]
@@ -81,10 +83,9 @@ pub trait StoredResource: XdsResource {
 }
 
 macro_rules! stored {
-    ($t:ty, $kind:ident, $field:ident) => {
+    ($t:ty, $field:ident) => {
         impl StoredResource for $t {
-            const TYPE: ResourceType = ResourceType::$kind;
-            fn map(config: &XdsConfig) -> &BTreeMap<String, Self> {
+            fn map(config: &XdsConfig) -> &Resources<Self> {
                 &config.$field
             }
             fn set(config: &mut XdsConfig, map: ResourceMap<Self>) {
@@ -99,10 +100,10 @@ macro_rules! stored {
         }
     };
 }
-stored!(Listener, Listener, listeners);
-stored!(RouteConfiguration, RouteConfiguration, routes);
-stored!(Cluster, Cluster, clusters);
-stored!(ClusterLoadAssignment, ClusterLoadAssignment, endpoints);
+stored!(Listener, listeners);
+stored!(RouteConfiguration, routes);
+stored!(Cluster, clusters);
+stored!(ClusterLoadAssignment, endpoints);
 
 /// The sinks of one resource type.
 #[doc(hidden)]
@@ -217,20 +218,17 @@ impl Store {
     /// Returns whether anything changed.
     pub(crate) fn apply<T: StoredResource>(
         &mut self,
-        next: BTreeMap<String, T>,
+        next: Resources<T>,
     ) -> Result<bool, ReloadError> {
         let prev = T::map(&self.config);
-        if *prev == next {
+        if prev.len() == next.len() && changed(prev, &next).next().is_none() {
             return Ok(false);
         }
         let sinks = T::sinks_ref(&self.sinks);
         feed(sinks, prev, &next)?;
-        // Shared with the watch channel and later snapshots: never deep-copied again.
+        // Shared with the watch channel and later snapshots.
         let next = Arc::new(next);
-        if matches!(
-            T::TYPE,
-            ResourceType::Listener | ResourceType::RouteConfiguration
-        ) {
+        if matches!(T::TYPE, ResourceType::Listener | ResourceType::Route) {
             let mut after = self.config.clone();
             T::set(&mut after, next.clone());
             if let Err(e) = feed_rate_limits(&mut self.sinks.rate_limits, &after) {
@@ -246,24 +244,31 @@ impl Store {
     }
 }
 
+/// Whether two held resources are the same: the same `Arc` (what a response that does not
+/// touch a resource leaves) or equal content.
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+/// The resources of `next` that are new or differ from `prev`'s.
 fn changed<'a, T: XdsResource>(
-    prev: &'a BTreeMap<String, T>,
-    next: &'a BTreeMap<String, T>,
-) -> impl Iterator<Item = &'a T> + 'a {
+    prev: &'a Resources<T>,
+    next: &'a Resources<T>,
+) -> impl Iterator<Item = &'a Arc<T>> + 'a {
     next.iter()
-        .filter(move |(k, v)| prev.get(*k) != Some(*v))
+        .filter(move |(k, v)| prev.get(*k).is_none_or(|p| !same(p, v)))
         .map(|(_, v)| v)
 }
 
 fn feed<T: StoredResource>(
     sinks: &TypedSinks<T>,
-    prev: &BTreeMap<String, T>,
-    next: &BTreeMap<String, T>,
+    prev: &Resources<T>,
+    next: &Resources<T>,
 ) -> Result<(), ReloadError> {
     let (n_each, n_named) = (sinks.each.len(), sinks.named.len());
     for (i, sink) in sinks.each.iter().enumerate() {
         for v in changed(prev, next) {
-            if let Err(e) = sink.reload(v.clone()) {
+            if let Err(e) = sink.reload(T::clone(v)) {
                 // This sink may hold part of the update: it is rolled back too.
                 undo(sinks, prev, next, (i + 1, 0, 0));
                 return Err(e);
@@ -271,16 +276,19 @@ fn feed<T: StoredResource>(
         }
     }
     for (i, (name, sink)) in sinks.named.iter().enumerate() {
-        let Some(v) = next.get(name).filter(|v| prev.get(name) != Some(*v)) else {
+        let Some(v) = next
+            .get(name)
+            .filter(|v| prev.get(name).is_none_or(|p| !same(p, v)))
+        else {
             continue;
         };
-        if let Err(e) = sink.reload(v.clone()) {
+        if let Err(e) = sink.reload(T::clone(v)) {
             undo(sinks, prev, next, (n_each, i, 0));
             return Err(e);
         }
     }
     for (i, sink) in sinks.all.iter().enumerate() {
-        if let Err(e) = sink.reload(next.values().cloned().collect()) {
+        if let Err(e) = sink.reload(next.values().map(|v| T::clone(v)).collect()) {
             undo(sinks, prev, next, (n_each, n_named, i));
             return Err(e);
         }
@@ -301,24 +309,27 @@ fn feed<T: StoredResource>(
 /// that refuses its previous state keeps what it has).
 fn undo<T: StoredResource>(
     sinks: &TypedSinks<T>,
-    prev: &BTreeMap<String, T>,
-    next: &BTreeMap<String, T>,
+    prev: &Resources<T>,
+    next: &Resources<T>,
     (each, named, all): (usize, usize, usize),
 ) {
     for sink in sinks.each.iter().take(each) {
         for v in changed(prev, next) {
             if let Some(old) = prev.get(v.resource_name()) {
-                let _ = sink.reload(old.clone());
+                let _ = sink.reload(T::clone(old));
             }
         }
     }
     for (name, sink) in sinks.named.iter().take(named) {
-        if let Some(old) = prev.get(name).filter(|old| next.get(name) != Some(*old)) {
-            let _ = sink.reload(old.clone());
+        if let Some(old) = prev
+            .get(name)
+            .filter(|old| next.get(name).is_none_or(|n| !same(n, old)))
+        {
+            let _ = sink.reload(T::clone(old));
         }
     }
     for sink in sinks.all.iter().take(all) {
-        let _ = sink.reload(prev.values().cloned().collect());
+        let _ = sink.reload(prev.values().map(|v| T::clone(v)).collect());
     }
 }
 
@@ -328,7 +339,8 @@ fn feed_rate_limits(sinks: &mut [RateLimitSink], config: &XdsConfig) -> Result<(
         let Some(l) = config.listeners.get(&s.listener) else {
             continue;
         };
-        let rules = RateLimitConfig::for_listener(l, config.routes.get(l.route_name()));
+        let rules =
+            RateLimitConfig::for_listener(l, config.routes.get(l.route_name()).map(|r| &**r));
         if s.last.as_ref() == Some(&rules) {
             continue;
         }

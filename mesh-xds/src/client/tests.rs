@@ -160,10 +160,7 @@ fn ack_nack_and_the_nack_loop_guard() {
         ("v1", "n1")
     );
     assert!(out[0].error_detail.is_none());
-    assert_eq!(
-        out[1].type_url,
-        ResourceType::ClusterLoadAssignment.type_url()
-    );
+    assert_eq!(out[1].type_url, ResourceType::Endpoint.type_url());
     assert_eq!(names(&out[1]), ["a"]);
 
     let mut bad = Cluster::new("b");
@@ -238,7 +235,7 @@ fn sotw_removal_and_eds_follow_cds() {
         ))
     };
     let out = reqs(s.on_response(sotw(
-        ResourceType::ClusterLoadAssignment,
+        ResourceType::Endpoint,
         "1",
         "e1",
         vec![la("a"), la("b"), la("zzz")],
@@ -288,11 +285,11 @@ fn readiness_waits_for_the_whole_chain_and_rate_limits_follow() {
         "l1",
         vec![encode(&listener("out", "main"))],
     )));
-    assert_eq!(out[1].type_url, ResourceType::RouteConfiguration.type_url());
+    assert_eq!(out[1].type_url, ResourceType::Route.type_url());
     assert_eq!(names(&out[1]), ["main"]);
     assert!(!s.is_ready(), "the route table is still missing");
     s.on_response(sotw(
-        ResourceType::RouteConfiguration,
+        ResourceType::Route,
         "1",
         "r1",
         vec![encode(&routes("main", true))],
@@ -339,7 +336,7 @@ fn a_refusing_sink_nacks_and_earlier_sinks_are_rolled_back() {
         &a1,
         "the per-resource sink got a1 back: {seen:?}"
     );
-    assert_eq!(s.store.config.clusters["a"], a1);
+    assert_eq!(*s.store.config.clusters["a"], a1);
 }
 
 fn delta(
@@ -397,7 +394,7 @@ fn delta_add_remove_nack_and_resubscribe_with_versions() {
     assert_eq!(out[1].resource_names_subscribe, ["a"]);
     // An endpoint set nobody subscribed to is neither kept nor remembered.
     let la = ClusterLoadAssignment::from_addrs("zzz", ["10.0.0.1:80".parse().unwrap()]);
-    let eds = ResourceType::ClusterLoadAssignment;
+    let eds = ResourceType::Endpoint;
     s.on_delta_response(delta(eds, "e1", vec![("zzz", "9", encode(&la))], &[]));
     assert!(s.store.config.endpoints.is_empty());
     assert!(s.ty(eds).resource_versions.is_empty());

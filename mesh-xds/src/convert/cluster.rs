@@ -12,7 +12,7 @@ use super::cluster_policy::{
 };
 use super::{
     ads_config_source, check_ads_source, duration_to, opt_duration, pack, u32_from, u32_to, unpack,
-    ConvertError, XdsResource, CLUSTER_TYPE,
+    ConvertError, XdsResource,
 };
 
 /// The `typed_extension_protocol_options` key of the upstream HTTP protocol options.
@@ -21,7 +21,8 @@ pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
 
 impl XdsResource for Cluster {
     type Proto = cpb::Cluster;
-    const TYPE_URL: &'static str = CLUSTER_TYPE;
+    const TYPE: crate::ResourceType = crate::ResourceType::Cluster;
+    const TYPE_URL: &'static str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     const KIND: &'static str = "cluster";
 
     fn resource_name(&self) -> &str {

@@ -8,14 +8,16 @@ use envoy_types::pb::envoy::config::endpoint::v3 as epb;
 use envoy_types::pb::google::protobuf as pbw;
 use mesh_core::{ClusterLoadAssignment, Endpoint, HealthStatus, Locality, LocalityEndpoints};
 
-use super::{u32_from, u32_to, ConvertError, XdsResource, ENDPOINT_TYPE};
+use super::{u32_from, u32_to, ConvertError, XdsResource};
 
 /// The filter-metadata namespace Envoy's subset load balancer reads endpoint labels from.
 const LB_METADATA_KEY: &str = "envoy.lb";
 
 impl XdsResource for ClusterLoadAssignment {
     type Proto = epb::ClusterLoadAssignment;
-    const TYPE_URL: &'static str = ENDPOINT_TYPE;
+    const TYPE: crate::ResourceType = crate::ResourceType::Endpoint;
+    const TYPE_URL: &'static str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     const KIND: &'static str = "cluster_load_assignment";
 
     fn resource_name(&self) -> &str {

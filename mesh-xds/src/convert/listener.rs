@@ -14,7 +14,7 @@ use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
 use super::{
     ads_config_source, check_ads_source, duration_to, mesh_meta_get, mesh_meta_set, opt_duration,
-    pack, u32_from, u32_to, unpack, ConvertError, XdsResource, LISTENER_TYPE,
+    pack, u32_from, u32_to, unpack, ConvertError, XdsResource,
 };
 
 /// Network filter name of the HTTP connection manager.
@@ -34,7 +34,8 @@ const HARMLESS_LISTENER_FILTERS: [&str; 2] = [
 
 impl XdsResource for Listener {
     type Proto = lpb::Listener;
-    const TYPE_URL: &'static str = LISTENER_TYPE;
+    const TYPE: crate::ResourceType = crate::ResourceType::Listener;
+    const TYPE_URL: &'static str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     const KIND: &'static str = "listener";
 
     fn resource_name(&self) -> &str {

@@ -50,16 +50,6 @@ mod route_policy;
 pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
 
-/// Type URL of `envoy.config.listener.v3.Listener` (LDS).
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-/// Type URL of `envoy.config.route.v3.RouteConfiguration` (RDS).
-pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-/// Type URL of `envoy.config.cluster.v3.Cluster` (CDS).
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-/// Type URL of `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-
 /// The filter-metadata key under which settings Envoy has no field for travel.
 pub const MESH_METADATA_KEY: &str = "io.mesh";
 
@@ -109,7 +99,10 @@ impl From<ValidationError> for ConvertError {
 pub trait XdsResource: Validate + Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     /// The Envoy v3 message.
     type Proto: Message + prost::Name + Default;
-    /// The type URL on the wire.
+    /// Its xDS type.
+    const TYPE: crate::ResourceType;
+    /// The type URL on the wire (what [`crate::ResourceType::type_url`] answers for
+    /// [`XdsResource::TYPE`]).
     const TYPE_URL: &'static str;
     /// The resource kind as errors and [`mesh_core::ReloadError`] name it.
     const KIND: &'static str;

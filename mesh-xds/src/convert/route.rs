@@ -6,11 +6,12 @@ use mesh_core::{PathMatch, Route, RouteConfiguration, RouteMatch, VirtualHost};
 
 use super::matchers::{header_from, header_to, query_from, query_to, regex};
 use super::route_action::{action_from, action_to};
-use super::{ConvertError, XdsResource, ROUTE_TYPE};
+use super::{ConvertError, XdsResource};
 
 impl XdsResource for RouteConfiguration {
     type Proto = rpb::RouteConfiguration;
-    const TYPE_URL: &'static str = ROUTE_TYPE;
+    const TYPE: crate::ResourceType = crate::ResourceType::Route;
+    const TYPE_URL: &'static str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     const KIND: &'static str = "route_configuration";
 
     fn resource_name(&self) -> &str {

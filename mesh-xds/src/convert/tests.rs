@@ -252,7 +252,7 @@ fn informative_fields_are_ignored_and_validation_runs() {
 #[test]
 fn decode_checks_the_type_url() {
     let mut any = encode(&Cluster::new("a"));
-    any.type_url = LISTENER_TYPE.into();
+    any.type_url = crate::ResourceType::Listener.type_url().into();
     let err = decode::<Listener>(&any).unwrap_err();
     assert!(err.reason.contains("bad protobuf"), "{err}");
     let err = decode::<RouteConfiguration>(&encode(&Cluster::new("a"))).unwrap_err();

@@ -9,9 +9,10 @@ use std::time::{Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::watch;
 
-use super::resource::{ResourceStore, ResourceType};
+use super::resource::ResourceStore;
 use super::snapshot::{Snapshot, SnapshotError};
 use super::status::{NodeStatus, StatusDump};
+use crate::ResourceType;
 
 /// Maps a node to the key its snapshot is stored under.
 pub type NodeHash = Arc<dyn Fn(&Node) -> String + Send + Sync>;
@@ -19,6 +20,17 @@ pub type NodeHash = Arc<dyn Fn(&Node) -> String + Send + Sync>;
 /// Checks a snapshot the way clients will (e.g. by converting it to mesh-core types and running
 /// `mesh_core::Validate`), so config a client would NACK is refused before it is served.
 pub type Validator = Arc<dyn Fn(&Snapshot) -> Result<(), SnapshotError> + Send + Sync>;
+
+/// A snapshot [`SnapshotCache::check`] passed, to be set without checking it again.
+#[derive(Debug, Clone)]
+pub struct CheckedSnapshot(Snapshot);
+
+impl CheckedSnapshot {
+    /// The snapshot.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.0
+    }
+}
 
 /// What a stream watches: the node's current snapshot and when it was set.
 #[derive(Debug, Clone)]
@@ -105,42 +117,54 @@ impl SnapshotCache {
         (self.inner.node_hash)(node)
     }
 
-    /// Checks `snap` (consistency, then the validator) without setting it.
-    pub fn check(&self, snap: &Snapshot) -> Result<(), SnapshotError> {
+    /// Checks `snap` (consistency, then the validator) without setting it; what it returns is
+    /// set by [`SnapshotCache::set_checked`] or [`SnapshotCache::set_fallback_checked`] without
+    /// a second check (e.g. to check every node's snapshot before setting any).
+    pub fn check(&self, snap: Snapshot) -> Result<CheckedSnapshot, SnapshotError> {
         snap.check_consistency()?;
         let validator = read(&self.inner.validator).clone();
         if let Some(v) = validator {
-            v(snap)?;
+            v(&snap)?;
         }
-        Ok(())
+        Ok(CheckedSnapshot(snap))
     }
 
     /// Sets the snapshot of `key`, waking its streams if any version changed. An inconsistent
     /// or invalid snapshot is refused and the previous one keeps serving.
     pub fn set_snapshot(&self, key: &str, snap: Snapshot) -> Result<(), SnapshotError> {
-        self.check(&snap)?;
-        let snap = self.intern(snap);
+        let snap = self.check(snap)?;
+        self.set_checked(key, snap);
+        Ok(())
+    }
+
+    /// Sets the snapshot of `key` that [`SnapshotCache::check`] passed.
+    pub fn set_checked(&self, key: &str, snap: CheckedSnapshot) {
+        let snap = self.intern(snap.0);
         let mut nodes = write(&self.inner.nodes);
         let entry = nodes
             .entry(key.to_owned())
             .or_insert_with(|| new_entry(None));
         entry.own = true;
         publish(entry, Some(snap));
-        Ok(())
     }
 
     /// Sets the snapshot served to nodes that have none of their own (e.g. sidecars the source
     /// does not list); checked like any other.
     pub fn set_fallback(&self, snap: Snapshot) -> Result<(), SnapshotError> {
-        self.check(&snap)?;
-        let snap = self.intern(snap);
+        let snap = self.check(snap)?;
+        self.set_fallback_checked(snap);
+        Ok(())
+    }
+
+    /// Sets the fallback snapshot that [`SnapshotCache::check`] passed.
+    pub fn set_fallback_checked(&self, snap: CheckedSnapshot) {
+        let snap = self.intern(snap.0);
         *write(&self.inner.fallback) = Some(snap.clone());
         for entry in write(&self.inner.nodes).values_mut() {
             if !entry.own {
                 publish(entry, Some(snap.clone()));
             }
         }
-        Ok(())
     }
 
     /// Removes the snapshot of `key`; its streams fall back to the fallback snapshot if any.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::resource::ResourceType;
+use crate::ResourceType;
 
 /// Identifies one discovery stream for the server's lifetime.
 pub type StreamId = u64;

@@ -14,9 +14,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tonic::Status;
 
 use super::cache::lock;
-use super::resource::ResourceType;
 use super::stream::{intern, PerType, Protocol, StreamBase};
 use super::wire::Encoded;
+use crate::ResourceType;
 
 #[derive(Default)]
 struct TypeState {
@@ -85,7 +85,7 @@ impl Delta {
         // Anything in a request may change what the client needs.
         st.synced = None;
         if first {
-            st.wildcard = req.resource_names_subscribe.is_empty() && kind.is_full_state();
+            st.wildcard = req.resource_names_subscribe.is_empty() && kind.is_wildcard();
             for (name, version) in &req.initial_resource_versions {
                 // Versions are our content hashes; anything else cannot match and is re-sent.
                 let hash = u64::from_str_radix(version, 16).unwrap_or(u64::MAX);

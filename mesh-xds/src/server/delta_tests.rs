@@ -15,6 +15,7 @@ use tonic::Status;
 
 use super::snapshot::tests::{eds_cluster, endpoints, rds_listener, route};
 use super::*;
+use crate::ResourceType;
 
 fn snap(clusters: &[(&str, u32)]) -> Snapshot {
     let mut rs = vec![rds_listener("out", "r"), route("r")];

@@ -18,10 +18,10 @@ use tonic_prost::ProstDecoder;
 
 use super::callbacks::StreamKind;
 use super::delta::Delta;
-use super::resource::ResourceType;
 use super::sotw::Sotw;
 use super::wire::ResponseBody;
 use super::xds::XdsServer;
+use crate::ResourceType;
 
 /// Initial request buffer of a stream: requests are small (an EDS subscription of 100 names
 /// is 2 KB) and the buffer grows for a larger one, so tonic's 8 KB default would mostly idle.

@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::callbacks::{Callbacks, StreamId, StreamKind};
-use super::resource::ResourceType;
+use crate::ResourceType;
 
 type Labels = [(&'static str, &'static str); 1];
 

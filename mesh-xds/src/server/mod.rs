@@ -23,10 +23,12 @@ mod validate;
 mod wire;
 mod xds;
 
-pub use cache::{CacheDump, Current, NodeDump, NodeHash, SnapshotCache, TypeDump, Validator};
+pub use cache::{
+    CacheDump, CheckedSnapshot, Current, NodeDump, NodeHash, SnapshotCache, TypeDump, Validator,
+};
 pub use callbacks::{Callbacks, NoCallbacks, StreamId, StreamKind};
 pub use metrics::Metrics;
-pub use resource::{Named, Resource, ResourceError, ResourceType};
+pub use resource::{Named, Resource, ResourceError};
 pub use snapshot::{Snapshot, SnapshotError, TypeSnapshot};
 pub use status::{StatusDump, TypeStatusDump};
 pub use validate::mesh_core_validator;

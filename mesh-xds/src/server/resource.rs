@@ -17,78 +17,8 @@ use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-/// The resource types the server serves, in the order an ADS push sends them: what others
-/// reference goes first (secrets and runtimes, then clusters before their endpoints, listeners
-/// before their routes), so a client never sees a reference to something it has not got yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResourceType {
-    /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
-    Secret,
-    /// `envoy.service.runtime.v3.Runtime` (RTDS).
-    Runtime,
-    /// `envoy.config.cluster.v3.Cluster` (CDS).
-    Cluster,
-    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
-    Endpoint,
-    /// `envoy.config.listener.v3.Listener` (LDS).
-    Listener,
-    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
-    Route,
-}
-
-impl ResourceType {
-    /// Every type, in push (dependency) order.
-    pub const ALL: [ResourceType; 6] = [
-        Self::Secret,
-        Self::Runtime,
-        Self::Cluster,
-        Self::Endpoint,
-        Self::Listener,
-        Self::Route,
-    ];
-
-    /// The type URL on the wire.
-    pub fn type_url(self) -> &'static str {
-        match self {
-            Self::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-            Self::Runtime => "type.googleapis.com/envoy.service.runtime.v3.Runtime",
-            Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            Self::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            Self::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-        }
-    }
-
-    /// The type a type URL names, if the server serves it.
-    pub fn from_type_url(url: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.type_url() == url)
-    }
-
-    /// Position in [`ResourceType::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Whether a state-of-the-world response carries the whole set (LDS, CDS: what is absent
-    /// is removed), rather than only the names the client asked for.
-    pub fn is_full_state(self) -> bool {
-        matches!(self, Self::Listener | Self::Cluster)
-    }
-}
-
-impl fmt::Display for ResourceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Secret => "secret",
-            Self::Runtime => "runtime",
-            Self::Cluster => "cluster",
-            Self::Endpoint => "endpoint",
-            Self::Listener => "listener",
-            Self::Route => "route",
-        })
-    }
-}
+use crate::convert::{self, XdsResource};
+use crate::ResourceType;
 
 /// Why a resource could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +51,9 @@ pub struct Resource {
     name: Arc<str>,
     hash: u64,
     any: Any,
+    /// Encoded by this crate from a mesh-core value that passed `Validate` (see
+    /// [`Resource::from_validated`]): the validator does not convert it back.
+    validated: bool,
     /// Its entry in a `DiscoveryResponse` / `DeltaDiscoveryResponse`, encoded on first use and
     /// then shared by every stream that sends it.
     sotw: OnceLock<Bytes>,
@@ -194,9 +127,24 @@ impl Resource {
             name: Arc::from(name.into()),
             hash,
             any,
+            validated: false,
             sotw: OnceLock::new(),
             delta: OnceLock::new(),
         }
+    }
+
+    /// Encodes a mesh-core value the caller has validated (the control plane's translation):
+    /// named by the value, with no decode, and marked so that
+    /// [`mesh_core_validator`](super::mesh_core_validator) does not convert it back.
+    pub(crate) fn from_validated<T: XdsResource>(model: &T) -> Self {
+        let mut res = Self::with_name(T::TYPE, model.resource_name(), convert::encode(model));
+        res.validated = true;
+        res
+    }
+
+    /// Whether it was encoded from a validated mesh-core value.
+    pub(crate) fn is_validated(&self) -> bool {
+        self.validated
     }
 
     /// Its type.
@@ -379,14 +327,5 @@ mod tests {
         assert_eq!(store.live(), 1);
         drop((a, b));
         assert_eq!(store.live(), 0);
-    }
-
-    #[test]
-    fn type_urls_round_trip_in_dependency_order() {
-        for t in ResourceType::ALL {
-            assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
-        }
-        assert!(ResourceType::Cluster < ResourceType::Endpoint);
-        assert!(ResourceType::Listener < ResourceType::Route);
     }
 }

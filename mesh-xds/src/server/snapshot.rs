@@ -2,7 +2,7 @@
 //! and its consistency check.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -12,7 +12,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-use super::resource::{combine, Resource, ResourceError, ResourceType};
+use super::resource::{combine, Resource, ResourceError};
+use crate::ResourceType;
 
 /// The resources of one type in a snapshot, by name, and the type's version.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +53,8 @@ impl TypeSnapshot {
 ///
 /// ```
 /// use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-/// use mesh_xds::server::{Resource, ResourceType, Snapshot};
+/// use mesh_xds::server::{Resource, Snapshot};
+/// use mesh_xds::ResourceType;
 ///
 /// let cluster = Cluster { name: "orders".into(), ..Cluster::default() };
 /// let snap = Snapshot::from_resources([Resource::encode(&cluster).unwrap()]).unwrap();
@@ -61,7 +63,11 @@ impl TypeSnapshot {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    types: [TypeSnapshot; 6],
+    types: [TypeSnapshot; ResourceType::ALL.len()],
+    /// Set once [`Snapshot::check_consistency`] passed: the resources cannot change after
+    /// construction (interning swaps a resource for an equal one), so the check is not run
+    /// again, by the cache or on a clone.
+    consistent: OnceLock<()>,
 }
 
 /// Why a snapshot is refused.
@@ -145,12 +151,9 @@ impl Snapshot {
         self.len() == 0
     }
 
-    pub(crate) fn types_mut(&mut self) -> impl Iterator<Item = &mut TypeSnapshot> {
-        self.types.iter_mut()
-    }
-
+    /// Replaces each resource with `f`'s answer, which must be equal to it (interning).
     pub(crate) fn map_items(&mut self, mut f: impl FnMut(Arc<Resource>) -> Arc<Resource>) {
-        for t in self.types_mut() {
+        for t in &mut self.types {
             for v in t.items.values_mut() {
                 *v = f(v.clone());
             }
@@ -164,8 +167,18 @@ impl Snapshot {
     }
 
     /// Checks references: every EDS cluster has its endpoints, and every route configuration a
-    /// listener names (by RDS, on a socket or an API listener) exists.
+    /// listener names (by RDS, on a socket or an API listener) exists. A snapshot that passed
+    /// once (or a clone of it) is not checked again.
     pub fn check_consistency(&self) -> Result<(), SnapshotError> {
+        if self.consistent.get().is_some() {
+            return Ok(());
+        }
+        self.find_inconsistency()?;
+        let _ = self.consistent.set(());
+        Ok(())
+    }
+
+    fn find_inconsistency(&self) -> Result<(), SnapshotError> {
         let endpoints = self.of(ResourceType::Endpoint);
         let mut missing_eds = BTreeSet::new();
         for r in self.of(ResourceType::Cluster).items.values() {

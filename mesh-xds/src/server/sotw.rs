@@ -8,9 +8,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 
 use super::cache::lock as lock_status;
-use super::resource::{Resource, ResourceType};
+use super::resource::Resource;
 use super::stream::{intern, PerType, Protocol, StreamBase};
 use super::wire::Encoded;
+use crate::ResourceType;
 
 /// What the stream last sent of one type, and what the client subscribes to.
 #[derive(Default)]
@@ -98,7 +99,7 @@ impl Sotw {
             .iter()
             .map(|n| intern(snap, kind, n))
             .collect();
-        st.names = if names.contains("*") || (names.is_empty() && kind.is_full_state()) {
+        st.names = if names.contains("*") || (names.is_empty() && kind.is_wildcard()) {
             None
         } else {
             Some(names)
@@ -157,7 +158,7 @@ impl Sotw {
         if self.base.shared.cache.is_parked(&node, kind, &version) {
             return Ok(());
         }
-        if !kind.is_full_state() && items.iter().all(|r| holds(&st.sent, r)) {
+        if !kind.is_wildcard() && items.iter().all(|r| holds(&st.sent, r)) {
             // For EDS/RDS (and SDS, RTDS) absence means nothing, so a response that only
             // drops names tells the client nothing: skip it. The client forgot the names it
             // dropped, so a name it subscribes to again is sent again.
@@ -165,7 +166,7 @@ impl Sotw {
             return Ok(());
         }
         let mut keep = false;
-        if keep_removed && kind.is_full_state() {
+        if keep_removed && kind.is_wildcard() {
             let removed: Vec<Arc<Resource>> = st
                 .sent
                 .iter()
@@ -193,7 +194,7 @@ impl Sotw {
         // one-endpoint change then costs one assignment per subscriber, not all of them.
         let send: Vec<&Resource> = items
             .iter()
-            .filter(|r| kind.is_full_state() || !holds(&st.sent, r))
+            .filter(|r| kind.is_wildcard() || !holds(&st.sent, r))
             .map(|r| &**r)
             .collect();
         let msg = Encoded::sotw(&head, send.iter().copied());

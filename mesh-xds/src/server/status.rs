@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::resource::ResourceType;
+use crate::ResourceType;
 
 /// ACK/NACK record of one node key.
 #[derive(Debug, Default)]

@@ -12,10 +12,10 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::cache::Current;
-use super::resource::ResourceType;
 use super::snapshot::Snapshot;
 use super::wire::{Encoded, Tx};
 use super::xds::{Shared, StreamGuard};
+use crate::ResourceType;
 
 /// The state every discovery stream has, whatever its protocol.
 pub(crate) struct StreamBase {

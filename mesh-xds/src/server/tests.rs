@@ -13,6 +13,7 @@ use tonic::Status;
 
 use super::snapshot::tests::{eds_cluster, endpoints, rds_listener, route};
 use super::*;
+use crate::ResourceType;
 
 fn full(port: u32) -> Snapshot {
     Snapshot::from_resources([

@@ -38,10 +38,10 @@ use super::cache::SnapshotCache;
 use super::callbacks::{Callbacks, NoCallbacks, StreamId, StreamKind};
 use super::delta::Delta;
 use super::grpc::Discovery;
-use super::resource::ResourceType;
 use super::sotw::Sotw;
 use super::stream::{self, Protocol, StreamBase};
 use super::wire::Out;
+use crate::ResourceType;
 
 /// What every stream of a server shares.
 pub(crate) struct Shared {

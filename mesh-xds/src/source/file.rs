@@ -75,21 +75,23 @@ fn line_of(text: &str, name: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// Sets every snapshot, all or nothing: each is checked by the cache first, so one refused
-/// node leaves every node on its last good snapshot. Nodes in `previous` but no longer listed
+/// Sets every snapshot, all or nothing: each is checked by the cache (once) before any is set,
+/// so one refused node leaves every node on its last good snapshot. Nodes in `previous` but no longer listed
 /// are cleared (they get the fallback). Returns the nodes now set.
 pub fn apply(
     cache: &SnapshotCache,
     snaps: &Snapshots,
     previous: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>, crate::server::SnapshotError> {
-    cache.check(&snaps.fallback)?;
-    for s in snaps.nodes.values() {
-        cache.check(s)?;
-    }
-    cache.set_fallback(snaps.fallback.clone())?;
-    for (id, s) in &snaps.nodes {
-        cache.set_snapshot(id, s.clone())?;
+    let fallback = cache.check(snaps.fallback.clone())?;
+    let nodes = snaps
+        .nodes
+        .iter()
+        .map(|(id, s)| Ok((id, cache.check(s.clone())?)))
+        .collect::<Result<Vec<_>, crate::server::SnapshotError>>()?;
+    cache.set_fallback_checked(fallback);
+    for (id, s) in nodes {
+        cache.set_checked(id, s);
     }
     let now: BTreeSet<String> = snaps.nodes.keys().cloned().collect();
     for gone in previous.difference(&now) {

@@ -16,7 +16,6 @@ use mesh_core::{Cluster, RouteConfiguration, Validate, VirtualHost};
 use super::proxyless::grpc_lb_policy;
 use super::spec::{MeshSpec, ServiceSpec};
 use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
-use crate::convert;
 use crate::server::Resource;
 
 /// Translations of services by name, each reused while the service's spec stays equal.
@@ -38,7 +37,7 @@ pub struct TranslationCache {
     /// The last outbound table and the virtual hosts it was built from: reused while every
     /// service keeps its virtual host (an endpoint change does not touch it).
     outbound: Option<(Vec<Arc<VirtualHost>>, Resource)>,
-    /// Outbound tables built (for tests).
+    /// Outbound route tables built so far.
     tables: u64,
 }
 
@@ -63,22 +62,24 @@ impl ServiceTranslation {
             Some(p) if *p.virtual_host == virtual_host => Arc::clone(&p.virtual_host),
             _ => Arc::new(virtual_host),
         };
-        let encode = |any| {
-            Resource::from_any(any)
-                .map_err(|e| TranslateError::new(format!("services[{}]", s.name), Some(&s.name), e))
-        };
         let grpc_cluster = match grpc_lb_policy(&cluster.lb_policy) {
-            Some(lb_policy) => Some(encode(convert::encode(&Cluster {
-                lb_policy,
-                ..cluster.clone()
-            }))?),
+            Some(lb_policy) => {
+                let grpc = Cluster {
+                    lb_policy,
+                    ..cluster.clone()
+                };
+                grpc.validate().map_err(|e| {
+                    TranslateError::new(format!("services[{}]", s.name), Some(&s.name), e)
+                })?;
+                Some(Resource::from_validated(&grpc))
+            }
             None => None,
         };
         Ok(Self {
             spec: s.clone(),
-            cluster: encode(convert::encode(&cluster))?,
+            cluster: Resource::from_validated(&cluster),
             grpc_cluster,
-            endpoints: encode(convert::encode(&la))?,
+            endpoints: Resource::from_validated(&la),
             virtual_host,
         })
     }
@@ -103,6 +104,12 @@ impl TranslationCache {
     /// How many service translations were made so far (a reused one does not count).
     pub fn translated(&self) -> u64 {
         self.translated
+    }
+
+    /// How many outbound route tables were built so far (one is reused while every service
+    /// keeps its routes, e.g. across endpoint changes).
+    pub fn tables_built(&self) -> u64 {
+        self.tables
     }
 
     /// Number of services held.
@@ -199,15 +206,15 @@ fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, Tran
     table
         .validate()
         .map_err(|e| TranslateError::new(&at, None, e))?;
-    Resource::from_any(convert::encode(&table)).map_err(|e| TranslateError::new(&at, None, e))
+    Ok(Resource::from_validated(&table))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::server::ResourceType;
     use crate::source::{NodeSpec, Snapshots};
+    use crate::ResourceType;
 
     fn spec(orders_port: u16) -> MeshSpec {
         MeshSpec::from_yaml(&format!(
@@ -273,7 +280,8 @@ nodes:
         let incremental = second.snapshots_with(&mut cache).unwrap();
         assert_eq!(cache.translated(), 4, "only orders is translated again");
         assert_eq!(
-            cache.tables, 1,
+            cache.tables_built(),
+            1,
             "an endpoint change keeps the outbound table"
         );
         assert!(Arc::ptr_eq(cache.get("payments").unwrap(), &payments));
@@ -297,7 +305,7 @@ nodes:
             &third.snapshots_with(&mut cache).unwrap(),
             &third.snapshots().unwrap(),
         );
-        assert_eq!((cache.translated(), cache.tables), (5, 2));
+        assert_eq!((cache.translated(), cache.tables_built()), (5, 2));
     }
 
     #[test]

@@ -11,7 +11,6 @@ use mesh_core::{
 use super::incremental::{SharedResources, TranslationCache};
 use super::proxyless::{api_listener, api_manager};
 use super::spec::{ListenerAddrs, ListenerFilters, MeshSpec, NodeKind, NodeSpec, ServiceSpec};
-use crate::convert;
 use crate::server::{Resource, Snapshot, SnapshotError};
 
 /// Name of the outbound listener and its route configuration.
@@ -153,33 +152,6 @@ impl MeshSpec {
         Ok(())
     }
 
-    /// The mesh-core config of one node (the fallback when `node` is `None`), validated.
-    pub fn node_config(
-        &self,
-        node: Option<&NodeSpec>,
-        addrs: ListenerAddrs,
-    ) -> Result<MeshConfig, TranslateError> {
-        let mut cfg = MeshConfig::default();
-        let mut outbound = RouteConfiguration {
-            name: OUTBOUND.into(),
-            virtual_hosts: Vec::new(),
-        };
-        for s in &self.services {
-            let (c, la, vh) = service_config(s)?;
-            cfg.clusters.push(c);
-            cfg.endpoints.push(la);
-            outbound.virtual_hosts.push(vh);
-        }
-        let kind = node.map_or(NodeKind::Sidecar, NodeSpec::kind);
-        let own = self.node_part(node, addrs, kind);
-        cfg.route_configs.push(outbound);
-        cfg.route_configs.push(own.inbound);
-        cfg.clusters.push(own.local_app);
-        cfg.listeners = own.listeners;
-        cfg.validate().map_err(|e| node_error(node, e))?;
-        Ok(cfg)
-    }
-
     /// What a node has of its own: its two listeners, the inbound route table and the local
     /// app's cluster (not validated).
     fn node_part(&self, node: Option<&NodeSpec>, addrs: ListenerAddrs, kind: NodeKind) -> NodePart {
@@ -288,31 +260,29 @@ impl MeshSpec {
             resources.push(t.endpoints.clone());
         }
         resources.push(shared.outbound.clone());
-        let mut push = |any| -> Result<(), TranslateError> {
-            resources.push(Resource::from_any(any).map_err(|e| err(e.into()))?);
-            Ok(())
-        };
+        // The node's part was validated above: encoded as is.
         if kind != NodeKind::Sdk {
-            push(convert::encode(&own.local_app))?;
+            resources.push(Resource::from_validated(&own.local_app));
         }
         if kind == NodeKind::Proxyless {
             // API listeners instead of socket listeners, and no inbound side.
             if let Some(out) = own.listeners.iter().find(|l| l.name == OUTBOUND) {
                 let manager = api_manager(out);
                 for t in &shared.services {
-                    push(api_listener(t.name(), &manager))?;
+                    let any = api_listener(t.name(), &manager);
+                    resources.push(Resource::from_any(any).map_err(|e| err(e.into()))?);
                 }
             }
         } else if kind == NodeKind::Sdk {
             // The outbound listener only: it names the route table the SDK subscribes to and
             // carries the listener-level rate limit. Nothing of the inbound side.
             for l in own.listeners.iter().filter(|l| l.name == OUTBOUND) {
-                push(convert::encode(l))?;
+                resources.push(Resource::from_validated(l));
             }
         } else {
-            push(convert::encode(&own.inbound))?;
+            resources.push(Resource::from_validated(&own.inbound));
             for l in &own.listeners {
-                push(convert::encode(l))?;
+                resources.push(Resource::from_validated(l));
             }
         }
         let snap = Snapshot::from_resources(resources).map_err(err)?;
