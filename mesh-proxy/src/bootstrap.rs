@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 /// The seed's default mesh: outbound :8082 routes everything to the inbound sidecar at :8083,
 /// which routes everything to the local app at 127.0.0.1:6060. Both hops speak the protocol the
 /// request came in with (Envoy's `use_downstream_protocol_config`): an HTTP/1.1 app and a gRPC
-/// (HTTP/2) app both work with no flags.
+/// (HTTP/2) app both work with no flags. The outbound listener binds loopback only: it forwards
+/// to any service, so on all interfaces anyone who reaches the host could use it as an open
+/// proxy into the mesh; the inbound listener takes other hosts' calls and binds all interfaces.
 pub const DEFAULT_BOOTSTRAP: &str = r#"
 listeners:
   - name: outbound
-    address: 0.0.0.0:8082
+    address: 127.0.0.1:8082
     direction: outbound
     route_config:
       name: outbound
@@ -182,6 +184,14 @@ mod tests {
         assert_eq!(
             (l[0].address.port(), l[0].direction),
             (8082, Direction::Outbound)
+        );
+        assert!(
+            l[0].address.ip().is_loopback(),
+            "the outbound listener is no open proxy"
+        );
+        assert!(
+            l[1].address.ip().is_unspecified(),
+            "inbound takes other hosts' calls"
         );
         assert_eq!(
             (l[1].address.port(), l[1].direction),

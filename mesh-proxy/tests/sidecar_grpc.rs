@@ -44,7 +44,7 @@ async fn the_seed_default_passes_grpc_and_http1() {
         let ports = mesh_testkit::free_ports(3);
         let (out, inb, admin) = (ports[0], ports[1], ports[2]);
         let yaml = mesh_proxy::bootstrap::DEFAULT_BOOTSTRAP
-            .replace("0.0.0.0:8082", &format!("127.0.0.1:{out}"))
+            .replace("127.0.0.1:8082", &format!("127.0.0.1:{out}"))
             .replace("0.0.0.0:8083", &format!("127.0.0.1:{inb}"))
             .replace("127.0.0.1:8083", &format!("127.0.0.1:{inb}"))
             .replace("127.0.0.1:6060", &format!("127.0.0.1:{app}"));

@@ -1,6 +1,6 @@
 //! `mesh-sidecar`: the two-listener sidecar.
 //!
-//! - static: `mesh-sidecar [--config sidecar.yaml]` (no file: the seed default, outbound :8082
+//! - static: `mesh-sidecar [--config sidecar.yaml]` (no file: the seed default, outbound 127.0.0.1:8082
 //!   → inbound :8083 → local app 127.0.0.1:6060);
 //! - dynamic: `mesh-sidecar --xds http://127.0.0.1:18000[,..] --node-id ID [--node-cluster C]`:
 //!   listeners, routes, clusters and endpoints come from the xDS control plane (ours or any
@@ -25,7 +25,7 @@ use mesh_xds::client::XdsTls;
 #[command(name = "mesh-sidecar", version, about)]
 struct Args {
     /// Bootstrap YAML (listeners, routes, clusters, endpoints in mesh-core's model). Without it,
-    /// the seed default: outbound :8082 → inbound :8083 → local app 127.0.0.1:6060.
+    /// the seed default: outbound 127.0.0.1:8082 → inbound :8083 → local app 127.0.0.1:6060.
     #[arg(long, short = 'c', env = "MESH_SIDECAR_CONFIG")]
     config: Option<PathBuf>,
     /// Admin endpoint address (overrides the bootstrap's `admin`; default 127.0.0.1:15000).
