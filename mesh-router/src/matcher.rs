@@ -54,6 +54,11 @@ impl StrMatcher {
         let Some(v) = value else {
             return matches!(self, Self::Present(false));
         };
+        self.matches_value(v, ignore_case)
+    }
+
+    /// Whether a present `v` satisfies the condition.
+    fn matches_value(&self, v: &str, ignore_case: bool) -> bool {
         let lowered;
         let v = if ignore_case && v.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = v.to_ascii_lowercase();
@@ -79,6 +84,8 @@ pub(crate) struct HeaderMatch {
     value: StrMatcher,
     ignore_case: bool,
     invert: bool,
+    /// Envoy's `treat_missing_header_as_empty`.
+    missing_as_empty: bool,
 }
 
 impl HeaderMatch {
@@ -91,15 +98,20 @@ impl HeaderMatch {
             value,
             ignore_case,
             invert: h.invert,
+            missing_as_empty: h.treat_missing_header_as_empty,
         })
     }
 
-    /// Envoy's rule: several values of one header are matched joined with `,`; a value that is
-    /// not UTF-8 never matches a value condition.
+    /// Envoy's rules: several values of one header are matched joined with `,`; a value that
+    /// is not UTF-8 never matches a value condition. An absent header fails a value condition
+    /// whether inverted or not, unless it is to be taken as empty; `present` conditions are
+    /// inverted as they are.
     pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter();
         let held = match values.next() {
-            None => self.value.matches(None, false),
+            None if matches!(self.value, StrMatcher::Present(_)) => self.value.matches(None, false),
+            None if self.missing_as_empty => self.value.matches_value("", self.ignore_case),
+            None => return false,
             Some(first) => match values.next() {
                 None => first
                     .to_str()
@@ -319,6 +331,7 @@ mod tests {
             value,
             ignore_case,
             invert,
+            treat_missing_header_as_empty: false,
         })
         .unwrap()
     }
@@ -350,10 +363,34 @@ mod tests {
         let not_exact = header(StringMatch::Exact("a".into()), false, true);
         assert!(not_exact.matches(&headers(&["b"])));
         assert!(
-            not_exact.matches(&headers(&[])),
-            "inverted: an absent header passes"
+            !not_exact.matches(&headers(&[])),
+            "inverted or not, a value condition fails on an absent header (as in Envoy)"
         );
         assert!(!not_exact.matches(&headers(&["a"])));
+        let not_present = header(StringMatch::Present(true), false, true);
+        assert!(not_present.matches(&headers(&[])), "presence inverts as is");
+        assert!(!not_present.matches(&headers(&["x"])));
+    }
+
+    #[test]
+    fn treat_missing_header_as_empty_matches_an_absent_header_as_empty() {
+        let compile = |value, invert| {
+            HeaderMatch::compile(&HeaderMatcher {
+                name: "x-h".into(),
+                value,
+                ignore_case: false,
+                invert,
+                treat_missing_header_as_empty: true,
+            })
+            .unwrap()
+        };
+        let not_dev = compile(StringMatch::Exact("dev".into()), true);
+        assert!(not_dev.matches(&headers(&[])), "\"\" is not dev");
+        assert!(!not_dev.matches(&headers(&["dev"])));
+        let empty_re = compile(StringMatch::Regex("a*".into()), false);
+        assert!(empty_re.matches(&headers(&[])));
+        let present = compile(StringMatch::Present(true), false);
+        assert!(!present.matches(&headers(&[])), "presence is not affected");
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl RouteTable {
             .validate()
             .map_err(|e| refuse(describe(config, &e)))?;
         let name: Arc<str> = Arc::from(config.name.as_str());
-        let mut domains = Domains::default();
+        let mut domains = Domains::new(config.ignore_port_in_host_matching);
         let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
         for (i, vh) in config.virtual_hosts.iter().enumerate() {
             let vh_name: Arc<str> = Arc::from(vh.name.as_str());

@@ -84,10 +84,11 @@ fn every_matcher_kind() {
         ("/h", &[("x-env", "canary")], "h-exact"),
         ("/h", &[("x-env", "BLUE-2")], "h-prefix"),
         ("/h", &[("x-ver", "v12")], "h-regex"),
-        ("/h", &[("x-ver", "v12b")], "h-inverted"),
+        ("/h", &[("x-ver", "v12b")], "404"),
         ("/h", &[("x-debug", "")], "h-present"),
         ("/h", &[("x-user", "bot")], "404"),
-        ("/h", &[], "h-inverted"),
+        ("/h", &[("x-user", "human")], "h-inverted"),
+        ("/h", &[], "404"),
         ("/q?mode=a%20b", &[], "q-exact"),
         ("/q?mode=a+b&x", &[], "q-exact"),
         ("/q?mode=ab&debug", &[], "q-present"),
@@ -140,7 +141,12 @@ virtual_hosts:
   - { name: exact, domains: ["api.example.com"], routes: [ { name: exact, route: { cluster: c } } ] }
 "#,
     );
-    assert_eq!(route_of(&t, "http://api.example.com:8080/", &[]), "exact");
+    assert_eq!(route_of(&t, "http://api.example.com/", &[]), "exact");
+    assert_eq!(
+        route_of(&t, "http://api.example.com:8080/", &[]),
+        "any",
+        "the port is part of the authority, as in Envoy"
+    );
     assert_eq!(route_of(&t, "/", &[("host", "API.example.com")]), "exact");
     assert_eq!(route_of(&t, "/", &[("host", "www.example.com")]), "wild");
     assert_eq!(route_of(&t, "/", &[("host", "other.org")]), "any");
@@ -298,6 +304,7 @@ fn route_strategy() -> impl Strategy<Value = Route> {
                         value,
                         ignore_case: false,
                         invert,
+                        treat_missing_header_as_empty: false,
                     })
                     .into_iter()
                     .collect(),
@@ -320,6 +327,7 @@ proptest! {
         let config = RouteConfiguration {
             name: "p".into(),
             virtual_hosts: vec![VirtualHost { name: "vh".into(), domains: vec!["*".into()], routes }],
+            ignore_port_in_host_matching: false,
         };
         let t = RouteTable::compile(&config, &LayerRegistry::default()).unwrap();
         for (path, with_header) in probes {

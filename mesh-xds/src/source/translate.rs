@@ -163,6 +163,7 @@ impl MeshSpec {
         let mut outbound = RouteConfiguration {
             name: OUTBOUND.into(),
             virtual_hosts: Vec::new(),
+            ignore_port_in_host_matching: false,
         };
         for s in &self.services {
             let (c, la, vh) = service_config(s)?;
@@ -226,6 +227,7 @@ impl MeshSpec {
                     ..Route::default()
                 }],
             }],
+            ignore_port_in_host_matching: false,
         };
         let rate_limit = service.and_then(|s| s.rate_limit.clone());
         NodePart {
@@ -268,6 +270,7 @@ impl MeshSpec {
                 RouteConfiguration {
                     name: OUTBOUND.into(),
                     virtual_hosts: Vec::new(),
+                    ignore_port_in_host_matching: false,
                 },
                 own.inbound.clone(),
             ],
