@@ -187,3 +187,22 @@ impl Validate for Listener {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_host_port_as_envoy() {
+        use StripHostPort::*;
+        assert_eq!(None.apply("api:8080", 8080), "api:8080");
+        assert_eq!(Any.apply("api:8080", 1), "api");
+        assert_eq!(Any.apply("api:x", 1), "api:x", "only numeric ports");
+        assert_eq!(Any.apply("[::1]:80", 1), "[::1]");
+        assert_eq!(Any.apply("[::1]", 1), "[::1]");
+        assert_eq!(Matching.apply("api:8080", 8080), "api");
+        assert_eq!(Matching.apply("api:9999", 8080), "api:9999");
+        assert_eq!(port_start("a:1"), Some(1));
+        assert_eq!(port_start("[::1]"), Option::None);
+    }
+}
