@@ -153,7 +153,7 @@ pub struct HeaderMatcher {
 pub struct QueryParamMatcher {
     /// Parameter name (case-sensitive).
     pub name: String,
-    /// The condition on its (percent-decoded) value.
+    /// The condition on its value as sent (not percent-decoded, as in Envoy).
     #[serde(flatten)]
     pub value: StringMatch,
     /// Compare ignoring ASCII case (not for regex).

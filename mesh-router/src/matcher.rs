@@ -131,7 +131,9 @@ impl HeaderMatch {
     }
 }
 
-/// A compiled query-parameter condition (on the first occurrence of the parameter).
+/// A compiled query-parameter condition, on the first occurrence of the parameter. As in
+/// Envoy's route matching (`QueryParamsMulti::parseQueryString`), names and values are
+/// compared as they appear in the request, not percent-decoded: `mode=f%61st` is not `fast`.
 #[derive(Debug, Clone)]
 pub(crate) struct QueryMatch {
     name: String,
@@ -153,40 +155,11 @@ impl QueryMatch {
         let found = query.and_then(|q| {
             q.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(k) == self.name).then(|| percent_decode(v))
+                (k == self.name).then_some(v)
             })
         });
-        self.value.matches(found.as_deref(), self.ignore_case)
+        self.value.matches(found, self.ignore_case)
     }
-}
-
-/// Decodes `%XX` escapes and `+` (form encoding) in a query component. Hand-written because it
-/// is a dozen lines and the only decoding the router needs; invalid escapes pass through as is.
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return s.into();
-    }
-    let bytes = s.as_bytes();
-    let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
-                    // Two hex digits make one byte, so the cast cannot truncate.
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 /// A compiled path condition.
@@ -401,22 +374,30 @@ mod tests {
     }
 
     #[test]
-    fn query_values_are_percent_decoded_and_the_first_occurrence_counts() {
+    fn query_values_are_matched_as_sent_and_the_first_occurrence_counts() {
         let q = QueryMatch::compile(&QueryParamMatcher {
-            name: "k y".into(),
-            value: StringMatch::Exact("v/é".into()),
+            name: "k".into(),
+            value: StringMatch::Exact("v w".into()),
             ignore_case: false,
         })
         .unwrap();
-        assert!(q.matches(Some("a=1&k+y=v%2F%C3%A9&k+y=other")));
-        assert!(!q.matches(Some("k%20y=other&k+y=v%2F%C3%A9")));
-        assert!(!q.matches(None));
-        assert_eq!(
-            percent_decode("100%"),
-            "100%",
-            "a bad escape passes through"
+        assert!(
+            !q.matches(Some("a=1&k=v%20w")),
+            "not percent-decoded, as in Envoy"
         );
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert!(!q.matches(Some("k=v+w")));
+        let q = QueryMatch::compile(&QueryParamMatcher {
+            name: "k".into(),
+            value: StringMatch::Exact("v%20w".into()),
+            ignore_case: false,
+        })
+        .unwrap();
+        assert!(q.matches(Some("a=1&k=v%20w&k=other")));
+        assert!(
+            !q.matches(Some("k=other&k=v%20w")),
+            "the first occurrence counts"
+        );
+        assert!(!q.matches(None));
     }
 
     #[test]

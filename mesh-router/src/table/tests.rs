@@ -55,7 +55,7 @@ virtual_hosts:
         match: { prefix: "/h", headers: [ { name: x-user, exact: bot, invert: true } ] }
         route: { cluster: c }
       - name: q-exact
-        match: { prefix: "/q", query_parameters: [ { name: mode, exact: "a b" } ] }
+        match: { prefix: "/q", query_parameters: [ { name: mode, exact: "a%20b" } ] }
         route: { cluster: c }
       - name: q-present
         match: { prefix: "/q", query_parameters: [ { name: debug, present: true } ] }
@@ -90,7 +90,8 @@ fn every_matcher_kind() {
         ("/h", &[("x-user", "human")], "h-inverted"),
         ("/h", &[], "404"),
         ("/q?mode=a%20b", &[], "q-exact"),
-        ("/q?mode=a+b&x", &[], "q-exact"),
+        ("/q?mode=a+b&x", &[], "404"),
+        ("/q?mode=a%20b&x", &[], "q-exact"),
         ("/q?mode=ab&debug", &[], "q-present"),
         ("/q?mode=ab", &[], "404"),
         ("/case/x", &[], "ci-prefix"),
@@ -176,7 +177,7 @@ virtual_hosts:
 }
 
 #[test]
-fn cluster_header_chooses_and_missing_header_is_no_route() {
+fn cluster_header_chooses_and_missing_header_is_cluster_not_found() {
     let t = table(
         r#"
 name: t
@@ -186,10 +187,15 @@ virtual_hosts:
     );
     let d = t.decide(&req("/", &[("x-cluster", "blue")])).unwrap();
     assert_eq!(&*d.cluster.0, "blue");
-    assert!(matches!(
-        t.decide(&req("/", &[])),
-        Err(MeshError::NoRoute { .. })
-    ));
+    for headers in [&[][..], &[("x-cluster", "")]] {
+        assert!(
+            matches!(
+                t.decide(&req("/", headers)),
+                Err(MeshError::ClusterNotFound { .. })
+            ),
+            "503 as in Envoy: {headers:?}"
+        );
+    }
 }
 
 #[test]
