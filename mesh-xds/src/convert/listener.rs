@@ -171,8 +171,10 @@ fn hcm_from(
             "protocol upgrades (WebSocket)",
         ));
     }
-    let mut http = HttpProtocolOptions::default();
-    http.strip_host_port = HcmMatching::try_from(&m)?.strip_host_port;
+    let mut http = HttpProtocolOptions {
+        strip_host_port: HcmMatching::try_from(&m)?.strip_host_port,
+        ..HttpProtocolOptions::default()
+    };
     (http.http1, http.http2) = match CodecType::try_from(m.codec_type) {
         Ok(CodecType::Auto) => (true, true),
         Ok(CodecType::Http1) => (true, false),
