@@ -231,6 +231,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn strip_host_port_rewrites_host_and_authority_but_not_connect() {
+        let parts = |req: http::request::Builder| req.body(()).unwrap().into_parts().0;
+        let mut p = parts(http::Request::get("/x").header("host", "api:8080"));
+        strip_host_port(&mut p, StripHostPort::Matching, 9999);
+        assert_eq!(p.headers["host"], "api:8080", "not the listener's port");
+        strip_host_port(&mut p, StripHostPort::Matching, 8080);
+        assert_eq!(p.headers["host"], "api");
+        let mut p = parts(http::Request::get("http://api:8080/x?q"));
+        strip_host_port(&mut p, StripHostPort::Any, 1);
+        assert_eq!(p.uri, "http://api/x?q");
+        let mut p = parts(
+            http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("api:443")
+                .header("host", "api:443"),
+        );
+        strip_host_port(&mut p, StripHostPort::Any, 1);
+        assert_eq!(p.headers["host"], "api:443");
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_dropped_but_te_trailers_stays() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
