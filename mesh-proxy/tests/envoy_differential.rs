@@ -235,12 +235,14 @@ fn envoy_sidecar_and_sdk_route_a_corpus_alike() {
     );
     assert_same("sidecar vs envoy", &sidecar_diffs, cases.len());
     assert_same("sdk vs envoy", &sdk_diffs, cases.len());
-    // The corpus reaches every route and every kind of answer.
-    assert!(
-        backends_seen.len() >= differential::SERVICES.len() - 1,
+    // The corpus reaches every route and every kind of answer (b-w1 and b-w2 are reported as
+    // one; b-retry is exercised below).
+    assert_eq!(
+        backends_seen.len(),
+        differential::SERVICES.len() - 2,
         "{backends_seen:?}"
     );
-    for status in [200, 400, 404, 429] {
+    for status in [200, 400, 404, 429, 503] {
         assert!(
             statuses.contains_key(&status),
             "no {status} in {statuses:?}"
@@ -266,6 +268,32 @@ fn envoy_sidecar_and_sdk_route_a_corpus_alike() {
         },
         600,
         "sdk",
+    );
+
+    // Retries on a status code: each answers the upstream's 503 after 1 + 2 attempts.
+    let flaky = Case {
+        host: "api".into(),
+        target: "/flaky".into(),
+        headers: Vec::new(),
+    };
+    let mut attempts = Vec::new();
+    for who in ["envoy", "sidecar", "sdk"] {
+        let before = differential::FLAKY_HITS.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..4 {
+            let status = match who {
+                "envoy" => send(envoy_addr, &flaky).0,
+                "sidecar" => send(ours_addr, &flaky).0,
+                _ => rt.block_on(sdk_outcome(&mesh, &flaky)).0.status,
+            };
+            assert_eq!(status, 503, "{who}");
+        }
+        let hits = differential::FLAKY_HITS.load(std::sync::atomic::Ordering::SeqCst) - before;
+        attempts.push((who, hits));
+    }
+    assert_eq!(
+        attempts,
+        [("envoy", 12), ("sidecar", 12), ("sdk", 12)],
+        "attempts for 4 requests retried twice on 503"
     );
 
     drop(envoy);

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ pub const SERVICES: &[&str] = &[
     "b-w1",
     "b-w2",
     "b-limited",
+    "b-retry",
 ];
 
 /// The routes of service `api` (domains `api`, `api:8080`, `*.api.test`, `api.example`).
@@ -78,6 +79,11 @@ const API_ROUTES: &str = r#"
         match: { prefix: /w }
         route: { weighted_clusters: [ { name: b-w1, weight: 80 }, { name: b-w2, weight: 20 } ] }
       - { name: by-header, match: { prefix: /ch }, route: { cluster_header: x-m-target } }
+      - name: retried
+        match: { prefix: /flaky }
+        route:
+          cluster: b-retry
+          retry_policy: { retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 2, backoff: { base_interval: 1ms, max_interval: 2ms } }
       - name: limited
         match: { prefix: /limited }
         route: { cluster: b-limited, rate_limit: { token_bucket: { max_tokens: 3, tokens_per_fill: 3, fill_interval: 1h } } }
@@ -295,6 +301,9 @@ impl Drop for Backends {
     }
 }
 
+/// Requests the echo backends answered 503 (targets under `/flaky`), across all backends.
+pub static FLAKY_HITS: AtomicUsize = AtomicUsize::new(0);
+
 /// Serves one keep-alive connection: each request (bodies are not expected) is answered with
 /// a report of what arrived.
 fn echo(name: &str, s: TcpStream) {
@@ -335,8 +344,14 @@ fn echo(name: &str, s: TcpStream) {
         for (k, v) in hs {
             body += &format!("h:{k}={v}\n");
         }
+        let status = if target.starts_with("/flaky") {
+            FLAKY_HITS.fetch_add(1, Ordering::SeqCst);
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
             body.len()
         );
         if w.write_all(resp.as_bytes()).is_err() {
