@@ -43,6 +43,7 @@ fn config(n: usize) -> RouteConfiguration {
                             value: StringMatch::Exact("canary".into()),
                             ignore_case: false,
                             invert: false,
+                            treat_missing_header_as_empty: false,
                         }]
                     } else {
                         Vec::new()
@@ -72,6 +73,7 @@ fn config(n: usize) -> RouteConfiguration {
     RouteConfiguration {
         name: "bench".into(),
         virtual_hosts,
+        ignore_port_in_host_matching: false,
     }
 }
 

@@ -68,6 +68,7 @@ fn routes() -> RouteConfiguration {
     RouteConfiguration {
         name: "bench".into(),
         virtual_hosts,
+        ignore_port_in_host_matching: false,
     }
 }
 

@@ -66,7 +66,7 @@ pub use cluster::{
 pub use config::MeshConfig;
 pub use endpoint::{ClusterLoadAssignment, Endpoint, HealthStatus, Locality, LocalityEndpoints};
 pub use error::{is_grpc, GrpcCode, MeshError};
-pub use listener::{Direction, HttpProtocolOptions, Listener};
+pub use listener::{port_start, Direction, HttpProtocolOptions, Listener, StripHostPort};
 pub use ratelimit::{
     DescriptorSource, LocalRateLimit, RateLimitConfig, RateLimitMode, RateLimitRule,
     RateLimitScope, TokenBucketConfig,

@@ -76,6 +76,56 @@ pub struct HttpProtocolOptions {
     pub idle_timeout: Duration,
     /// HTTP/2 concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// Whether the port of the request's `Host`/authority is removed before routing (and so
+    /// also towards the upstream), as Envoy's connection manager does when told to.
+    pub strip_host_port: StripHostPort,
+}
+
+/// Envoy's `strip_matching_host_port` / `strip_any_host_port` of the connection manager.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StripHostPort {
+    /// Keep the authority as sent (Envoy's default): `api:8080` only matches the domain
+    /// `api:8080` (or a wildcard).
+    #[default]
+    None,
+    /// Remove the port when it is the listener's own port (`strip_matching_host_port`).
+    Matching,
+    /// Remove any port (`strip_any_host_port`).
+    Any,
+}
+
+impl StripHostPort {
+    /// The authority with its port removed when this mode says so; `listener_port` is the
+    /// port the request arrived on. IPv6 literals keep their brackets (`[::1]:80` → `[::1]`).
+    pub fn apply<'a>(&self, authority: &'a str, listener_port: u16) -> &'a str {
+        let Some(colon) = port_start(authority) else {
+            return authority;
+        };
+        // As Envoy's `stripPortFromHost`: only a numeric port is removed.
+        let port = authority[colon + 1..].parse::<u32>().ok();
+        let strip = match self {
+            Self::None => false,
+            Self::Any => port.is_some(),
+            Self::Matching => port == Some(u32::from(listener_port)),
+        };
+        if strip {
+            &authority[..colon]
+        } else {
+            authority
+        }
+    }
+}
+
+/// Where the `:port` of an authority starts (the index of the colon), as Envoy's
+/// `HeaderUtility::getPortStart`: the last colon, unless it lies inside an IPv6 literal's
+/// brackets. The port is not checked to be numeric here.
+pub fn port_start(authority: &str) -> Option<usize> {
+    let colon = authority.rfind(':')?;
+    match authority.rfind(']') {
+        Some(v6_end) if v6_end > colon => None,
+        _ => Some(colon),
+    }
 }
 
 impl Default for HttpProtocolOptions {
@@ -88,6 +138,7 @@ impl Default for HttpProtocolOptions {
             request_headers_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             max_concurrent_streams: 1024,
+            strip_host_port: StripHostPort::None,
         }
     }
 }
@@ -134,5 +185,24 @@ impl Validate for Listener {
             f.validate().map_err(|e| e.within(at))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_host_port_as_envoy() {
+        use StripHostPort::*;
+        assert_eq!(None.apply("api:8080", 8080), "api:8080");
+        assert_eq!(Any.apply("api:8080", 1), "api");
+        assert_eq!(Any.apply("api:x", 1), "api:x", "only numeric ports");
+        assert_eq!(Any.apply("[::1]:80", 1), "[::1]");
+        assert_eq!(Any.apply("[::1]", 1), "[::1]");
+        assert_eq!(Matching.apply("api:8080", 8080), "api");
+        assert_eq!(Matching.apply("api:9999", 8080), "api:9999");
+        assert_eq!(port_start("a:1"), Some(1));
+        assert_eq!(port_start("[::1]"), Option::None);
     }
 }

@@ -18,6 +18,11 @@ pub struct RouteConfiguration {
     /// Virtual hosts, chosen by the request's authority.
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Ignore the port of the request's authority when choosing the virtual host (Envoy's
+    /// `ignore_port_in_host_matching`; the domains themselves are taken as written). By default
+    /// the whole authority, port included, must match a domain.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ignore_port_in_host_matching: bool,
 }
 
 /// A set of domains and the routes that serve them.
@@ -26,8 +31,11 @@ pub struct RouteConfiguration {
 pub struct VirtualHost {
     /// Unique within the route configuration.
     pub name: String,
-    /// Domains: exact (`api.example.com`), suffix wildcard (`*.example.com`) or `*`.
-    /// Matching ignores the port and ASCII case, as Envoy does.
+    /// Domains: exact (`api.example.com`, `api:8080`), suffix wildcard (`*.example.com`) or `*`.
+    /// Matching ignores ASCII case and, as in Envoy, compares the whole authority, port
+    /// included: `api` does not serve `api:8080` (unless the listener strips ports, see
+    /// [`HttpProtocolOptions::strip_host_port`](crate::HttpProtocolOptions), or the table sets
+    /// [`RouteConfiguration::ignore_port_in_host_matching`]).
     pub domains: Vec<String>,
     /// Routes in order; the first whose match holds wins.
     #[serde(default)]
@@ -130,9 +138,14 @@ pub struct HeaderMatcher {
     /// Compare ignoring ASCII case (not for regex).
     #[serde(default, skip_serializing_if = "is_false")]
     pub ignore_case: bool,
-    /// Negates the condition.
+    /// Negates the condition. As in Envoy, a value condition (not `present`) on an absent
+    /// header fails whether inverted or not, unless `treat_missing_header_as_empty`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub invert: bool,
+    /// Match an absent header as if it were present and empty (Envoy's
+    /// `treat_missing_header_as_empty`); no effect on `present` conditions.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub treat_missing_header_as_empty: bool,
 }
 
 /// A condition on one query parameter.
@@ -140,7 +153,7 @@ pub struct HeaderMatcher {
 pub struct QueryParamMatcher {
     /// Parameter name (case-sensitive).
     pub name: String,
-    /// The condition on its (percent-decoded) value.
+    /// The condition on its value as sent (not percent-decoded, as in Envoy).
     #[serde(flatten)]
     pub value: StringMatch,
     /// Compare ignoring ASCII case (not for regex).

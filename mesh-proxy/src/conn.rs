@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::fragment::Fragments;
+
 /// No signal: serve.
 const RUN: u8 = 0;
 /// Finish in-flight requests, take no new ones (drain, idle timeout).
@@ -35,6 +37,8 @@ pub(crate) struct Activity {
     in_flight: AtomicUsize,
     signal: AtomicU8,
     waker: AtomicWaker,
+    /// Request targets with a fragment seen in the bytes read (see `crate::fragment`).
+    pub(crate) fragments: Fragments,
 }
 
 impl Activity {
@@ -45,6 +49,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             signal: AtomicU8::new(RUN),
             waker: AtomicWaker::new(),
+            fragments: Fragments::default(),
         })
     }
 
@@ -223,13 +228,19 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
+        // Whether the next byte read begins a line (for the fragment scan).
+        at_line_start: bool,
     }
 }
 
 impl<T> TrackedIo<T> {
     pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
         activity.touch();
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            at_line_start: true,
+        }
     }
 }
 
@@ -244,6 +255,9 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         let res = this.inner.poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.touch();
+            let read = &buf.filled()[before..];
+            this.activity.fragments.scan(read, *this.at_line_start);
+            *this.at_line_start = read.last() == Some(&b'\n');
         }
         res
     }

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use mesh_core::StripHostPort;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and so are never
 /// forwarded. `te` is handled apart: `te: trailers` must survive, gRPC needs it.
@@ -52,6 +53,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TE);
     if keeps_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes the port of the request's authority (the `Host` header, and the URI's authority
+/// when it has one) as `mode` says, as Envoy's connection manager does before routing
+/// (`strip_matching_host_port`, `strip_any_host_port`); `listener_port` is the port the
+/// request arrived on. CONNECT requests keep theirs, as in Envoy.
+pub fn strip_host_port(parts: &mut http::request::Parts, mode: StripHostPort, listener_port: u16) {
+    if parts.method == http::Method::CONNECT {
+        return;
+    }
+    if let Some(host) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let stripped = mode.apply(host, listener_port);
+        if stripped.len() != host.len() {
+            if let Ok(v) = HeaderValue::from_str(stripped) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let stripped = parts.uri.authority().and_then(|a| {
+        let s = mode.apply(a.as_str(), listener_port);
+        (s.len() != a.as_str().len()).then(|| s.parse::<http::uri::Authority>())
+    });
+    if let Some(Ok(authority)) = stripped {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.authority = Some(authority);
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
     }
 }
 
@@ -195,6 +229,27 @@ fn valid_traceparent(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_host_port_rewrites_host_and_authority_but_not_connect() {
+        let parts = |req: http::request::Builder| req.body(()).unwrap().into_parts().0;
+        let mut p = parts(http::Request::get("/x").header("host", "api:8080"));
+        strip_host_port(&mut p, StripHostPort::Matching, 9999);
+        assert_eq!(p.headers["host"], "api:8080", "not the listener's port");
+        strip_host_port(&mut p, StripHostPort::Matching, 8080);
+        assert_eq!(p.headers["host"], "api");
+        let mut p = parts(http::Request::get("http://api:8080/x?q"));
+        strip_host_port(&mut p, StripHostPort::Any, 1);
+        assert_eq!(p.uri, "http://api/x?q");
+        let mut p = parts(
+            http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("api:443")
+                .header("host", "api:443"),
+        );
+        strip_host_port(&mut p, StripHostPort::Any, 1);
+        assert_eq!(p.headers["host"], "api:443");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped_but_te_trailers_stays() {

@@ -14,6 +14,7 @@ pub mod bootstrap;
 mod conn;
 pub mod dynamic;
 pub mod filters;
+mod fragment;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use mesh_core::extensions::{ClientAddr, ListenerName};
-use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError};
+use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError, StripHostPort};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,8 @@ pub async fn serve(
     let conns = metrics.active_connections(&settings.name);
     let shared = Arc::new(EdgeShared {
         listener: Arc::clone(&settings.name),
+        strip_host_port: settings.http.strip_host_port,
+        local_port: listener.local_addr().map_or(0, |a| a.port()),
         max_body: settings.http.max_request_bytes,
         // Resolved once per listener: no label building or family lookup per request.
         listener_metrics: metrics.listener(&settings.name),
@@ -198,6 +200,9 @@ fn builder(http: &HttpProtocolOptions) -> auto::Builder<TokioExecutor> {
 /// What every connection of a listener shares.
 struct EdgeShared {
     listener: Arc<str>,
+    /// The listener's `strip_host_port` and its own port (for `Matching`).
+    strip_host_port: StripHostPort,
+    local_port: u16,
     max_body: u64,
     metrics: Metrics,
     listener_metrics: ListenerMetrics,
@@ -272,10 +277,24 @@ impl Edge {
         }
     }
 
-    /// The per-hop request work: size limit, headers, extensions, body limit.
+    /// The per-hop request work: the request target, size limit, headers, extensions, body
+    /// limit.
     fn prepare(&self, req: Request<Incoming>) -> Result<Request<Body>, MeshError> {
         let max_body = self.shared.max_body;
         let (mut parts, incoming) = req.into_parts();
+        if self.activity.fragments.take(&parts.uri) {
+            // As Envoy: a request target with a fragment is malformed (hyper drops it silently).
+            return Err(MeshError::BadRequest {
+                reason: "request target with a fragment".into(),
+            });
+        }
+        if self.shared.strip_host_port != StripHostPort::None {
+            headers::strip_host_port(
+                &mut parts,
+                self.shared.strip_host_port,
+                self.shared.local_port,
+            );
+        }
         let too_large = parts
             .headers
             .get(header::CONTENT_LENGTH)

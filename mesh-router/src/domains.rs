@@ -1,5 +1,6 @@
 //! Virtual-host lookup by authority: exact domain, then the longest `*suffix` wildcard, then `*`,
-//! ignoring the port and ASCII case, as Envoy does.
+//! ignoring ASCII case, as Envoy does. As in Envoy, the whole authority is compared, port
+//! included, unless the table ignores ports (`ignore_port_in_host_matching`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,13 +18,23 @@ pub(crate) struct Domains {
     /// The distinct suffix lengths, longest first, so the longest wildcard is tried first.
     suffix_lens: Vec<usize>,
     any: Option<u32>,
+    /// Drop the request authority's port before looking it up (the domains stay as written).
+    ignore_port: bool,
 }
 
 impl Domains {
-    /// Adds the domains of virtual host `vh`. A domain already taken (after dropping ports and
-    /// case) keeps its first virtual host, as validation refuses exact duplicates anyway.
+    /// An empty index; `ignore_port` is the table's `ignore_port_in_host_matching`.
+    pub(crate) fn new(ignore_port: bool) -> Self {
+        Self {
+            ignore_port,
+            ..Self::default()
+        }
+    }
+
+    /// Adds the domains of virtual host `vh`. A domain already taken (after lowering case)
+    /// keeps its first virtual host, as validation refuses exact duplicates anyway.
     pub(crate) fn add(&mut self, vh: u32, domain: &str) {
-        let d = normalize(domain);
+        let d = lower(domain);
         if d == "*" {
             self.any.get_or_insert(vh);
         } else if let Some(suffix) = d.strip_prefix('*') {
@@ -39,7 +50,11 @@ impl Domains {
 
     /// The virtual host serving `authority`, if any.
     pub(crate) fn lookup(&self, authority: &str) -> Option<u32> {
-        let host = normalize(authority);
+        let authority = match mesh_core::port_start(authority) {
+            Some(colon) if self.ignore_port => &authority[..colon],
+            _ => authority,
+        };
+        let host = lower(authority);
         if let Some(vh) = self.exact.get(host.as_ref()) {
             return Some(*vh);
         }
@@ -58,26 +73,8 @@ impl Domains {
     }
 }
 
-/// Drops a port (`host:80`, `[::1]:80`) and lowers ASCII case, borrowing when nothing changes.
-fn normalize(authority: &str) -> Cow<'_, str> {
-    let bytes = authority.as_bytes();
-    let host = if bytes.first() == Some(&b'[') {
-        authority
-            .find(']')
-            .map_or(authority, |end| &authority[..=end])
-    } else {
-        // A port is the digits after the last `:` (possibly none): walk back over the trailing
-        // digits and look for the colon, rather than searching the whole host for it.
-        let digits = bytes
-            .iter()
-            .rev()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        match (bytes.len() - digits).checked_sub(1) {
-            Some(colon) if bytes[colon] == b':' => &authority[..colon],
-            _ => authority,
-        }
-    };
+/// Lowers ASCII case, borrowing when nothing changes.
+fn lower(host: &str) -> Cow<'_, str> {
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -89,33 +86,8 @@ fn normalize(authority: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
-    /// The reference: the port is what follows the last `:` when it is all digits.
-    fn normalize_reference(authority: &str) -> String {
-        let host = if authority.starts_with('[') {
-            authority
-                .find(']')
-                .map_or(authority, |end| &authority[..=end])
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-                _ => authority,
-            }
-        };
-        host.to_ascii_lowercase()
-    }
-
-    #[test]
-    fn normalize_drops_ports_like_the_reference() {
-        for a in [
-            "", ":", "::", "::1", "a:1:2", "a:b:3", "Host", "host:", "host:80", "host:8a", "8080",
-            ":80", "[::1]", "[::1]:80", "[::1", "A.B:1x:2", "x:ä", "ä:1",
-        ] {
-            assert_eq!(normalize(a), normalize_reference(a), "{a:?}");
-        }
-    }
-
-    fn table() -> Domains {
-        let mut d = Domains::default();
+    fn table(ignore_port: bool) -> Domains {
+        let mut d = Domains::new(ignore_port);
         d.add(0, "api.example.com");
         d.add(1, "*.example.com");
         d.add(2, "*.eu.example.com");
@@ -123,18 +95,16 @@ mod tests {
         d.add(4, "Other.Test:8080");
         d.add(5, "[::1]");
         d.add(6, "*-bar.example.org");
+        d.add(7, "api");
+        d.add(8, "api:8080");
         d
     }
 
     #[test]
     fn exact_then_longest_wildcard_then_any() {
-        let d = table();
+        let d = table(false);
         assert_eq!(d.lookup("api.example.com"), Some(0));
-        assert_eq!(
-            d.lookup("API.Example.COM:443"),
-            Some(0),
-            "port and case ignored"
-        );
+        assert_eq!(d.lookup("API.Example.COM"), Some(0), "case ignored");
         assert_eq!(d.lookup("www.example.com"), Some(1));
         assert_eq!(d.lookup("x.eu.example.com"), Some(2), "longest suffix wins");
         assert_eq!(d.lookup("eu.example.com"), Some(1));
@@ -143,18 +113,42 @@ mod tests {
             Some(3),
             "a wildcard needs one char"
         );
-        assert_eq!(d.lookup("other.test"), Some(4));
-        assert_eq!(d.lookup("[::1]:9000"), Some(5));
+        assert_eq!(d.lookup("other.test:8080"), Some(4));
+        assert_eq!(d.lookup("[::1]"), Some(5));
         assert_eq!(d.lookup("foo-bar.example.org"), Some(6));
         assert_eq!(d.lookup("elsewhere"), Some(3));
-        assert_eq!(d.lookup("other.test:"), Some(4), "an empty port is a port");
-        assert_eq!(
-            d.lookup("Other.Test:80x"),
-            Some(3),
-            "not a port: kept, so no match"
-        );
         let mut no_default = Domains::default();
         no_default.add(0, "a");
         assert_eq!(no_default.lookup("b"), None);
+    }
+
+    #[test]
+    fn the_port_is_part_of_the_authority_as_in_envoy() {
+        let d = table(false);
+        assert_eq!(d.lookup("api"), Some(7));
+        assert_eq!(d.lookup("api:8080"), Some(8));
+        assert_eq!(d.lookup("api:9999"), Some(3), "no domain names this port");
+        assert_eq!(d.lookup("API.Example.COM:443"), Some(3));
+        assert_eq!(d.lookup("other.test"), Some(3));
+        assert_eq!(d.lookup("[::1]:9000"), Some(3));
+        assert_eq!(
+            d.lookup("www.example.com:443"),
+            Some(3),
+            "a suffix wildcard compares the whole authority"
+        );
+    }
+
+    #[test]
+    fn ignore_port_in_host_matching_drops_the_request_port_only() {
+        let d = table(true);
+        assert_eq!(d.lookup("api:9999"), Some(7));
+        assert_eq!(
+            d.lookup("api:8080"),
+            Some(7),
+            "the request's port is dropped"
+        );
+        assert_eq!(d.lookup("API.Example.COM:443"), Some(0));
+        assert_eq!(d.lookup("[::1]:9000"), Some(5));
+        assert_eq!(d.lookup("other.test:8080"), Some(3), "domains keep theirs");
     }
 }

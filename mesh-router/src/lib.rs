@@ -2,7 +2,8 @@
 //!
 //! The routing tower Layer ([`RouterLayer`] / [`Router`]): each request is matched against the
 //! live route table — the virtual host by authority (exact domain, then the longest `*suffix`
-//! wildcard, then `*`, ignoring port and case), then the first route whose match holds (path
+//! wildcard, then `*`, ignoring ASCII case; the port is part of the authority, as in Envoy,
+//! unless the table sets `ignore_port_in_host_matching`), then the first route whose match holds (path
 //! prefix, exact path, regex, gRPC service/method, header and query-parameter conditions). The
 //! decision goes into the request extensions for the inner layers:
 //! [`MatchedRoute`](mesh_core::extensions::MatchedRoute),
@@ -20,9 +21,12 @@
 //! exact and regex alike); regexes must match the whole path or value. `case_sensitive: false`
 //! applies to prefix and exact paths, not to regexes (as in Envoy: write `(?i)`). A gRPC match
 //! (`/pkg.Service/` or `/pkg.Service/Method`) also requires `content-type: application/grpc`.
-//! Header conditions on a repeated header see its values joined by `,`; query conditions see the
-//! first occurrence, percent-decoded. A `cluster_header` route whose header is missing answers
-//! 404, as Envoy does.
+//! Header conditions on a repeated header see its values joined by `,`; a value condition on an
+//! absent header fails, inverted or not, unless `treat_missing_header_as_empty` (presence
+//! conditions invert as they are). Query conditions see the first occurrence, as sent (not
+//! percent-decoded). A `cluster_header` route whose header is missing answers 503 (cluster not
+//! found), as Envoy 1.40 does. All of this is checked against real Envoy by
+//! `mesh-proxy/tests/envoy_differential.rs`.
 //!
 //! **Policy details.** The route timeout covers all attempts up to the response head (not the
 //! streaming of the body); zero disables it. Retries replay bodies of at most

@@ -54,6 +54,11 @@ impl StrMatcher {
         let Some(v) = value else {
             return matches!(self, Self::Present(false));
         };
+        self.matches_value(v, ignore_case)
+    }
+
+    /// Whether a present `v` satisfies the condition.
+    fn matches_value(&self, v: &str, ignore_case: bool) -> bool {
         let lowered;
         let v = if ignore_case && v.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = v.to_ascii_lowercase();
@@ -79,6 +84,8 @@ pub(crate) struct HeaderMatch {
     value: StrMatcher,
     ignore_case: bool,
     invert: bool,
+    /// Envoy's `treat_missing_header_as_empty`.
+    missing_as_empty: bool,
 }
 
 impl HeaderMatch {
@@ -91,15 +98,20 @@ impl HeaderMatch {
             value,
             ignore_case,
             invert: h.invert,
+            missing_as_empty: h.treat_missing_header_as_empty,
         })
     }
 
-    /// Envoy's rule: several values of one header are matched joined with `,`; a value that is
-    /// not UTF-8 never matches a value condition.
+    /// Envoy's rules: several values of one header are matched joined with `,`; a value that
+    /// is not UTF-8 never matches a value condition. An absent header fails a value condition
+    /// whether inverted or not, unless it is to be taken as empty; `present` conditions are
+    /// inverted as they are.
     pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter();
         let held = match values.next() {
-            None => self.value.matches(None, false),
+            None if matches!(self.value, StrMatcher::Present(_)) => self.value.matches(None, false),
+            None if self.missing_as_empty => self.value.matches_value("", self.ignore_case),
+            None => return false,
             Some(first) => match values.next() {
                 None => first
                     .to_str()
@@ -119,7 +131,9 @@ impl HeaderMatch {
     }
 }
 
-/// A compiled query-parameter condition (on the first occurrence of the parameter).
+/// A compiled query-parameter condition, on the first occurrence of the parameter. As in
+/// Envoy's route matching (`QueryParamsMulti::parseQueryString`), names and values are
+/// compared as they appear in the request, not percent-decoded: `mode=f%61st` is not `fast`.
 #[derive(Debug, Clone)]
 pub(crate) struct QueryMatch {
     name: String,
@@ -141,40 +155,11 @@ impl QueryMatch {
         let found = query.and_then(|q| {
             q.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(k) == self.name).then(|| percent_decode(v))
+                (k == self.name).then_some(v)
             })
         });
-        self.value.matches(found.as_deref(), self.ignore_case)
+        self.value.matches(found, self.ignore_case)
     }
-}
-
-/// Decodes `%XX` escapes and `+` (form encoding) in a query component. Hand-written because it
-/// is a dozen lines and the only decoding the router needs; invalid escapes pass through as is.
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return s.into();
-    }
-    let bytes = s.as_bytes();
-    let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
-                    // Two hex digits make one byte, so the cast cannot truncate.
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 /// A compiled path condition.
@@ -309,98 +294,4 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    fn header(value: StringMatch, ignore_case: bool, invert: bool) -> HeaderMatch {
-        HeaderMatch::compile(&HeaderMatcher {
-            name: "x-h".into(),
-            value,
-            ignore_case,
-            invert,
-        })
-        .unwrap()
-    }
-
-    fn headers(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append("x-h", HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn string_conditions_with_case_and_inversion() {
-        let m = header(StringMatch::Suffix(".COM".into()), true, false);
-        assert!(m.matches(&headers(&["a.example.com"])));
-        let m = header(StringMatch::Contains("mid".into()), false, false);
-        assert!(m.matches(&headers(&["amidst"])));
-        assert!(!m.matches(&headers(&["aMIDst"])));
-        let m = header(StringMatch::Regex("[a-z]+".into()), false, false);
-        assert!(m.matches(&headers(&["abc"])));
-        assert!(
-            !m.matches(&headers(&["abc1"])),
-            "the regex must match the whole value"
-        );
-        let absent = header(StringMatch::Present(false), false, false);
-        assert!(absent.matches(&headers(&[])));
-        assert!(!absent.matches(&headers(&["x"])));
-        let not_exact = header(StringMatch::Exact("a".into()), false, true);
-        assert!(not_exact.matches(&headers(&["b"])));
-        assert!(
-            not_exact.matches(&headers(&[])),
-            "inverted: an absent header passes"
-        );
-        assert!(!not_exact.matches(&headers(&["a"])));
-    }
-
-    #[test]
-    fn repeated_headers_are_matched_joined_by_commas() {
-        let m = header(StringMatch::Exact("a,b".into()), false, false);
-        assert!(m.matches(&headers(&["a", "b"])));
-        assert!(!m.matches(&headers(&["a"])));
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded_and_the_first_occurrence_counts() {
-        let q = QueryMatch::compile(&QueryParamMatcher {
-            name: "k y".into(),
-            value: StringMatch::Exact("v/é".into()),
-            ignore_case: false,
-        })
-        .unwrap();
-        assert!(q.matches(Some("a=1&k+y=v%2F%C3%A9&k+y=other")));
-        assert!(!q.matches(Some("k%20y=other&k+y=v%2F%C3%A9")));
-        assert!(!q.matches(None));
-        assert_eq!(
-            percent_decode("100%"),
-            "100%",
-            "a bad escape passes through"
-        );
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
-
-    #[test]
-    fn regex_paths_are_anchored_and_ignore_case_sensitive() {
-        let mut m = RouteMatch {
-            path: PathMatch::Regex("/a/[0-9]+".into()),
-            ..RouteMatch::default()
-        };
-        let c = RouteMatcher::compile(&m).unwrap();
-        assert!(c.path_matches("/a/12"));
-        assert!(!c.path_matches("/x/a/12"));
-        assert!(!c.path_matches("/A/12"));
-        m.case_sensitive = false;
-        assert!(
-            !RouteMatcher::compile(&m).unwrap().path_matches("/A/12"),
-            "case_sensitive does not apply to regexes, as in Envoy"
-        );
-        m.path = PathMatch::Regex("(?i)/a/[0-9]+".into());
-        assert!(RouteMatcher::compile(&m).unwrap().path_matches("/A/12"));
-        m.path = PathMatch::Regex("(".into());
-        let err = RouteMatcher::compile(&m).unwrap_err();
-        assert_eq!(err.path, "regex");
-    }
-}
+mod tests;

@@ -110,7 +110,7 @@ impl RouteTable {
             .validate()
             .map_err(|e| refuse(describe(config, &e)))?;
         let name: Arc<str> = Arc::from(config.name.as_str());
-        let mut domains = Domains::default();
+        let mut domains = Domains::new(config.ignore_port_in_host_matching);
         let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
         for (i, vh) in config.virtual_hosts.iter().enumerate() {
             let vh_name: Arc<str> = Arc::from(vh.name.as_str());
@@ -169,7 +169,8 @@ impl RouteTable {
     }
 
     /// Decides where `req` goes: the first matching route of its virtual host, the target
-    /// cluster and the request hash. No match (or no cluster header) is `MeshError::NoRoute`.
+    /// cluster and the request hash. No match is `MeshError::NoRoute`; a route whose cluster
+    /// header is absent is `MeshError::ClusterNotFound` (503, as in Envoy).
     pub fn decide<B>(&self, req: &Request<B>) -> Result<Decision, MeshError> {
         let (route, cluster, hash) = self.route_for(req)?;
         Ok(Decision {
@@ -193,7 +194,15 @@ impl RouteTable {
         };
         let (v, r) = self.find(authority, &view).ok_or_else(no_route)?;
         let route = &self.vhosts[v].routes[r];
-        let cluster = route.destination.pick(req.headers()).ok_or_else(no_route)?;
+        // As Envoy: a cluster header that is absent (or not a usable value) names no cluster,
+        // which answers like an unknown cluster (`cluster_not_found_response_code`, 503).
+        let cluster =
+            route
+                .destination
+                .pick(req.headers())
+                .ok_or_else(|| MeshError::ClusterNotFound {
+                    cluster: String::new(),
+                })?;
         let hash = request_hash(&route.hash_policy, req).map(RequestHash);
         Ok((route, cluster, hash))
     }

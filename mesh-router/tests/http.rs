@@ -195,13 +195,18 @@ async fn every_matcher_kind_over_real_http() {
         (api, "/h", &[("x-env", "blue-2")], "c-h-prefix h-prefix /h"),
         (api, "/h", &[("x-ver", "v3")], "c-h-regex h-regex /h"),
         (api, "/h", &[("x-debug", "1")], "c-h-present h-present /h"),
-        (api, "/h", &[], "c-h-inverted h-inverted /h"),
+        (
+            api,
+            "/h",
+            &[("x-user", "human")],
+            "c-h-inverted h-inverted /h",
+        ),
         (api, "/q?mode=fast", &[], "c-query query /q"),
         (api, "/CASE/x", &[], "c-ci ci-prefix /CASE/x"),
         (api, "/bg", &[("x-color", "green")], "green by-header /bg"),
         (api, "/old/thing", &[], "c-rewrite rewrite /new/thing"),
         (api, "/p/x", &[], "c-prefix prefix /p/x"),
-        ("API.example.com:8080", "/p/x", &[], "c-prefix prefix /p/x"),
+        ("API.example.com", "/p/x", &[], "c-prefix prefix /p/x"),
         ("www.example.com", "/anything", &[], "c-wild wild /anything"),
     ];
     for client in [&mut h1, &mut h2] {
@@ -218,8 +223,15 @@ async fn every_matcher_kind_over_real_http() {
             a.status, 404,
             "inverted header excludes; nothing else matches"
         );
+        let a = client.send(api, "/h", &[]).await;
+        assert_eq!(
+            a.status, 404,
+            "a value condition fails on an absent header, inverted or not (as in Envoy)"
+        );
         let a = client.send("elsewhere.org", "/p/x", &[]).await;
         assert_eq!(a.status, 404, "no virtual host");
+        let a = client.send("api.example.com:8080", "/p/x", &[]).await;
+        assert_eq!(a.status, 404, "the port is part of the authority");
         let a = client.send(api, "/fault", &[]).await;
         assert_eq!(a.status, 503);
         assert!(a.body.contains("mesh fault"), "{}", a.body);

@@ -49,6 +49,7 @@ fn routes() -> RouteConfiguration {
                 ..Route::default()
             }],
         }],
+        ignore_port_in_host_matching: false,
     }
 }
 

@@ -55,7 +55,7 @@ virtual_hosts:
         match: { prefix: "/h", headers: [ { name: x-user, exact: bot, invert: true } ] }
         route: { cluster: c }
       - name: q-exact
-        match: { prefix: "/q", query_parameters: [ { name: mode, exact: "a b" } ] }
+        match: { prefix: "/q", query_parameters: [ { name: mode, exact: "a%20b" } ] }
         route: { cluster: c }
       - name: q-present
         match: { prefix: "/q", query_parameters: [ { name: debug, present: true } ] }
@@ -84,12 +84,14 @@ fn every_matcher_kind() {
         ("/h", &[("x-env", "canary")], "h-exact"),
         ("/h", &[("x-env", "BLUE-2")], "h-prefix"),
         ("/h", &[("x-ver", "v12")], "h-regex"),
-        ("/h", &[("x-ver", "v12b")], "h-inverted"),
+        ("/h", &[("x-ver", "v12b")], "404"),
         ("/h", &[("x-debug", "")], "h-present"),
         ("/h", &[("x-user", "bot")], "404"),
-        ("/h", &[], "h-inverted"),
+        ("/h", &[("x-user", "human")], "h-inverted"),
+        ("/h", &[], "404"),
         ("/q?mode=a%20b", &[], "q-exact"),
-        ("/q?mode=a+b&x", &[], "q-exact"),
+        ("/q?mode=a+b&x", &[], "404"),
+        ("/q?mode=a%20b&x", &[], "q-exact"),
         ("/q?mode=ab&debug", &[], "q-present"),
         ("/q?mode=ab", &[], "404"),
         ("/case/x", &[], "ci-prefix"),
@@ -140,7 +142,12 @@ virtual_hosts:
   - { name: exact, domains: ["api.example.com"], routes: [ { name: exact, route: { cluster: c } } ] }
 "#,
     );
-    assert_eq!(route_of(&t, "http://api.example.com:8080/", &[]), "exact");
+    assert_eq!(route_of(&t, "http://api.example.com/", &[]), "exact");
+    assert_eq!(
+        route_of(&t, "http://api.example.com:8080/", &[]),
+        "any",
+        "the port is part of the authority, as in Envoy"
+    );
     assert_eq!(route_of(&t, "/", &[("host", "API.example.com")]), "exact");
     assert_eq!(route_of(&t, "/", &[("host", "www.example.com")]), "wild");
     assert_eq!(route_of(&t, "/", &[("host", "other.org")]), "any");
@@ -170,7 +177,7 @@ virtual_hosts:
 }
 
 #[test]
-fn cluster_header_chooses_and_missing_header_is_no_route() {
+fn cluster_header_chooses_and_missing_header_is_cluster_not_found() {
     let t = table(
         r#"
 name: t
@@ -180,10 +187,15 @@ virtual_hosts:
     );
     let d = t.decide(&req("/", &[("x-cluster", "blue")])).unwrap();
     assert_eq!(&*d.cluster.0, "blue");
-    assert!(matches!(
-        t.decide(&req("/", &[])),
-        Err(MeshError::NoRoute { .. })
-    ));
+    for headers in [&[][..], &[("x-cluster", "")]] {
+        assert!(
+            matches!(
+                t.decide(&req("/", headers)),
+                Err(MeshError::ClusterNotFound { .. })
+            ),
+            "503 as in Envoy: {headers:?}"
+        );
+    }
 }
 
 #[test]
@@ -298,6 +310,7 @@ fn route_strategy() -> impl Strategy<Value = Route> {
                         value,
                         ignore_case: false,
                         invert,
+                        treat_missing_header_as_empty: false,
                     })
                     .into_iter()
                     .collect(),
@@ -320,6 +333,7 @@ proptest! {
         let config = RouteConfiguration {
             name: "p".into(),
             virtual_hosts: vec![VirtualHost { name: "vh".into(), domains: vec!["*".into()], routes }],
+            ignore_port_in_host_matching: false,
         };
         let t = RouteTable::compile(&config, &LayerRegistry::default()).unwrap();
         for (path, with_header) in probes {

@@ -95,6 +95,7 @@ fn routes(name: &str, limit: bool) -> RouteConfiguration {
                 filters: vec![],
             }],
         }],
+        ignore_port_in_host_matching: false,
     }
 }
 

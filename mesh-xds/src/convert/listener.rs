@@ -12,6 +12,7 @@ use prost::Name;
 use super::custom;
 use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
+use super::hcm_matching::HcmMatching;
 use super::{
     ads_config_source, check_ads_source, duration_to, mesh_meta_get, mesh_meta_set, opt_duration,
     pack, u32_from, u32_to, unpack, ConvertError, XdsResource,
@@ -171,7 +172,10 @@ fn hcm_from(
             "protocol upgrades (WebSocket)",
         ));
     }
-    let mut http = HttpProtocolOptions::default();
+    let mut http = HttpProtocolOptions {
+        strip_host_port: HcmMatching::try_from(&m)?.strip_host_port,
+        ..HttpProtocolOptions::default()
+    };
     (http.http1, http.http2) = match CodecType::try_from(m.codec_type) {
         Ok(CodecType::Auto) => (true, true),
         Ok(CodecType::Http1) => (true, false),
@@ -337,7 +341,7 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
         }
     }
     http_filters.push(filter(ROUTER_FILTER, pack(&router::Router::default())));
-    hcm::HttpConnectionManager {
+    let mut m = hcm::HttpConnectionManager {
         codec_type: codec as i32,
         stat_prefix: l.name.clone(),
         route_specifier: Some(route_specifier),
@@ -353,5 +357,10 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
             ..Default::default()
         }),
         ..Default::default()
+    };
+    HcmMatching {
+        strip_host_port: l.http.strip_host_port,
     }
+    .apply_to(&mut m);
+    m
 }

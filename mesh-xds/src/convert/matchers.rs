@@ -48,12 +48,6 @@ fn string_match_to(s: &StringMatch, ignore_case: bool) -> Option<matcher::String
 #[allow(deprecated)] // the deprecated specifiers are still what many control planes send
 pub(crate) fn header_from(h: &rpb::HeaderMatcher) -> Result<HeaderMatcher, ConvertError> {
     use rpb::header_matcher::HeaderMatchSpecifier as H;
-    if h.treat_missing_header_as_empty {
-        return Err(ConvertError::unsupported(
-            "treat_missing_header_as_empty",
-            "matching absent headers as empty",
-        ));
-    }
     let mut ignore_case = false;
     let value = match &h.header_match_specifier {
         Some(H::ExactMatch(v)) => StringMatch::Exact(v.clone()),
@@ -77,6 +71,7 @@ pub(crate) fn header_from(h: &rpb::HeaderMatcher) -> Result<HeaderMatcher, Conve
         value,
         ignore_case,
         invert: h.invert_match,
+        treat_missing_header_as_empty: h.treat_missing_header_as_empty,
     })
 }
 
@@ -90,7 +85,7 @@ pub(crate) fn header_to(h: &HeaderMatcher) -> rpb::HeaderMatcher {
     rpb::HeaderMatcher {
         name: h.name.clone(),
         invert_match: h.invert,
-        treat_missing_header_as_empty: false,
+        treat_missing_header_as_empty: h.treat_missing_header_as_empty,
         header_match_specifier: Some(spec),
     }
 }

@@ -41,6 +41,7 @@ mod cluster_policy;
 mod custom;
 mod endpoint;
 mod filters;
+mod hcm_matching;
 mod listener;
 mod matchers;
 mod route;

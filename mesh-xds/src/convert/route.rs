@@ -53,6 +53,18 @@ impl XdsResource for RouteConfiguration {
                 "request_mirror_policies",
                 "mirroring",
             ),
+            // Matching switches the router does not implement: refused rather than ignored,
+            // so a table never routes differently from Envoy.
+            (
+                !p.vhost_header.is_empty(),
+                "vhost_header",
+                "virtual host selection by another header than the authority",
+            ),
+            (
+                p.ignore_path_parameters_in_path_matching,
+                "ignore_path_parameters_in_path_matching",
+                "ignoring path parameters in path matching",
+            ),
         ];
         if let Some((_, path, what)) = refuse.into_iter().find(|(bad, _, _)| *bad) {
             return Err(ConvertError::unsupported(path, what));
@@ -66,6 +78,7 @@ impl XdsResource for RouteConfiguration {
         Ok(Self {
             name: p.name,
             virtual_hosts,
+            ignore_port_in_host_matching: p.ignore_port_in_host_matching,
         })
     }
 
@@ -73,6 +86,7 @@ impl XdsResource for RouteConfiguration {
         rpb::RouteConfiguration {
             name: self.name.clone(),
             virtual_hosts: self.virtual_hosts.iter().map(vhost_to).collect(),
+            ignore_port_in_host_matching: self.ignore_port_in_host_matching,
             // As in the mesh, a route to a cluster not (yet) known answers 503 at request time
             // instead of refusing the table; Envoy validates inline tables unless told not to.
             validate_clusters: Some(pbw::BoolValue { value: false }),

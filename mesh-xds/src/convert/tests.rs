@@ -98,6 +98,10 @@ rate_limit:
     inline.rate_limit = None;
     inline.http = HttpProtocolOptions::default();
     assert_eq!(round_trip(&inline), inline);
+    for strip in [StripHostPort::Matching, StripHostPort::Any] {
+        inline.http.strip_host_port = strip;
+        assert_eq!(round_trip(&inline), inline);
+    }
 }
 
 /// The shape real Envoy requires of what the control plane serves.

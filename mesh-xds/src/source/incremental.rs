@@ -201,6 +201,7 @@ fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, Tran
             .iter()
             .map(|t| VirtualHost::clone(&t.virtual_host))
             .collect(),
+        ignore_port_in_host_matching: false,
     };
     let at = format!("route_configs[{OUTBOUND}]");
     table

@@ -198,6 +198,7 @@ impl MeshSpec {
                     ..Route::default()
                 }],
             }],
+            ignore_port_in_host_matching: false,
         };
         let rate_limit = service.and_then(|s| s.rate_limit.clone());
         NodePart {
@@ -240,6 +241,7 @@ impl MeshSpec {
                 RouteConfiguration {
                     name: OUTBOUND.into(),
                     virtual_hosts: Vec::new(),
+                    ignore_port_in_host_matching: false,
                 },
                 own.inbound.clone(),
             ],
