@@ -26,9 +26,9 @@ use tower::{Service, ServiceExt};
 use crate::conn::{
     Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised, TrackedIo,
 };
+use crate::decision::Decision;
 use crate::headers;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::stack::Decision;
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
