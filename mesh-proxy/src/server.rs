@@ -233,8 +233,8 @@ impl Edge {
     /// The request's per-hop work is done synchronously, and the stack polled ready with a no-op
     /// waker: our layers are always ready, so the returned future only holds the stack's
     /// response future and a few fields. hyper keeps one such future allocated per connection
-    /// for the connection's lifetime; as an `async fn` holding the request across the readiness
-    /// wait it was five times larger.
+    /// for the connection's lifetime; an `async fn` holding the request across the readiness
+    /// wait would be five times larger.
     fn call(
         &self,
         req: Request<Incoming>,
