@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use http::{Request, Response};
 use mesh_core::{Body, BoxError, Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
 use tokio::sync::Notify;
@@ -163,10 +163,16 @@ impl ClusterState {
         &self.breaker
     }
 
-    /// Picks an endpoint as the data path does (one atomic load of the set, no lock).
-    #[inline]
+    /// Picks an endpoint as the data path does (for tests, benchmarks and custom data paths).
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<EndpointState>> {
         self.set.load().pick(hash).cloned()
+    }
+
+    /// The current endpoint set, borrowed for the data path's pick (one arc-swap load, as
+    /// [`endpoint_set`](Self::endpoint_set) without the owned `Arc`).
+    #[inline]
+    pub(crate) fn current_set(&self) -> Guard<Arc<EndpointSet>> {
+        self.set.load()
     }
 
     /// The name as one shared string (cloned into the manager's map, not copied).

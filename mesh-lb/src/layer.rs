@@ -130,7 +130,9 @@ impl<S> LoadBalance<S> {
             })?;
         let hash = ext.get::<RequestHash>().map(|h| h.0);
         let picked = cluster
+            .current_set()
             .pick(hash)
+            .cloned()
             .ok_or_else(|| MeshError::NoHealthyEndpoint {
                 cluster: cluster.name().to_string(),
             })
