@@ -1,20 +1,26 @@
 //! One cluster at run time: its config, endpoint states, precomputed endpoint set, breakers,
 //! pooled clients and the background tasks it owns.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use mesh_core::{Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
+use arc_swap::{ArcSwap, Guard};
+use http::{Request, Response};
+use mesh_core::{Body, BoxError, Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit_breaker::CircuitBreaker;
 use crate::connector::EndpointMap;
 use crate::endpoint::EndpointState;
+use crate::health::HealthTarget;
+use crate::health_check;
+use crate::outlier::{self, Outcome, OutlierDetector, Outliers};
+use crate::pool::UpstreamClients;
 use crate::set::{BuildOptions, EndpointSet};
-use crate::upstream::UpstreamClients;
 
 /// How long a removed endpoint may take to finish its in-flight requests before its
 /// connections are closed anyway.
@@ -30,26 +36,24 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 pub struct ClusterState {
     /// The current endpoint set, in this struct rather than behind a `Shared` handle: the data
     /// path reaches it with one pointer less (it is never shared apart from its cluster).
-    pub(crate) set: ArcSwap<EndpointSet>,
-    pub(crate) breaker: Arc<CircuitBreaker>,
+    set: ArcSwap<EndpointSet>,
+    breaker: Arc<CircuitBreaker>,
     /// `config.outlier_detection.is_some()`, beside the other hot fields: a response's outcome
     /// is recorded only then.
-    pub(crate) detects_outliers: bool,
-    pub(crate) name: Arc<str>,
-    pub(crate) config: Cluster,
-    pub(crate) endpoints: Shared<EndpointMap>,
+    detects_outliers: bool,
+    name: Arc<str>,
+    config: Cluster,
+    endpoints: Shared<EndpointMap>,
     /// The current assignment and the draining endpoints; the lock also serialises rebuilds
     /// and drain decisions (config path only).
     assignment: Mutex<Assignment>,
     local: Option<Locality>,
-    pub(crate) upstream: UpstreamClients,
-    /// Time zero for ejection deadlines.
-    pub(crate) epoch: tokio::time::Instant,
-    pub(crate) ejected: AtomicU32,
+    upstream: UpstreamClients,
+    outliers: OutlierDetector,
     /// Wakes the maintenance task to rebuild after a health change.
-    pub(crate) rebuild_needed: Arc<Notify>,
+    rebuild_needed: Arc<Notify>,
     has_maintenance: bool,
-    pub(crate) tasks: CancellationToken,
+    tasks: CancellationToken,
 }
 
 /// What the config-path lock guards.
@@ -89,7 +93,7 @@ impl ClusterState {
         let name: Arc<str> = config.name.as_str().into();
         let breaker = Arc::new(CircuitBreaker::new(config.circuit_breakers.clone()));
         let carried = carried.unwrap_or_default();
-        let already_ejected = carried.values().filter(|e| e.is_ejected()).count() as u32;
+        let outliers = OutlierDetector::new(config.outlier_detection.clone(), &carried);
         let endpoints = Shared::from_arc(carried);
         let upstream =
             UpstreamClients::new(&config, name.clone(), breaker.clone(), endpoints.clone());
@@ -105,15 +109,14 @@ impl ClusterState {
             local,
             breaker,
             upstream,
-            epoch: tokio::time::Instant::now(),
-            ejected: AtomicU32::new(already_ejected),
+            outliers,
             rebuild_needed: Arc::new(Notify::new()),
             tasks: CancellationToken::new(),
         });
         cluster.update_assignment(assignment);
         if let Some(rt) = runtime {
             if let Some(od) = &cluster.config.outlier_detection {
-                rt.spawn(crate::outlier::maintain(
+                rt.spawn(outlier::maintain(
                     Arc::downgrade(&cluster),
                     cluster.tasks.clone(),
                     cluster.rebuild_needed.clone(),
@@ -121,7 +124,7 @@ impl ClusterState {
                 ));
             }
             if let Some(hc) = &cluster.config.health_check {
-                rt.spawn(crate::health_check::run(
+                rt.spawn(health_check::run(
                     Arc::downgrade(&cluster),
                     cluster.tasks.clone(),
                     hc.clone(),
@@ -134,6 +137,7 @@ impl ClusterState {
     }
 
     /// The cluster's name.
+    #[inline]
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -154,6 +158,7 @@ impl ClusterState {
     }
 
     /// The cluster's circuit breakers.
+    #[inline]
     pub fn circuit_breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
@@ -161,6 +166,36 @@ impl ClusterState {
     /// Picks an endpoint as the data path does (for tests, benchmarks and custom data paths).
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<EndpointState>> {
         self.set.load().pick(hash).cloned()
+    }
+
+    /// The current endpoint set, borrowed for the data path's pick (one arc-swap load, as
+    /// [`endpoint_set`](Self::endpoint_set) without the owned `Arc`).
+    #[inline]
+    pub(crate) fn current_set(&self) -> Guard<Arc<EndpointSet>> {
+        self.set.load()
+    }
+
+    /// The name as one shared string (cloned into the manager's map, not copied).
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Records a request's outcome against its endpoint, for outlier detection.
+    pub(crate) fn record(&self, ep: &Arc<EndpointState>, outcome: Outcome) {
+        if self.detects_outliers {
+            self.outliers.record(self, ep, outcome);
+        }
+    }
+
+    /// Sends `req` (URI already pointed at `endpoint`) over the cluster's pooled client of its
+    /// protocol.
+    #[inline]
+    pub(crate) fn send(
+        &self,
+        req: Request<Body>,
+        endpoint: SocketAddr,
+    ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+        self.upstream.send(req, endpoint)
     }
 
     fn lock(&self) -> MutexGuard<'_, Assignment> {
@@ -214,9 +249,7 @@ impl ClusterState {
         let mut removed = Vec::new();
         for (addr, st) in old.iter() {
             if !map.contains_key(addr) {
-                if st.ejected.swap(false, Ordering::AcqRel) {
-                    self.ejected.fetch_sub(1, Ordering::AcqRel);
-                }
+                self.outliers.forget(st);
                 st.removed.store(true, Ordering::Release);
                 guard.draining.insert(*addr, st.clone());
                 removed.push(st.clone());
@@ -238,24 +271,6 @@ impl ClusterState {
             panic_threshold: self.config.healthy_panic_threshold,
             locality_weighted: self.config.locality_weighted,
             local: self.local.as_ref(),
-        }
-    }
-
-    /// Recomputes the endpoint set from the current assignment and health (off the data path).
-    pub(crate) fn rebuild(&self) {
-        let guard = self.lock();
-        let map = self.endpoints.load_full();
-        let set = EndpointSet::build(&guard.current, &map, self.options());
-        self.set.store(Arc::new(set));
-    }
-
-    /// Asks for a rebuild after a health change seen on the data path: the maintenance task
-    /// does it when there is one, otherwise it happens here.
-    pub(crate) fn request_rebuild(&self) {
-        if self.has_maintenance {
-            self.rebuild_needed.notify_one();
-        } else {
-            self.rebuild();
         }
     }
 
@@ -303,9 +318,44 @@ impl ClusterState {
     }
 }
 
+impl HealthTarget for ClusterState {
+    fn cluster_name(&self) -> &str {
+        &self.name
+    }
+
+    fn endpoint_map(&self) -> &Shared<EndpointMap> {
+        &self.endpoints
+    }
+
+    fn rebuild(&self) {
+        let guard = self.lock();
+        let map = self.endpoints.load_full();
+        let set = EndpointSet::build(&guard.current, &map, self.options());
+        self.set.store(Arc::new(set));
+    }
+
+    fn request_rebuild(&self) {
+        if self.has_maintenance {
+            self.rebuild_needed.notify_one();
+        } else {
+            self.rebuild();
+        }
+    }
+}
+
+impl Outliers for ClusterState {
+    fn outliers(&self) -> &OutlierDetector {
+        &self.outliers
+    }
+}
+
 /// Records the health the control plane reports for an endpoint.
 fn store_eds_health(st: &EndpointState, health: HealthStatus) {
     st.eds_healthy.store(health.is_healthy(), Ordering::Relaxed);
     st.eds_degraded
         .store(health == HealthStatus::Degraded, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -20,8 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_core::{HealthCheck, UpstreamProtocol};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterState;
 use crate::endpoint::EndpointState;
+use crate::health::HealthTarget;
 
 /// Applies one check result; true when the endpoint changed state.
 pub(crate) fn apply(ep: &EndpointState, hc: &HealthCheck, ok: bool) -> bool {
@@ -37,8 +37,8 @@ pub(crate) fn apply(ep: &EndpointState, hc: &HealthCheck, ok: bool) -> bool {
 }
 
 /// The health-check task of one cluster. Ends when the cluster is dropped.
-pub(crate) async fn run(
-    cluster: Weak<ClusterState>,
+pub(crate) async fn run<C: HealthTarget>(
+    cluster: Weak<C>,
     token: CancellationToken,
     hc: HealthCheck,
     protocol: UpstreamProtocol,
@@ -57,7 +57,7 @@ pub(crate) async fn run(
     let host = hc.host.clone().unwrap_or_else(|| name.to_string());
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let endpoints = c.endpoints.load_full();
+        let endpoints = c.endpoint_map().load_full();
         drop(c);
         let checks = endpoints.values().map(|ep| {
             let (client, host, hc) = (&client, &host, &hc);

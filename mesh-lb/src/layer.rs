@@ -18,9 +18,9 @@ use tower_service::Service;
 
 use crate::cluster::ClusterState;
 use crate::endpoint::InFlightGuard;
+use crate::manager::ClusterManager;
 use crate::outlier::Outcome;
 use crate::upstream::Upstream;
-use crate::ClusterManager;
 
 /// Load-balances requests over the clusters of a [`ClusterManager`].
 ///
@@ -99,7 +99,7 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.cluster.breaker.release(self.retry);
+        self.cluster.circuit_breaker().release(self.retry);
     }
 }
 
@@ -122,20 +122,19 @@ impl<S> LoadBalance<S> {
         let target = Arc::clone(target);
         let retry = ext.get::<RetryAttempt>().is_some_and(|r| r.0 > 0);
         cluster
-            .breaker
+            .circuit_breaker()
             .try_admit(retry)
             .map_err(|limit| MeshError::CircuitOpen {
-                cluster: cluster.name.to_string(),
+                cluster: cluster.name().to_string(),
                 limit,
             })?;
         let hash = ext.get::<RequestHash>().map(|h| h.0);
         let picked = cluster
-            .set
-            .load()
+            .current_set()
             .pick(hash)
             .cloned()
             .ok_or_else(|| MeshError::NoHealthyEndpoint {
-                cluster: cluster.name.to_string(),
+                cluster: cluster.name().to_string(),
             })
             .and_then(|endpoint| {
                 point_at(req, endpoint.authority())?;
@@ -144,7 +143,7 @@ impl<S> LoadBalance<S> {
         let endpoint = match picked {
             Ok(endpoint) => endpoint,
             Err(e) => {
-                cluster.breaker.release(retry);
+                cluster.circuit_breaker().release(retry);
                 return Err(e);
             }
         };

@@ -23,11 +23,13 @@ mod circuit_breaker;
 mod cluster;
 mod connector;
 mod endpoint;
+mod health;
 mod health_check;
 mod layer;
 mod manager;
 mod outlier;
 mod policy;
+mod pool;
 mod set;
 mod upstream;
 

@@ -89,7 +89,7 @@ impl ClusterManager {
         let mut eds = self.lock_eds();
         eds.remove(eds_name);
         for c in self.inner.clusters.load().values() {
-            if c.config.discovery == Discovery::Eds && c.config.eds_name() == eds_name {
+            if c.config().discovery == Discovery::Eds && c.config().eds_name() == eds_name {
                 c.update_assignment(Arc::new(ClusterLoadAssignment {
                     cluster_name: eds_name.to_string(),
                     ..ClusterLoadAssignment::default()
@@ -119,17 +119,17 @@ impl Reload<Vec<Cluster>> for ClusterManager {
         let mut next = ClusterMap::with_capacity_and_hasher(update.len(), Default::default());
         for c in update {
             let prev = old.get(c.name.as_str());
-            if let Some(p) = prev.filter(|p| p.config == c) {
-                next.insert(p.name.clone(), p.clone());
+            if let Some(p) = prev.filter(|p| *p.config() == c) {
+                next.insert(p.shared_name().clone(), p.clone());
                 continue;
             }
             let assignment = match c.discovery {
                 Discovery::Static => Arc::new(c.load_assignment.clone().unwrap_or_default()),
                 Discovery::Eds => eds.get(c.eds_name()).cloned().unwrap_or_default(),
             };
-            let carried = prev.map(|p| p.endpoints.load_full());
+            let carried = prev.map(|p| p.endpoints());
             let state = ClusterState::new(c, self.inner.local.clone(), carried, assignment);
-            next.insert(state.name.clone(), state);
+            next.insert(state.shared_name().clone(), state);
         }
         self.inner.clusters.store(next);
         Ok(())
@@ -146,7 +146,8 @@ impl Reload<ClusterLoadAssignment> for ClusterManager {
         // endpoints per update.
         let update = Arc::new(update);
         for c in self.inner.clusters.load().values() {
-            if c.config.discovery == Discovery::Eds && c.config.eds_name() == update.cluster_name {
+            let config = c.config();
+            if config.discovery == Discovery::Eds && config.eds_name() == update.cluster_name {
                 c.update_assignment(update.clone());
             }
         }

@@ -2,7 +2,7 @@
 //! a time that grows with each ejection, never more than `max_ejection_percent` of the cluster
 //! at once; a periodic sweep returns endpoints whose time is up.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,8 +11,9 @@ use mesh_core::{BoxError, MeshError, OutlierDetection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterState;
+use crate::connector::EndpointMap;
 use crate::endpoint::EndpointState;
+use crate::health::HealthTarget;
 
 /// What one request told us about its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +57,40 @@ pub(crate) fn ejection_time(od: &OutlierDetection, n: u32) -> Duration {
     od.base_ejection_time.saturating_mul(n.max(1)).min(cap)
 }
 
-impl ClusterState {
+/// A cluster's ejection bookkeeping: its outlier-detection config, how many of its endpoints
+/// are ejected (the maximum share is checked against it) and time zero for ejection deadlines.
+pub(crate) struct OutlierDetector {
+    config: Option<OutlierDetection>,
+    epoch: tokio::time::Instant,
+    ejected: AtomicU32,
+}
+
+impl OutlierDetector {
+    /// A detector for `config`; endpoints carried from a previous version of the cluster that
+    /// are ejected count as ejected.
+    pub(crate) fn new(config: Option<OutlierDetection>, carried: &EndpointMap) -> Self {
+        let already_ejected = carried.values().filter(|e| e.is_ejected()).count() as u32;
+        Self {
+            config,
+            epoch: tokio::time::Instant::now(),
+            ejected: AtomicU32::new(already_ejected),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Records a request's outcome against its endpoint; ejects it past the thresholds.
-    pub(crate) fn record(&self, ep: &Arc<EndpointState>, outcome: Outcome) {
-        if !self.detects_outliers {
-            return;
-        }
-        let Some(od) = &self.config.outlier_detection else {
+    /// Records a request's outcome against its endpoint of `cluster`; ejects it past the
+    /// thresholds.
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        cluster: &impl HealthTarget,
+        ep: &Arc<EndpointState>,
+        outcome: Outcome,
+    ) {
+        let Some(od) = &self.config else {
             return;
         };
         match outcome {
@@ -90,14 +114,14 @@ impl ClusterState {
                 };
                 let over = |n: u32, limit: u32| limit > 0 && n >= limit;
                 if over(c5, od.consecutive_5xx) || over(cg, od.consecutive_gateway_failure) {
-                    self.eject(ep, od);
+                    self.eject(cluster, ep, od);
                 }
             }
         }
     }
 
-    fn eject(&self, ep: &Arc<EndpointState>, od: &OutlierDetection) {
-        let total = self.endpoints.load().len().max(1) as u64;
+    fn eject(&self, cluster: &impl HealthTarget, ep: &Arc<EndpointState>, od: &OutlierDetection) {
+        let total = cluster.endpoint_map().load().len().max(1) as u64;
         let ejected = u64::from(self.ejected.load(Ordering::Acquire));
         // As Envoy: refuse once the ejected share has reached the maximum.
         if ejected * 100 / total >= u64::from(od.max_ejection_percent) {
@@ -112,32 +136,46 @@ impl ClusterState {
         ep.ejected_until_ms.store(until, Ordering::Relaxed);
         ep.consecutive_5xx.store(0, Ordering::Relaxed);
         ep.consecutive_gateway.store(0, Ordering::Relaxed);
-        tracing::info!(cluster = %self.name, endpoint = %ep.address(), ejections = n, "outlier ejected");
-        self.request_rebuild();
+        tracing::info!(cluster = %cluster.cluster_name(), endpoint = %ep.address(), ejections = n, "outlier ejected");
+        cluster.request_rebuild();
     }
 
-    /// Returns endpoints whose ejection time is up; true when any came back.
-    pub(crate) fn sweep(&self) -> bool {
+    /// Returns `cluster`'s endpoints whose ejection time is up; true when any came back.
+    pub(crate) fn sweep(&self, cluster: &impl HealthTarget) -> bool {
         let now = self.now_ms();
         let mut changed = false;
-        for ep in self.endpoints.load().values() {
+        for ep in cluster.endpoint_map().load().values() {
             if ep.ejected.load(Ordering::Acquire)
                 && ep.ejected_until_ms.load(Ordering::Relaxed) <= now
                 && ep.ejected.swap(false, Ordering::AcqRel)
             {
                 self.ejected.fetch_sub(1, Ordering::AcqRel);
-                tracing::info!(cluster = %self.name, endpoint = %ep.address(), "outlier returned");
+                tracing::info!(cluster = %cluster.cluster_name(), endpoint = %ep.address(), "outlier returned");
                 changed = true;
             }
         }
         changed
     }
+
+    /// An endpoint leaves the cluster: it is no longer ejected, nor counted as such (re-added
+    /// later, it comes back in service).
+    pub(crate) fn forget(&self, ep: &EndpointState) {
+        if ep.ejected.swap(false, Ordering::AcqRel) {
+            self.ejected.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A cluster with an outlier detector, as its maintenance task sees it.
+pub(crate) trait Outliers: HealthTarget {
+    /// The cluster's detector.
+    fn outliers(&self) -> &OutlierDetector;
 }
 
 /// The cluster's maintenance task: rebuilds after ejections and sweeps every `interval`.
 /// Ends when the cluster is dropped (its token fires) or can no longer be upgraded.
-pub(crate) async fn maintain(
-    cluster: Weak<ClusterState>,
+pub(crate) async fn maintain<C: Outliers>(
+    cluster: Weak<C>,
     token: CancellationToken,
     rebuild: Arc<Notify>,
     interval: Duration,
@@ -151,7 +189,7 @@ pub(crate) async fn maintain(
             _ = tick.tick() => true,
         };
         let Some(c) = cluster.upgrade() else { return };
-        if !sweep || c.sweep() {
+        if !sweep || c.outliers().sweep(&*c) {
             c.rebuild();
         }
     }
@@ -170,69 +208,6 @@ mod tests {
         };
         let t: Vec<u64> = (1..=5).map(|n| ejection_time(&od, n).as_secs()).collect();
         assert_eq!(t, [30, 60, 90, 100, 100]);
-    }
-
-    /// The whole ejection cycle on tokio's paused clock: thresholds, growth of the ejection
-    /// time, the sweep, the rebuild and the max-ejection cap.
-    #[tokio::test(start_paused = true)]
-    async fn ejections_grow_and_sweeps_return_endpoints_on_time() {
-        use mesh_core::{Cluster, ClusterLoadAssignment};
-        let addrs: Vec<std::net::SocketAddr> =
-            (1..=3).map(|p| ([127, 0, 0, 1], p).into()).collect();
-        let mut c = Cluster::new("c");
-        c.outlier_detection = Some(OutlierDetection {
-            consecutive_5xx: 2,
-            interval: Duration::from_secs(1),
-            base_ejection_time: Duration::from_secs(10),
-            max_ejection_time: Duration::from_secs(300),
-            max_ejection_percent: 40,
-            ..OutlierDetection::default()
-        });
-        let cla = Arc::new(ClusterLoadAssignment::from_addrs("c", addrs.clone()));
-        let cluster = ClusterState::new(c, None, None, cla);
-        let eps = cluster.endpoints();
-        let (a, b) = (eps[&addrs[0]].clone(), eps[&addrs[1]].clone());
-        let fail = Outcome::Failure { gateway: false };
-        let settle = || tokio::time::sleep(Duration::from_millis(1));
-
-        cluster.record(&a, fail);
-        cluster.record(&a, Outcome::Success);
-        cluster.record(&a, fail);
-        assert!(!a.is_ejected(), "a success resets the streak");
-        cluster.record(&a, fail);
-        assert!(a.is_ejected());
-        settle().await;
-        assert_eq!(cluster.endpoint_set().healthy(), 2, "rebuilt without it");
-        // As Envoy, the share is checked before ejecting: 1 of 3 (33 %) is under 40 %, so a
-        // second endpoint may go; with 2 of 3 (66 %) out, a third may not.
-        cluster.record(&b, fail);
-        cluster.record(&b, fail);
-        assert!(b.is_ejected());
-        let c3 = eps[&addrs[2]].clone();
-        cluster.record(&c3, fail);
-        cluster.record(&c3, fail);
-        assert!(!c3.is_ejected(), "66 % ejected is past the 40 % maximum");
-
-        tokio::time::sleep(Duration::from_millis(9_500)).await;
-        assert!(a.is_ejected(), "first ejection lasts the base time");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!a.is_ejected(), "returned by the sweep at 10 s");
-        assert!(
-            b.is_ejected(),
-            "ejected 1 ms later: waits for the next sweep"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!b.is_ejected());
-        settle().await;
-        assert_eq!(cluster.endpoint_set().healthy(), 3);
-
-        cluster.record(&a, fail);
-        cluster.record(&a, fail);
-        assert_eq!(a.ejections(), 2);
-        tokio::time::sleep(Duration::from_secs(19)).await;
-        assert!(a.is_ejected(), "second ejection lasts twice the base");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(!a.is_ejected());
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! connection (drain, force close).
 //!
 //! The listener delivers its signals through a flag and a waker instead of each connection task
-//! selecting over cancellation futures and an idle timer: those were polled on every wake-up of
-//! every connection (a mutex per token per poll in the chain benchmark's profile) and held a
-//! timer entry per connection. The listener's own sweep finds idle connections.
+//! selecting over cancellation futures and an idle timer: those would be polled on every
+//! wake-up of every connection (a mutex per token per poll in the chain benchmark's profile) and
+//! hold a timer entry per connection. The listener's own sweep finds idle connections.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod bootstrap;
 mod conn;
+mod decision;
 pub mod dynamic;
 pub mod filters;
 mod fragment;

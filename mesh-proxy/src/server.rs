@@ -26,9 +26,9 @@ use tower::{Service, ServiceExt};
 use crate::conn::{
     Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised, TrackedIo,
 };
+use crate::decision::Decision;
 use crate::headers;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::stack::Decision;
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -238,8 +238,8 @@ impl Edge {
     /// The request's per-hop work is done synchronously, and the stack polled ready with a no-op
     /// waker: our layers are always ready, so the returned future only holds the stack's
     /// response future and a few fields. hyper keeps one such future allocated per connection
-    /// for the connection's lifetime; as an `async fn` holding the request across the readiness
-    /// wait it was five times larger.
+    /// for the connection's lifetime; an `async fn` holding the request across the readiness
+    /// wait would be five times larger.
     fn call(
         &self,
         req: Request<Incoming>,

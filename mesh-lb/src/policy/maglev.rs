@@ -86,7 +86,7 @@ impl Maglev {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{mix64, testutil::hosts};
+    use super::super::{hash::mix64, testutil::hosts};
     use super::*;
 
     fn shares(t: &Maglev, n: usize) -> Vec<usize> {

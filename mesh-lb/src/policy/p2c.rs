@@ -8,7 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{mix64, WeightedRandom};
+use super::hash::mix64;
+use super::random::WeightedRandom;
 use crate::endpoint::EndpointState;
 
 /// A P2C picker over one bucket.
@@ -51,7 +52,7 @@ impl LeastRequest {
 
 #[cfg(test)]
 mod tests {
-    use super::super::random_u64;
+    use super::super::hash::random_u64;
     use super::*;
     use crate::endpoint::InFlightGuard;
 

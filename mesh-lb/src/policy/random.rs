@@ -45,7 +45,7 @@ impl WeightedRandom {
     /// The index chosen by the random bits `r`.
     #[inline]
     pub(crate) fn sample(&self, r: u64) -> usize {
-        let col = super::bounded(r as u32, self.n);
+        let col = super::hash::bounded(r as u32, self.n);
         match &self.alias {
             None => col,
             Some(t) => {
@@ -62,7 +62,7 @@ impl WeightedRandom {
 
 #[cfg(test)]
 mod tests {
-    use super::super::random_u64;
+    use super::super::hash::random_u64;
     use super::*;
 
     #[test]

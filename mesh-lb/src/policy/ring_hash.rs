@@ -57,7 +57,7 @@ impl RingHash {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{mix64, testutil::hosts};
+    use super::super::{hash::mix64, testutil::hosts};
     use super::*;
 
     #[test]

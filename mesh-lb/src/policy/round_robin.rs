@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::random_u64;
+use super::hash::random_u64;
 
 /// Largest schedule table built (entries of 4 bytes).
 const MAX_SCHEDULE: u64 = 1 << 17;
