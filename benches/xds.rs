@@ -20,8 +20,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use futures::{Stream, StreamExt};
 use mesh_core::{
-    Cluster, ClusterLoadAssignment, Discovery, Endpoint, Locality, LocalityEndpoints, Reload,
-    ReloadEach, ReloadError, Shared,
+    Checked, Cluster, ClusterLoadAssignment, Discovery, Endpoint, Locality, LocalityEndpoints,
+    Reload, ReloadEach, ReloadError, Shared,
 };
 use mesh_lb::ClusterManager;
 use mesh_xds::client::{AdsState, XdsClient, XdsClientBuilder};
@@ -97,14 +97,14 @@ fn subscribed(builder: XdsClientBuilder) -> AdsState {
 
 struct SharedSink(Shared<ClusterLoadAssignment>);
 
-impl Reload<ClusterLoadAssignment> for SharedSink {
-    fn reload(&self, update: ClusterLoadAssignment) -> Result<(), ReloadError> {
-        self.0.store(update);
+impl Reload<Checked<ClusterLoadAssignment>> for SharedSink {
+    fn reload(&self, update: Checked<ClusterLoadAssignment>) -> Result<(), ReloadError> {
+        self.0.store(update.into_inner());
         Ok(())
     }
 }
 
-impl ReloadEach<ClusterLoadAssignment> for SharedSink {
+impl ReloadEach<Checked<ClusterLoadAssignment>> for SharedSink {
     fn remove(&self, _name: &str) -> Result<(), ReloadError> {
         Ok(())
     }

@@ -79,4 +79,4 @@ pub use route::{
     RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch, VirtualHost,
     WeightedCluster,
 };
-pub use validate::{Validate, ValidationError};
+pub use validate::{Checked, Validate, ValidationError};

@@ -18,6 +18,11 @@ use crate::ValidationError;
 ///    previous state serving untouched.
 ///
 /// `reload` is called off the data path (from the config task), so it may allocate and compile.
+///
+/// Validation happens once per side: a sink may implement `Reload<Checked<T>>` (see
+/// [`Checked`](crate::Checked)) for input that was validated on its way in (the xDS client's
+/// conversion produces `Checked` resources) and skip step 1's re-check there, keeping it in its
+/// `Reload<T>` for every other caller.
 pub trait Reload<T>: Send + Sync {
     /// Validates `update` and, if valid, swaps it in atomically.
     fn reload(&self, update: T) -> Result<(), ReloadError>;

@@ -94,3 +94,87 @@ mod tests {
         assert!(unique_names("clusters", ["a", "b"]).is_ok());
     }
 }
+
+/// A value that passed [`Validate::validate`]: [`Checked::new`] (or deserializing one) is the
+/// only way to make it, so whoever receives a `Checked<T>` can rely on it without checking
+/// again. This is how a config is validated once per side: the xDS client's conversion
+/// produces `Checked` resources, and sinks that take them (mesh-lb's endpoint sets, for one)
+/// skip the check that their `Reload<T>` entry point, open to any caller, still runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked<T>(T);
+
+impl<T: Validate> Checked<T> {
+    /// Validates `value`.
+    pub fn new(value: T) -> Result<Self, ValidationError> {
+        value.validate()?;
+        Ok(Self(value))
+    }
+}
+
+impl<T> Checked<T> {
+    /// The value, giving up the guarantee.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Checked<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> AsRef<T> for Checked<T> {
+    fn as_ref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for Checked<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Deserializing validates: a value read back from a file is no more trusted than one from the
+/// wire.
+impl<'de, T: serde::Deserialize<'de> + Validate> serde::Deserialize<'de> for Checked<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = T::deserialize(d)?;
+        Self::new(value).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod checked_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::ClusterLoadAssignment;
+
+    /// `Checked` is made by validating, from code or from a file; an invalid value is refused.
+    #[test]
+    fn checked_values_are_validated_on_the_way_in() {
+        let ok = ClusterLoadAssignment::from_addrs("a", ["127.0.0.1:80".parse().unwrap()]);
+        let checked = Checked::new(ok.clone()).unwrap();
+        assert_eq!(checked.cluster_name, "a");
+        let dup = ClusterLoadAssignment::from_addrs(
+            "a",
+            [
+                "127.0.0.1:80".parse().unwrap(),
+                "127.0.0.1:80".parse().unwrap(),
+            ],
+        );
+        let err = Checked::new(dup.clone()).unwrap_err();
+        assert!(err.reason.contains("listed twice"), "{err}");
+
+        let text = serde_yaml::to_string(&checked).unwrap();
+        let back: Checked<ClusterLoadAssignment> = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back.into_inner(), ok);
+        let bad = serde_yaml::to_string(&dup).unwrap();
+        let err = serde_yaml::from_str::<Checked<ClusterLoadAssignment>>(&bad).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+}

@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use mesh_core::{
-    Cluster, ClusterLoadAssignment, Discovery, Locality, Reload, ReloadError, Shared, Validate,
+    Checked, Cluster, ClusterLoadAssignment, Discovery, Locality, Reload, ReloadError, Shared,
+    Validate,
 };
 
 use crate::cluster::ClusterState;
@@ -136,11 +137,21 @@ impl Reload<Vec<Cluster>> for ClusterManager {
     }
 }
 
+/// An endpoint set from any caller: validated, then applied.
 impl Reload<ClusterLoadAssignment> for ClusterManager {
     fn reload(&self, update: ClusterLoadAssignment) -> Result<(), ReloadError> {
-        update.validate().map_err(|e| {
-            ReloadError::invalid("cluster_load_assignment", &update.cluster_name, e)
-        })?;
+        let name = update.cluster_name.clone();
+        let checked = Checked::new(update)
+            .map_err(|e| ReloadError::invalid("cluster_load_assignment", &name, e))?;
+        self.reload(checked)
+    }
+}
+
+/// An endpoint set already validated (what the xDS client's conversion hands over): applied
+/// without checking 10,000s of endpoints a second time.
+impl Reload<Checked<ClusterLoadAssignment>> for ClusterManager {
+    fn reload(&self, update: Checked<ClusterLoadAssignment>) -> Result<(), ReloadError> {
+        let update = update.into_inner();
         let mut eds = self.lock_eds();
         // One shared copy for the cluster(s) and the pending map: no clone of 10,000s of
         // endpoints per update.
@@ -159,6 +170,13 @@ impl Reload<ClusterLoadAssignment> for ClusterManager {
 /// Removal, as the xDS client's per-resource sinks are told of it: empties the endpoint set of
 /// the removed assignment's cluster (`RemoveLoadAssignment`).
 impl mesh_core::ReloadEach<mesh_core::ClusterLoadAssignment> for ClusterManager {
+    fn remove(&self, name: &str) -> Result<(), ReloadError> {
+        self.reload(RemoveLoadAssignment(name.to_owned()))
+    }
+}
+
+/// Removal for the checked feed, as for the plain one.
+impl mesh_core::ReloadEach<Checked<ClusterLoadAssignment>> for ClusterManager {
     fn remove(&self, name: &str) -> Result<(), ReloadError> {
         self.reload(RemoveLoadAssignment(name.to_owned()))
     }

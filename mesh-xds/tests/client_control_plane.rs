@@ -93,7 +93,7 @@ async fn serves_and_follows(mode: AdsMode) {
     })
     .await;
     let dump = client.config();
-    assert_eq!(*dump.routes["main"], routes);
+    assert_eq!(**dump.routes["main"], routes);
     assert_eq!(dump.clusters.len(), 1);
     let status = client.status();
     assert!(status.types.values().all(|t| t.nacks == 0), "{status:?}");

@@ -194,7 +194,10 @@ impl XdsClientBuilder {
     /// A sink fed each added or changed `T`, and told of each removed one
     /// ([`ReloadEach::remove`](mesh_core::ReloadEach::remove), after every other sink accepted
     /// the update).
-    pub fn sink_each<T: StoredResource>(mut self, sink: Arc<dyn mesh_core::ReloadEach<T>>) -> Self {
+    pub fn sink_each<T: StoredResource>(
+        mut self,
+        sink: Arc<dyn mesh_core::ReloadEach<mesh_core::Checked<T>>>,
+    ) -> Self {
         let removal = Arc::clone(&sink);
         self.sinks.add_each(sink);
         self.sinks

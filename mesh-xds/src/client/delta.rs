@@ -13,7 +13,7 @@ use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 use super::state::{nack_status, status, AdsState, Outbound, Outgoing};
 use super::store::StoredResource;
 use super::{subscribed_type, ResourceType};
-use crate::convert::{decode, ConvertError};
+use crate::convert::{decode_checked, ConvertError};
 
 impl AdsState {
     /// Handles a delta response: applies its added/changed resources and `removed_resources` as
@@ -82,7 +82,7 @@ impl AdsState {
                 // A resource without a body only refreshes its TTL: nothing to apply.
                 continue;
             };
-            match decode::<T>(any) {
+            match decode_checked::<T>(any) {
                 Ok(v) if !r.name.is_empty() && v.resource_name() != r.name => {
                     errors.push(ConvertError::new(
                         format!("{}[{}]", T::KIND, r.name),

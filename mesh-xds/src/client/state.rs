@@ -20,7 +20,7 @@ use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 use super::stats::{TypeStatus, XdsStatus};
 use super::store::{Store, StoredResource};
 use super::{subscribed_type, AdsMode, ResourceType};
-use crate::convert::{decode, ConvertError};
+use crate::convert::{decode_checked, ConvertError};
 
 /// gRPC `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
@@ -230,7 +230,7 @@ impl AdsState {
         let mut got = BTreeMap::new();
         let mut errors = Vec::new();
         for any in &resp.resources {
-            match decode::<T>(any) {
+            match decode_checked::<T>(any) {
                 Ok(r) => {
                     let name = r.resource_name().to_string();
                     if got.insert(name.clone(), Arc::new(r)).is_some() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mesh_core::{
-    Cluster, ClusterLoadAssignment, Listener, RateLimitConfig, Reload, ReloadError,
+    Checked, Cluster, ClusterLoadAssignment, Listener, RateLimitConfig, Reload, ReloadError,
     RouteConfiguration,
 };
 use serde::{Deserialize, Serialize};
@@ -64,11 +64,12 @@ impl XdsConfig {
 }
 
 /// The current resources of one type, as published on its watch channel. Each resource is held
-/// by `Arc`: a response that changes one resource clones the pointers to the others.
-pub type ResourceMap<T> = Arc<BTreeMap<String, Arc<T>>>;
+/// by `Arc`: a response that changes one resource clones the pointers to the others. Each is
+/// [`Checked`]: the conversion validated it, once, and nothing downstream needs to again.
+pub type ResourceMap<T> = Arc<BTreeMap<String, Arc<Checked<T>>>>;
 
 /// The resources of one type, by name, each shared.
-pub(crate) type Resources<T> = BTreeMap<String, Arc<T>>;
+pub(crate) type Resources<T> = BTreeMap<String, Arc<Checked<T>>>;
 
 /// A mesh-core type the client stores and feeds to sinks (the four xDS resource types).
 pub trait StoredResource: XdsResource {
@@ -110,8 +111,8 @@ stored!(ClusterLoadAssignment, endpoints);
 pub struct TypedSinks<T> {
     /// Fed the whole set on any change.
     all: Vec<Arc<dyn Reload<Vec<T>>>>,
-    /// Fed each added or changed resource.
-    each: Vec<Arc<dyn Reload<T>>>,
+    /// Fed each added or changed resource, as validated by the conversion.
+    each: Vec<Arc<dyn Reload<Checked<T>>>>,
     /// Fed the resource of one name when it changes.
     named: Vec<(String, Arc<dyn Reload<T>>)>,
     /// Told the name of each removed resource.
@@ -159,7 +160,7 @@ impl Sinks {
     }
 
     /// Registers a sink fed every added or changed `T`.
-    pub(crate) fn add_each<T: StoredResource>(&mut self, sink: Arc<dyn Reload<T>>) {
+    pub(crate) fn add_each<T: StoredResource>(&mut self, sink: Arc<dyn Reload<Checked<T>>>) {
         T::sinks(self).each.push(sink);
     }
 
@@ -254,7 +255,7 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
 fn changed<'a, T: XdsResource>(
     prev: &'a Resources<T>,
     next: &'a Resources<T>,
-) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+) -> impl Iterator<Item = &'a Arc<Checked<T>>> + 'a {
     next.iter()
         .filter(move |(k, v)| prev.get(*k).is_none_or(|p| !same(p, v)))
         .map(|(_, v)| v)
@@ -268,7 +269,7 @@ fn feed<T: StoredResource>(
     let (n_each, n_named) = (sinks.each.len(), sinks.named.len());
     for (i, sink) in sinks.each.iter().enumerate() {
         for v in changed(prev, next) {
-            if let Err(e) = sink.reload(T::clone(v)) {
+            if let Err(e) = sink.reload(Checked::clone(v)) {
                 // This sink may hold part of the update: it is rolled back too.
                 undo(sinks, prev, next, (i + 1, 0, 0));
                 return Err(e);
@@ -316,7 +317,7 @@ fn undo<T: StoredResource>(
     for sink in sinks.each.iter().take(each) {
         for v in changed(prev, next) {
             if let Some(old) = prev.get(v.resource_name()) {
-                let _ = sink.reload(T::clone(old));
+                let _ = sink.reload(Checked::clone(old));
             }
         }
     }
@@ -340,7 +341,7 @@ fn feed_rate_limits(sinks: &mut [RateLimitSink], config: &XdsConfig) -> Result<(
             continue;
         };
         let rules =
-            RateLimitConfig::for_listener(l, config.routes.get(l.route_name()).map(|r| &**r));
+            RateLimitConfig::for_listener(l, config.routes.get(l.route_name()).map(|r| &***r));
         if s.last.as_ref() == Some(&rules) {
             continue;
         }

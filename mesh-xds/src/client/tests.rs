@@ -221,7 +221,7 @@ fn ack_nack_and_the_nack_loop_guard() {
 #[test]
 fn sotw_removal_and_eds_follow_cds() {
     let eps = Recorder::<Vec<ClusterLoadAssignment>>::new();
-    let each = Recorder::<ClusterLoadAssignment>::new();
+    let each = Recorder::<Checked<ClusterLoadAssignment>>::new();
     let mut s = XdsClient::builder()
         .sink_all::<ClusterLoadAssignment>(eps.clone())
         .sink_each::<ClusterLoadAssignment>(each.clone())
@@ -307,7 +307,7 @@ fn readiness_waits_for_the_whole_chain_and_rate_limits_follow() {
 
 #[test]
 fn a_refusing_sink_nacks_and_earlier_sinks_are_rolled_back() {
-    let first = Recorder::<Cluster>::new();
+    let first = Recorder::<Checked<Cluster>>::new();
     let second = Recorder::<Vec<Cluster>>::refusing(|cs| cs.iter().any(|c| c.name == "evil"));
     let mut s = XdsClient::builder()
         .sink_each::<Cluster>(first.clone())
@@ -333,11 +333,11 @@ fn a_refusing_sink_nacks_and_earlier_sinks_are_rolled_back() {
         .contains("refused by the sink"));
     let seen = first.seen.lock().unwrap();
     assert_eq!(
-        seen.last().unwrap(),
-        &a1,
+        **seen.last().unwrap(),
+        a1,
         "the per-resource sink got a1 back: {seen:?}"
     );
-    assert_eq!(*s.store.config.clusters["a"], a1);
+    assert_eq!(**s.store.config.clusters["a"], a1);
 }
 
 fn delta(

@@ -33,7 +33,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::google::protobuf as pbw;
 use envoy_types::pb::google::protobuf::Any;
-use mesh_core::{Validate, ValidationError};
+use mesh_core::{Checked, Validate, ValidationError};
 use prost::Message;
 
 mod cluster;
@@ -123,6 +123,12 @@ pub trait XdsResource: Validate + Clone + PartialEq + fmt::Debug + Send + Sync +
 
 /// Decodes an `Any` into a validated mesh-core resource.
 pub fn decode<T: XdsResource>(any: &Any) -> Result<T, ConvertError> {
+    decode_checked(any).map(Checked::into_inner)
+}
+
+/// Decodes an `Any` into a mesh-core resource that carries its validation ([`Checked`]): what
+/// the client stores and hands to sinks that need not check again.
+pub fn decode_checked<T: XdsResource>(any: &Any) -> Result<Checked<T>, ConvertError> {
     if any.type_url != T::TYPE_URL {
         return Err(ConvertError::new(
             format!("{}[]", T::KIND),
@@ -135,16 +141,19 @@ pub fn decode<T: XdsResource>(any: &Any) -> Result<T, ConvertError> {
     }
     let proto = T::Proto::decode(any.value.as_slice())
         .map_err(|e| ConvertError::new(format!("{}[]", T::KIND), format!("bad protobuf: {e}")))?;
-    from_proto_checked::<T>(proto)
+    checked_from_proto::<T>(proto)
 }
 
 /// Converts an already decoded message, validating the result, with the resource-rooted path.
 pub fn from_proto_checked<T: XdsResource>(proto: T::Proto) -> Result<T, ConvertError> {
+    checked_from_proto(proto).map(Checked::into_inner)
+}
+
+/// The one validation of a received resource: conversion, then [`Checked::new`].
+fn checked_from_proto<T: XdsResource>(proto: T::Proto) -> Result<Checked<T>, ConvertError> {
     let at = format!("{}[{}]", T::KIND, T::proto_name(&proto));
     let res = T::from_proto(proto).map_err(|e| e.within(&at))?;
-    res.validate()
-        .map_err(|e| ConvertError::from(e).within(&at))?;
-    Ok(res)
+    Checked::new(res).map_err(|e| ConvertError::from(e).within(&at))
 }
 
 /// Encodes a mesh-core resource as an `Any` with its type URL.
