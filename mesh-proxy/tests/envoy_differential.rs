@@ -296,6 +296,22 @@ fn envoy_sidecar_and_sdk_route_a_corpus_alike() {
         "attempts for 4 requests retried twice on 503"
     );
 
+    // Timeouts: a route timeout shorter than the upstream answers 504 (Envoy's "upstream
+    // request timeout"), a longer one waits for the answer.
+    for (target, want) in [("/zz-slow/short", 504), ("/zz-slow/long", 200)] {
+        let case = Case {
+            host: "api".into(),
+            target: target.into(),
+            headers: Vec::new(),
+        };
+        let got = [
+            send(envoy_addr, &case).0,
+            send(ours_addr, &case).0,
+            rt.block_on(sdk_outcome(&mesh, &case)).0.status,
+        ];
+        assert_eq!(got, [want; 3], "{target}: envoy, sidecar, sdk");
+    }
+
     drop(envoy);
     rt.block_on(async {
         mesh.shutdown().await;

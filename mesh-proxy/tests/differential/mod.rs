@@ -87,6 +87,8 @@ const API_ROUTES: &str = r#"
       - name: limited
         match: { prefix: /limited }
         route: { cluster: b-limited, rate_limit: { token_bucket: { max_tokens: 3, tokens_per_fill: 3, fill_interval: 1h } } }
+      - { name: slow-short, match: { prefix: /zz-slow/short }, route: { cluster: b-exact, timeout: 200ms } }
+      - { name: slow-long, match: { prefix: /zz-slow/long }, route: { cluster: b-exact, timeout: 5s } }
       - { name: ci-prefix, match: { prefix: /CI/, case_sensitive: false }, route: { cluster: b-ci } }
       - { name: fallback, match: { prefix: / }, route: { cluster: api } }
 "#;
@@ -301,6 +303,9 @@ impl Drop for Backends {
     }
 }
 
+/// How long the echo backends take to answer targets under `/zz-slow`.
+pub const SLOW_UPSTREAM: Duration = Duration::from_millis(600);
+
 /// Requests the echo backends answered 503 (targets under `/flaky`), across all backends.
 pub static FLAKY_HITS: AtomicUsize = AtomicUsize::new(0);
 
@@ -343,6 +348,10 @@ fn echo(name: &str, s: TcpStream) {
         let mut body = format!("backend={name}\ntarget={target}\nhost={host}\n");
         for (k, v) in hs {
             body += &format!("h:{k}={v}\n");
+        }
+        if target.starts_with("/zz-slow") {
+            // Slower than the short route timeout, well within the long one.
+            std::thread::sleep(SLOW_UPSTREAM);
         }
         let status = if target.starts_with("/flaky") {
             FLAKY_HITS.fetch_add(1, Ordering::SeqCst);
