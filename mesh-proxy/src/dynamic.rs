@@ -2,7 +2,7 @@
 //! feeds listeners (LDS) and route tables (RDS) to the listener manager, clusters (CDS) and
 //! endpoint sets (EDS) to the cluster manager; its status becomes Prometheus metrics.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use mesh_core::{
 use mesh_lb::ClusterManager;
 use mesh_xds::client::{XdsClientBuilder, XdsStatus};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -79,8 +80,10 @@ pub fn export_status(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let acks = Family::<TypeLabels, Gauge>::default();
-    let nacks = Family::<TypeLabels, Gauge>::default();
+    // Counters (exposed as `mesh_xds_acks_total`, `mesh_xds_nacks_total`): they only grow. The
+    // client's status holds running totals, so each change adds what grew since the last one.
+    let acks = Family::<TypeLabels, Counter>::default();
+    let nacks = Family::<TypeLabels, Counter>::default();
     let version = Family::<VersionLabels, Gauge>::default();
     let connected = Gauge::<i64>::default();
     let reg = registry.sub_registry_with_prefix("mesh_xds");
@@ -97,6 +100,7 @@ pub fn export_status(
         connected.clone(),
     );
     tokio::spawn(async move {
+        let mut counted: HashMap<String, (u64, u64)> = HashMap::new();
         loop {
             {
                 let s = status.borrow_and_update().clone();
@@ -111,11 +115,13 @@ pub fn export_status(
                     let labels = TypeLabels {
                         type_url: type_url.clone(),
                     };
+                    let seen = counted.entry(type_url.clone()).or_default();
                     acks.get_or_create(&labels)
-                        .set(i64::try_from(t.acks).unwrap_or(i64::MAX));
+                        .inc_by(t.acks.saturating_sub(seen.0));
                     nacks
                         .get_or_create(&labels)
-                        .set(i64::try_from(t.nacks).unwrap_or(i64::MAX));
+                        .inc_by(t.nacks.saturating_sub(seen.1));
+                    *seen = (seen.0.max(t.acks), seen.1.max(t.nacks));
                     version
                         .get_or_create(&VersionLabels {
                             type_url: type_url.clone(),
