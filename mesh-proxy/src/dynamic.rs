@@ -2,7 +2,7 @@
 //! feeds listeners (LDS) and route tables (RDS) to the listener manager, clusters (CDS) and
 //! endpoint sets (EDS) to the cluster manager; its status becomes Prometheus metrics.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -80,8 +80,7 @@ pub fn export_status(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    // Counters (exposed as `mesh_xds_acks_total`, `mesh_xds_nacks_total`): they only grow. The
-    // client's status holds running totals, so each change adds what grew since the last one.
+    // Counters (exposed as `mesh_xds_acks_total`, `mesh_xds_nacks_total`): they only grow.
     let acks = Family::<TypeLabels, Counter>::default();
     let nacks = Family::<TypeLabels, Counter>::default();
     let version = Family::<VersionLabels, Gauge>::default();
@@ -100,7 +99,6 @@ pub fn export_status(
         connected.clone(),
     );
     tokio::spawn(async move {
-        let mut counted: HashMap<String, (u64, u64)> = HashMap::new();
         loop {
             {
                 let s = status.borrow_and_update().clone();
@@ -115,13 +113,11 @@ pub fn export_status(
                     let labels = TypeLabels {
                         type_url: type_url.clone(),
                     };
-                    let seen = counted.entry(type_url.clone()).or_default();
-                    acks.get_or_create(&labels)
-                        .inc_by(t.acks.saturating_sub(seen.0));
-                    nacks
-                        .get_or_create(&labels)
-                        .inc_by(t.nacks.saturating_sub(seen.1));
-                    *seen = (seen.0.max(t.acks), seen.1.max(t.nacks));
+                    // The client's totals only grow; each counter catches up to its own.
+                    for (family, total) in [(&acks, t.acks), (&nacks, t.nacks)] {
+                        let counter = family.get_or_create(&labels);
+                        counter.inc_by(total.saturating_sub(counter.get()));
+                    }
                     version
                         .get_or_create(&VersionLabels {
                             type_url: type_url.clone(),
