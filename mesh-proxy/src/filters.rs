@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
 use mesh_core::{Body, BoxError, Listener, ReloadError, Shared};
-use mesh_router::{HttpService, LayerRegistry, RouteLayer};
+use mesh_router::{LayerRegistry, RouteLayer};
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
@@ -104,10 +104,7 @@ where
         // The instance polled ready goes into the chain; a clone stays for the next call.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let mut svc: HttpService = BoxCloneService::new(inner);
-        for layer in chain.0.iter().rev() {
-            svc = layer.apply(svc);
-        }
+        let svc = RouteLayer::apply_all(&chain.0, BoxCloneService::new(inner));
         Either::Right(Box::pin(svc.oneshot(req)))
     }
 }

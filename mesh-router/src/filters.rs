@@ -39,6 +39,15 @@ impl RouteLayer {
     pub fn apply(&self, inner: HttpService) -> HttpService {
         (self.0)(inner)
     }
+
+    /// Wraps `inner` in a chain of layers listed outermost first (the order config lists
+    /// filters in, per route and per listener alike): the first layer sees the request first.
+    pub fn apply_all(layers: &[RouteLayer], inner: HttpService) -> HttpService {
+        layers
+            .iter()
+            .rev()
+            .fold(inner, |svc, layer| layer.apply(svc))
+    }
 }
 
 impl fmt::Debug for RouteLayer {

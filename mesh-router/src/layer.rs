@@ -10,7 +10,7 @@ use mesh_core::{Body, BoxError, Reload, ReloadError, RouteConfiguration, Shared}
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::filters::{HttpService, LayerRegistry};
+use crate::filters::{LayerRegistry, RouteLayer};
 use crate::policy::{BoxFuture, Policy};
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -158,10 +158,10 @@ where
                 fut: Policy::new(inner, policy).call_once(req),
             }
         } else {
-            let mut svc: HttpService = BoxCloneService::new(Policy::new(inner, policy));
-            for filter in route.filters.iter().rev() {
-                svc = filter.apply(svc);
-            }
+            let svc = RouteLayer::apply_all(
+                &route.filters,
+                BoxCloneService::new(Policy::new(inner, policy)),
+            );
             Kind::Boxed {
                 fut: Box::pin(svc.oneshot(req)),
             }

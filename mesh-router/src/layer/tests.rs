@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tower::service_fn;
 
 use super::*;
-use crate::RouteLayer;
+use crate::{HttpService, RouteLayer};
 
 type Calls = Arc<AtomicU32>;
 
