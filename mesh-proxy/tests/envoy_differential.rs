@@ -44,41 +44,6 @@ fn named_cases() -> Vec<Case> {
     ]
 }
 
-/// An Envoy bootstrap for node `node`: LDS and CDS over ADS (state of the world) from `xds`.
-fn bootstrap(node: &str, xds: SocketAddr) -> String {
-    format!(
-        r#"
-node: {{ id: {node}, cluster: test }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-    - name: xds
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config: {{ http2_protocol_options: {{}} }}
-      load_assignment:
-        cluster_name: xds
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-"#,
-        port = xds.port()
-    )
-}
-
 /// Polls `addr` until every backend answers through it (the whole config arrived).
 fn wait_routable(addr: SocketAddr, what: &str) {
     let probe = |host: &str| Case {
@@ -189,7 +154,8 @@ fn envoy_sidecar_and_sdk_route_a_corpus_alike() {
         (xds, sidecar, mesh)
     });
     eprintln!("control plane, sidecar and sdk up: {:?}", started.elapsed());
-    let envoy = EnvoyProcess::start(&bootstrap("envoy-diff", xds)).unwrap();
+    let envoy =
+        EnvoyProcess::start(&mesh_testkit::ads_bootstrap("envoy-diff", xds, "GRPC")).unwrap();
     let (envoy_addr, ours_addr) = (
         SocketAddr::from(([127, 0, 0, 1], p[0])),
         SocketAddr::from(([127, 0, 0, 1], p[2])),

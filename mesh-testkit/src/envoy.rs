@@ -126,3 +126,40 @@ impl EnvoyProcess {
         self.dir.path()
     }
 }
+
+/// An Envoy bootstrap for node `node` whose listeners and clusters (LDS, CDS, and through them
+/// RDS and EDS) all come over ADS from the control plane at `xds` (`api_type`: `GRPC` for state
+/// of the world, `DELTA_GRPC` for delta), with its admin endpoint on a free loopback port.
+pub fn ads_bootstrap(node: &str, xds: SocketAddr, api_type: &str) -> String {
+    format!(
+        r#"
+node: {{ id: {node}, cluster: test }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+    - name: xds
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{ http2_protocol_options: {{}} }}
+      load_assignment:
+        cluster_name: xds
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+"#,
+        port = xds.port()
+    )
+}

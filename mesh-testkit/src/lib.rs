@@ -27,7 +27,7 @@ pub use bins::{
     envoy_bin, etcd_bin, grpc_python, in_ci, require_envoy, require_etcd, require_grpc_python,
     skip_or_fail, workspace_root,
 };
-pub use envoy::EnvoyProcess;
+pub use envoy::{ads_bootstrap, EnvoyProcess};
 pub use etcd::EtcdProcess;
 pub use http::{http_get, http_request, HttpResponse, HttpStub};
 pub use net::{free_port, free_ports, wait_for};

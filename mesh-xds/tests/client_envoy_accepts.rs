@@ -25,36 +25,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn bootstrap(xds_port: u16) -> String {
-    format!(
-        r#"
-node: {{ id: envoy-1, cluster: test }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-    - name: xds
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config: {{ http2_protocol_options: {{}} }}
-      load_assignment:
-        cluster_name: xds
-        endpoints:
-          - lb_endpoints:
-              - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }}
-"#
-    )
-}
-
 fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     let routes: RouteConfiguration =
         serde_yaml::from_str(include_str!("client_data/routes.yaml")).unwrap();
@@ -116,7 +86,7 @@ async fn real_envoy_acks_everything_the_conversion_produces() {
         return;
     }
     let mut server = ScriptedServer::start().await;
-    let yaml = bootstrap(server.addr.port());
+    let yaml = mesh_testkit::ads_bootstrap("envoy-1", server.addr, "GRPC");
     let envoy = tokio::task::spawn_blocking(move || mesh_testkit::EnvoyProcess::start(&yaml));
     let mut s = server.sotw_stream().await;
     let mut to_send = resources((free_port(), free_port()));

@@ -6,7 +6,8 @@ mod envoy_common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use envoy_common::{bootstrap, get_backend, mesh_yaml, wait_for_body, ControlPlane};
+use envoy_common::{get_backend, mesh_yaml, wait_for_body, ControlPlane};
+use mesh_testkit::ads_bootstrap;
 use mesh_testkit::{free_ports, EnvoyProcess, HttpStub};
 
 fn envoy_follows_mesh_yaml(api_type: &str) {
@@ -16,7 +17,7 @@ fn envoy_follows_mesh_yaml(api_type: &str) {
     let ports = free_ports(2);
     let node = format!("envoy-{}", api_type.to_lowercase());
     let mut cp = ControlPlane::start(&mesh_yaml(&node, ports[0], ports[1], a.addr()));
-    let envoy = EnvoyProcess::start(&bootstrap(&node, cp.addr, api_type)).unwrap();
+    let envoy = EnvoyProcess::start(&ads_bootstrap(&node, cp.addr, api_type)).unwrap();
     let outbound = SocketAddr::from(([127, 0, 0, 1], ports[0]));
 
     // Envoy loaded the listener, routes, cluster and endpoints and routes to upstream a.

@@ -6,7 +6,8 @@ mod envoy_common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use envoy_common::{bootstrap, wait_for_body};
+use envoy_common::wait_for_body;
+use mesh_testkit::ads_bootstrap;
 use mesh_testkit::{free_ports, EnvoyProcess, EtcdProcess, HttpStub};
 use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
 use mesh_xds::source::{register, EtcdSource, MeshSpec, Registration};
@@ -56,7 +57,7 @@ fn envoy_follows_etcd_registrations() {
         .unwrap();
         (addr, client, lease)
     });
-    let envoy = EnvoyProcess::start(&bootstrap("envoy-etcd", xds, "GRPC")).unwrap();
+    let envoy = EnvoyProcess::start(&ads_bootstrap("envoy-etcd", xds, "GRPC")).unwrap();
     let outbound = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     wait_for_body(outbound, "a", Duration::from_secs(10));
 

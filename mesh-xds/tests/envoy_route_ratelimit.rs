@@ -8,7 +8,8 @@ mod envoy_common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use envoy_common::{bootstrap, wait_for_body, ControlPlane};
+use envoy_common::{wait_for_body, ControlPlane};
+use mesh_testkit::ads_bootstrap;
 use mesh_testkit::{free_ports, http_request, EnvoyProcess, HttpStub};
 
 fn get(listener: SocketAddr, path: &str) -> u16 {
@@ -47,7 +48,7 @@ nodes:
         inb = ports[1],
     );
     let cp = ControlPlane::start(&yaml);
-    let _envoy = EnvoyProcess::start(&bootstrap(node, cp.addr, "GRPC")).unwrap();
+    let _envoy = EnvoyProcess::start(&ads_bootstrap(node, cp.addr, "GRPC")).unwrap();
     let outbound = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     wait_for_body(outbound, "a", Duration::from_secs(10));
 

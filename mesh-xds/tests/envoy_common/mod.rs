@@ -70,41 +70,6 @@ impl ControlPlane {
     }
 }
 
-/// An Envoy bootstrap: node `node`, LDS and CDS over ADS (`api_type`: GRPC or DELTA_GRPC).
-pub fn bootstrap(node: &str, xds: SocketAddr, api_type: &str) -> String {
-    format!(
-        r#"
-node: {{ id: {node}, cluster: test }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-    - name: xds
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config: {{ http2_protocol_options: {{}} }}
-      load_assignment:
-        cluster_name: xds
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-"#,
-        port = xds.port()
-    )
-}
-
 /// mesh.yaml with one service `backend` at `upstream`, and node `node` with its outbound
 /// listener on `outbound`.
 pub fn mesh_yaml(node: &str, outbound: u16, inbound: u16, upstream: SocketAddr) -> String {
