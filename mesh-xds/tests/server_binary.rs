@@ -1,10 +1,11 @@
 //! The `mesh-control-plane` binary: serves examples/mesh.yaml; the admin endpoint shows the
-//! snapshots, what a node ACKed and NACKed (with the error), and Prometheus metrics.
+//! snapshots, what a node ACKed and NACKed (with the error), and Prometheus metrics; on SIGTERM
+//! it drains and exits 0.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -40,19 +41,21 @@ fn request(nonce: &str, error: Option<&str>) -> DiscoveryRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_serves_the_example_and_its_admin_dump() {
+/// Starts the binary on examples/mesh.yaml with `extra` flags, on free ports, and waits for its
+/// admin endpoint. Returns the process (killed on drop) and the xDS and admin addresses.
+async fn start(extra: &[&str]) -> (Killed, SocketAddr, SocketAddr) {
     let ports = free_ports(2);
     let (xds, admin) = (
         SocketAddr::from(([127, 0, 0, 1], ports[0])),
         SocketAddr::from(([127, 0, 0, 1], ports[1])),
     );
     let config = mesh_testkit::workspace_root().join("examples/mesh.yaml");
-    let _child = Killed(
+    let child = Killed(
         Command::new(env!("CARGO_BIN_EXE_mesh-control-plane"))
             .arg("--config")
             .arg(&config)
             .args(["--listen", &xds.to_string(), "--admin", &admin.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,6 +69,12 @@ async fn the_binary_serves_the_example_and_its_admin_dump() {
     .await
     .unwrap();
     assert!(up.is_some(), "admin endpoint up");
+    (child, xds, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_example_and_its_admin_dump() {
+    let (_child, xds, admin) = start(&[]).await;
 
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
         .await
@@ -114,4 +123,40 @@ async fn the_binary_serves_the_example_and_its_admin_dump() {
         metrics.contains("xds_nacks_total{type=\"cluster\"} 1"),
         "{metrics}"
     );
+}
+
+/// On SIGTERM it stops accepting, tells the open connections GOAWAY, and exits 0 within its
+/// drain bound even though ADS streams never end by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero_within_the_bound() {
+    let (mut child, xds, _admin) = start(&["--drain-timeout", "2s"]).await;
+
+    // A subscriber with an open ADS stream.
+    let client = mesh_xds::client::XdsClient::builder()
+        .address(format!("http://{xds}"))
+        .node_id("orders-1")
+        .start()
+        .unwrap();
+    client.wait_ready(Duration::from_secs(10)).await.unwrap();
+
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let sent = Instant::now();
+    let (child, status) = tokio::task::spawn_blocking(move || {
+        let status = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            child.0.try_wait().unwrap()
+        });
+        (child, status)
+    })
+    .await
+    .unwrap();
+    let status = status.expect("still running 10 s after SIGTERM");
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?} (bound 2 s)");
+    // New connections are refused once it is gone.
+    assert!(std::net::TcpStream::connect(xds).is_err());
+    drop(child);
+    client.shutdown().await;
 }
