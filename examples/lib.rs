@@ -44,13 +44,19 @@ pub struct ControlPlane {
     /// The xDS address.
     pub addr: SocketAddr,
     path: std::path::PathBuf,
+    cache: mesh_xds::server::SnapshotCache,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl ControlPlane {
-    /// Serves `mesh_yaml` on an ephemeral loopback port; the file is polled every 100 ms.
+    /// Serves `mesh_yaml` on an ephemeral loopback port.
     pub async fn start(mesh_yaml: &str) -> Result<Self, mesh_core::BoxError> {
+        Self::bind(mesh_yaml, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves `mesh_yaml` on `addr`; the file is polled every 200 ms.
+    pub async fn bind(mesh_yaml: &str, addr: SocketAddr) -> Result<Self, mesh_core::BoxError> {
         use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
         use mesh_xds::source::FileSource;
 
@@ -60,15 +66,26 @@ impl ControlPlane {
         let cache = SnapshotCache::new();
         cache.set_validator(mesh_core_validator());
         let source = FileSource::new(&path, cache.clone())
-            .spawn(std::time::Duration::from_millis(100))
+            .spawn(std::time::Duration::from_millis(200))
             .map_err(|e| e.to_string())?;
-        let (addr, server) = XdsServer::new(cache).spawn("127.0.0.1:0".parse()?).await?;
+        let (addr, server) = XdsServer::new(cache.clone()).spawn(addr).await?;
         Ok(Self {
             addr,
             path,
+            cache,
             tasks: vec![source, server],
             _dir: dir,
         })
+    }
+
+    /// The snapshot cache it serves (for an admin endpoint over it).
+    pub fn cache(&self) -> &mesh_xds::server::SnapshotCache {
+        &self.cache
+    }
+
+    /// The mesh.yaml it serves and hot-reloads.
+    pub fn mesh_file(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// The address as a client takes it (`http://127.0.0.1:PORT`).
@@ -98,14 +115,13 @@ impl Drop for ControlPlane {
 /// `hello-1` with the inbound listener in front of the app).
 pub mod demo {
     use std::net::SocketAddr;
-    use std::path::PathBuf;
     use std::time::Duration;
 
     use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
     use mesh_xds::client::AdsMode;
-    use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
-    use mesh_xds::source::FileSource;
     use tokio::task::JoinHandle;
+
+    use super::ControlPlane;
 
     /// The embedded mesh, with `{port}` placeholders.
     pub const MESH_YAML: &str = include_str!("demo_mesh.yaml");
@@ -182,12 +198,12 @@ pub mod demo {
     pub struct Demo {
         /// The ports in use.
         pub ports: Ports,
-        /// The mesh.yaml being served (edit it: the control plane hot-reloads it).
-        pub mesh_file: PathBuf,
+        /// The control plane, serving the demo's mesh.yaml (edit its `mesh_file()`: it is
+        /// hot-reloaded).
+        pub control_plane: ControlPlane,
         client: Sidecar,
         hello: Sidecar,
-        tasks: Vec<JoinHandle<()>>,
-        _dir: tempfile::TempDir,
+        admin_task: JoinHandle<()>,
     }
 
     fn addr(port: u16) -> SocketAddr {
@@ -196,20 +212,16 @@ pub mod demo {
 
     impl Demo {
         /// Starts everything and waits until both sidecars have their config.
-        pub async fn start(ports: Ports) -> Result<Self, Box<dyn std::error::Error>> {
+        pub async fn start(ports: Ports) -> Result<Self, mesh_core::BoxError> {
             super::hello_app(addr(ports.app), "the hello app").await?;
-            let dir = tempfile::tempdir()?;
-            let mesh_file = dir.path().join("mesh.yaml");
-            std::fs::write(&mesh_file, ports.mesh_yaml())?;
-
-            let cache = SnapshotCache::new();
-            cache.set_validator(mesh_core_validator());
-            let source = FileSource::new(&mesh_file, cache.clone());
-            let source_task = source.spawn(Duration::from_millis(200))?;
-            let (_, xds_task) = XdsServer::new(cache.clone()).spawn(addr(ports.xds)).await?;
+            let control_plane = ControlPlane::bind(&ports.mesh_yaml(), addr(ports.xds)).await?;
             let cp_admin = tokio::net::TcpListener::bind(addr(ports.cp_admin)).await?;
             let metrics = std::sync::Arc::new(mesh_xds::server::Metrics::new());
-            let admin_task = tokio::spawn(mesh_xds::server::admin::serve(cp_admin, cache, metrics));
+            let admin_task = tokio::spawn(mesh_xds::server::admin::serve(
+                cp_admin,
+                control_plane.cache().clone(),
+                metrics,
+            ));
 
             let sidecar = |node: &str, admin: u16, mode: AdsMode| {
                 let mut o =
@@ -228,11 +240,10 @@ pub mod demo {
             }
             Ok(Self {
                 ports,
-                mesh_file,
+                control_plane,
                 client,
                 hello,
-                tasks: vec![source_task, xds_task, admin_task],
-                _dir: dir,
+                admin_task,
             })
         }
 
@@ -262,7 +273,7 @@ Ctrl-C stops everything.",
                 cpadm = p.cp_admin,
                 xds = p.xds,
                 eout = p.envoy_out,
-                file = self.mesh_file.display(),
+                file = self.control_plane.mesh_file().display(),
             )
         }
 
@@ -270,9 +281,8 @@ Ctrl-C stops everything.",
         pub async fn shutdown(self) {
             self.client.shutdown().await;
             self.hello.shutdown().await;
-            for t in self.tasks {
-                t.abort();
-            }
+            self.admin_task.abort();
+            drop(self.control_plane);
         }
     }
 }
