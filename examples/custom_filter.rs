@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use mesh_core::{Body, BoxError, FilterConfig};
-use mesh_examples::{hello_app, ControlPlane};
+use mesh_examples::{hello_app, ready_sidecar, ControlPlane};
 use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
 use mesh_router::{LayerRegistry, RouteLayer};
 use tower::{Layer, Service};
@@ -188,15 +188,10 @@ impl Mesh {
             o.admin = addr(admin);
             o.drain_timeout = Duration::from_secs(1);
             o.filters = registry();
-            Sidecar::start_dynamic(o)
+            ready_sidecar(o)
         };
         let hello = sidecar("hello-1", ports.hello_admin).await?;
         let client = sidecar("client-1", ports.client_admin).await?;
-        for s in [&hello, &client] {
-            if let Some(x) = s.xds() {
-                x.wait_ready(Duration::from_secs(20)).await?;
-            }
-        }
         Ok(Self { cp, client, hello })
     }
 

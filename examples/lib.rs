@@ -110,6 +110,17 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Starts a dynamic sidecar and waits (20 s at most) until its xDS config is complete.
+pub async fn ready_sidecar(
+    opts: mesh_proxy::sidecar::DynamicOptions,
+) -> Result<mesh_proxy::sidecar::Sidecar, mesh_core::BoxError> {
+    let sidecar = mesh_proxy::sidecar::Sidecar::start_dynamic(opts).await?;
+    if let Some(xds) = sidecar.xds() {
+        xds.wait_ready(std::time::Duration::from_secs(20)).await?;
+    }
+    Ok(sidecar)
+}
+
 /// The whole demo mesh in one process: the control plane on the embedded `demo_mesh.yaml`, the
 /// hello app, and two sidecars fed by xDS (`client-1` with the outbound listener the caller uses,
 /// `hello-1` with the inbound listener in front of the app).
@@ -229,15 +240,10 @@ pub mod demo {
                 o.admin = addr(admin);
                 o.mode = mode;
                 o.drain_timeout = Duration::from_secs(2);
-                Sidecar::start_dynamic(o)
+                super::ready_sidecar(o)
             };
             let hello = sidecar("hello-1", ports.hello_admin, AdsMode::Sotw).await?;
             let client = sidecar("client-1", ports.client_admin, AdsMode::Delta).await?;
-            for s in [&hello, &client] {
-                if let Some(x) = s.xds() {
-                    x.wait_ready(Duration::from_secs(20)).await?;
-                }
-            }
             Ok(Self {
                 ports,
                 control_plane,
