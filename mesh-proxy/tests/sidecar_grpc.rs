@@ -31,6 +31,18 @@ async fn start_grpc_app() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// A gRPC health client of the sidecar listener on `port` (h2c).
+async fn health_client(port: u16) -> HealthClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
 /// The seed default (`mesh-sidecar` with no arguments), on free ports: a gRPC app and an
 /// HTTP/1.1 app both work through it, since each hop speaks the protocol the request came in
 /// with (the default once spoke HTTP/1.1 to the app whatever came in, and gRPC failed with
@@ -52,13 +64,8 @@ async fn the_seed_default_passes_grpc_and_http1() {
         boot.admin = format!("127.0.0.1:{admin}").parse().unwrap();
         let sidecar = Sidecar::start_static(boot).await.unwrap();
         if grpc {
-            let channel = Channel::from_shared(format!("http://127.0.0.1:{out}"))
-                .unwrap()
-                .connect_timeout(Duration::from_secs(5))
-                .connect()
+            let resp = health_client(out)
                 .await
-                .unwrap();
-            let resp = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: "mesh.Hello".into(),
                 })
@@ -124,14 +131,7 @@ clusters:
         Sidecar::start_static(Bootstrap::from_yaml(&yaml, Path::new("grpc.yaml")).unwrap())
             .await
             .unwrap();
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{out}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
+    let mut client = health_client(out).await;
 
     let resp = client
         .check(HealthCheckRequest {
