@@ -291,7 +291,7 @@ impl XdsClientBuilder {
         }
         let (mut cfg, state) = self.split();
         cfg.tls = tls;
-        let watches = Watches::of(&state);
+        let watches = ConfigWatch::of(&state);
         let status = watch::Sender::new(XdsStatus::default());
         let ready = watch::Sender::new(state.is_ready());
         let (status_rx, ready_rx) = (status.subscribe(), ready.subscribe());
@@ -312,15 +312,33 @@ impl XdsClientBuilder {
     }
 }
 
-/// Receivers of the per-type watch channels.
-struct Watches {
+/// Receivers of the per-type watch channels: what the client holds, readable from anywhere
+/// (e.g. an admin endpoint's config dump) without a handle on the client.
+#[derive(Clone)]
+pub struct ConfigWatch {
     listeners: watch::Receiver<ResourceMap<mesh_core::Listener>>,
     routes: watch::Receiver<ResourceMap<mesh_core::RouteConfiguration>>,
     clusters: watch::Receiver<ResourceMap<mesh_core::Cluster>>,
     endpoints: watch::Receiver<ResourceMap<mesh_core::ClusterLoadAssignment>>,
 }
 
-impl Watches {
+impl std::fmt::Debug for ConfigWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigWatch").finish_non_exhaustive()
+    }
+}
+
+impl ConfigWatch {
+    /// Everything the client holds now; cheap, the maps are shared.
+    pub fn get(&self) -> super::XdsConfig {
+        super::XdsConfig {
+            listeners: self.listeners.borrow().clone(),
+            routes: self.routes.borrow().clone(),
+            clusters: self.clusters.borrow().clone(),
+            endpoints: self.endpoints.borrow().clone(),
+        }
+    }
+
     fn of(state: &AdsState) -> Self {
         let s = &state.store.sinks;
         Self {
@@ -331,7 +349,7 @@ impl Watches {
         }
     }
 
-    fn get<T: StoredResource>(&self) -> watch::Receiver<ResourceMap<T>> {
+    fn typed<T: StoredResource>(&self) -> watch::Receiver<ResourceMap<T>> {
         let any: &dyn std::any::Any = match T::TYPE {
             super::ResourceType::Listener => &self.listeners,
             super::ResourceType::Route => &self.routes,
@@ -354,7 +372,7 @@ impl Watches {
 pub struct XdsClient {
     status: watch::Receiver<XdsStatus>,
     ready: watch::Receiver<bool>,
-    watches: Watches,
+    watches: ConfigWatch,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -377,18 +395,17 @@ impl XdsClient {
 
     /// The current resources of type `T`, on a watch channel updated on every accepted change.
     pub fn watch<T: StoredResource>(&self) -> watch::Receiver<ResourceMap<T>> {
-        self.watches.get::<T>()
+        self.watches.typed::<T>()
     }
 
     /// Everything the client holds now (for a config dump); cheap, the maps are shared.
     pub fn config(&self) -> super::XdsConfig {
-        let w = &self.watches;
-        super::XdsConfig {
-            listeners: w.listeners.borrow().clone(),
-            routes: w.routes.borrow().clone(),
-            clusters: w.clusters.borrow().clone(),
-            endpoints: w.endpoints.borrow().clone(),
-        }
+        self.watches.get()
+    }
+
+    /// A handle reading what the client holds, for whoever outlives a borrow of the client.
+    pub fn config_watch(&self) -> ConfigWatch {
+        self.watches.clone()
     }
 
     /// Whether the first full config has arrived (or a persisted one was loaded).

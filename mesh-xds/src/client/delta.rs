@@ -109,10 +109,19 @@ impl AdsState {
                 next.insert(k.clone(), Arc::clone(v));
             }
         }
-        self.store
-            .apply(next)
-            .map(drop)
-            .map_err(|e| status(e.to_string()))
+        let versions: BTreeMap<&str, &str> = resp
+            .resources
+            .iter()
+            .filter(|r| !r.version.is_empty())
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect();
+        let system = &resp.system_version_info;
+        self.apply_recording(next, &|name| {
+            versions
+                .get(name)
+                .map_or_else(|| system.clone(), |v| (*v).to_owned())
+        })
+        .map_err(|e| status(e.to_string()))
     }
 
     fn delta_ack(&self, ty: ResourceType, nonce: &str, error: Option<Status>) -> Outbound {

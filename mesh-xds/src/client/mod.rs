@@ -66,13 +66,15 @@ mod refresh;
 mod state;
 mod stats;
 mod store;
+mod versions;
 
 pub use crate::tls::XdsTls;
-pub use builder::{XdsClient, XdsClientBuilder, XdsClientError};
+pub use builder::{ConfigWatch, XdsClient, XdsClientBuilder, XdsClientError};
 pub use refresh::Refresh;
 pub use state::{AdsState, Outbound, Outgoing};
 pub use stats::{ConnectionState, TypeStatus, XdsStatus};
 pub use store::{ResourceMap, StoredResource, XdsConfig};
+pub use versions::{ResourceVersion, ResourceVersions};
 
 /// Which ADS variant the client speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

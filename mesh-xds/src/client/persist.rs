@@ -22,6 +22,9 @@ pub(crate) struct Persisted {
     /// Delta per-resource versions per type URL.
     #[serde(default)]
     pub(crate) resource_versions: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per type URL, each resource's version and last change (what the config dump shows).
+    #[serde(default)]
+    pub(crate) dump_versions: BTreeMap<String, super::ResourceVersions>,
 }
 
 impl Persisted {
@@ -35,6 +38,7 @@ impl Persisted {
             let ts = state.ty(ty);
             let url = ty.type_url().to_string();
             p.versions.insert(url.clone(), ts.version.clone());
+            p.dump_versions.insert(url.clone(), ts.versions.clone());
             p.resource_versions
                 .insert(url, ts.resource_versions.clone());
         }
@@ -47,6 +51,9 @@ impl Persisted {
         for ty in ResourceType::CLIENT {
             let ts = &mut state.types[ty.index()];
             ts.received = true;
+            if let Some(v) = self.dump_versions.get(ty.type_url()) {
+                ts.versions = v.clone();
+            }
             if self.mode != state.mode {
                 continue;
             }

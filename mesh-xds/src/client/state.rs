@@ -76,6 +76,8 @@ pub(crate) struct TypeState {
     /// Whether a response was accepted (or a persisted config loaded).
     pub(crate) received: bool,
     pub(crate) stats: TypeStatus,
+    /// Per held resource: the version it last changed with, and when (the config dump's).
+    pub(crate) versions: super::ResourceVersions,
 }
 
 /// The ADS state machine for one client, across streams.
@@ -261,9 +263,8 @@ impl AdsState {
             }
             got
         };
-        self.store
-            .apply(next)
-            .map(drop)
+        let version = &resp.version_info;
+        self.apply_recording(next, &|_| version.clone())
             .map_err(|e| status(e.to_string()))
     }
 
@@ -340,11 +341,12 @@ impl AdsState {
         vec![Outgoing::now(request)]
     }
 
-    fn prune<T: StoredResource>(&mut self) -> Result<bool, mesh_core::ReloadError> {
+    fn prune<T: StoredResource>(&mut self) -> Result<(), mesh_core::ReloadError> {
         let names = &self.ty(T::TYPE).names;
         let mut next = T::map(&self.store.config).clone();
         next.retain(|k, _| names.contains(k));
-        self.store.apply(next)
+        // Only removals: nothing gets a new version.
+        self.apply_recording(next, &|_| String::new())
     }
 
     /// Everything accepted so far.
@@ -362,6 +364,7 @@ impl AdsState {
         for ty in ResourceType::CLIENT {
             let ts = self.ty(ty);
             let mut t = ts.stats.clone();
+            t.resource_versions = ts.versions.clone();
             t.version = match self.mode {
                 AdsMode::Sotw => ts.version.clone(),
                 AdsMode::Delta => ts.stats.version.clone(),

@@ -41,6 +41,10 @@ pub struct TypeStatus {
     pub last_update: Option<SystemTime>,
     /// Why the last update was rejected, until one is accepted.
     pub last_error: Option<String>,
+    /// Per held resource: the version it last changed with, and when (for the config dump;
+    /// left out of the status's JSON, which stays small).
+    #[serde(skip)]
+    pub resource_versions: super::ResourceVersions,
 }
 
 /// A snapshot of the client for the admin endpoint.

@@ -216,14 +216,17 @@ impl Store {
 
     /// Replaces the resources of type `T` with `next`, feeding the sinks. On a refusal the sinks
     /// already fed get the previous state back and the store is left unchanged.
-    /// Returns whether anything changed.
+    /// Returns the names added or changed, or `None` when nothing changed (not even a removal).
     pub(crate) fn apply<T: StoredResource>(
         &mut self,
         next: Resources<T>,
-    ) -> Result<bool, ReloadError> {
+    ) -> Result<Option<Vec<String>>, ReloadError> {
         let prev = T::map(&self.config);
-        if prev.len() == next.len() && changed(prev, &next).next().is_none() {
-            return Ok(false);
+        let updated: Vec<String> = changed(prev, &next)
+            .map(|v| v.resource_name().to_owned())
+            .collect();
+        if prev.len() == next.len() && updated.is_empty() {
+            return Ok(None);
         }
         let sinks = T::sinks_ref(&self.sinks);
         feed(sinks, prev, &next)?;
@@ -241,7 +244,7 @@ impl Store {
         }
         T::set(&mut self.config, next.clone());
         T::sinks_ref(&self.sinks).tx.send_replace(next);
-        Ok(true)
+        Ok(Some(updated))
     }
 }
 
