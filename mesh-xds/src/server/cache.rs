@@ -184,6 +184,16 @@ impl SnapshotCache {
         }
     }
 
+    /// The Envoy-shaped config dump of what `key` is served now (its own snapshot, else the
+    /// fallback), or `None` when there is none.
+    pub fn config_dump(&self, key: &str) -> Option<crate::config_dump::ConfigDump> {
+        let snap = self.snapshot(key)?;
+        let set_at = read(&self.inner.nodes)
+            .get(key)
+            .and_then(|e| lock(&e.status).set_at());
+        Some(crate::config_dump::ConfigDump::from_snapshot(&snap, set_at))
+    }
+
     /// Keys with a snapshot of their own, sorted.
     pub fn node_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = read(&self.inner.nodes)

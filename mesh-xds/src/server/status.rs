@@ -30,6 +30,11 @@ impl NodeStatus {
         self.set_at = Some(at);
     }
 
+    /// When the node's own snapshot was last set.
+    pub(crate) fn set_at(&self) -> Option<SystemTime> {
+        self.set_at
+    }
+
     pub(crate) fn ack(&mut self, kind: ResourceType, version: &str) {
         let t = self.types.entry(kind).or_default();
         t.acked = Some((version.to_owned(), SystemTime::now()));
