@@ -50,6 +50,7 @@ mod cluster;
 mod config;
 mod endpoint;
 mod error;
+pub mod exposition;
 pub mod extensions;
 mod listener;
 mod ratelimit;

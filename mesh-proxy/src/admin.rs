@@ -1,5 +1,8 @@
-//! The admin endpoint (127.0.0.1:15000 by default): `/healthz`, `/ready`, `/stats/prometheus`
-//! and `/config_dump`. Routes registered by other parts (the registration API) are served too.
+//! The admin endpoint (127.0.0.1:15000 by default): `/healthz`, `/ready`, `/metrics` (also
+//! `/stats/prometheus`: OpenMetrics when the `Accept` header asks for it, else Prometheus's
+//! classic text, see [`mesh_core::exposition`]) and `/config_dump` (Envoy's shape and query, see
+//! [`mesh_xds::config_dump`]). Routes registered by other parts (the registration API, the xDS
+//! status) are served too.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,13 +16,14 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use mesh_core::{body, Body};
+use mesh_core::{body, exposition, Body};
+use mesh_xds::config_dump::{ConfigDump, DumpQuery, DumpQueryError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What `/config_dump` shows: a function so it always reflects the live config.
-pub type ConfigDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub type ConfigDumpFn = Arc<dyn Fn() -> ConfigDump + Send + Sync>;
 
 /// A handler for an extra admin route: gets the method and the whole body, returns a response.
 pub type AdminHandler = Arc<
@@ -34,7 +38,7 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 pub struct Admin {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
-    config_dump: ConfigDump,
+    config_dump: ConfigDumpFn,
     routes: Arc<HashMap<String, AdminHandler>>,
 }
 
@@ -48,7 +52,7 @@ impl std::fmt::Debug for Admin {
 
 impl Admin {
     /// An admin endpoint exposing `registry`, with `/config_dump` from `config_dump`.
-    pub fn new(registry: Registry, config_dump: ConfigDump) -> Self {
+    pub fn new(registry: Registry, config_dump: ConfigDumpFn) -> Self {
         Self {
             registry: Arc::new(registry),
             ready: Arc::new(AtomicBool::new(false)),
@@ -102,23 +106,37 @@ impl Admin {
                     )
                 }
             }
-            "/stats/prometheus" => {
+            "/metrics" | "/stats/prometheus" => {
                 let mut out = String::new();
                 match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-                    Ok(()) => Response::builder()
-                        .header(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
-                        .body(body::full(out))
-                        .unwrap_or_else(|_| {
-                            text(StatusCode::INTERNAL_SERVER_ERROR, "encode\n".into())
-                        }),
+                    Ok(()) => {
+                        let accept = parts.headers.get(header::ACCEPT);
+                        let (ctype, exposed) =
+                            exposition::negotiate(accept.and_then(|v| v.to_str().ok()), &out);
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, ctype)
+                            .body(body::full(exposed))
+                            .unwrap_or_else(|_| {
+                                text(StatusCode::INTERNAL_SERVER_ERROR, "encode\n".into())
+                            })
+                    }
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 }
             }
-            "/config_dump" => {
-                let dump = (self.config_dump)();
+            "/config_dump" => self.config_dump(parts.uri.query()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "admin: /healthz /ready /metrics /config_dump\n".into(),
+            ),
+        }
+    }
+
+    /// `/config_dump[?resource=..][&name_regex=..]`: 400 for a bad query, 404 for a `resource`
+    /// that names no field, as Envoy answers.
+    fn config_dump(&self, query: Option<&str>) -> Response<Body> {
+        let rendered = DumpQuery::parse(query).and_then(|q| (self.config_dump)().render(&q));
+        match rendered {
+            Ok(dump) => {
                 let json = serde_json::to_string_pretty(&dump)
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
                 Response::builder()
@@ -126,10 +144,10 @@ impl Admin {
                     .body(body::full(json))
                     .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "dump\n".into()))
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "admin: /healthz /ready /stats/prometheus /config_dump\n".into(),
-            ),
+            Err(e @ DumpQueryError::UnknownResource(_)) => {
+                text(StatusCode::NOT_FOUND, format!("{e}\n"))
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         }
     }
 

@@ -88,9 +88,10 @@ pub fn export_status(
     let reg = registry.sub_registry_with_prefix("mesh_xds");
     reg.register("acks", "xDS updates accepted, by type", acks.clone());
     reg.register("nacks", "xDS updates rejected, by type", nacks.clone());
+    // An info-style gauge (value 1, the version in a label), named `_info` by convention.
     reg.register(
-        "version",
-        "The accepted version per type (value 1)",
+        "version_info",
+        "The accepted version per type, as a label (value 1)",
         version.clone(),
     );
     reg.register(

@@ -348,7 +348,8 @@ mod tests {
 }
 
 /// Per-cluster gauges read from the cluster manager at scrape time (no work on the data path):
-/// upstream connections and requests in flight, healthy endpoints, circuit-breaker overflows.
+/// upstream connections and requests in flight, healthy endpoints (gauges), circuit-breaker
+/// overflows (counters).
 #[derive(Debug)]
 pub struct ClusterCollector(pub mesh_lb::ClusterManager);
 
@@ -358,6 +359,7 @@ impl prometheus_client::collector::Collector for ClusterCollector {
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
         use prometheus_client::metrics::MetricType;
 
@@ -368,7 +370,8 @@ impl prometheus_client::collector::Collector for ClusterCollector {
             .filter_map(|n| self.0.get(n).map(|c| (n.clone(), c)))
             .collect();
         type Read = fn(&mesh_lb::ClusterState) -> i64;
-        let gauges: [(&str, &str, Read); 6] = [
+        type Count = fn(&mesh_lb::ClusterState) -> u64;
+        let gauges: [(&str, &str, Read); 4] = [
             (
                 "mesh_upstream_connections",
                 "Open upstream connections",
@@ -387,17 +390,28 @@ impl prometheus_client::collector::Collector for ClusterCollector {
             ("mesh_upstream_endpoints", "Endpoints known", |c| {
                 i64::try_from(c.endpoint_set().len()).unwrap_or(i64::MAX)
             }),
+        ];
+        // Overflows only grow: counters (exposed with `_total`), read from the breaker's totals.
+        let counters: [(&str, &str, Count); 4] = [
+            (
+                "mesh_upstream_connections_overflow",
+                "Connections refused by the max_connections breaker",
+                |c| c.circuit_breaker().stats().connections_overflow,
+            ),
+            (
+                "mesh_upstream_retries_overflow",
+                "Retries refused by the max_retries breaker",
+                |c| c.circuit_breaker().stats().retries_overflow,
+            ),
             (
                 "mesh_upstream_requests_overflow",
                 "Requests refused by the max_requests breaker",
-                |c| {
-                    i64::try_from(c.circuit_breaker().stats().requests_overflow).unwrap_or(i64::MAX)
-                },
+                |c| c.circuit_breaker().stats().requests_overflow,
             ),
             (
                 "mesh_upstream_pending_overflow",
                 "Requests refused by the max_pending_requests breaker",
-                |c| i64::try_from(c.circuit_breaker().stats().pending_overflow).unwrap_or(i64::MAX),
+                |c| c.circuit_breaker().stats().pending_overflow,
             ),
         ];
         for (name, help, read) in gauges {
@@ -405,6 +419,13 @@ impl prometheus_client::collector::Collector for ClusterCollector {
             for (cluster, state) in &clusters {
                 let labels = [("cluster", cluster.as_str())];
                 ConstGauge::new(read(state)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (cluster, state) in &clusters {
+                let labels = [("cluster", cluster.as_str())];
+                ConstCounter::new(read(state)).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())

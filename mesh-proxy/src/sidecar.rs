@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mesh_core::{Reload, ReloadError};
 use mesh_lb::ClusterManager;
@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use mesh_xds::client::{AdsMode, XdsClient, XdsTls};
+use mesh_xds::client::{AdsMode, XdsClient, XdsStatus, XdsTls};
+use mesh_xds::config_dump::ConfigDump;
 
 use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
@@ -153,18 +154,9 @@ impl Sidecar {
         }
         listeners.apply(boot.mesh.listeners.clone())?;
 
-        let dump_cfg = Arc::new(boot.mesh.clone());
-        let dump_listeners = listeners.clone();
-        let admin = Admin::new(
-            registry,
-            Arc::new(move || {
-                serde_json::json!({
-                    "mode": "static",
-                    "config": &*dump_cfg,
-                    "bound": dump_listeners.addresses(),
-                })
-            }),
-        );
+        // The bootstrap never changes: its dump is built once.
+        let dump = ConfigDump::from_static(&boot.mesh, SystemTime::now());
+        let admin = Admin::new(registry, Arc::new(move || dump.clone()));
         admin.ready_flag().store(true, Ordering::Release);
         let stop = CancellationToken::new();
         let (admin_addr, admin_task) = serve_admin(admin, boot.admin, &stop).await?;
@@ -208,8 +200,7 @@ impl Sidecar {
         let xds = dynamic::wire(builder, &listeners, &clusters).start()?;
         let stop = CancellationToken::new();
         let dump_status = xds.status_watch();
-        let dump_listeners = listeners.clone();
-        let dump_clusters = clusters.clone();
+        let dump_config = xds.config_watch();
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let status_task = dynamic::export_status(
             &mut registry,
@@ -217,18 +208,12 @@ impl Sidecar {
             Arc::clone(&ready),
             stop.clone(),
         );
+        let status_json = xds.status_watch();
         let admin = Admin::new(
             registry,
-            Arc::new(move || {
-                serde_json::json!({
-                    "mode": "dynamic",
-                    "xds": &*dump_status.borrow(),
-                    "listeners": dump_listeners.configs(),
-                    "bound": dump_listeners.addresses(),
-                    "clusters": dump_clusters.names(),
-                })
-            }),
+            Arc::new(move || ConfigDump::from_xds(&dump_config.get(), &dump_status.borrow())),
         )
+        .with_route("/xds", xds_status_route(status_json))
         .with_ready_flag(ready);
         let admin = match &opts.registry {
             #[cfg(feature = "etcd")]
@@ -292,6 +277,23 @@ impl Sidecar {
             let _ = t.await;
         }
     }
+}
+
+/// `/xds`: the client's status as JSON (connection, per type the version, ACK/NACK counts and
+/// the last error), what Envoy spreads over its stats and `/config_dump`'s error states.
+fn xds_status_route(status: tokio::sync::watch::Receiver<XdsStatus>) -> crate::admin::AdminHandler {
+    Arc::new(move |_, _| {
+        let json = serde_json::to_string_pretty(&*status.borrow())
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        Box::pin(async move {
+            let mut resp = http::Response::new(mesh_core::body::full(json));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        })
+    })
 }
 
 /// Binds the admin endpoint and serves it until `stop`; returns the bound address.

@@ -89,9 +89,8 @@ async fn get(addr: SocketAddr, http2: bool, req: Request<Full<Bytes>>) -> (u16, 
         .http2_only(http2)
         .build_http::<Full<Bytes>>();
     let (mut parts, body) = req.into_parts();
-    parts.uri = format!("http://{addr}{}", parts.uri.path())
-        .parse()
-        .unwrap();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("http://{addr}{path}").parse().unwrap();
     let resp = tokio::time::timeout(
         Duration::from_secs(10),
         client.request(Request::from_parts(parts, body)),
@@ -266,7 +265,18 @@ async fn admin_serves_health_readiness_metrics_and_config_dump() {
     metrics.record_mesh_error("outbound", "no_route");
     let admin = Admin::new(
         registry,
-        Arc::new(|| serde_json::json!({"listeners": ["outbound"]})),
+        Arc::new(|| {
+            let mut dump = mesh_xds::config_dump::ConfigDump::default();
+            dump.listeners
+                .static_entries
+                .push(mesh_xds::config_dump::DumpEntry::of(
+                    "outbound",
+                    &serde_json::json!({"name": "outbound"}),
+                    None,
+                    None,
+                ));
+            dump
+        }),
     );
     let ready = admin.ready_flag();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,7 +300,14 @@ async fn admin_serves_health_readiness_metrics_and_config_dump() {
     let (status, text) = get(addr, false, req("/config_dump")).await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["listeners"][0], "outbound");
+    assert_eq!(
+        v["configs"][0]["static_listeners"][0]["listener"]["name"],
+        "outbound"
+    );
+    let (status, text) = get(addr, false, req("/config_dump?resource=nope")).await;
+    assert_eq!(status, 404, "{text}");
+    let (status, text) = get(addr, false, req("/config_dump?name_regex=(")).await;
+    assert_eq!(status, 400, "{text}");
     assert_eq!(get(addr, false, req("/nope")).await.0, 404);
     stop.cancel();
     task.await.unwrap();

@@ -190,9 +190,16 @@ async fn dynamic_sidecars_follow_the_control_plane_without_losing_requests() {
     let (code, dump) = mesh_testkit::http_get(client.admin_addr(), "/stats/prometheus").unwrap();
     assert_eq!(code, 200);
     assert!(dump.contains("mesh_xds_connected 1"), "{dump}");
-    // ACK and NACK counts only grow: counters, with the `_total` suffix.
-    assert!(dump.contains("# TYPE mesh_xds_acks counter"), "{dump}");
-    assert!(dump.contains("# TYPE mesh_xds_nacks counter"), "{dump}");
+    // ACK and NACK counts only grow: counters, with the `_total` suffix (the classic text
+    // format names the family after its samples).
+    assert!(
+        dump.contains("# TYPE mesh_xds_acks_total counter"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("# TYPE mesh_xds_nacks_total counter"),
+        "{dump}"
+    );
     assert!(
         dump.contains(
             "mesh_xds_acks_total{type_url=\"type.googleapis.com/envoy.config.listener.v3.Listener\"}"

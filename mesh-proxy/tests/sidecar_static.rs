@@ -225,7 +225,14 @@ async fn requests_cross_both_hops_and_the_mesh_answers_its_own_errors() {
     );
     let (status, dump) = mesh_testkit::http_get(sidecar.admin_addr(), "/config_dump").unwrap();
     assert_eq!(status, 200);
-    assert!(dump.contains("\"mode\": \"static\""), "{dump}");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let listeners = dump["configs"][0]["static_listeners"].as_array().unwrap();
+    assert!(!listeners.is_empty(), "{dump}");
+    assert!(listeners[0]["last_updated"].is_string(), "{dump}");
+    assert!(
+        dump["configs"][0].get("dynamic_listeners").is_none(),
+        "static only: {dump}"
+    );
     sidecar.shutdown().await;
     assert!(
         tokio::net::TcpStream::connect(out).await.is_err(),

@@ -1,4 +1,5 @@
-//! Finding the Envoy and etcd binaries and a Python with grpcio, and the skip-or-fail policy.
+//! Finding the Envoy, etcd and promtool binaries and a Python with grpcio, and the skip-or-fail
+//! policy.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,50 @@ pub fn envoy_bin() -> Option<PathBuf> {
 /// The etcd binary: `MESH_ETCD_BIN` if set, else `etcd` on `PATH`.
 pub fn etcd_bin() -> Option<PathBuf> {
     from_env("MESH_ETCD_BIN").or_else(|| on_path("etcd"))
+}
+
+/// Prometheus's `promtool`: `MESH_PROMTOOL_BIN` if set, else `promtool` on `PATH` (Debian's
+/// `prometheus` package, which `./scripts/test` installs).
+pub fn promtool_bin() -> Option<PathBuf> {
+    from_env("MESH_PROMTOOL_BIN").or_else(|| on_path("promtool"))
+}
+
+/// [`promtool_bin`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_promtool() -> Option<PathBuf> {
+    promtool_bin().or_else(|| skip_or_fail("promtool", "MESH_PROMTOOL_BIN"))
+}
+
+/// Runs `promtool check metrics` on `exposition` (fed on stdin). `Ok(())` when promtool
+/// reports nothing; otherwise `Err` with its exit status and everything it printed (problems
+/// go to stdout or stderr depending on its version).
+pub fn promtool_check_metrics(promtool: &Path, exposition: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", promtool.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(exposition.as_bytes())
+            .map_err(|e| format!("write to promtool: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("wait for promtool: {e}"))?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && printed.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("promtool ({}): {printed}", out.status))
+    }
 }
 
 /// [`envoy_bin`], or `None` after a loud skip message on stderr; panics

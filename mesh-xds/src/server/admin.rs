@@ -1,5 +1,7 @@
 //! The control plane's admin endpoint: `/snapshots` (JSON dump per node: what is set, what the
-//! node ACKed or NACKed, with the error, and when), `/metrics` (Prometheus) and `/healthz`.
+//! node ACKed or NACKed, with the error, and when), `/config_dump?node=ID` (what one node is
+//! served, in the shape of Envoy's config dump, see [`crate::config_dump`]), `/metrics`
+//! (Prometheus) and `/healthz`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use hyper_util::server::conn::auto;
 
 use super::cache::SnapshotCache;
 use super::metrics::Metrics;
+use crate::config_dump::{query_pairs, DumpQuery};
 
 /// Serves the admin endpoint on `listener` until the task is aborted.
 ///
@@ -48,24 +51,24 @@ fn handle(
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
-        "/snapshots" | "/config_dump" => match serde_json::to_string_pretty(&cache.dump()) {
-            Ok(json) => (StatusCode::OK, "application/json", json),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                e.to_string(),
-            ),
+        "/snapshots" => match serde_json::to_string_pretty(&cache.dump()) {
+            Ok(json) => (StatusCode::OK, JSON, json),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, TEXT, e.to_string()),
         },
-        "/metrics" | "/stats/prometheus" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        "/healthz" | "/ready" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/config_dump" => config_dump(req.uri().query(), cache),
+        "/metrics" | "/stats/prometheus" => {
+            let accept = req.headers().get(http::header::ACCEPT);
+            let (ctype, text) = mesh_core::exposition::negotiate(
+                accept.and_then(|v| v.to_str().ok()),
+                &metrics.encode(),
+            );
+            (StatusCode::OK, ctype, text)
+        }
+        "/healthz" | "/ready" => (StatusCode::OK, TEXT, "ok\n".to_owned()),
         _ => (
             StatusCode::NOT_FOUND,
-            "text/plain",
-            "try /snapshots, /metrics or /healthz\n".to_owned(),
+            TEXT,
+            "try /snapshots, /config_dump?node=ID, /metrics or /healthz\n".to_owned(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -74,4 +77,46 @@ fn handle(
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `/config_dump?node=ID[&resource=..][&name_regex=..]`: 400 without a node (naming the nodes
+/// with a snapshot of their own) or with a bad query, 404 for a node that is served nothing.
+fn config_dump(query: Option<&str>, cache: &SnapshotCache) -> (StatusCode, &'static str, String) {
+    let Some(node) = query_pairs(query)
+        .into_iter()
+        .find_map(|(k, v)| (k == "node").then_some(v))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!(
+                "config_dump needs ?node=ID; nodes with a snapshot: {}\n",
+                cache.node_keys().join(", ")
+            ),
+        );
+    };
+    let q = match DumpQuery::parse(query) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+    };
+    let Some(dump) = cache.config_dump(&node) else {
+        return (
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("no snapshot for node {node:?}\n"),
+        );
+    };
+    match dump.render(&q) {
+        Ok(v) => match serde_json::to_string_pretty(&v) {
+            Ok(json) => (StatusCode::OK, JSON, json),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, TEXT, e.to_string()),
+        },
+        Err(e @ crate::config_dump::DumpQueryError::UnknownResource(_)) => {
+            (StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+    }
 }
