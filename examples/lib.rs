@@ -263,8 +263,10 @@ The demo mesh is up: app 127.0.0.1:{app} ← hello-1 inbound :{hin} ← client-1
 Try:
   curl 127.0.0.1:{out}/                        # hello world, through both sidecars
   curl -i 127.0.0.1:{out}/limited              # 3rd call within 10 s: 429 from the rate limit
-  curl 127.0.0.1:{cadm}/stats/prometheus       # client-1's metrics (hello-1: :{hadm})
+  curl 127.0.0.1:{cadm}/metrics                # client-1's metrics (hello-1: :{hadm})
   curl 127.0.0.1:{cadm}/config_dump            # client-1's live config and xDS versions
+  curl '127.0.0.1:{cadm}/config_dump?resource=dynamic_active_clusters'
+  curl '127.0.0.1:{cpadm}/config_dump?node=client-1'  # what the control plane serves client-1
   curl 127.0.0.1:{cpadm}/snapshots             # the control plane: what each node has ACKed
 
 The control plane serves {file} (xDS on 127.0.0.1:{xds}); edit it and the sidecars follow.

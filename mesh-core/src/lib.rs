@@ -15,6 +15,8 @@
 //!   gRPC-status) response.
 //! - The request [`extensions`] the layers hand each other, so an inner layer never re-derives
 //!   what an outer one decided.
+//! - [`exposition`]: the Prometheus text both admin endpoints serve (classic text or
+//!   OpenMetrics, by the scraper's `Accept`).
 //!
 //! ```
 //! use mesh_core::{Reload, ReloadError, RouteConfiguration, Shared, Validate};

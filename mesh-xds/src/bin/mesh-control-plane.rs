@@ -37,7 +37,7 @@ struct Args {
     /// Address of the xDS gRPC server.
     #[arg(long, default_value = "0.0.0.0:18000")]
     listen: SocketAddr,
-    /// Address of the admin endpoint (/snapshots, /metrics, /healthz).
+    /// Address of the admin endpoint (/snapshots, /config_dump?node=ID, /metrics, /healthz).
     #[arg(long, default_value = "127.0.0.1:19000")]
     admin: SocketAddr,
     /// Most discovery streams open at once.
