@@ -117,6 +117,26 @@ mod tests {
     }
 
     #[test]
+    fn versions_survive_persistence_and_a_restart() {
+        let mut s = XdsClient::builder().into_state();
+        s.on_connect();
+        s.on_response(cds("7", &[Cluster::new("a")]));
+        let before = s.status().types[ResourceType::Cluster.type_url()]
+            .resource_versions
+            .clone();
+        let json = serde_json::to_string(&super::super::persist::Persisted::of(&s)).unwrap();
+        let persisted: super::super::persist::Persisted = serde_json::from_str(&json).unwrap();
+        // A delta client restarting from a SotW file still shows what it serves and since when.
+        let mut restarted = XdsClient::builder().mode(AdsMode::Delta).into_state();
+        persisted.restore_versions(&mut restarted);
+        let after = restarted.status().types[ResourceType::Cluster.type_url()]
+            .resource_versions
+            .clone();
+        assert_eq!(*after, *before);
+        assert_eq!(after["a"].version, "7");
+    }
+
+    #[test]
     fn delta_versions_are_each_resources_own() {
         let mut s = XdsClient::builder().mode(AdsMode::Delta).into_state();
         s.on_connect();
