@@ -4,15 +4,17 @@
 //!
 //! Cases per run (proptest, stable toolchain): 1,000 arbitrary texts and 1,000 mesh.yaml-shaped
 //! documents; 2,000 random byte strings and 2,000 mutated valid resources through the client's
-//! state machine; 1,000 random Cluster and 1,000 random RouteConfiguration messages through the
-//! conversion (about a third of each converts, and then round-trips). 8,000 in all, a few
-//! seconds; a failure prints its minimal case.
+//! state machine; 1,000 random Listener, 1,000 Cluster and 1,000 RouteConfiguration messages
+//! through the conversion (a sixth to a third of each converts, and then round-trips). 9,000 in
+//! all, a few seconds; a failure prints its minimal case.
 #![allow(clippy::unwrap_used)]
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use mesh_core::{Cluster, ClusterLoadAssignment, Listener, MeshConfig, RouteConfiguration};
@@ -420,6 +422,93 @@ fn route_proto() -> impl Strategy<Value = route::RouteConfiguration> {
         })
 }
 
+/// A Listener message: a random address and a filter chain whose filter is an
+/// HttpConnectionManager (RDS or inline routes, random filters) or something else.
+fn listener_proto() -> impl Strategy<Value = listener::Listener> {
+    let http_filter = prop_oneof![
+        Just("envoy.filters.http.router".to_owned()),
+        Just("envoy.filters.http.local_ratelimit".to_owned()),
+        "[a-z.]{0,12}",
+    ];
+    let manager = (
+        "[ -~]{0,8}",
+        prop_oneof![
+            "[ -~]{0,8}".prop_map(|name| hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    route_config_name: name,
+                    config_source: Some(core::ConfigSource {
+                        config_source_specifier: Some(
+                            core::config_source::ConfigSourceSpecifier::Ads(Default::default())
+                        ),
+                        ..Default::default()
+                    }),
+                }
+            )),
+            route_proto().prop_map(hcm::http_connection_manager::RouteSpecifier::RouteConfig),
+        ],
+        prop_oneof![
+            3 => Just(Vec::new()),
+            1 => proptest::collection::vec((http_filter, prop::bool::ANY), 1..3),
+        ],
+        // Mostly the router last, as a connection manager must end.
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(stat_prefix, routes, filters, router)| {
+            let mut http_filters: Vec<hcm::HttpFilter> = filters
+                .into_iter()
+                .map(|(name, optional)| hcm::HttpFilter {
+                    name,
+                    is_optional: optional,
+                    ..Default::default()
+                })
+                .collect();
+            if router {
+                http_filters.push(hcm::HttpFilter {
+                    name: "envoy.filters.http.router".into(),
+                    config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                        &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+                    ))),
+                    ..Default::default()
+                });
+            }
+            pack(&hcm::HttpConnectionManager {
+                stat_prefix,
+                route_specifier: Some(routes),
+                http_filters,
+                ..Default::default()
+            })
+        });
+    let typed = prop_oneof![
+        4 => manager,
+        1 => ("[a-z./]{0,30}", proptest::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(type_url, value)| Any { type_url, value }),
+    ];
+    (
+        prop_oneof![4 => "[a-z][a-z0-9-]{0,8}", 1 => "[ -~]{0,10}"],
+        prop_oneof![4 => Just("127.0.0.1".to_owned()), 1 => "[ -~]{0,12}"],
+        prop_oneof![4 => 1u32..=65535, 1 => any::<u32>()],
+        prop_oneof![
+            4 => proptest::collection::vec(("[ -~]{0,12}", typed.clone()), 1..=1),
+            1 => proptest::collection::vec(("[ -~]{0,12}", typed), 0..3),
+        ],
+    )
+        .prop_map(|(name, host, port, filters)| listener::Listener {
+            name,
+            address: Some(socket(host, port)),
+            filter_chains: vec![listener::FilterChain {
+                filters: filters
+                    .into_iter()
+                    .map(|(name, any)| listener::Filter {
+                        name,
+                        config_type: Some(listener::filter::ConfigType::TypedConfig(any)),
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+}
+
 /// Checks the client's answer: an ACK, or a NACK whose message names the resource kind.
 fn assert_ack_or_detailed_nack(kind: &str, nack: Option<String>) -> Result<(), TestCaseError> {
     if let Some(msg) = nack {
@@ -478,6 +567,18 @@ proptest! {
             Err(e) => prop_assert!(e.to_string().starts_with("cluster["), "{e}"),
         }
         assert_ack_or_detailed_nack(Cluster::KIND, ack_or_nack(response(ResourceType::Cluster, vec![any])))?;
+    }
+
+    /// Well-formed Listener messages: random addresses and filter chains, the connection
+    /// manager's routes inline or by RDS, known and unknown HTTP filters.
+    #[test]
+    fn random_listener_protos_convert_or_name_the_field(proto in listener_proto()) {
+        let any = pack(&proto);
+        match decode::<Listener>(&any) {
+            Ok(l) => prop_assert_eq!(decode::<Listener>(&encode(&l)).unwrap(), l),
+            Err(e) => prop_assert!(e.to_string().starts_with("listener["), "{e}"),
+        }
+        assert_ack_or_detailed_nack(Listener::KIND, ack_or_nack(response(ResourceType::Listener, vec![any])))?;
     }
 
     /// Well-formed RouteConfiguration messages with random matches, actions and timeouts.
