@@ -8,7 +8,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::SpanContext;
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
@@ -67,7 +67,7 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
     use super::*;
 

@@ -24,8 +24,8 @@ mod net;
 mod process;
 
 pub use bins::{
-    envoy_bin, etcd_bin, grpc_python, in_ci, require_envoy, require_etcd, require_grpc_python,
-    skip_or_fail, workspace_root,
+    envoy_bin, etcd_bin, grpc_python, in_ci, otlp_python, require_envoy, require_etcd,
+    require_grpc_python, require_otlp_python, skip_or_fail, workspace_root,
 };
 pub use envoy::{ads_bootstrap, EnvoyProcess};
 pub use etcd::EtcdProcess;
@@ -81,6 +81,22 @@ macro_rules! grpc_python_or_skip {
     };
     ($ret:expr) => {
         match $crate::require_grpc_python() {
+            ::std::option::Option::Some(path) => path,
+            ::std::option::Option::None => return $ret,
+        }
+    };
+}
+
+/// Evaluates to the path of a Python with grpcio and opentelemetry-proto (an OTLP receiver), or
+/// returns from the calling function when there is none (after a loud skip message; under
+/// `CI=true` it panics instead, see [`require_otlp_python`]).
+#[macro_export]
+macro_rules! otlp_python_or_skip {
+    () => {
+        $crate::otlp_python_or_skip!(())
+    };
+    ($ret:expr) => {
+        match $crate::require_otlp_python() {
             ::std::option::Option::Some(path) => path,
             ::std::option::Option::None => return $ret,
         }
