@@ -13,20 +13,19 @@
 //!   collector costs nothing but dropped spans) and the OTLP/gRPC exporter (tonic).
 //!
 //! ```no_run
-//! use mesh_telemetry::{OtlpTracing, SpanKind, TracingOptions};
-//! use tower::ServiceBuilder;
+//! use mesh_telemetry::{OtlpTracing, SpanKind, TelemetryError, TracingOptions};
+//! use tower::Layer;
 //!
-//! # async fn demo(client: mesh_xds_like::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo<S>(client: S) -> Result<(), TelemetryError> {
 //! // Inside a tokio runtime (the exporter's gRPC channel lives on it).
 //! let tracing = OtlpTracing::start(
 //!     &TracingOptions::new("http://127.0.0.1:4317").sampling_ratio(0.01).service_name("orders"),
 //! )?;
-//! let traced = ServiceBuilder::new().layer(tracing.layer(SpanKind::Client)).service(client);
-//! # let _ = traced;
-//! // ... and on the way out, flush what is queued:
+//! let traced = tracing.layer(SpanKind::Client).layer(client);
+//! # drop(traced);
+//! // ... and on the way out, export what is queued:
 //! tracing.shutdown().await;
 //! # Ok(()) }
-//! # mod mesh_xds_like { pub type Client = tower::util::BoxService<http::Request<()>, http::Response<()>, std::convert::Infallible>; }
 //! ```
 //!
 //! Tracing off costs nothing: a program that configures no exporter does not put the layer in
