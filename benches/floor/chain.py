@@ -55,10 +55,10 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
     "floor": (BASE + 31, BASE + 32, None),
     "base": (BASE + 41, BASE + 42, (BASE + 43, BASE + 44)),
-    "trace1": (BASE + 51, BASE + 52, (BASE + 53, BASE + 54)),
-    "trace100": (BASE + 61, BASE + 62, (BASE + 63, BASE + 64)),
+    "trace1": (BASE + 71, BASE + 72, (BASE + 73, BASE + 74)),
+    "trace100": (BASE + 81, BASE + 82, (BASE + 83, BASE + 84)),
 }
-SINKS = {"trace1": BASE + 55, "trace100": BASE + 65}  # each tracing contender's span sink
+SINKS = {"trace1": BASE + 75, "trace100": BASE + 85}  # each tracing contender's span sink
 ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
                   + (list(TRACE_RATIOS) if TRACING else []))
 ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
@@ -443,12 +443,18 @@ def instructions_per_request(name, argv, port, n=3000):
 
 
 def instructions():
-    """Instructions per request of one hop for ours, the floor (and the baseline binary)."""
+    """Instructions per request of one hop for ours, the floor (and the baseline binary, and the
+    tracing contenders)."""
     port = BASE + 51
     cfg = write("callgrind.yaml", sidecar_yaml("inbound", port, APP, BASE + 52))
     hops = [("ours", [f"{BIN}/mesh-sidecar", "--config", cfg])]
     if BASELINE:
         hops.append(("base", [BASELINE, "--config", cfg]))
+    # The tracing contenders' hop as the inbound one (it follows wrk's absent traceparent by its
+    # own sampler). Counted right after the requests: the batch exports done by then (512 spans
+    # each) are in the count, the last partial batch is not.
+    hops += [(c, [f"{BIN}/mesh-sidecar", "--config", cfg] + trace_args(c, "inbound"))
+             for c in TRACE_RATIOS if c in CONTENDERS]
     hops.append(("floor", [f"{BIN}/bench-floor", f"127.0.0.1:{port}", f"127.0.0.1:{APP}"]))
     res = {}
     for name, argv in hops:
