@@ -10,14 +10,14 @@
 //!   body ends (or the call fails).
 //! - [`OtlpTracing`] is the export pipeline: parent-based ratio sampling, a batch span processor
 //!   (its own thread and a bounded queue: the data path never waits on export, and a dead
-//!   collector costs nothing but dropped spans) and the OTLP/gRPC exporter (tonic).
+//!   collector costs nothing but dropped spans) and the OTLP/gRPC exporter (tonic) on a
+//!   runtime of its own, so encoding and sending spans never run on the request threads.
 //!
 //! ```no_run
 //! use mesh_telemetry::{OtlpTracing, SpanKind, TelemetryError, TracingOptions};
 //! use tower::Layer;
 //!
 //! # async fn demo<S>(client: S) -> Result<(), TelemetryError> {
-//! // Inside a tokio runtime (the exporter's gRPC channel lives on it).
 //! let tracing = OtlpTracing::start(
 //!     &TracingOptions::new("http://127.0.0.1:4317").sampling_ratio(0.01).service_name("orders"),
 //! )?;
@@ -36,6 +36,7 @@ mod body;
 mod layer;
 mod pipeline;
 mod propagation;
+mod runtime;
 
 pub use body::TracedBody;
 pub use layer::{ResponseFuture, Trace, TraceLayer};

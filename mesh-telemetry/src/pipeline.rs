@@ -1,6 +1,7 @@
 //! The export pipeline: sampler, batch span processor and OTLP/gRPC exporter, built from
 //! [`TracingOptions`] and owned by [`OtlpTracing`].
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
@@ -10,6 +11,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 
+use crate::runtime::{ExportRuntime, StartError};
 use crate::TraceLayer;
 
 /// Where spans go and which requests are traced.
@@ -87,6 +89,9 @@ pub enum TelemetryError {
     /// `endpoint` is not an absolute URL.
     #[error("tracing: endpoint {0:?} is not a URL like http://127.0.0.1:4317")]
     Endpoint(String),
+    /// The export thread or its runtime could not start.
+    #[error("tracing: export thread: {0}")]
+    Runtime(std::io::Error),
     /// The OTLP exporter refused its configuration.
     #[error("tracing: OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
@@ -103,24 +108,34 @@ pub(crate) fn sampler(ratio: f64) -> Sampler {
 /// [`shutdown`](Self::shutdown). Cheap to clone; clones share the pipeline.
 ///
 /// Export never blocks a request: finished spans go into a bounded queue (dropped when it is
-/// full) that the batch processor's own thread drains to the collector. With the collector
-/// down, exports fail on that thread and spans are dropped; requests do not notice.
+/// full) that the batch processor's own thread drains to the collector, over a gRPC channel on
+/// a runtime of its own (one more thread), so neither export nor its protobuf encoding runs on
+/// the threads that serve requests. With the collector down, exports fail there and spans are
+/// dropped; requests do not notice.
 #[derive(Clone, Debug)]
 pub struct OtlpTracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    runtime: Arc<Mutex<Option<ExportRuntime>>>,
 }
 
 impl OtlpTracing {
-    /// Starts the pipeline. Must run inside a tokio runtime: the exporter's gRPC channel
-    /// (connected lazily, so a collector that is not up yet is no error) lives on it.
+    /// Starts the pipeline: the export thread and its runtime, the exporter's gRPC channel
+    /// (connected lazily, so a collector that is not up yet is no error), the batch processor.
     pub fn start(opts: &TracingOptions) -> Result<Self, TelemetryError> {
         opts.validate()?;
-        let exporter = SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(&opts.endpoint)
-            .with_timeout(opts.export_timeout)
-            .build()?;
+        let (endpoint, timeout) = (opts.endpoint.clone(), opts.export_timeout);
+        let (runtime, exporter) = ExportRuntime::start(move || {
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .build()
+        })
+        .map_err(|e| match e {
+            StartError::Runtime(e) => TelemetryError::Runtime(e),
+            StartError::Build(e) => TelemetryError::Exporter(e),
+        })?;
         let batch = BatchConfigBuilder::default()
             .with_scheduled_delay(opts.export_delay)
             .with_max_queue_size(opts.max_queue)
@@ -139,7 +154,11 @@ impl OtlpTracing {
             )
             .build();
         let tracer = provider.tracer("mesh");
-        Ok(Self { provider, tracer })
+        Ok(Self {
+            provider,
+            tracer,
+            runtime: Arc::new(Mutex::new(Some(runtime))),
+        })
     }
 
     /// A layer starting spans of `kind` (see [`TraceLayer::new`]).
@@ -156,9 +175,21 @@ impl OtlpTracing {
     /// Spans that end afterwards are dropped.
     pub async fn shutdown(self) {
         let provider = self.provider;
-        // The SDK's shutdown blocks until the processor's thread has exported; that export runs
-        // on this runtime's gRPC channel, so wait for it off the runtime's threads.
-        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // The SDK's shutdown blocks until the processor's thread has exported (over the export
+        // runtime, stopped after it): wait for both off the caller's runtime threads.
+        let done = tokio::task::spawn_blocking(move || {
+            let flushed = provider.shutdown();
+            if let Some(rt) = runtime {
+                rt.stop();
+            }
+            flushed
+        })
+        .await;
         // A failed flush is worth a line, not an error: the spans are lost either way.
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "tracing: flushing spans on shutdown failed");
