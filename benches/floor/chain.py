@@ -44,6 +44,10 @@ CALLGRIND = os.environ.get("BENCH_CALLGRIND") == "1"
 TICKS = os.sysconf("SC_CLK_TCK")
 # A/B of a change: a second mesh-sidecar binary (e.g. the build before it) as contender "base".
 BASELINE = os.environ.get("BENCH_BASELINE_BIN")
+# The cost of tracing: mesh-sidecar with --otlp-endpoint at 1 % and at 100 % sampling, each
+# exporting to its own bench-otlp-sink (an OTLP/gRPC service that counts and drops spans).
+TRACING = os.environ.get("BENCH_TRACING") == "1"
+TRACE_RATIOS = {"trace1": "0.01", "trace100": "1"}
 
 APP = BASE
 PORTS = {  # contender: (client-facing port, second hop port, admin ports)
@@ -51,8 +55,12 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
     "floor": (BASE + 31, BASE + 32, None),
     "base": (BASE + 41, BASE + 42, (BASE + 43, BASE + 44)),
+    "trace1": (BASE + 71, BASE + 72, (BASE + 73, BASE + 74)),
+    "trace100": (BASE + 81, BASE + 82, (BASE + 83, BASE + 84)),
 }
-ALL_CONTENDERS = ["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
+SINKS = {"trace1": BASE + 75, "trace100": BASE + 85}  # each tracing contender's span sink
+ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
+                  + (list(TRACE_RATIOS) if TRACING else []))
 ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
 # Subsets for a quick A/B: BENCH_CONTENDERS=ours,floor BENCH_SCENARIOS=h1:32,h2c:32
 CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL_CONTENDERS)).split(",")
@@ -61,7 +69,8 @@ SCENARIOS = [(p, int(n)) for p, n in (x.split(":") for x in
              os.environ.get("BENCH_SCENARIOS", ",".join(f"{p}:{n}" for p, n in ALL_SCENARIOS))
              .split(",") if x)]
 NAMES = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2", "envoy": "Envoy ×2",
-         "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2"}
+         "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2",
+         "trace1": "mesh-sidecar ×2, tracing 1 %", "trace100": "mesh-sidecar ×2, tracing 100 %"}
 
 procs = []  # every process we started, stopped in the end
 tmp = tempfile.mkdtemp(prefix="mesh-bench-")
@@ -168,6 +177,7 @@ def start_chains(tag):
     sidecars = [("ours", f"{BIN}/mesh-sidecar")]
     if BASELINE:
         sidecars.append(("base", BASELINE))
+    sidecars += [(c, f"{BIN}/mesh-sidecar") for c in TRACE_RATIOS]
     for contender, binary in sidecars:
         if contender not in CONTENDERS:
             continue
@@ -175,7 +185,8 @@ def start_chains(tag):
         chains[contender] = [
             spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
                 f"{contender}-{name}.yaml",
-                sidecar_yaml(name, listen, upstream, admin, protocol))], worker_env)
+                sidecar_yaml(name, listen, upstream, admin, protocol))]
+                + trace_args(contender, name), worker_env)
             for name, listen, upstream, admin, protocol in (
                 ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
                 ("inbound", back, APP, a2, "http1"))]
@@ -197,6 +208,30 @@ def start_chains(tag):
             for name, listen, upstream, hop in (("outbound", front, back, HOP),
                                                 ("inbound", back, APP, "h1"))]
     return chains
+
+
+def trace_args(contender, hop):
+    """The tracing flags of a tracing contender's sidecar (none for the others)."""
+    if contender not in TRACE_RATIOS:
+        return []
+    return ["--otlp-endpoint", f"http://127.0.0.1:{SINKS[contender]}",
+            "--trace-sampling", TRACE_RATIOS[contender], "--trace-service-name", hop]
+
+
+def start_sinks():
+    for c in TRACE_RATIOS:
+        if c in CONTENDERS:
+            spawn(f"otlp-sink-{c}", [f"{BIN}/bench-otlp-sink", f"127.0.0.1:{SINKS[c]}"])
+
+
+def sink_spans(contender):
+    """The spans a tracing contender's sink received so far (its last `spans N` line)."""
+    try:
+        with open(os.path.join(tmp, f"otlp-sink-{contender}.log")) as f:
+            counts = [int(line.split()[1]) for line in f if line.startswith("spans ")]
+    except OSError:
+        return 0
+    return counts[-1] if counts else 0
 
 
 def stop(ps):
@@ -408,12 +443,18 @@ def instructions_per_request(name, argv, port, n=3000):
 
 
 def instructions():
-    """Instructions per request of one hop for ours, the floor (and the baseline binary)."""
+    """Instructions per request of one hop for ours, the floor (and the baseline binary, and the
+    tracing contenders)."""
     port = BASE + 51
     cfg = write("callgrind.yaml", sidecar_yaml("inbound", port, APP, BASE + 52))
     hops = [("ours", [f"{BIN}/mesh-sidecar", "--config", cfg])]
     if BASELINE:
         hops.append(("base", [BASELINE, "--config", cfg]))
+    # The tracing contenders' hop as the inbound one (it follows wrk's absent traceparent by its
+    # own sampler). Counted right after the requests: the batch exports done by then (512 spans
+    # each) are in the count, the last partial batch is not.
+    hops += [(c, [f"{BIN}/mesh-sidecar", "--config", cfg] + trace_args(c, "inbound"))
+             for c in TRACE_RATIOS if c in CONTENDERS]
     hops.append(("floor", [f"{BIN}/bench-floor", f"127.0.0.1:{port}", f"127.0.0.1:{APP}"]))
     res = {}
     for name, argv in hops:
@@ -430,6 +471,7 @@ def main():
     load_start = open("/proc/loadavg").read().split()[:3]
     stolen = steal_ticks()
     start_app()
+    start_sinks()
     try:
         results = {}  # (scenario, contender) -> [round results]
         for proto, conns in SCENARIOS:
@@ -458,9 +500,12 @@ def main():
         load_end = open("/proc/loadavg").read().split()[:3]
         steal = steal_pct(stolen, steal_ticks())
         instr = instructions() if CALLGRIND else {}
+        # Every sidecar flushed its spans on SIGTERM; give the sinks a report tick.
+        time.sleep(1.5 if TRACING else 0)
+        spans = {c: sink_spans(c) for c in TRACE_RATIOS if c in CONTENDERS}
     finally:
         stop([p for _, p in procs])
-    write_markdown(results, load_start, load_end, steal, instr)
+    write_markdown(results, load_start, load_end, steal, instr, spans)
     shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
 
@@ -499,7 +544,42 @@ HOP_TEXT = {"h2": "HTTP/2 (prior knowledge, multiplexed on one connection)",
             "h1": "HTTP/1.1 keep-alive (a connection per request in flight)"}
 
 
-def write_markdown(results, load_start, load_end, steal, instr):
+def tracing_section(s, results, spans):
+    """Tracing at 1 % and 100 % against the same sidecar without it, and what reached the sinks."""
+    rows = [c for c in TRACE_RATIOS if c in CONTENDERS]
+    if not rows or "ours" not in CONTENDERS:
+        return []
+    L = ["", "## Tracing cost", "",
+         "The same mesh-sidecar binary with `--otlp-endpoint` and `--trace-sampling 0.01` / `1` "
+         "on both hops (outbound CLIENT and inbound SERVER spans, W3C `traceparent` continued; "
+         "wrk sends none, so the outbound hop starts each trace and the inbound hop follows its "
+         "decision), each exporting over OTLP/gRPC to its own `bench-otlp-sink` (benches/floor/"
+         "otlp_sink.rs: a tonic OTLP trace service that counts and drops spans; it runs on the "
+         "same machine and its CPU is not in the sidecars' figures). Without `--otlp-endpoint` "
+         "(row `ours`) the trace layer is not in the stack at all.", "",
+         "| scenario | contender | req/s vs ours | p99 vs ours | CPU/req vs ours |",
+         "|---|---|---:|---:|---:|"]
+    for proto, conns in SCENARIOS:
+        scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+        o = s[(proto, conns, "ours")]
+        for c in rows:
+            x = s[(proto, conns, c)]
+            L.append(f"| {scen} | {NAMES[c]} | {fmt_ratio(x['rps'], o['rps'])} | "
+                     f"{fmt_ratio(x['p99'], o['p99'])} | "
+                     f"{fmt_ratio(sum(x['cpu']), sum(o['cpu']))} |")
+    L += ["", "| contender | requests measured (all scenarios, rounds) | spans the sink received "
+          "| spans per measured request |", "|---|---:|---:|---:|"]
+    for c in rows:
+        reqs = sum(r["requests"] for (p, n, cc), rs in results.items() if cc == c for r in rs)
+        got = spans.get(c, 0)
+        L.append(f"| {NAMES[c]} | {reqs} | {got} | {got / reqs if reqs else 0:.3f} |")
+    L += ["", "Two spans per request is everything (one per hop); the 1 s warm-up before each "
+          "measurement adds spans the measured requests do not count, and a full export queue "
+          "(2,048 spans) drops spans rather than slow a request."]
+    return L
+
+
+def write_markdown(results, load_start, load_end, steal, instr, spans=None):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L = [
@@ -584,6 +664,7 @@ def write_markdown(results, load_start, load_end, steal, instr):
             f"| peak RSS < 15 MB per sidecar (any scenario) | {rss:.1f} MB | {check(rss < 15)} |",
             "",
         ]
+    L += tracing_section(s, results, spans or {})
     if instr:
         f = instr.get("floor")
         L += ["", "## Instructions per request (callgrind, one hop)", "",

@@ -62,6 +62,10 @@ pub struct Bootstrap {
     pub max_connections: usize,
     /// Listeners, routes, clusters and endpoints.
     pub mesh: MeshConfig,
+    /// Tracing: spans of every listener exported over OTLP/gRPC (off when `None`). Set by the
+    /// binary's `--otlp-endpoint` and `--trace-sampling`, not read from the file.
+    #[serde(skip)]
+    pub tracing: Option<mesh_telemetry::TracingOptions>,
 }
 
 /// The file's shape: the sidecar settings beside `MeshConfig`'s lists. Spelled out rather than
@@ -142,6 +146,7 @@ impl Bootstrap {
                 clusters: f.clusters,
                 endpoints: f.endpoints,
             },
+            tracing: None,
         };
         boot.mesh
             .validate()

@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_core::Direction;
 use mesh_core::{Listener, ReloadError, RouteConfiguration, Validate};
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
+use mesh_telemetry::{OtlpTracing, SpanKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,7 @@ pub struct ListenerManager {
     metrics: Metrics,
     connections: Arc<tokio::sync::Semaphore>,
     drain: Duration,
+    tracing: Option<OtlpTracing>,
 }
 
 impl std::fmt::Debug for ListenerManager {
@@ -71,7 +74,18 @@ impl ListenerManager {
             metrics,
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             drain,
+            tracing: None,
         }
+    }
+
+    /// Traces every listener's requests into `tracing`: inbound listeners' spans are SERVER
+    /// spans (the hop receives the call for its app), outbound ones CLIENT spans (the hop
+    /// makes the call on its app's behalf), as Envoy's tracers mark ingress and egress. Applies
+    /// to listeners bound from now on.
+    #[must_use]
+    pub fn with_tracing(mut self, tracing: Option<OtlpTracing>) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     /// Dynamic (xDS) mode: a listener whose route table has not arrived yet serves an empty
@@ -168,7 +182,13 @@ impl ListenerManager {
                     table.as_ref(),
                     self.clusters.clone(),
                     self.registry.clone(),
-                )?,
+                )?
+                .with_trace(self.tracing.as_ref().map(|t| {
+                    t.layer(match l.direction {
+                        Direction::Inbound => SpanKind::Server,
+                        Direction::Outbound => SpanKind::Client,
+                    })
+                })),
             };
             stacks.push((l, stack, socket));
         }
@@ -248,6 +268,7 @@ impl ListenerManager {
             name: Arc::from(config.name.as_str()),
             http: config.http.clone(),
             connections: Arc::clone(&self.connections),
+            traced: stack.is_traced(),
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");
         let task = tokio::spawn(serve(

@@ -43,6 +43,9 @@ pub struct ListenerSettings {
     /// Permits for open downstream connections, shared by every listener of the process (a
     /// global limit); with none left, a new connection is closed at once.
     pub connections: Arc<Semaphore>,
+    /// The stack traces requests (its trace layer owns `traceparent`: it continues the
+    /// incoming one or starts a trace by its sampler), so the edge does not generate one.
+    pub traced: bool,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets open
@@ -65,6 +68,7 @@ pub async fn serve(
         strip_host_port: settings.http.strip_host_port,
         local_port: listener.local_addr().map_or(0, |a| a.port()),
         max_body: settings.http.max_request_bytes,
+        traced: settings.traced,
         // Resolved once per listener: no label building or family lookup per request.
         listener_metrics: metrics.listener(&settings.name),
         metrics,
@@ -204,6 +208,7 @@ struct EdgeShared {
     strip_host_port: StripHostPort,
     local_port: u16,
     max_body: u64,
+    traced: bool,
     metrics: Metrics,
     listener_metrics: ListenerMetrics,
 }
@@ -307,7 +312,9 @@ impl Edge {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::append_forwarded_for(&mut parts.headers, self.peer.ip());
         headers::ensure_request_id(&mut parts.headers);
-        headers::ensure_traceparent(&mut parts.headers);
+        if !self.shared.traced {
+            headers::ensure_traceparent(&mut parts.headers);
+        }
         parts.extensions.insert(ClientAddr(self.peer));
         parts
             .extensions

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use mesh_core::{Reload, ReloadError};
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
+use mesh_telemetry::{OtlpTracing, TracingOptions};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -48,6 +49,9 @@ pub enum SidecarError {
     /// The xDS client could not start.
     #[error("xDS client: {0}")]
     Xds(#[from] mesh_xds::client::XdsClientError),
+    /// Tracing was asked for with options that cannot work.
+    #[error(transparent)]
+    Tracing(#[from] mesh_telemetry::TelemetryError),
     /// The admin endpoint could not bind.
     #[error("admin endpoint {addr}: {source}")]
     AdminBind {
@@ -86,6 +90,8 @@ pub struct DynamicOptions {
     /// The filter factories listener-level (`http_filters`) and per-route (`filters`) configs
     /// name; register your own on top of [`LayerRegistry::default`] (which holds `fault`).
     pub filters: LayerRegistry,
+    /// Tracing: every listener's spans exported over OTLP/gRPC (off when `None`).
+    pub tracing: Option<TracingOptions>,
 }
 
 /// Where the registration API publishes.
@@ -114,6 +120,7 @@ impl DynamicOptions {
             registry: None,
             xds_tls: None,
             filters: LayerRegistry::default(),
+            tracing: None,
         }
     }
 }
@@ -128,6 +135,7 @@ pub struct Sidecar {
     admin_task: JoinHandle<()>,
     xds: Option<XdsClient>,
     status_task: Option<JoinHandle<()>>,
+    tracing: Option<OtlpTracing>,
 }
 
 impl Sidecar {
@@ -143,8 +151,13 @@ impl Sidecar {
         boot: Bootstrap,
         filters: LayerRegistry,
     ) -> Result<Self, SidecarError> {
-        let (registry, clusters, listeners) =
-            managers(boot.max_connections, boot.drain_timeout, filters);
+        let tracing = boot.tracing.as_ref().map(OtlpTracing::start).transpose()?;
+        let (registry, clusters, listeners) = managers(
+            boot.max_connections,
+            boot.drain_timeout,
+            filters,
+            tracing.clone(),
+        );
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
             clusters.reload(cla.clone())?;
@@ -168,6 +181,7 @@ impl Sidecar {
             admin_task,
             xds: None,
             status_task: None,
+            tracing,
         })
     }
 
@@ -175,10 +189,12 @@ impl Sidecar {
     /// drained when removed), routes from RDS, clusters from CDS/EDS. `/ready` answers 200 once
     /// the first full config has arrived.
     pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
+        let tracing = opts.tracing.as_ref().map(OtlpTracing::start).transpose()?;
         let (mut registry, clusters, listeners) = managers(
             opts.max_connections,
             opts.drain_timeout,
             opts.filters.clone(),
+            tracing.clone(),
         );
         let listeners = listeners.lenient_routes();
         let mut builder = XdsClient::builder()
@@ -236,6 +252,7 @@ impl Sidecar {
             admin_task,
             xds: Some(xds),
             status_task: Some(status_task),
+            tracing,
         })
     }
 
@@ -276,6 +293,10 @@ impl Sidecar {
         if let Some(t) = self.status_task {
             let _ = t.await;
         }
+        // After the drain: the last requests' spans are queued by now; export them.
+        if let Some(tracing) = self.tracing {
+            tracing.shutdown().await;
+        }
     }
 }
 
@@ -310,17 +331,20 @@ async fn serve_admin(
 }
 
 /// What both modes start from: the metrics registry (with the per-cluster collector), an empty
-/// cluster manager, and a listener manager sending to it, building filters from `filters`.
+/// cluster manager, and a listener manager sending to it, building filters from `filters` and
+/// tracing into `tracing`.
 fn managers(
     max_connections: usize,
     drain: Duration,
     filters: LayerRegistry,
+    tracing: Option<OtlpTracing>,
 ) -> (Registry, ClusterManager, ListenerManager) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let clusters = ClusterManager::new();
     registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
     let listeners =
-        ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain);
+        ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain)
+            .with_tracing(tracing);
     (registry, clusters, listeners)
 }

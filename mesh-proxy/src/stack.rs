@@ -2,18 +2,23 @@
 //! rate limit (listener rules) → listener filters → router → rate limit (route rules) → load
 //! balancer → upstream.
 //!
+//! With tracing on, the trace layer wraps all of it, so a hop's span covers every answer the
+//! listener gives, a listener-wide 429 included.
+//!
 //! Route-scoped limits need the router's decision, so they sit inside it; listener-wide limits
 //! stay outside, so even a request that matches no route is counted, as with Envoy's
 //! `local_ratelimit` filter.
 
 use mesh_core::{
-    BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError, RouteConfiguration,
+    body, BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError,
+    RouteConfiguration,
 };
 use mesh_lb::{ClusterManager, LoadBalance};
 use mesh_ratelimit::RateLimitLayer;
 use mesh_router::{LayerRegistry, RouterLayer};
+use mesh_telemetry::TraceLayer;
 use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::decision::DecisionToResponse;
 use crate::filters::{self, FilterChain, ListenerFilterLayer};
@@ -28,6 +33,7 @@ pub struct ListenerStack {
     router: RouterLayer,
     route_limits: RateLimitLayer,
     clusters: ClusterManager,
+    trace: Option<TraceLayer>,
 }
 
 impl ListenerStack {
@@ -52,7 +58,21 @@ impl ListenerStack {
             router,
             route_limits: RateLimitLayer::new(inner)?,
             clusters,
+            trace: None,
         })
+    }
+
+    /// Traces every request of this listener with `trace` (outermost); `None` leaves the
+    /// layer out of the stack entirely, so tracing off costs nothing.
+    #[must_use]
+    pub fn with_trace(mut self, trace: Option<TraceLayer>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Whether the stack traces requests.
+    pub fn is_traced(&self) -> bool {
+        self.trace.is_some()
     }
 
     /// Applies a new route table (RDS) and the route limits it carries, or refuses both.
@@ -95,8 +115,14 @@ impl ListenerStack {
             .layer(self.router.clone())
             .layer(self.route_limits.clone())
             .layer(DecisionToResponse)
-            .service(upstream);
-        BoxCloneService::new(svc.map_err(Into::<BoxError>::into))
+            .service(upstream)
+            .map_err(Into::<BoxError>::into);
+        match &self.trace {
+            None => BoxCloneService::new(svc),
+            Some(trace) => {
+                BoxCloneService::new(trace.layer(svc).map_response(|resp| resp.map(body::boxed)))
+            }
+        }
     }
 }
 

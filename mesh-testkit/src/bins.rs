@@ -107,10 +107,37 @@ pub fn require_grpc_python() -> Option<PathBuf> {
     grpc_python().or_else(|| skip_or_fail("python with grpcio", "MESH_GRPC_PYTHON"))
 }
 
+/// A Python that can serve OTLP/gRPC: [`grpc_python`] when it also has the OpenTelemetry
+/// project's protobuf definitions (the `opentelemetry-proto` wheel, which `./scripts/test`
+/// installs beside grpcio). The tracing tests' span receiver runs on it.
+pub fn otlp_python() -> Option<PathBuf> {
+    grpc_python().filter(|p| {
+        imports(
+            p,
+            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+        )
+    })
+}
+
+/// [`otlp_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_otlp_python() -> Option<PathBuf> {
+    otlp_python().or_else(|| {
+        skip_or_fail(
+            "python with grpcio and opentelemetry-proto",
+            "MESH_GRPC_PYTHON",
+        )
+    })
+}
+
 fn imports_grpc(python: &Path) -> bool {
+    imports(python, "import grpc")
+}
+
+fn imports(python: &Path, statement: &str) -> bool {
     is_executable(python)
         && std::process::Command::new(python)
-            .args(["-c", "import grpc"])
+            .args(["-c", statement])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

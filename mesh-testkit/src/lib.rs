@@ -24,8 +24,9 @@ mod net;
 mod process;
 
 pub use bins::{
-    envoy_bin, etcd_bin, grpc_python, in_ci, promtool_bin, promtool_check_metrics, require_envoy,
-    require_etcd, require_grpc_python, require_promtool, skip_or_fail, workspace_root,
+    envoy_bin, etcd_bin, grpc_python, in_ci, otlp_python, promtool_bin, promtool_check_metrics,
+    require_envoy, require_etcd, require_grpc_python, require_otlp_python, require_promtool,
+    skip_or_fail, workspace_root,
 };
 pub use envoy::{ads_bootstrap, EnvoyProcess};
 pub use etcd::EtcdProcess;
@@ -81,6 +82,22 @@ macro_rules! grpc_python_or_skip {
     };
     ($ret:expr) => {
         match $crate::require_grpc_python() {
+            ::std::option::Option::Some(path) => path,
+            ::std::option::Option::None => return $ret,
+        }
+    };
+}
+
+/// Evaluates to the path of a Python with grpcio and opentelemetry-proto (an OTLP receiver), or
+/// returns from the calling function when there is none (after a loud skip message; under
+/// `CI=true` it panics instead, see [`require_otlp_python`]).
+#[macro_export]
+macro_rules! otlp_python_or_skip {
+    () => {
+        $crate::otlp_python_or_skip!(())
+    };
+    ($ret:expr) => {
+        match $crate::require_otlp_python() {
             ::std::option::Option::Some(path) => path,
             ::std::option::Option::None => return $ret,
         }

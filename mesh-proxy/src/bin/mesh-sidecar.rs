@@ -8,6 +8,11 @@
 //!   `https://`, or bare `host:port`), `--xds-cert`/`--xds-key` add a client certificate (mTLS)
 //!   and `--xds-server-name` the name to verify instead of the address's host.
 //!
+//! Tracing (either mode): `--otlp-endpoint http://127.0.0.1:4317` exports a span per request
+//! and listener over OTLP/gRPC (inbound: SERVER spans, outbound: CLIENT spans), continuing the
+//! request's W3C `traceparent`; `--trace-sampling 0.01` samples 1 % of new traces (a sampled
+//! parent is always followed).
+//!
 //! SIGTERM or SIGINT stops accepting, drains in-flight requests up to the drain deadline and
 //! exits 0.
 
@@ -18,6 +23,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::{DynamicOptions, RegistryOptions, Sidecar, SidecarError};
+use mesh_telemetry::TracingOptions;
 use mesh_xds::client::XdsTls;
 
 /// The mesh sidecar.
@@ -73,6 +79,34 @@ struct Args {
     /// Lease TTL of publications, in seconds: a dead sidecar's entries vanish after it.
     #[arg(long, default_value_t = 10)]
     registry_ttl: u64,
+    /// Export spans over OTLP/gRPC to this collector (`http://127.0.0.1:4317`); no tracing
+    /// without it.
+    #[arg(long, env = "MESH_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The share of new traces sampled, 0.0 to 1.0 (a sampled parent is always followed).
+    #[arg(long, default_value_t = 1.0, requires = "otlp_endpoint")]
+    trace_sampling: f64,
+    /// The spans' `service.name` (default: --node-cluster, else --node-id, else mesh-sidecar).
+    #[arg(long, requires = "otlp_endpoint")]
+    trace_service_name: Option<String>,
+}
+
+impl Args {
+    /// The tracing options the flags ask for.
+    fn tracing(&self) -> Option<TracingOptions> {
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        let service = self
+            .trace_service_name
+            .as_ref()
+            .or(self.node_cluster.as_ref())
+            .or(self.node_id.as_ref())
+            .map_or("mesh-sidecar", String::as_str);
+        Some(
+            TracingOptions::new(endpoint)
+                .sampling_ratio(self.trace_sampling)
+                .service_name(service),
+        )
+    }
 }
 
 #[tokio::main]
@@ -118,6 +152,7 @@ async fn main() -> ExitCode {
         if let Some(admin) = args.admin {
             opts.admin = admin;
         }
+        opts.tracing = args.tracing();
         return run(Sidecar::start_dynamic(opts).await).await;
     }
     let boot = match &args.config {
@@ -134,6 +169,7 @@ async fn main() -> ExitCode {
     if let Some(admin) = args.admin {
         boot.admin = admin;
     }
+    boot.tracing = args.tracing();
     run(Sidecar::start_static(boot).await).await
 }
 

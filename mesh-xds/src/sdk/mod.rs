@@ -34,6 +34,19 @@
 //! virtual host. A tonic client built with `new(service)` sends only the path, so build it with
 //! `with_origin(service, "http://orders".parse()?)`: the origin is the service to call.
 //!
+//! Tracing (feature `otel`): [`otel`] is mesh-telemetry. Put its `TraceLayer` over the client
+//! and every call gets a CLIENT span, a child of the `traceparent` the request carries (or a
+//! new trace), with the outgoing `traceparent` set to it, exported over OTLP/gRPC:
+//!
+//! ```ignore
+//! use mesh_xds::sdk::otel::{OtlpTracing, SpanKind, TracingOptions};
+//! let tracing = OtlpTracing::start(&TracingOptions::new("http://127.0.0.1:4317").service_name("orders"))?;
+//! let client = tower::ServiceBuilder::new()
+//!     .layer(tracing.layer(SpanKind::Client))
+//!     .service(mesh.client());
+//! // ... on the way out: tracing.shutdown().await flushes the queued spans.
+//! ```
+//!
 //! Below this, the same wiring by hand: [`XdsClient::builder`](crate::client::XdsClient::builder)
 //! with `sink_all::<Cluster>`, `sink_each::<ClusterLoadAssignment>` (removals are part of the
 //! `ReloadEach` contract), `sink_named::<RouteConfiguration>` and `sink_rate_limits`.
@@ -51,6 +64,11 @@ use mesh_router::{LayerRegistry, RouterLayer};
 use crate::client::{AdsMode, XdsClient, XdsClientError, XdsTls};
 
 pub use service::{IntoMeshBody, MeshFuture, MeshLayer, MeshService, MeshStack};
+
+/// Tracing for the in-process mesh (feature `otel`): the per-hop trace layer and the OTLP/gRPC
+/// export pipeline of the [`mesh_telemetry`] crate.
+#[cfg(feature = "otel")]
+pub use mesh_telemetry as otel;
 
 /// The route table (and listener) the SDK follows by default: the outbound side, as our control
 /// plane names it.
