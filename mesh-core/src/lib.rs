@@ -56,6 +56,7 @@ mod ratelimit;
 mod registration;
 mod reload;
 mod route;
+mod tcp_proxy;
 mod validate;
 pub mod yaml;
 
@@ -72,6 +73,7 @@ pub use ratelimit::{
     RateLimitScope, TokenBucketConfig,
 };
 pub use registration::Registration;
+pub use tcp_proxy::{Detection, TcpDestination, TcpProxy};
 pub use reload::{Reload, ReloadEach, ReloadError, Shared};
 pub use route::{
     ClusterSpecifier, FaultAbort, FaultConfig, FaultDelay, FilterConfig, HashPolicy, HeaderMatcher,

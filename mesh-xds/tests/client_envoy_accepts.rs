@@ -52,6 +52,8 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
             descriptor: Some(DescriptorSource::ClientAddress),
         }),
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     };
     let mut inline = routes.clone();
     inline.name = "inline".into();
@@ -68,6 +70,8 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
         },
         rate_limit: None,
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     };
     BTreeMap::from([
         (T::Cluster.type_url(), vec![encode(&cluster), encode(&eds)]),

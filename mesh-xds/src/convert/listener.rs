@@ -231,6 +231,8 @@ fn hcm_from(
         http,
         rate_limit,
         http_filters,
+        tcp_proxy: None,
+        detection: Default::default(),
     })
 }
 

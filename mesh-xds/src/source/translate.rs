@@ -171,6 +171,8 @@ impl MeshSpec {
                 http: Default::default(),
                 rate_limit,
                 http_filters: http_filters.unwrap_or_default(),
+                tcp_proxy: None,
+                detection: Default::default(),
             };
         let service = node
             .and_then(|n| n.service.as_deref())
