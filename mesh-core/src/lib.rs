@@ -73,7 +73,6 @@ pub use ratelimit::{
     RateLimitScope, TokenBucketConfig,
 };
 pub use registration::Registration;
-pub use tcp_proxy::{Detection, TcpDestination, TcpProxy};
 pub use reload::{Reload, ReloadEach, ReloadError, Shared};
 pub use route::{
     ClusterSpecifier, FaultAbort, FaultConfig, FaultDelay, FilterConfig, HashPolicy, HeaderMatcher,
@@ -81,4 +80,5 @@ pub use route::{
     RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch, VirtualHost,
     WeightedCluster,
 };
+pub use tcp_proxy::{Detection, TcpDestination, TcpProxy};
 pub use validate::{Checked, Validate, ValidationError};

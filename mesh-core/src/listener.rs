@@ -193,8 +193,7 @@ impl Validate for Listener {
             .map_err(|e| e.within("detection"))?;
         for (i, u) in self.http.upgrades.iter().enumerate() {
             let token = !u.is_empty()
-                && u
-                    .bytes()
+                && u.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !token {
                 return Err(ValidationError::new(

@@ -74,7 +74,7 @@ impl Activity {
         self.signal.load(Ordering::Acquire) != RUN
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }

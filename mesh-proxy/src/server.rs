@@ -1,6 +1,6 @@
-//! One listener: the accept loop, protocol detection (HTTP/2 prior-knowledge preface, else
-//! HTTP/1.1, through hyper-util's auto server), the per-hop edge work, the protections, and a
-//! graceful drain.
+//! One listener: the accept loop, protocol detection (`crate::accept`: HTTP/1.1 and HTTP/2
+//! prior knowledge to hyper-util's auto server, anything else to the TCP proxy or closed), the
+//! per-hop edge work, the protections, and a graceful drain.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -23,12 +23,14 @@ use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
+use crate::accept::{self, Action, L4Settings, Relaying};
 use crate::conn::{
     Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised, TrackedIo,
 };
 use crate::decision::Decision;
 use crate::headers;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::rewind::Rewind;
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -43,6 +45,8 @@ pub struct ListenerSettings {
     /// Permits for open downstream connections, shared by every listener of the process (a
     /// global limit); with none left, a new connection is closed at once.
     pub connections: Arc<Semaphore>,
+    /// Detection and the opaque-TCP proxy.
+    pub l4: L4Settings,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets open
@@ -55,7 +59,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let builder = builder(&settings.http);
+    let builder = Arc::new(builder(&settings.http));
+    let l4 = Arc::new(settings.l4.clone());
     let tracker = TaskTracker::new();
     let connections = Arc::new(Connections::default());
     let idle = settings.http.idle_timeout;
@@ -105,12 +110,6 @@ pub async fn serve(
             peer,
             inner: RefCell::new(service.clone()),
         };
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity))),
-                hyper::service::service_fn(move |req| edge.call(req)),
-            )
-            .into_owned();
         let gauge = conns.clone();
         gauge.inc();
         let registered = Registered {
@@ -119,11 +118,55 @@ pub async fn serve(
             gauge,
             _permit: permit,
         };
+        let (builder, l4, metrics) = (
+            Arc::clone(&builder),
+            Arc::clone(&l4),
+            shared.metrics.clone(),
+        );
         tracker.spawn(async move {
             // Dropped however the task ends (also if it is dropped or panics half way), so the
             // registry never keeps a dead connection's waker, and with it the task, alive.
             let _registered = registered;
-            match Supervised::new(conn, activity).await {
+            let mut io = TrackedIo::new(stream, Arc::clone(&activity));
+            let mut prefix = bytes::BytesMut::new();
+            let action = if l4.serves_http {
+                let sniffed = accept::sniff(&mut io, &mut prefix, l4.detection.timeout).await;
+                let action =
+                    accept::decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
+                metrics
+                    .l4()
+                    .detected(&edge.shared.listener, sniffed.as_str(), action.as_str());
+                action
+            } else {
+                Action::Tcp
+            };
+            let io = Rewind::new(prefix.freeze(), io);
+            let ended = match (action, &l4.tcp) {
+                (Action::Http, _) => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(io),
+                            hyper::service::service_fn(move |req| edge.call(req)),
+                        )
+                        .into_owned();
+                    match Supervised::new(conn, Arc::clone(&activity)).await {
+                        Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
+                        Ended::Forced => Ended::Forced,
+                    }
+                }
+                (Action::Tcp, Some(relay)) => {
+                    let relay = async { relay.relay(io, &activity).await.map(|_| ()) };
+                    match Supervised::new(Relaying::new(relay), Arc::clone(&activity)).await {
+                        Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
+                        Ended::Forced => Ended::Forced,
+                    }
+                }
+                (Action::Tcp | Action::Close, _) => {
+                    tracing::debug!(%peer, "not a protocol this listener serves: closing");
+                    Ended::Done(Ok(()))
+                }
+            };
+            match ended {
                 Ended::Done(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }

@@ -68,6 +68,7 @@ async fn start(http: HttpProtocolOptions, max_connections: usize) -> Running {
         name: Arc::from("test"),
         http,
         connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        l4: Default::default(),
     };
     let task = tokio::spawn(serve(
         listener,
