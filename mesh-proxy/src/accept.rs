@@ -14,9 +14,18 @@ use bytes::BytesMut;
 use mesh_core::Detection as DetectionConfig;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::conn::GracefulShutdown;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::conn::{Activity, Ended, GracefulShutdown, Supervised, TrackedIo};
 use crate::detect::{detect, Detection, MAX_PREFIX};
+use crate::metrics::Metrics;
+use crate::rewind::Rewind;
 use crate::tcp::TcpRelay;
+
+/// A connection as the HTTP server gets it: the detection prefix replayed.
+pub(crate) type HttpIo = Rewind<TrackedIo<TcpStream>>;
 
 /// The bytes read at most while detecting (more may arrive in one read; all are replayed).
 const SNIFF_BUFFER: usize = 1024;
@@ -41,6 +50,55 @@ impl Default for L4Settings {
             detection: DetectionConfig::default(),
             tcp: None,
         }
+    }
+}
+
+/// Serves one accepted connection: detects its protocol (unless the listener is opaque only),
+/// counts the outcome, and hands it to `http` (the HTTP server, under the listener's signals),
+/// the TCP proxy, or closes it.
+pub(crate) async fn serve_connection<H, F, E>(
+    stream: TcpStream,
+    activity: &Arc<Activity>,
+    l4: &L4Settings,
+    listener: &str,
+    metrics: &Metrics,
+    http: H,
+) -> Ended<String>
+where
+    H: FnOnce(HttpIo) -> F,
+    F: Future<Output = Ended<E>>,
+    E: std::fmt::Display,
+{
+    let mut io = TrackedIo::new(stream, Arc::clone(activity));
+    let mut prefix = BytesMut::new();
+    let action = if l4.serves_http {
+        let sniffed = sniff(&mut io, &mut prefix, l4.detection.timeout).await;
+        let action = decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
+        metrics
+            .l4()
+            .detected(listener, sniffed.as_str(), action.as_str());
+        action
+    } else {
+        Action::Tcp
+    };
+    if action != Action::Http {
+        io.stop_scanning();
+    }
+    let io = Rewind::new(prefix.freeze(), io);
+    match (action, &l4.tcp) {
+        (Action::Http, _) => match http(io).await {
+            Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
+            Ended::Forced => Ended::Forced,
+        },
+        (Action::Tcp, Some(relay)) => {
+            let relay = async { relay.relay(io, activity).await.map(|_| ()) };
+            match Supervised::new(Relaying::new(relay), Arc::clone(activity)).await {
+                Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
+                Ended::Forced => Ended::Forced,
+            }
+        }
+        // Dropping the IO closes the connection.
+        (Action::Tcp | Action::Close, _) => Ended::Done(Ok(())),
     }
 }
 

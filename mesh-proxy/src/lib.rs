@@ -29,3 +29,4 @@ pub mod server;
 pub mod sidecar;
 pub mod stack;
 pub mod tcp;
+mod upgrade;

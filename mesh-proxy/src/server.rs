@@ -23,14 +23,12 @@ use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use crate::accept::{self, Action, L4Settings, Relaying};
-use crate::conn::{
-    Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised, TrackedIo,
-};
+use crate::accept::{self, L4Settings};
+use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised};
 use crate::decision::Decision;
 use crate::headers;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::rewind::Rewind;
+use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -70,6 +68,8 @@ pub async fn serve(
         strip_host_port: settings.http.strip_host_port,
         local_port: listener.local_addr().map_or(0, |a| a.port()),
         max_body: settings.http.max_request_bytes,
+        http: settings.http.clone(),
+        upgrades: UpgradeRelays::new(idle),
         // Resolved once per listener: no label building or family lookup per request.
         listener_metrics: metrics.listener(&settings.name),
         metrics,
@@ -118,54 +118,24 @@ pub async fn serve(
             gauge,
             _permit: permit,
         };
-        let (builder, l4, metrics) = (
-            Arc::clone(&builder),
-            Arc::clone(&l4),
-            shared.metrics.clone(),
-        );
+        let (builder, l4) = (Arc::clone(&builder), Arc::clone(&l4));
         tracker.spawn(async move {
             // Dropped however the task ends (also if it is dropped or panics half way), so the
             // registry never keeps a dead connection's waker, and with it the task, alive.
             let _registered = registered;
-            let mut io = TrackedIo::new(stream, Arc::clone(&activity));
-            let mut prefix = bytes::BytesMut::new();
-            let action = if l4.serves_http {
-                let sniffed = accept::sniff(&mut io, &mut prefix, l4.detection.timeout).await;
-                let action =
-                    accept::decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
-                metrics
-                    .l4()
-                    .detected(&edge.shared.listener, sniffed.as_str(), action.as_str());
-                action
-            } else {
-                Action::Tcp
+            let listener = Arc::clone(&edge.shared.listener);
+            let metrics = edge.shared.metrics.clone();
+            let http = |io| {
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        hyper::service::service_fn(move |req| edge.call(req)),
+                    )
+                    .into_owned();
+                Supervised::new(conn, Arc::clone(&activity))
             };
-            let io = Rewind::new(prefix.freeze(), io);
-            let ended = match (action, &l4.tcp) {
-                (Action::Http, _) => {
-                    let conn = builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(io),
-                            hyper::service::service_fn(move |req| edge.call(req)),
-                        )
-                        .into_owned();
-                    match Supervised::new(conn, Arc::clone(&activity)).await {
-                        Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
-                        Ended::Forced => Ended::Forced,
-                    }
-                }
-                (Action::Tcp, Some(relay)) => {
-                    let relay = async { relay.relay(io, &activity).await.map(|_| ()) };
-                    match Supervised::new(Relaying::new(relay), Arc::clone(&activity)).await {
-                        Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
-                        Ended::Forced => Ended::Forced,
-                    }
-                }
-                (Action::Tcp | Action::Close, _) => {
-                    tracing::debug!(%peer, "not a protocol this listener serves: closing");
-                    Ended::Done(Ok(()))
-                }
-            };
+            let ended =
+                accept::serve_connection(stream, &activity, &l4, &listener, &metrics, http).await;
             match ended {
                 Ended::Done(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -177,13 +147,19 @@ pub async fn serve(
     }
     drop(listener);
     // Drain: finish in-flight requests, refuse new ones (GOAWAY / close).
+    let deadline = tokio::time::Instant::now() + drain;
     connections.close_all_gracefully();
     tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %settings.name, "drain deadline passed with connections open; closing them");
         connections.close_all_now();
         tracker.wait().await;
     }
+    // Upgraded connections (WebSocket, CONNECT) left hyper; they get the same deadline.
+    shared.upgrades.drain(deadline).await;
 }
 
 /// A connection's place in its listener: registry entry, open-connections gauge and
@@ -247,6 +223,10 @@ struct EdgeShared {
     strip_host_port: StripHostPort,
     local_port: u16,
     max_body: u64,
+    /// For the allowed upgrades.
+    http: HttpProtocolOptions,
+    /// The owner of upgraded relays.
+    upgrades: UpgradeRelays,
     metrics: Metrics,
     listener_metrics: ListenerMetrics,
 }
@@ -290,7 +270,8 @@ impl Edge {
         let guard = Active::new(&self.shared, &self.activity);
         let started = Instant::now();
         let grpc = is_grpc(&req);
-        let sent = match self.prepare(req) {
+        let mut pending = None;
+        let sent = match self.prepare(req, &mut pending) {
             Err(e) => Sent::Failed(e.into()),
             Ok(req) => {
                 let mut cx = Context::from_waker(Waker::noop());
@@ -316,13 +297,26 @@ impl Edge {
                     Err(e) => Err(e),
                 },
             };
-            Ok(guard.shared.finish(result, grpc, peer, started))
+            let relay = match (pending, result) {
+                (Some(p), Ok(mut resp)) => (p.accept(&mut resp), Ok(resp)),
+                (_, result) => (None, result),
+            };
+            let (relay, result) = relay;
+            let mut resp = guard.shared.finish(result, grpc, peer, started);
+            if let Some(relay) = relay {
+                relay.start(&mut resp, &guard.shared.upgrades);
+            }
+            Ok(resp)
         }
     }
 
     /// The per-hop request work: the request target, size limit, headers, extensions, body
-    /// limit.
-    fn prepare(&self, req: Request<Incoming>) -> Result<Request<Body>, MeshError> {
+    /// limit; an allowed upgrade is taken into `pending`.
+    fn prepare(
+        &self,
+        req: Request<Incoming>,
+        pending: &mut Option<PendingUpgrade>,
+    ) -> Result<Request<Body>, MeshError> {
         let max_body = self.shared.max_body;
         let (mut parts, incoming) = req.into_parts();
         if self.activity.fragments.take(&parts.uri) {
@@ -347,7 +341,11 @@ impl Edge {
         if too_large {
             return Err(MeshError::RequestTooLarge { limit: max_body });
         }
+        *pending = upgrade::take(&mut parts, &self.shared.http);
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(p) = pending {
+            p.restore_request(&mut parts.headers);
+        }
         headers::append_forwarded_for(&mut parts.headers, self.peer.ip());
         headers::ensure_request_id(&mut parts.headers);
         headers::ensure_traceparent(&mut parts.headers);

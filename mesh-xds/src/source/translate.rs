@@ -282,7 +282,8 @@ impl MeshSpec {
         // The opaque listeners name service clusters (checked in `shared`): checked alone, and
         // for addresses against the node's other listeners.
         for l in &own.tcp_listeners {
-            l.validate().map_err(|e| node_error(node, e.within(&l.name)))?;
+            l.validate()
+                .map_err(|e| node_error(node, e.within(&l.name)))?;
             if own.listeners.iter().any(|o| o.address == l.address) {
                 return Err(node_error(
                     node,
