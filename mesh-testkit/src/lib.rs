@@ -24,8 +24,8 @@ mod net;
 mod process;
 
 pub use bins::{
-    envoy_bin, etcd_bin, grpc_python, in_ci, require_envoy, require_etcd, require_grpc_python,
-    skip_or_fail, workspace_root,
+    envoy_bin, etcd_bin, grpc_python, in_ci, nc_bin, require_envoy, require_etcd,
+    require_grpc_python, require_nc, require_ws_python, skip_or_fail, workspace_root, ws_python,
 };
 pub use envoy::{ads_bootstrap, EnvoyProcess};
 pub use etcd::EtcdProcess;
