@@ -1,9 +1,9 @@
 //! What a listener does with an accepted connection before any protocol runs: read the first
-//! bytes (bounded in size and time), [`detect`](crate::detect::detect) the protocol, and hand the
+//! bytes (bounded in size and time), detect the protocol ([`crate::detect`]), and hand the
 //! connection, its bytes replayed, to the HTTP server or the TCP proxy, or close it.
 //!
-//! The decision ([`decide`]) is a pure function of what was read and the listener's config, so
-//! it is tested without sockets; [`sniff`] is the bounded read.
+//! The decision (`decide`) is a pure function of what was read and the listener's config, so
+//! it is tested without sockets; `sniff` is the bounded read.
 
 use std::future::Future;
 use std::pin::Pin;
