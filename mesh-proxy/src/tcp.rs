@@ -265,4 +265,57 @@ mod tests {
             "each attempt counted"
         );
     }
+
+    /// An upstream that never reads: the relay stops reading the client once the buffers on
+    /// the way are full, so the client is held back instead of the proxy buffering without
+    /// bound.
+    #[tokio::test]
+    async fn a_stalled_upstream_backpressures_the_client() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let stalled = tokio::spawn(async move {
+            let (s, _) = up.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let clusters = ClusterManager::new();
+        let mut c = mesh_core::Cluster::new("up");
+        c.load_assignment = Some(mesh_core::ClusterLoadAssignment::from_addrs(
+            "up",
+            [up_addr],
+        ));
+        mesh_core::Reload::reload(&clusters, vec![c]).unwrap();
+        let relay = TcpRelay::new(
+            "l".into(),
+            TcpProxy::to_cluster("up"),
+            clusters,
+            L4Metrics::default(),
+        );
+        let (mut client, near) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move { relay.relay(near, &Activity::new()).await });
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&written);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            loop {
+                if client.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let held = written.load(std::sync::atomic::Ordering::Relaxed);
+        // The duplex, the relay's 16 KiB and the kernel's socket buffers (a few MB on
+        // loopback): far below what an unbounded relay would have taken in 800 ms.
+        assert!(held < 32 << 20, "{held} bytes accepted from the client");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            written.load(std::sync::atomic::Ordering::Relaxed) - held < 1 << 20,
+            "still taking bytes: not held back"
+        );
+        writer.abort();
+        task.abort();
+        stalled.abort();
+    }
 }
