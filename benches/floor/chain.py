@@ -61,7 +61,10 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
 SINKS = {"trace1": BASE + 75, "trace100": BASE + 85}  # each tracing contender's span sink
 ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
                   + (list(TRACE_RATIOS) if TRACING else []))
-ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
+# "tcp": HTTP/1.1 keep-alive (wrk) through opaque L4 hops: each proxy's listener is a TCP proxy
+# (ours: `tcp_proxy` with no route table; Envoy: its `tcp_proxy` network filter). The floor has no
+# L4 mode and sits it out.
+ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32), ("tcp", 32)]
 # Subsets for a quick A/B: BENCH_CONTENDERS=ours,floor BENCH_SCENARIOS=h1:32,h2c:32
 CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL_CONTENDERS)).split(",")
               if c]
@@ -88,7 +91,20 @@ def spawn(name, argv, env=None):
     return p
 
 
-def sidecar_yaml(name, listen, upstream, admin, protocol="http1"):
+def sidecar_yaml(name, listen, upstream, admin, protocol="http1", tcp=False):
+    if tcp:
+        return f"""admin: 127.0.0.1:{admin}
+listeners:
+  - name: {name}
+    address: 127.0.0.1:{listen}
+    direction: {name}
+    tcp_proxy: {{ destination: {{ cluster: next }} }}
+clusters:
+  - name: next
+    load_assignment:
+      endpoints:
+        - endpoints: [ {{ address: "127.0.0.1:{upstream}" }} ]
+"""
     return f"""admin: 127.0.0.1:{admin}
 listeners:
   - name: {name}
@@ -111,7 +127,15 @@ clusters:
 """
 
 
-def envoy_yaml(listen, upstream, admin, h2=False):
+ENVOY_TCP_FILTER = """
+            - name: envoy.filters.network.tcp_proxy
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+                stat_prefix: listener
+                cluster: next"""
+
+
+def envoy_yaml(listen, upstream, admin, h2=False, tcp=False):
     # The upstream hop's protocol: HTTP/1.1 unless h2 (Envoy's explicit HTTP/2 config).
     protocol = """
       typed_extension_protocol_options:
@@ -119,14 +143,29 @@ def envoy_yaml(listen, upstream, admin, h2=False):
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
           explicit_http_config:
             http2_protocol_options: {}""" if h2 else ""
-    return f"""admin:
+    head = f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
   listeners:
     - name: listener
       address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
       filter_chains:
-        - filters:
+        - filters:"""
+    cluster = f"""
+  clusters:
+    - name: next
+      type: STATIC
+      connect_timeout: 5s{protocol}
+      load_assignment:
+        cluster_name: next
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }}
+"""
+    if tcp:
+        return head + ENVOY_TCP_FILTER + cluster
+    return head + f"""
             - name: envoy.filters.network.http_connection_manager
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -144,18 +183,7 @@ static_resources:
                 http_filters:
                   - name: envoy.filters.http.router
                     typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-    - name: next
-      type: STATIC
-      connect_timeout: 5s{protocol}
-      load_assignment:
-        cluster_name: next
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }}
-"""
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router""" + cluster
 
 
 def write(name, text):
@@ -170,8 +198,10 @@ def start_app():
           {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
 
 
-def start_chains(tag):
-    """Starts fresh proxies for every contender; returns {contender: [outbound, inbound]}."""
+def start_chains(tag, proto):
+    """Starts fresh proxies for every contender the scenario applies to; returns
+    {contender: [outbound, inbound]}."""
+    tcp = proto == "tcp"
     chains = {"direct": []}
     worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
     sidecars = [("ours", f"{BIN}/mesh-sidecar")]
@@ -185,7 +215,7 @@ def start_chains(tag):
         chains[contender] = [
             spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
                 f"{contender}-{name}.yaml",
-                sidecar_yaml(name, listen, upstream, admin, protocol))]
+                sidecar_yaml(name, listen, upstream, admin, protocol, tcp))]
                 + trace_args(contender, name), worker_env)
             for name, listen, upstream, admin, protocol in (
                 ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
@@ -195,12 +225,12 @@ def start_chains(tag):
         envoys = []
         for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, HOP == "h2"),
                                                   ("inbound", back, APP, a2, False)):
-            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin, h2))
+            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin, h2, tcp))
             envoys.append(spawn(f"envoy-{name}-{tag}",
                                 [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
                                  "--disable-hot-restart", "-l", "warning"]))
         chains["envoy"] = envoys
-    if "floor" in CONTENDERS:
+    if "floor" in CONTENDERS and not tcp:
         front, back, _ = PORTS["floor"]
         chains["floor"] = [
             spawn(f"floor-{name}-{tag}", [f"{BIN}/bench-floor", f"127.0.0.1:{listen}",
@@ -250,9 +280,9 @@ def port_of(contender):
     return APP if contender == "direct" else PORTS[contender][0]
 
 
-def wait_ready(deadline=30.0):
+def wait_ready(contenders, deadline=30.0):
     start = time.monotonic()
-    for c in ["direct"] + [c for c in CONTENDERS if c != "direct"]:
+    for c in ["direct"] + [c for c in contenders if c != "direct"]:
         url = f"http://127.0.0.1:{port_of(c)}/"
         while True:
             for name, p in procs:
@@ -359,13 +389,14 @@ def run_h2load(port, conns, secs):
 
 def measure(contender, pids, proto, conns, secs):
     port = port_of(contender)
-    run = run_wrk if proto == "h1" else run_h2load
-    run(port, conns if proto == "h1" else H2_CONNS, 1)  # warm-up: connections and pools
+    run = run_h2load if proto == "h2c" else run_wrk
+    conns = H2_CONNS if proto == "h2c" else conns
+    run(port, conns, 1)  # warm-up: connections and pools
     for pid in pids:
         reset_hwm(pid)
     before = [cpu_ticks(pid) for pid in pids]
     stolen = steal_ticks()
-    res = run(port, conns if proto == "h1" else H2_CONNS, secs)
+    res = run(port, conns, secs)
     res["steal"] = steal_pct(stolen, steal_ticks())
     res["cpu"] = [(cpu_ticks(pid) - b) / TICKS for pid, b in zip(pids, before)]
     res["rss"] = [hwm_kb(pid) / 1024.0 for pid in pids]
@@ -476,14 +507,14 @@ def main():
         results = {}  # (scenario, contender) -> [round results]
         for proto, conns in SCENARIOS:
             tag = f"{proto}-{conns}"
-            chains = start_chains(tag)
-            wait_ready()
+            chains = start_chains(tag, proto)
+            wait_ready(list(chains))
             log(f"{tag}: fresh chains answer; logs and configs in {tmp}")
             pids = {c: [p.pid for p in ps] for c, ps in chains.items()}
             for rnd in range(ROUNDS):
                 # Alternate: rotate the order each round so no contender always goes first.
                 k = rnd % len(CONTENDERS)
-                order = CONTENDERS[k:] + CONTENDERS[:k]
+                order = [c for c in CONTENDERS[k:] + CONTENDERS[:k] if c in chains]
                 for c in order:
                     r = measure(c, pids[c], proto, conns, DURATION)
                     results.setdefault((proto, conns, c), []).append(r)
@@ -538,6 +569,11 @@ def envoy_version():
     out = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version: \S+/([\d.]+)", out)
     return m.group(1) if m else "?"
+
+
+def scenario_name(proto, conns):
+    return {"h1": f"HTTP/1.1 c={conns}", "h2c": f"h2c c={H2_CONNS} m=32",
+            "tcp": f"TCP (L4 hops, HTTP/1.1 inside) c={conns}"}[proto]
 
 
 HOP_TEXT = {"h2": "HTTP/2 (prior knowledge, multiplexed on one connection)",
@@ -598,7 +634,9 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None):
         f"`TOKIO_WORKER_THREADS={WORKERS}` for mesh-sidecar and the floor); the app has "
         f"{APP_WORKERS}. {DURATION} s per measurement after a 1 s warm-up, {ROUNDS} round(s), "
         f"contenders alternated; figures are medians over rounds (req/s range in brackets). "
-        f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams. "
+        f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams; "
+        f"TCP: wrk keep-alive through opaque L4 hops (our `tcp_proxy` listeners, Envoy's "
+        f"`tcp_proxy` filter; the floor has no L4 mode). "
         f"The proxy-to-proxy hop is {HOP_TEXT[HOP]} for every contender (`BENCH_HOP={HOP}`); "
         f"the hop to the app is HTTP/1.1. CPU: utime+stime of each proxy process per "
         f"10,000 requests (outbound / inbound); RSS: peak (VmHWM, reset before each "
@@ -614,8 +652,10 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None):
         "|---|---|---:|---:|---:|---|---|---|---:|",
     ]
     for proto, conns in SCENARIOS:
-        scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+        scen = scenario_name(proto, conns)
         for c in CONTENDERS:
+            if (proto, conns, c) not in s:
+                continue
             x = s[(proto, conns, c)]
             lo, hi = x["rps_range"]
             rng = f" ({lo:.0f}–{hi:.0f})" if ROUNDS > 1 else ""
@@ -633,11 +673,14 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None):
         L += ["", "## Ratios", "", f"| scenario | {head} |",
               "|---|" + "---:|" * (3 * len(others))]
         for proto, conns in SCENARIOS:
-            scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+            scen = scenario_name(proto, conns)
             o = s[(proto, conns, "ours")]
             cells = []
             for c in others:
-                x = s[(proto, conns, c)]
+                x = s.get((proto, conns, c))
+                if x is None:
+                    cells += ["–", "–", "–"]
+                    continue
                 cells += [fmt_ratio(o["rps"], x["rps"]), fmt_ratio(o["p99"], x["p99"]),
                           fmt_ratio(sum(o["cpu"]), sum(x["cpu"]))]
             L.append(f"| {scen} | " + " | ".join(cells) + " |")

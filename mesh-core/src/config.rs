@@ -61,7 +61,17 @@ impl Validate for MeshConfig {
                     format!("{} is used by another listener", l.address),
                 ));
             }
-            if self.route_config(l.route_name()).is_none() {
+            if let Some(tcp) = &l.tcp_proxy {
+                for name in tcp.destination.cluster_names() {
+                    if !self.clusters.iter().any(|c| c.name == name) {
+                        return Err(ValidationError::new(
+                            format!("{at}.tcp_proxy.destination"),
+                            format!("unknown cluster {name:?}"),
+                        ));
+                    }
+                }
+            }
+            if l.serves_http() && self.route_config(l.route_name()).is_none() {
                 return Err(ValidationError::new(
                     format!("{at}.route_config_name"),
                     format!("no route configuration named {:?}", l.route_name()),

@@ -59,6 +59,7 @@ mod ratelimit;
 mod registration;
 mod reload;
 mod route;
+mod tcp_proxy;
 mod validate;
 pub mod yaml;
 
@@ -82,4 +83,5 @@ pub use route::{
     RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch, VirtualHost,
     WeightedCluster,
 };
+pub use tcp_proxy::{Detection, TcpDestination, TcpProxy};
 pub use validate::{Checked, Validate, ValidationError};

@@ -1,4 +1,5 @@
-//! Listeners: an address the proxy accepts on and the route table it serves (Envoy's LDS).
+//! Listeners: an address the proxy accepts on, the route table it serves and, for opaque TCP,
+//! where it relays bytes (Envoy's LDS).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -6,9 +7,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{non_empty, Validate, ValidationError};
-use crate::{FilterConfig, LocalRateLimit, RouteConfiguration};
+use crate::{Detection, FilterConfig, LocalRateLimit, RouteConfiguration, TcpProxy};
 
 /// A listener of the sidecar.
+///
+/// Three shapes: HTTP only (a route table, no `tcp_proxy`: what is not HTTP is closed), HTTP
+/// with an opaque-TCP fallback (a route table and a `tcp_proxy`: each connection's first bytes
+/// decide, see [`Detection`]), and opaque only (a `tcp_proxy` and no route table: no detection,
+/// every connection relayed from its first moment, as server-first protocols need).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
@@ -18,7 +24,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Whether it takes the local app's calls out, or calls in to the local app.
     pub direction: Direction,
-    /// The route configuration it serves (fetched by RDS, or one of the static ones).
+    /// The route configuration it serves (fetched by RDS, or one of the static ones); empty on
+    /// an opaque-only listener.
     #[serde(default)]
     pub route_config_name: String,
     /// A route configuration carried inline instead of by name.
@@ -34,9 +41,21 @@ pub struct Listener {
     /// listener-wide rate limit, before routing (so they see requests that match no route too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_filters: Vec<FilterConfig>,
+    /// Where connections that are not HTTP go (Envoy's `tcp_proxy` filter chain); without it
+    /// they are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_proxy: Option<TcpProxy>,
+    /// How the protocol of a connection is told (when the listener serves HTTP).
+    #[serde(default)]
+    pub detection: Detection,
 }
 
 impl Listener {
+    /// Whether the listener serves HTTP (has a route table); an opaque-only listener does not.
+    pub fn serves_http(&self) -> bool {
+        self.route_config.is_some() || !self.route_config_name.is_empty()
+    }
+
     /// The name of the route configuration this listener serves.
     pub fn route_name(&self) -> &str {
         match &self.route_config {
@@ -79,6 +98,19 @@ pub struct HttpProtocolOptions {
     /// Whether the port of the request's `Host`/authority is removed before routing (and so
     /// also towards the upstream), as Envoy's connection manager does when told to.
     pub strip_host_port: StripHostPort,
+    /// Protocol upgrades relayed end to end after the upstream agrees (Envoy's
+    /// `upgrade_configs`): lower-case `Upgrade` tokens such as `websocket`, or `CONNECT` for the
+    /// CONNECT method. Any other upgrade request is forwarded as a plain request, its
+    /// `Upgrade` header removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<String>,
+}
+
+impl HttpProtocolOptions {
+    /// Whether an `Upgrade` token (any case) or `CONNECT` is allowed.
+    pub fn allows_upgrade(&self, kind: &str) -> bool {
+        self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(kind))
+    }
 }
 
 /// Envoy's `strip_matching_host_port` / `strip_any_host_port` of the connection manager.
@@ -139,6 +171,7 @@ impl Default for HttpProtocolOptions {
             idle_timeout: Duration::from_secs(3600),
             max_concurrent_streams: 1024,
             strip_host_port: StripHostPort::None,
+            upgrades: Vec::new(),
         }
     }
 }
@@ -146,9 +179,28 @@ impl Default for HttpProtocolOptions {
 impl Validate for Listener {
     fn validate(&self) -> Result<(), ValidationError> {
         non_empty("name", &self.name)?;
-        match &self.route_config {
-            Some(rc) => rc.validate().map_err(|e| e.within("route_config"))?,
-            None => non_empty("route_config_name", &self.route_config_name)?,
+        match (&self.route_config, &self.tcp_proxy) {
+            (Some(rc), _) => rc.validate().map_err(|e| e.within("route_config"))?,
+            // Opaque only: no route table needed.
+            (None, Some(_)) => {}
+            (None, None) => non_empty("route_config_name", &self.route_config_name)?,
+        }
+        if let Some(tcp) = &self.tcp_proxy {
+            tcp.validate().map_err(|e| e.within("tcp_proxy"))?;
+        }
+        self.detection
+            .validate()
+            .map_err(|e| e.within("detection"))?;
+        for (i, u) in self.http.upgrades.iter().enumerate() {
+            let token = !u.is_empty()
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(ValidationError::new(
+                    format!("http.upgrades[{i}]"),
+                    format!("{u:?} is not an upgrade token"),
+                ));
+            }
         }
         let h = &self.http;
         if !h.http1 && !h.http2 {

@@ -74,7 +74,7 @@ impl Activity {
         self.signal.load(Ordering::Acquire) != RUN
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
@@ -230,6 +230,8 @@ pin_project_lite::pin_project! {
         activity: Arc<Activity>,
         // Whether the next byte read begins a line (for the fragment scan).
         at_line_start: bool,
+        // Whether reads are scanned for request-target fragments (not for opaque bytes).
+        scan: bool,
     }
 }
 
@@ -240,7 +242,21 @@ impl<T> TrackedIo<T> {
             inner,
             activity,
             at_line_start: true,
+            scan: true,
         }
+    }
+
+    /// An IO carrying opaque bytes: activity is recorded, nothing is scanned.
+    pub(crate) fn opaque(inner: T, activity: Arc<Activity>) -> Self {
+        Self {
+            scan: false,
+            ..Self::new(inner, activity)
+        }
+    }
+
+    /// Stops the fragment scan (the connection turned out not to be HTTP).
+    pub(crate) fn stop_scanning(&mut self) {
+        self.scan = false;
     }
 }
 
@@ -255,6 +271,9 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         let res = this.inner.poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.touch();
+            if !*this.scan {
+                return res;
+            }
             let read = &buf.filled()[before..];
             this.activity.fragments.scan(read, *this.at_line_start);
             *this.at_line_start = read.last() == Some(&b'\n');

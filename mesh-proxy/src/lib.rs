@@ -9,18 +9,24 @@
 //! script runs `protoc`); `cli` builds the `mesh-sidecar` binary (clap, tracing-subscriber).
 //! Neither is on by default, so a program that embeds the sidecar needs neither.
 
+pub mod accept;
 pub mod admin;
 pub mod bootstrap;
 mod conn;
 mod decision;
+pub mod detect;
 pub mod dynamic;
 pub mod filters;
 mod fragment;
 pub mod headers;
 pub mod listeners;
 pub mod metrics;
+pub mod metrics_l4;
 #[cfg(feature = "etcd")]
 pub mod registration;
+mod rewind;
 pub mod server;
 pub mod sidecar;
 pub mod stack;
+pub mod tcp;
+mod upgrade;

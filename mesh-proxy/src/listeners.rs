@@ -16,9 +16,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::L4Settings;
 use crate::metrics::Metrics;
 use crate::server::{serve, ListenerSettings};
 use crate::stack::ListenerStack;
+use crate::tcp::TcpRelay;
 
 /// One bound listener.
 struct Live {
@@ -136,6 +138,8 @@ impl ListenerManager {
             }
             let table = match &l.route_config {
                 Some(_) => None,
+                // Opaque only: no route table.
+                None if !l.serves_http() => None,
                 None => {
                     let known = self.routes().get(&l.route_config_name).cloned();
                     if known.is_none() && self.strict_routes {
@@ -149,7 +153,12 @@ impl ListenerManager {
             };
             match current.get(&l.name) {
                 Some(old) if old == l => {}
-                Some(old) if old.address == l.address && old.http == l.http => {
+                Some(old)
+                    if old.address == l.address
+                        && old.http == l.http
+                        && old.tcp_proxy == l.tcp_proxy
+                        && old.detection == l.detection =>
+                {
                     prepared.push((l.clone(), table, None));
                 }
                 _ => {
@@ -269,6 +278,18 @@ impl ListenerManager {
             http: config.http.clone(),
             connections: Arc::clone(&self.connections),
             traced: stack.is_traced(),
+            l4: L4Settings {
+                serves_http: config.serves_http(),
+                detection: config.detection.clone(),
+                tcp: config.tcp_proxy.clone().map(|t| {
+                    TcpRelay::new(
+                        Arc::from(config.name.as_str()),
+                        t,
+                        self.clusters.clone(),
+                        self.metrics.l4().clone(),
+                    )
+                }),
+            },
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");
         let task = tokio::spawn(serve(

@@ -59,6 +59,7 @@ struct Inner {
     active_requests: Family<ListenerLabels, Gauge>,
     active_connections: Family<ListenerLabels, Gauge>,
     mesh_errors: Family<ErrorLabels, Counter>,
+    l4: crate::metrics_l4::L4Metrics,
 }
 
 impl Metrics {
@@ -73,6 +74,7 @@ impl Metrics {
             active_requests: Family::default(),
             active_connections: Family::default(),
             mesh_errors: Family::default(),
+            l4: Default::default(),
         };
         let reg = registry.sub_registry_with_prefix("mesh");
         reg.register(
@@ -100,9 +102,18 @@ impl Metrics {
             "Requests the mesh answered itself, by reason (rate_limited, no_route, ...)",
             inner.mesh_errors.clone(),
         );
+        let inner = Inner {
+            l4: crate::metrics_l4::L4Metrics::register(reg),
+            ..inner
+        };
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Detection and opaque-TCP counters.
+    pub fn l4(&self) -> &crate::metrics_l4::L4Metrics {
+        &self.inner.l4
     }
 
     /// Records a finished request.

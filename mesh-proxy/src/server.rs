@@ -1,6 +1,6 @@
-//! One listener: the accept loop, protocol detection (HTTP/2 prior-knowledge preface, else
-//! HTTP/1.1, through hyper-util's auto server), the per-hop edge work, the protections, and a
-//! graceful drain.
+//! One listener: the accept loop, protocol detection (`crate::accept`: HTTP/1.1 and HTTP/2
+//! prior knowledge to hyper-util's auto server, anything else to the TCP proxy or closed), the
+//! per-hop edge work, the protections, and a graceful drain.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -23,12 +23,12 @@ use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use crate::conn::{
-    Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised, TrackedIo,
-};
+use crate::accept::{self, L4Settings};
+use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised};
 use crate::decision::Decision;
 use crate::headers;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -46,6 +46,8 @@ pub struct ListenerSettings {
     /// The stack traces requests (its trace layer owns `traceparent`: it continues the
     /// incoming one or starts a trace by its sampler), so the edge does not generate one.
     pub traced: bool,
+    /// Detection and the opaque-TCP proxy.
+    pub l4: L4Settings,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets open
@@ -58,7 +60,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let builder = builder(&settings.http);
+    let builder = Arc::new(builder(&settings.http));
+    let l4 = Arc::new(settings.l4.clone());
     let tracker = TaskTracker::new();
     let connections = Arc::new(Connections::default());
     let idle = settings.http.idle_timeout;
@@ -69,6 +72,8 @@ pub async fn serve(
         local_port: listener.local_addr().map_or(0, |a| a.port()),
         max_body: settings.http.max_request_bytes,
         traced: settings.traced,
+        http: settings.http.clone(),
+        upgrades: UpgradeRelays::new(idle),
         // Resolved once per listener: no label building or family lookup per request.
         listener_metrics: metrics.listener(&settings.name),
         metrics,
@@ -109,12 +114,6 @@ pub async fn serve(
             peer,
             inner: RefCell::new(service.clone()),
         };
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity))),
-                hyper::service::service_fn(move |req| edge.call(req)),
-            )
-            .into_owned();
         let gauge = conns.clone();
         gauge.inc();
         let registered = Registered {
@@ -123,11 +122,25 @@ pub async fn serve(
             gauge,
             _permit: permit,
         };
+        let (builder, l4) = (Arc::clone(&builder), Arc::clone(&l4));
         tracker.spawn(async move {
             // Dropped however the task ends (also if it is dropped or panics half way), so the
             // registry never keeps a dead connection's waker, and with it the task, alive.
             let _registered = registered;
-            match Supervised::new(conn, activity).await {
+            let listener = Arc::clone(&edge.shared.listener);
+            let metrics = edge.shared.metrics.clone();
+            let http = |io| {
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        hyper::service::service_fn(move |req| edge.call(req)),
+                    )
+                    .into_owned();
+                Supervised::new(conn, Arc::clone(&activity))
+            };
+            let ended =
+                accept::serve_connection(stream, &activity, &l4, &listener, &metrics, http).await;
+            match ended {
                 Ended::Done(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
@@ -138,13 +151,19 @@ pub async fn serve(
     }
     drop(listener);
     // Drain: finish in-flight requests, refuse new ones (GOAWAY / close).
+    let deadline = tokio::time::Instant::now() + drain;
     connections.close_all_gracefully();
     tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %settings.name, "drain deadline passed with connections open; closing them");
         connections.close_all_now();
         tracker.wait().await;
     }
+    // Upgraded connections (WebSocket, CONNECT) left hyper; they get the same deadline.
+    shared.upgrades.drain(deadline).await;
 }
 
 /// A connection's place in its listener: registry entry, open-connections gauge and
@@ -209,6 +228,10 @@ struct EdgeShared {
     local_port: u16,
     max_body: u64,
     traced: bool,
+    /// For the allowed upgrades.
+    http: HttpProtocolOptions,
+    /// The owner of upgraded relays.
+    upgrades: UpgradeRelays,
     metrics: Metrics,
     listener_metrics: ListenerMetrics,
 }
@@ -252,7 +275,8 @@ impl Edge {
         let guard = Active::new(&self.shared, &self.activity);
         let started = Instant::now();
         let grpc = is_grpc(&req);
-        let sent = match self.prepare(req) {
+        let mut pending = None;
+        let sent = match self.prepare(req, &mut pending) {
             Err(e) => Sent::Failed(e.into()),
             Ok(req) => {
                 let mut cx = Context::from_waker(Waker::noop());
@@ -278,13 +302,26 @@ impl Edge {
                     Err(e) => Err(e),
                 },
             };
-            Ok(guard.shared.finish(result, grpc, peer, started))
+            let relay = match (pending, result) {
+                (Some(p), Ok(mut resp)) => (p.accept(&mut resp), Ok(resp)),
+                (_, result) => (None, result),
+            };
+            let (relay, result) = relay;
+            let mut resp = guard.shared.finish(result, grpc, peer, started);
+            if let Some(relay) = relay {
+                relay.start(&mut resp, &guard.shared.upgrades);
+            }
+            Ok(resp)
         }
     }
 
     /// The per-hop request work: the request target, size limit, headers, extensions, body
-    /// limit.
-    fn prepare(&self, req: Request<Incoming>) -> Result<Request<Body>, MeshError> {
+    /// limit; an allowed upgrade is taken into `pending`.
+    fn prepare(
+        &self,
+        req: Request<Incoming>,
+        pending: &mut Option<PendingUpgrade>,
+    ) -> Result<Request<Body>, MeshError> {
         let max_body = self.shared.max_body;
         let (mut parts, incoming) = req.into_parts();
         if self.activity.fragments.take(&parts.uri) {
@@ -309,7 +346,11 @@ impl Edge {
         if too_large {
             return Err(MeshError::RequestTooLarge { limit: max_body });
         }
+        *pending = upgrade::take(&mut parts, &self.shared.http);
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(p) = pending {
+            p.restore_request(&mut parts.headers);
+        }
         headers::append_forwarded_for(&mut parts.headers, self.peer.ip());
         headers::ensure_request_id(&mut parts.headers);
         if !self.shared.traced {

@@ -69,6 +69,7 @@ async fn start(http: HttpProtocolOptions, max_connections: usize) -> Running {
         http,
         connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         traced: false,
+        l4: Default::default(),
     };
     let task = tokio::spawn(serve(
         listener,

@@ -1,5 +1,5 @@
-//! Finding the Envoy, etcd and promtool binaries and a Python with grpcio, and the skip-or-fail
-//! policy.
+//! Finding the Envoy, etcd, promtool and netcat binaries and a Python with grpcio,
+//! opentelemetry-proto or websockets, and the skip-or-fail policy.
 
 use std::path::{Path, PathBuf};
 
@@ -98,7 +98,33 @@ pub fn require_etcd() -> Option<PathBuf> {
 pub fn grpc_python() -> Option<PathBuf> {
     from_env("MESH_GRPC_PYTHON")
         .or_else(|| Some(workspace_root().join(".venv/bin/python")))
-        .filter(|p| imports_grpc(p))
+        .filter(|p| imports(p, "import grpc"))
+}
+
+/// A Python interpreter that can `import websockets` (the real WebSocket client and server of
+/// the upgrade tests): `MESH_WS_PYTHON` if set, else `<workspace>/.venv/bin/python` when
+/// websockets is installed there (`./scripts/test` installs it).
+pub fn ws_python() -> Option<PathBuf> {
+    from_env("MESH_WS_PYTHON")
+        .or_else(|| Some(workspace_root().join(".venv/bin/python")))
+        .filter(|p| imports(p, "import websockets"))
+}
+
+/// [`ws_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_ws_python() -> Option<PathBuf> {
+    ws_python().or_else(|| skip_or_fail("python with websockets", "MESH_WS_PYTHON"))
+}
+
+/// OpenBSD netcat (Debian's `netcat-openbsd`), a plain TCP client: `MESH_NC_BIN` if set, else
+/// `nc` on `PATH`.
+pub fn nc_bin() -> Option<PathBuf> {
+    from_env("MESH_NC_BIN").or_else(|| on_path("nc"))
+}
+
+/// [`nc_bin`], or `None` after a loud skip message on stderr; panics under `CI=true` instead.
+pub fn require_nc() -> Option<PathBuf> {
+    nc_bin().or_else(|| skip_or_fail("nc (netcat-openbsd)", "MESH_NC_BIN"))
 }
 
 /// [`grpc_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
@@ -128,10 +154,6 @@ pub fn require_otlp_python() -> Option<PathBuf> {
             "MESH_GRPC_PYTHON",
         )
     })
-}
-
-fn imports_grpc(python: &Path) -> bool {
-    imports(python, "import grpc")
 }
 
 fn imports(python: &Path, statement: &str) -> bool {

@@ -33,6 +33,8 @@ fn snapshot(
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     };
     let anys = clusters
         .iter()

@@ -2,7 +2,9 @@
 //! to real Envoy by a scripted ADS server, and Envoy must ACK every type: the richest listener,
 //! route table (every matcher, action and per-route filter), static cluster (ring hash, health
 //! checks, outlier detection, circuit breakers, HTTP/2, localities and priorities) and EDS
-//! cluster mesh-core can express.
+//! cluster mesh-core can express, and the layer-4 listener shapes (an opaque `tcp_proxy`
+//! listener over weighted clusters; HTTP with upgrades and a TCP fallback behind Envoy's
+//! `http_inspector`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod client_support;
@@ -25,7 +27,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
+fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     let routes: RouteConfiguration =
         serde_yaml::from_str(include_str!("client_data/routes.yaml")).unwrap();
     let cluster: Cluster = serde_yaml::from_str(include_str!("client_data/cluster.yaml")).unwrap();
@@ -52,6 +54,8 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
             descriptor: Some(DescriptorSource::ClientAddress),
         }),
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     };
     let mut inline = routes.clone();
     inline.name = "inline".into();
@@ -64,17 +68,50 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
         http: HttpProtocolOptions {
             http2: false,
             max_request_headers_kb: 32,
+            upgrades: vec!["websocket".into(), "CONNECT".into()],
             ..Default::default()
         },
         rate_limit: None,
         http_filters: Vec::new(),
+        tcp_proxy: Some(TcpProxy::to_cluster("ratings")),
+        detection: Detection {
+            timeout: Duration::from_millis(500),
+            opaque_on_timeout: true,
+        },
     };
+    let mut opaque_proxy = TcpProxy::to_cluster("");
+    opaque_proxy.destination = TcpDestination::WeightedClusters(vec![
+        WeightedCluster {
+            name: "ratings".into(),
+            weight: 3,
+        },
+        WeightedCluster {
+            name: cluster.name.clone(),
+            weight: 1,
+        },
+    ]);
+    opaque_proxy.idle_timeout = Duration::from_secs(30);
+    opaque_proxy.max_connect_attempts = 2;
+    let opaque = Listener {
+        name: "tcp".into(),
+        address: ([127, 0, 0, 1], ports.2).into(),
+        direction: Direction::Outbound,
+        route_config_name: String::new(),
+        route_config: None,
+        http: HttpProtocolOptions::default(),
+        rate_limit: None,
+        http_filters: Vec::new(),
+        tcp_proxy: Some(opaque_proxy),
+        detection: Default::default(),
+    };
+    opaque.validate().unwrap();
+    inbound.validate().unwrap();
     BTreeMap::from([
         (T::Cluster.type_url(), vec![encode(&cluster), encode(&eds)]),
         (T::Endpoint.type_url(), vec![encode(&la)]),
         (
             T::Listener.type_url(),
-            vec![encode(&outbound), encode(&inbound)],
+            vec![encode(&outbound), encode(&inbound), encode(&opaque)],
         ),
         (T::Route.type_url(), vec![encode(&routes)]),
     ])
@@ -89,7 +126,7 @@ async fn real_envoy_acks_everything_the_conversion_produces() {
     let yaml = mesh_testkit::ads_bootstrap("envoy-1", server.addr, "GRPC");
     let envoy = tokio::task::spawn_blocking(move || mesh_testkit::EnvoyProcess::start(&yaml));
     let mut s = server.sotw_stream().await;
-    let mut to_send = resources((free_port(), free_port()));
+    let mut to_send = resources((free_port(), free_port(), free_port()));
     let mut acked = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while acked.len() < 4 {
@@ -121,5 +158,8 @@ async fn real_envoy_acks_everything_the_conversion_produces() {
         .unwrap()
         .unwrap();
     let dump = envoy.admin_get("/listeners").unwrap();
-    assert!(dump.contains("out::") && dump.contains("in::"), "{dump}");
+    assert!(
+        dump.contains("out::") && dump.contains("in::") && dump.contains("tcp::"),
+        "{dump}"
+    );
 }

@@ -35,6 +35,8 @@ fn listener() -> Listener {
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     }
 }
 

@@ -37,7 +37,8 @@ impl XdsConfig {
     pub fn wanted_routes(&self) -> std::collections::BTreeSet<String> {
         self.listeners
             .values()
-            .filter(|l| l.route_config.is_none())
+            // Inline tables need no RDS, opaque-only listeners no table at all.
+            .filter(|l| l.route_config.is_none() && l.serves_http())
             .map(|l| l.route_config_name.clone())
             .collect()
     }

@@ -67,6 +67,8 @@ fn listener(name: &str, routes: &str) -> Listener {
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     }
 }
 

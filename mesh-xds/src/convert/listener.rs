@@ -13,6 +13,7 @@ use super::custom;
 use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
 use super::hcm_matching::HcmMatching;
+use super::tcp_proxy::{chains_from, chains_to, tcp_proxy_from};
 use super::{
     ads_config_source, check_ads_source, duration_to, mesh_meta_get, mesh_meta_set, opt_duration,
     pack, u32_from, u32_to, unpack, ConvertError, XdsResource,
@@ -74,22 +75,27 @@ impl XdsResource for Listener {
             // Unspecified is what most control planes send for an egress listener.
             _ => Direction::Outbound,
         };
-        let (at, chain) = match (p.filter_chains.as_slice(), &p.default_filter_chain) {
-            ([chain], None) => ("filter_chains[0]", chain),
-            ([], Some(chain)) => ("default_filter_chain", chain),
-            _ => {
-                return Err(ConvertError::unsupported(
-                    "filter_chains",
-                    "more than one filter chain (exactly one HTTP filter chain is supported)",
-                ))
-            }
-        };
-        let manager = hcm_of(chain).map_err(|e| e.within(at))?;
-        let at = format!("{at}.filters[0].typed_config");
+        let chains = chains_from(&p)?;
         let extras: Option<RateLimitExtras> = mesh_meta_get(p.metadata.as_ref(), "rate_limit")?;
         let max_request_bytes: Option<u64> =
             mesh_meta_get(p.metadata.as_ref(), "max_request_bytes")?;
-        let mut l = hcm_from(manager, extras).map_err(|e| e.within(at))?;
+        let mut l = match chains.http {
+            Some((at, manager)) => hcm_from(manager, extras).map_err(|e| e.within(at))?,
+            None => opaque_listener(),
+        };
+        if let Some((at, proxy)) = &chains.tcp {
+            l.tcp_proxy = Some(tcp_proxy_from(proxy, at)?);
+        }
+        if let Some(t) = opt_duration(
+            p.listener_filters_timeout.as_ref(),
+            "listener_filters_timeout",
+        )? {
+            // Envoy: 0 disables the timeout; ours is always bounded, so the default stays.
+            if !t.is_zero() {
+                l.detection.timeout = t;
+            }
+        }
+        l.detection.opaque_on_timeout = p.continue_on_listener_filters_timeout;
         l.name = p.name;
         l.address = address;
         l.direction = direction;
@@ -100,7 +106,6 @@ impl XdsResource for Listener {
     }
 
     fn to_proto(&self) -> Self::Proto {
-        let manager = hcm_to(self);
         let mut metadata = None;
         if let Some(x) = self.rate_limit.as_ref().and_then(RateLimitExtras::of) {
             mesh_meta_set(&mut metadata, "rate_limit", &x);
@@ -112,6 +117,8 @@ impl XdsResource for Listener {
                 &self.http.max_request_bytes,
             );
         }
+        let (filter_chains, default_filter_chain, listener_filters) =
+            chains_to(self, self.serves_http().then(|| hcm_to(self)));
         lpb::Listener {
             name: self.name.clone(),
             address: Some(socket_addr_to(self.address)),
@@ -119,45 +126,30 @@ impl XdsResource for Listener {
                 Direction::Inbound => core::TrafficDirection::Inbound,
                 Direction::Outbound => core::TrafficDirection::Outbound,
             } as i32,
-            filter_chains: vec![lpb::FilterChain {
-                filters: vec![lpb::Filter {
-                    name: HCM_FILTER.to_string(),
-                    config_type: Some(lpb::filter::ConfigType::TypedConfig(pack(&manager))),
-                }],
-                ..Default::default()
-            }],
+            filter_chains,
+            default_filter_chain,
+            listener_filters,
+            listener_filters_timeout: Some(duration_to(self.detection.timeout)),
+            continue_on_listener_filters_timeout: self.detection.opaque_on_timeout,
             metadata,
             ..Default::default()
         }
     }
 }
 
-fn hcm_of(chain: &lpb::FilterChain) -> Result<hcm::HttpConnectionManager, ConvertError> {
-    if chain.transport_socket.is_some() {
-        return Err(ConvertError::unsupported(
-            "transport_socket",
-            "downstream TLS",
-        ));
-    }
-    if chain
-        .filter_chain_match
-        .as_ref()
-        .is_some_and(|m| m != &lpb::FilterChainMatch::default())
-    {
-        return Err(ConvertError::unsupported(
-            "filter_chain_match",
-            "filter chain matching",
-        ));
-    }
-    let [filter] = chain.filters.as_slice() else {
-        return Err(ConvertError::unsupported(
-            "filters",
-            "network filters other than one http_connection_manager",
-        ));
-    };
-    match &filter.config_type {
-        Some(lpb::filter::ConfigType::TypedConfig(any)) => unpack(any, "filters[0].typed_config"),
-        _ => Err(ConvertError::new("filters[0].typed_config", "missing")),
+/// A listener with no HTTP side (its TCP proxy is filled in by the caller).
+fn opaque_listener() -> Listener {
+    Listener {
+        name: String::new(),
+        address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        direction: Direction::Outbound,
+        route_config_name: String::new(),
+        route_config: None,
+        http: HttpProtocolOptions::default(),
+        rate_limit: None,
+        http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     }
 }
 
@@ -166,14 +158,9 @@ fn hcm_from(
     extras: Option<RateLimitExtras>,
 ) -> Result<Listener, ConvertError> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
-    if !m.upgrade_configs.is_empty() {
-        return Err(ConvertError::unsupported(
-            "upgrade_configs",
-            "protocol upgrades (WebSocket)",
-        ));
-    }
     let mut http = HttpProtocolOptions {
         strip_host_port: HcmMatching::try_from(&m)?.strip_host_port,
+        upgrades: upgrades_from(&m.upgrade_configs)?,
         ..HttpProtocolOptions::default()
     };
     (http.http1, http.http2) = match CodecType::try_from(m.codec_type) {
@@ -231,6 +218,8 @@ fn hcm_from(
         http,
         rate_limit,
         http_filters,
+        tcp_proxy: None,
+        detection: Default::default(),
     })
 }
 
@@ -342,6 +331,15 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
     }
     http_filters.push(filter(ROUTER_FILTER, pack(&router::Router::default())));
     let mut m = hcm::HttpConnectionManager {
+        upgrade_configs: l
+            .http
+            .upgrades
+            .iter()
+            .map(|u| hcm::http_connection_manager::UpgradeConfig {
+                upgrade_type: u.clone(),
+                ..Default::default()
+            })
+            .collect(),
         codec_type: codec as i32,
         stat_prefix: l.name.clone(),
         route_specifier: Some(route_specifier),
@@ -363,4 +361,34 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
     }
     .apply_to(&mut m);
     m
+}
+
+/// The upgrades a connection manager allows: each `upgrade_configs` entry not disabled. Their
+/// own filter chains are refused (an upgraded stream runs the listener's filters).
+fn upgrades_from(
+    configs: &[hcm::http_connection_manager::UpgradeConfig],
+) -> Result<Vec<String>, ConvertError> {
+    let mut out = Vec::new();
+    for (i, u) in configs.iter().enumerate() {
+        let at = format!("upgrade_configs[{i}]");
+        if !u.filters.is_empty() {
+            return Err(ConvertError::unsupported(
+                format!("{at}.filters"),
+                "per-upgrade HTTP filters",
+            ));
+        }
+        if u.upgrade_type.is_empty() {
+            return Err(ConvertError::new(format!("{at}.upgrade_type"), "missing"));
+        }
+        if u.enabled.is_some_and(|e| !e.value) {
+            continue;
+        }
+        // Upgrade tokens are case-insensitive; CONNECT is a method, kept as written.
+        out.push(if u.upgrade_type.eq_ignore_ascii_case("CONNECT") {
+            "CONNECT".to_owned()
+        } else {
+            u.upgrade_type.to_ascii_lowercase()
+        });
+    }
+    Ok(out)
 }

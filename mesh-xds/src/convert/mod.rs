@@ -47,9 +47,11 @@ mod matchers;
 mod route;
 mod route_action;
 mod route_policy;
+mod tcp_proxy;
 
 pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
+pub use tcp_proxy::{HTTP_INSPECTOR, TCP_PROXY_FILTER};
 
 /// The filter-metadata key under which settings Envoy has no field for travel.
 pub const MESH_METADATA_KEY: &str = "io.mesh";
@@ -293,3 +295,5 @@ pub(crate) fn check_ads_source(
 mod tests;
 #[cfg(test)]
 mod tests_custom;
+#[cfg(test)]
+mod tests_l4;

@@ -116,6 +116,8 @@ fn listener_proto_is_what_envoy_expects() {
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        tcp_proxy: None,
+        detection: Default::default(),
     };
     let p = l.to_proto();
     let f = &p.filter_chains[0].filters[0];

@@ -5,6 +5,7 @@
 mod etcd;
 mod file;
 mod incremental;
+mod opaque;
 mod proxyless;
 mod spec;
 mod translate;
@@ -14,5 +15,8 @@ pub use etcd::{register, EtcdSource, EtcdStatus};
 pub use file::{apply, FileSource, ReloadStatus, SourceError};
 pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
-pub use spec::{EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, ServiceSpec};
+pub use opaque::OUTBOUND_TCP;
+pub use spec::{
+    EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, ServiceProtocol, ServiceSpec,
+};
 pub use translate::{Snapshots, TranslateError, INBOUND, LOCAL_APP, OUTBOUND};

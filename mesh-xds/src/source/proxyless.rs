@@ -75,6 +75,8 @@ mod tests {
             http: Default::default(),
             rate_limit: None,
             http_filters: Vec::new(),
+            tcp_proxy: None,
+            detection: Default::default(),
         };
         let any = api_listener("hello", &api_manager(&out));
         let l = lpb::Listener::decode(any.value.as_slice()).unwrap();

@@ -94,9 +94,10 @@ pub struct ServiceSpec {
     /// More domains served by this service's virtual host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
-    /// The protocol its endpoints speak (`http1`, `http2` for gRPC, `use_downstream`).
+    /// The protocol its endpoints speak (`http1`, `http2` for gRPC, `use_downstream`, or
+    /// `tcp`: opaque bytes, proxied at layer 4 on a port of its own, see [`ServiceProtocol`]).
     #[serde(default)]
-    pub protocol: UpstreamProtocol,
+    pub protocol: ServiceProtocol,
     /// Endpoints listed here (etcd registrations are added to these).
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
@@ -136,6 +137,36 @@ pub struct ServiceSpec {
     /// supports; when absent, one route sends everything (`prefix: /`) to the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+}
+
+/// What a service's endpoints speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC).
+    Http2,
+    /// Whatever the caller spoke.
+    UseDownstream,
+    /// Opaque TCP: every sidecar gets an opaque listener for it on the service's `port` (at
+    /// its outbound listener's IP, or where the node's `tcp_listeners` says), proxying to the
+    /// service's endpoints; the inbound listener of the service's own nodes is opaque too (no
+    /// protocol detection, so server-first protocols work).
+    Tcp,
+}
+
+impl ServiceProtocol {
+    /// The protocol of the service's cluster (a TCP service's cluster is never spoken HTTP to
+    /// by the mesh; HTTP/1.1 is the model's default).
+    pub fn upstream(self) -> UpstreamProtocol {
+        match self {
+            Self::Http1 | Self::Tcp => UpstreamProtocol::Http1,
+            Self::Http2 => UpstreamProtocol::Http2,
+            Self::UseDownstream => UpstreamProtocol::UseDownstream,
+        }
+    }
 }
 
 /// One endpoint of a service.
@@ -180,6 +211,10 @@ pub struct NodeSpec {
     /// nodes only: the SDK and proxyless clients run no listener filters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_filters: Option<ListenerFilters>,
+    /// Where this node's opaque listeners of `protocol: tcp` services listen, by service name
+    /// (default: the outbound listener's IP and the service's `port`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tcp_listeners: BTreeMap<String, SocketAddr>,
 }
 
 /// What kind of client a node is, which decides the shape of its snapshot.
@@ -241,7 +276,7 @@ impl ServiceSpec {
             name: name.into(),
             port: None,
             aliases: Vec::new(),
-            protocol: UpstreamProtocol::default(),
+            protocol: ServiceProtocol::default(),
             endpoints: Vec::new(),
             lb_policy: LbPolicy::default(),
             connect_timeout: None,

@@ -4,13 +4,17 @@
 use std::collections::BTreeMap;
 
 use mesh_core::{
-    Cluster, ClusterLoadAssignment, Direction, Discovery, Endpoint, Listener, Locality,
-    LocalityEndpoints, MeshConfig, Route, RouteAction, RouteConfiguration, Validate, VirtualHost,
+    Cluster, ClusterLoadAssignment, Direction, Discovery, Endpoint, HttpProtocolOptions, Listener,
+    Locality, LocalityEndpoints, MeshConfig, Route, RouteAction, RouteConfiguration, Validate,
+    VirtualHost,
 };
 
 use super::incremental::{SharedResources, TranslationCache};
+use super::opaque::{make_opaque, tcp_listeners};
 use super::proxyless::{api_listener, api_manager};
-use super::spec::{ListenerAddrs, ListenerFilters, MeshSpec, NodeKind, NodeSpec, ServiceSpec};
+use super::spec::{
+    ListenerAddrs, ListenerFilters, MeshSpec, NodeKind, NodeSpec, ServiceProtocol, ServiceSpec,
+};
 use crate::server::{Resource, Snapshot, SnapshotError};
 
 /// Name of the outbound listener and its route configuration.
@@ -19,6 +23,8 @@ pub const OUTBOUND: &str = "outbound";
 pub const INBOUND: &str = "inbound";
 /// Name of the cluster of the local app.
 pub const LOCAL_APP: &str = "local_app";
+/// The HTTP upgrades every sidecar listener relays (as Istio's default).
+const UPGRADES: [&str; 1] = ["websocket"];
 
 /// Why a spec does not translate; `service`/`node` say which entry, for the line lookup.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,9 +88,12 @@ impl MeshSpec {
                 n.kind(),
             );
             let snap = match built.get(&key) {
-                // A node with filters of its own gets a snapshot of its own.
-                Some(snap) if n.http_filters.is_none() => Snapshot::clone(snap),
-                _ if n.http_filters.is_some() => {
+                // A node with filters or TCP listener addresses of its own gets a snapshot of
+                // its own.
+                Some(snap) if n.http_filters.is_none() && n.tcp_listeners.is_empty() => {
+                    Snapshot::clone(snap)
+                }
+                _ if n.http_filters.is_some() || !n.tcp_listeners.is_empty() => {
                     self.node_snapshot(&shared, Some(n), addrs, n.kind())?
                 }
                 _ => {
@@ -113,6 +122,13 @@ impl MeshSpec {
                     format!("services[{}]", s.name),
                     Some(&s.name),
                     format!("{LOCAL_APP:?} is reserved (the cluster of each node's local app)"),
+                ));
+            }
+            if s.protocol == ServiceProtocol::Tcp && s.port.is_none() {
+                return Err(TranslateError::new(
+                    format!("services[{}].port", s.name),
+                    Some(&s.name),
+                    "a `protocol: tcp` service needs a port (its opaque listener's)",
                 ));
             }
             if seen.insert(s.name.as_str(), ()).is_some() {
@@ -168,9 +184,14 @@ impl MeshSpec {
                 direction,
                 route_config_name: name.into(),
                 route_config: None,
-                http: Default::default(),
+                http: HttpProtocolOptions {
+                    upgrades: UPGRADES.iter().map(|u| (*u).to_owned()).collect(),
+                    ..HttpProtocolOptions::default()
+                },
                 rate_limit,
                 http_filters: http_filters.unwrap_or_default(),
+                tcp_proxy: None,
+                detection: Default::default(),
             };
         let service = node
             .and_then(|n| n.service.as_deref())
@@ -181,7 +202,7 @@ impl MeshSpec {
             [addrs.local_app],
         ));
         if let Some(s) = service {
-            local_app.protocol = s.protocol;
+            local_app.protocol = s.protocol.upstream();
         }
         let mut to_app = RouteAction::to_cluster(LOCAL_APP);
         if let Some(t) = service.and_then(|s| s.timeout) {
@@ -201,6 +222,20 @@ impl MeshSpec {
             ignore_port_in_host_matching: false,
         };
         let rate_limit = service.and_then(|s| s.rate_limit.clone());
+        let mut inbound_listener = listener(
+            INBOUND,
+            addrs.inbound,
+            Direction::Inbound,
+            rate_limit,
+            filters.inbound,
+        );
+        if service.is_some_and(|s| s.protocol == ServiceProtocol::Tcp) {
+            make_opaque(&mut inbound_listener, LOCAL_APP);
+        }
+        let tcp_listeners = match kind {
+            NodeKind::Sidecar => tcp_listeners(self, node, addrs),
+            NodeKind::Sdk | NodeKind::Proxyless => Vec::new(),
+        };
         NodePart {
             listeners: vec![
                 listener(
@@ -210,14 +245,9 @@ impl MeshSpec {
                     None,
                     filters.outbound,
                 ),
-                listener(
-                    INBOUND,
-                    addrs.inbound,
-                    Direction::Inbound,
-                    rate_limit,
-                    filters.inbound,
-                ),
+                inbound_listener,
             ],
+            tcp_listeners,
             inbound,
             local_app,
         }
@@ -249,6 +279,18 @@ impl MeshSpec {
             endpoints: Vec::new(),
         };
         check.validate().map_err(|e| node_error(node, e))?;
+        // The opaque listeners name service clusters (checked in `shared`): checked alone, and
+        // for addresses against the node's other listeners.
+        for l in &own.tcp_listeners {
+            l.validate()
+                .map_err(|e| node_error(node, e.within(&l.name)))?;
+            if own.listeners.iter().any(|o| o.address == l.address) {
+                return Err(node_error(
+                    node,
+                    format!("{}: {} is used by another listener", l.name, l.address),
+                ));
+            }
+        }
 
         let err = |e: SnapshotError| node_error(node, e);
         let mut resources = Vec::with_capacity(2 * shared.services.len() + 8);
@@ -283,7 +325,7 @@ impl MeshSpec {
             }
         } else {
             resources.push(Resource::from_validated(&own.inbound));
-            for l in &own.listeners {
+            for l in own.listeners.iter().chain(&own.tcp_listeners) {
                 resources.push(Resource::from_validated(l));
             }
         }
@@ -296,6 +338,8 @@ impl MeshSpec {
 /// See [`MeshSpec::node_part`].
 struct NodePart {
     listeners: Vec<Listener>,
+    /// Opaque listeners of `protocol: tcp` services (sidecars only).
+    tcp_listeners: Vec<Listener>,
     inbound: RouteConfiguration,
     local_app: Cluster,
 }
@@ -326,7 +370,7 @@ fn cluster(s: &ServiceSpec) -> Cluster {
     if let Some(t) = s.connect_timeout {
         c.connect_timeout = t;
     }
-    c.protocol = s.protocol;
+    c.protocol = s.protocol.upstream();
     if let Some(cb) = &s.circuit_breakers {
         c.circuit_breakers = cb.clone();
     }
