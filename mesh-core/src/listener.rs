@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{non_empty, Validate, ValidationError};
-use crate::{FilterConfig, LocalRateLimit, RouteConfiguration};
+use crate::{AccessLog, FilterConfig, LocalRateLimit, RouteConfiguration};
 
 /// A listener of the sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,11 @@ pub struct Listener {
     /// listener-wide rate limit, before routing (so they see requests that match no route too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_filters: Vec<FilterConfig>,
+    /// Access logs: each request is written to every one of them (none: no access log). A
+    /// sidecar started with a process-wide access log (`--access-log`) uses that one for the
+    /// listeners that configure none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
 }
 
 impl Listener {
@@ -183,6 +188,10 @@ impl Validate for Listener {
                 ));
             }
             f.validate().map_err(|e| e.within(at))?;
+        }
+        for (i, log) in self.access_log.iter().enumerate() {
+            log.validate()
+                .map_err(|e| e.within(format!("access_log[{i}]")))?;
         }
         Ok(())
     }

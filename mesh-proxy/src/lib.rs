@@ -9,6 +9,7 @@
 //! script runs `protoc`); `cli` builds the `mesh-sidecar` binary (clap, tracing-subscriber).
 //! Neither is on by default, so a program that embeds the sidecar needs neither.
 
+pub mod access_log;
 pub mod admin;
 pub mod bootstrap;
 mod conn;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_core::{Reload, ReloadError};
+use mesh_core::{AccessLog, Reload, ReloadError};
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
 use prometheus_client::registry::Registry;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use mesh_xds::client::{AdsMode, XdsClient, XdsStatus, XdsTls};
 use mesh_xds::config_dump::ConfigDump;
 
+use crate::access_log::AccessLogWriters;
 use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
 use crate::dynamic;
@@ -86,6 +87,9 @@ pub struct DynamicOptions {
     /// The filter factories listener-level (`http_filters`) and per-route (`filters`) configs
     /// name; register your own on top of [`LayerRegistry::default`] (which holds `fault`).
     pub filters: LayerRegistry,
+    /// Access logs of every listener whose config (LDS `access_log`) names none; empty (the
+    /// default): none.
+    pub access_log: Vec<AccessLog>,
 }
 
 /// Where the registration API publishes.
@@ -114,6 +118,7 @@ impl DynamicOptions {
             registry: None,
             xds_tls: None,
             filters: LayerRegistry::default(),
+            access_log: Vec::new(),
         }
     }
 }
@@ -128,6 +133,7 @@ pub struct Sidecar {
     admin_task: JoinHandle<()>,
     xds: Option<XdsClient>,
     status_task: Option<JoinHandle<()>>,
+    access_logs: AccessLogWriters,
 }
 
 impl Sidecar {
@@ -143,8 +149,12 @@ impl Sidecar {
         boot: Bootstrap,
         filters: LayerRegistry,
     ) -> Result<Self, SidecarError> {
-        let (registry, clusters, listeners) =
-            managers(boot.max_connections, boot.drain_timeout, filters);
+        let (registry, clusters, listeners, access_logs) = managers(
+            boot.max_connections,
+            boot.drain_timeout,
+            filters,
+            boot.access_log.clone(),
+        );
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
             clusters.reload(cla.clone())?;
@@ -168,6 +178,7 @@ impl Sidecar {
             admin_task,
             xds: None,
             status_task: None,
+            access_logs,
         })
     }
 
@@ -175,10 +186,11 @@ impl Sidecar {
     /// drained when removed), routes from RDS, clusters from CDS/EDS. `/ready` answers 200 once
     /// the first full config has arrived.
     pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
-        let (mut registry, clusters, listeners) = managers(
+        let (mut registry, clusters, listeners, access_logs) = managers(
             opts.max_connections,
             opts.drain_timeout,
             opts.filters.clone(),
+            opts.access_log.clone(),
         );
         let listeners = listeners.lenient_routes();
         let mut builder = XdsClient::builder()
@@ -236,6 +248,7 @@ impl Sidecar {
             admin_task,
             xds: Some(xds),
             status_task: Some(status_task),
+            access_logs,
         })
     }
 
@@ -276,6 +289,8 @@ impl Sidecar {
         if let Some(t) = self.status_task {
             let _ = t.await;
         }
+        // Last: the drained requests' lines are queued by now.
+        self.access_logs.shutdown().await;
     }
 }
 
@@ -310,17 +325,21 @@ async fn serve_admin(
 }
 
 /// What both modes start from: the metrics registry (with the per-cluster collector), an empty
-/// cluster manager, and a listener manager sending to it, building filters from `filters`.
+/// cluster manager, and a listener manager sending to it, building filters from `filters`, and
+/// the access-log writers (`access_log`: the default of listeners that configure none).
 fn managers(
     max_connections: usize,
     drain: Duration,
     filters: LayerRegistry,
-) -> (Registry, ClusterManager, ListenerManager) {
+    access_log: Vec<AccessLog>,
+) -> (Registry, ClusterManager, ListenerManager, AccessLogWriters) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let access_logs = AccessLogWriters::register(&mut registry);
     let clusters = ClusterManager::new();
     registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
     let listeners =
-        ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain);
-    (registry, clusters, listeners)
+        ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain)
+            .with_access_logs(access_logs.clone(), access_log);
+    (registry, clusters, listeners, access_logs)
 }

@@ -2,6 +2,9 @@
 //! rate limit (listener rules) → listener filters → router → rate limit (route rules) → load
 //! balancer → upstream.
 //!
+//! The access log ([`AccessLogLayer`]) wraps it all, so it sees every answer, the mesh's own
+//! included; its helper [`NoteUpstreamLayer`] sits between the load balancer and the upstream.
+//!
 //! Route-scoped limits need the router's decision, so they sit inside it; listener-wide limits
 //! stay outside, so even a request that matches no route is counted, as with Envoy's
 //! `local_ratelimit` filter.
@@ -9,12 +12,13 @@
 use mesh_core::{
     BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError, RouteConfiguration,
 };
-use mesh_lb::{ClusterManager, LoadBalance};
+use mesh_lb::{ClusterManager, LoadBalanceLayer, Upstream};
 use mesh_ratelimit::RateLimitLayer;
 use mesh_router::{LayerRegistry, RouterLayer};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::access_log::{AccessLogLayer, NoteUpstreamLayer, Sink};
 use crate::decision::DecisionToResponse;
 use crate::filters::{self, FilterChain, ListenerFilterLayer};
 use crate::server::StackService;
@@ -28,6 +32,7 @@ pub struct ListenerStack {
     router: RouterLayer,
     route_limits: RateLimitLayer,
     clusters: ClusterManager,
+    access_log: AccessLogLayer,
 }
 
 impl ListenerStack {
@@ -52,6 +57,7 @@ impl ListenerStack {
             router,
             route_limits: RateLimitLayer::new(inner)?,
             clusters,
+            access_log: AccessLogLayer::off(),
         })
     }
 
@@ -80,6 +86,20 @@ impl ListenerStack {
         self.filters.reload(chain);
     }
 
+    /// Logs every request of the listener with `access_log` (set before
+    /// [`service`](Self::service) is taken; later changes go through
+    /// [`set_access_log`](Self::set_access_log)).
+    #[must_use]
+    pub fn with_access_log(mut self, access_log: AccessLogLayer) -> Self {
+        self.access_log = access_log;
+        self
+    }
+
+    /// Swaps the listener's access logs in place.
+    pub(crate) fn set_access_log(&self, sinks: Vec<Sink>) {
+        self.access_log.reload(sinks);
+    }
+
     /// The router layer (for its table, e.g. in the config dump).
     pub fn router(&self) -> &RouterLayer {
         &self.router
@@ -87,8 +107,12 @@ impl ListenerStack {
 
     /// The boxed service a listener serves.
     pub fn service(&self) -> StackService {
-        let upstream = LoadBalance::upstream(self.clusters.clone());
+        let upstream = ServiceBuilder::new()
+            .layer(LoadBalanceLayer::new(self.clusters.clone()))
+            .layer(NoteUpstreamLayer)
+            .service(Upstream::new(self.clusters.clone()));
         let svc = ServiceBuilder::new()
+            .layer(self.access_log.clone())
             .layer(self.listener_limits.clone())
             .layer(self.filters.clone())
             .map_err(Into::<BoxError>::into)

@@ -33,6 +33,7 @@ fn snapshot(
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        access_log: Vec::new(),
     };
     let anys = clusters
         .iter()

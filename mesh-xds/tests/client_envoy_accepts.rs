@@ -52,6 +52,7 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
             descriptor: Some(DescriptorSource::ClientAddress),
         }),
         http_filters: Vec::new(),
+        access_log: Vec::new(),
     };
     let mut inline = routes.clone();
     inline.name = "inline".into();
@@ -68,6 +69,7 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
         },
         rate_limit: None,
         http_filters: Vec::new(),
+        access_log: Vec::new(),
     };
     BTreeMap::from([
         (T::Cluster.type_url(), vec![encode(&cluster), encode(&eds)]),

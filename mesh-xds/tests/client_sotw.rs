@@ -35,6 +35,7 @@ fn listener() -> Listener {
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        access_log: Vec::new(),
     }
 }
 

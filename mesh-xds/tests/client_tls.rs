@@ -81,6 +81,7 @@ fn snapshot() -> Snapshot {
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        access_log: Vec::new(),
     };
     let la = ClusterLoadAssignment::from_addrs("a", [([10, 0, 0, 1], 80).into()]);
     Snapshot::from_anys([

@@ -8,6 +8,12 @@
 //!   `https://`, or bare `host:port`), `--xds-cert`/`--xds-key` add a client certificate (mTLS)
 //!   and `--xds-server-name` the name to verify instead of the address's host.
 //!
+//! `--access-log[=PATH]` writes one line per request of both listeners to PATH (no value, or
+//! `-`: standard output), as Envoy's default text or, with `--access-log-format json`, as JSON;
+//! a listener whose own config (LDS `access_log`, or `access_log:` in the bootstrap) names a log
+//! writes to that one instead. With the access log on standard output, the sidecar's own log
+//! goes to standard error.
+//!
 //! SIGTERM or SIGINT stops accepting, drains in-flight requests up to the drain deadline and
 //! exits 0.
 
@@ -16,6 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mesh_core::{AccessLog, AccessLogFormat};
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::{DynamicOptions, RegistryOptions, Sidecar, SidecarError};
 use mesh_xds::client::XdsTls;
@@ -73,17 +80,55 @@ struct Args {
     /// Lease TTL of publications, in seconds: a dead sidecar's entries vanish after it.
     #[arg(long, default_value_t = 10)]
     registry_ttl: u64,
+    /// Access log of both listeners: one line per request, appended to PATH (`-`, or no value:
+    /// standard output). Off by default.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
+    access_log: Option<String>,
+    /// The access log's format: Envoy's default text format, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, requires = "access_log")]
+    access_log_format: LogFormat,
+}
+
+/// `--access-log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Envoy's default format string.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    /// The sidecar-wide access log the flags ask for.
+    fn access_log(&self) -> Vec<AccessLog> {
+        let format = match self.access_log_format {
+            LogFormat::Text => AccessLogFormat::Text,
+            LogFormat::Json => AccessLogFormat::Json,
+        };
+        self.access_log
+            .iter()
+            .map(|path| AccessLog::new(path.as_str(), format))
+            .collect()
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let access_log = args.access_log();
+    let logs_to_stdout = access_log
+        .iter()
+        .any(|l| l.path == mesh_core::ACCESS_LOG_STDOUT);
+    let subscriber = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    // Access-log lines on stdout stay parseable: the sidecar's own log moves out of their way.
+    if logs_to_stdout {
+        subscriber.with_writer(std::io::stderr).init();
+    } else {
+        subscriber.init();
+    }
     if !args.xds.is_empty() {
         let xds = args
             .xds
@@ -118,6 +163,7 @@ async fn main() -> ExitCode {
         if let Some(admin) = args.admin {
             opts.admin = admin;
         }
+        opts.access_log = access_log;
         return run(Sidecar::start_dynamic(opts).await).await;
     }
     let boot = match &args.config {
@@ -133,6 +179,9 @@ async fn main() -> ExitCode {
     };
     if let Some(admin) = args.admin {
         boot.admin = admin;
+    }
+    if !access_log.is_empty() {
+        boot.access_log = access_log;
     }
     run(Sidecar::start_static(boot).await).await
 }

@@ -67,6 +67,7 @@ fn listener(name: &str, routes: &str) -> Listener {
         http: HttpProtocolOptions::default(),
         rate_limit: None,
         http_filters: Vec::new(),
+        access_log: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use mesh_core::{Direction, FilterConfig, HttpProtocolOptions, Listener, RouteConfiguration};
 use prost::Name;
 
+use super::access_log::AccessLogs;
 use super::custom;
 use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
@@ -222,6 +223,7 @@ fn hcm_from(
         }
     };
     let (rate_limit, http_filters) = http_filters_from(&m.http_filters, extras)?;
+    let access_log = AccessLogs::try_from(m.access_log.as_slice())?.0;
     Ok(Listener {
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -231,6 +233,7 @@ fn hcm_from(
         http,
         rate_limit,
         http_filters,
+        access_log,
     })
 }
 
@@ -346,6 +349,7 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
         stat_prefix: l.name.clone(),
         route_specifier: Some(route_specifier),
         http_filters,
+        access_log: AccessLogs(l.access_log.clone()).to_proto(),
         max_request_headers_kb: u32_to(l.http.max_request_headers_kb),
         request_headers_timeout: Some(duration_to(l.http.request_headers_timeout)),
         common_http_protocol_options: Some(core::HttpProtocolOptions {

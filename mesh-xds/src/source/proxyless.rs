@@ -75,6 +75,7 @@ mod tests {
             http: Default::default(),
             rate_limit: None,
             http_filters: Vec::new(),
+            access_log: Vec::new(),
         };
         let any = api_listener("hello", &api_manager(&out));
         let l = lpb::Listener::decode(any.value.as_slice()).unwrap();

@@ -171,6 +171,7 @@ impl MeshSpec {
                 http: Default::default(),
                 rate_limit,
                 http_filters: http_filters.unwrap_or_default(),
+                access_log: Vec::new(),
             };
         let service = node
             .and_then(|n| n.service.as_deref())
