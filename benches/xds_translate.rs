@@ -47,6 +47,7 @@ fn spec(nodes: usize, flip: bool) -> MeshSpec {
         proxyless,
         sdk: false,
         http_filters: None,
+        access_log: None,
     };
     MeshSpec {
         services,

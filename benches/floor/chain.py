@@ -44,6 +44,9 @@ CALLGRIND = os.environ.get("BENCH_CALLGRIND") == "1"
 TICKS = os.sysconf("SC_CLK_TCK")
 # A/B of a change: a second mesh-sidecar binary (e.g. the build before it) as contender "base".
 BASELINE = os.environ.get("BENCH_BASELINE_BIN")
+# The access log's cost: contenders "ours+log" and "envoy+log", the same chains with an access
+# log (Envoy's default text format, to a file) on every proxy, measured beside the plain ones.
+ACCESS_LOG = os.environ.get("BENCH_ACCESS_LOG") == "1"
 
 APP = BASE
 PORTS = {  # contender: (client-facing port, second hop port, admin ports)
@@ -51,8 +54,11 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
     "floor": (BASE + 31, BASE + 32, None),
     "base": (BASE + 41, BASE + 42, (BASE + 43, BASE + 44)),
+    "ours+log": (BASE + 51, BASE + 52, (BASE + 53, BASE + 54)),
+    "envoy+log": (BASE + 61, BASE + 62, (BASE + 63, BASE + 64)),
 }
-ALL_CONTENDERS = ["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
+ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
+                  + (["ours+log", "envoy+log"] if ACCESS_LOG else []))
 ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)]
 # Subsets for a quick A/B: BENCH_CONTENDERS=ours,floor BENCH_SCENARIOS=h1:32,h2c:32
 CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL_CONTENDERS)).split(",")
@@ -61,7 +67,8 @@ SCENARIOS = [(p, int(n)) for p, n in (x.split(":") for x in
              os.environ.get("BENCH_SCENARIOS", ",".join(f"{p}:{n}" for p, n in ALL_SCENARIOS))
              .split(",") if x)]
 NAMES = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2", "envoy": "Envoy ×2",
-         "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2"}
+         "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2",
+         "ours+log": "mesh-sidecar ×2, access log", "envoy+log": "Envoy ×2, access log"}
 
 procs = []  # every process we started, stopped in the end
 tmp = tempfile.mkdtemp(prefix="mesh-bench-")
@@ -102,7 +109,11 @@ clusters:
 """
 
 
-def envoy_yaml(listen, upstream, admin, h2=False):
+def access_log_path(contender, name, tag):
+    return os.path.join(tmp, f"access-{contender}-{name}-{tag}.log")
+
+
+def envoy_yaml(listen, upstream, admin, h2=False, log=None):
     # The upstream hop's protocol: HTTP/1.1 unless h2 (Envoy's explicit HTTP/2 config).
     protocol = """
       typed_extension_protocol_options:
@@ -110,6 +121,13 @@ def envoy_yaml(listen, upstream, admin, h2=False):
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
           explicit_http_config:
             http2_protocol_options: {}""" if h2 else ""
+    # Envoy's file access log with its default format, as the sidecar's --access-log writes it.
+    access_log = f"""
+                access_log:
+                  - name: envoy.access_loggers.file
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                      path: {log}""" if log else ""
     return f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
@@ -121,7 +139,7 @@ static_resources:
             - name: envoy.filters.network.http_connection_manager
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: listener
+                stat_prefix: listener{access_log}
                 codec_type: AUTO
                 http2_protocol_options: {{}}
                 route_config:
@@ -165,30 +183,42 @@ def start_chains(tag):
     """Starts fresh proxies for every contender; returns {contender: [outbound, inbound]}."""
     chains = {"direct": []}
     worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
+    # The previous scenario's access logs are of no further use (and may be large).
+    for f in os.listdir(tmp):
+        if f.startswith("access-"):
+            os.remove(os.path.join(tmp, f))
     sidecars = [("ours", f"{BIN}/mesh-sidecar")]
     if BASELINE:
         sidecars.append(("base", BASELINE))
+    sidecars.append(("ours+log", f"{BIN}/mesh-sidecar"))
     for contender, binary in sidecars:
         if contender not in CONTENDERS:
             continue
         front, back, (a1, a2) = PORTS[contender]
+        log_args = lambda name: (["--access-log", access_log_path(contender, name, tag)]
+                                 if contender.endswith("+log") else [])
         chains[contender] = [
             spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
                 f"{contender}-{name}.yaml",
-                sidecar_yaml(name, listen, upstream, admin, protocol))], worker_env)
+                sidecar_yaml(name, listen, upstream, admin, protocol))] + log_args(name),
+                worker_env)
             for name, listen, upstream, admin, protocol in (
                 ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
                 ("inbound", back, APP, a2, "http1"))]
-    if "envoy" in CONTENDERS:
-        front, back, (a1, a2) = PORTS["envoy"]
+    for contender in ("envoy", "envoy+log"):
+        if contender not in CONTENDERS:
+            continue
+        front, back, (a1, a2) = PORTS[contender]
         envoys = []
         for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, HOP == "h2"),
                                                   ("inbound", back, APP, a2, False)):
-            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin, h2))
-            envoys.append(spawn(f"envoy-{name}-{tag}",
+            log_file = access_log_path(contender, name, tag) if contender.endswith("+log") else None
+            cfg = write(f"{contender}-{name}.yaml",
+                        envoy_yaml(listen, upstream, admin, h2, log_file))
+            envoys.append(spawn(f"{contender}-{name}-{tag}",
                                 [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
                                  "--disable-hot-restart", "-l", "warning"]))
-        chains["envoy"] = envoys
+        chains[contender] = envoys
     if "floor" in CONTENDERS:
         front, back, _ = PORTS["floor"]
         chains["floor"] = [
@@ -561,6 +591,22 @@ def write_markdown(results, load_start, load_end, steal, instr):
                 cells += [fmt_ratio(o["rps"], x["rps"]), fmt_ratio(o["p99"], x["p99"]),
                           fmt_ratio(sum(o["cpu"]), sum(x["cpu"]))]
             L.append(f"| {scen} | " + " | ".join(cells) + " |")
+    # What an access log costs each proxy: the same chain with and without it, side by side.
+    pairs = [(a, b) for a, b in (("ours", "ours+log"), ("envoy", "envoy+log"))
+             if a in CONTENDERS and b in CONTENDERS]
+    if pairs:
+        L += ["", "## Access-log cost (with / without, same proxy, same run)", "",
+              "Every proxy of the chain writes Envoy's default text format to a file "
+              "(`--access-log PATH` for mesh-sidecar, `envoy.access_loggers.file` for Envoy).", "",
+              "| scenario | proxy | req/s with/without | p99 with/without "
+              "| CPU/req with/without |", "|---|---|---:|---:|---:|"]
+        for proto, conns in SCENARIOS:
+            scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+            for a, b in pairs:
+                x, y = s[(proto, conns, a)], s[(proto, conns, b)]
+                L.append(f"| {scen} | {NAMES[a].replace(' ×2', '')} | "
+                         f"{fmt_ratio(y['rps'], x['rps'])} | {fmt_ratio(y['p99'], x['p99'])} | "
+                         f"{fmt_ratio(sum(y['cpu']), sum(x['cpu']))} |")
     if all(c in CONTENDERS for c in ("ours", "envoy", "floor")) and ("h1", 32) in SCENARIOS:
         o, e, f = (s[("h1", 32, c)] for c in ("ours", "envoy", "floor"))
         rss = max(max(s[(p, n, "ours")]["rss"]) for p, n in SCENARIOS)

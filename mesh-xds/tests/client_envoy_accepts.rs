@@ -2,7 +2,7 @@
 //! to real Envoy by a scripted ADS server, and Envoy must ACK every type: the richest listener,
 //! route table (every matcher, action and per-route filter), static cluster (ring hash, health
 //! checks, outlier detection, circuit breakers, HTTP/2, localities and priorities) and EDS
-//! cluster mesh-core can express.
+//! cluster mesh-core can express, with both access-log formats.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod client_support;
@@ -69,7 +69,17 @@ fn resources(ports: (u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
         },
         rate_limit: None,
         http_filters: Vec::new(),
-        access_log: Vec::new(),
+        // Envoy's default text format on standard output, and our JSON dictionary to a file.
+        access_log: vec![
+            AccessLog::default(),
+            AccessLog::new(
+                std::env::temp_dir()
+                    .join(format!("mesh-envoy-accepts-{}.log", std::process::id()))
+                    .display()
+                    .to_string(),
+                AccessLogFormat::Json,
+            ),
+        ],
     };
     BTreeMap::from([
         (T::Cluster.type_url(), vec![encode(&cluster), encode(&eds)]),
