@@ -87,8 +87,7 @@ impl ListenerStack {
     }
 
     /// Logs every request of the listener with `access_log` (set before
-    /// [`service`](Self::service) is taken; later changes go through
-    /// [`set_access_log`](Self::set_access_log)).
+    /// [`service`](Self::service) is taken; a listener update swaps its logs in place).
     #[must_use]
     pub fn with_access_log(mut self, access_log: AccessLogLayer) -> Self {
         self.access_log = access_log;

@@ -1,6 +1,7 @@
 //! Access logs through a real static sidecar on loopback: app → outbound → inbound → app, the
 //! JSON lines read back from the log file and their fields checked, for a proxied request and
-//! for the mesh's own answers (NR, RL, UF, UH), plus a listener-level log in Envoy's text format.
+//! for the mesh's own answers (NR, RL, UF, UH), for a client that went away (DC), plus a
+//! listener-level log in Envoy's text format.
 #![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -20,7 +21,8 @@ use tokio::net::TcpListener;
 
 const HELLO: &str = "hello from the app";
 
-/// An app that answers [`HELLO`] after reading the request body.
+/// An app that answers [`HELLO`] after reading the request body (paths ending in `/slow`: after
+/// two seconds).
 async fn start_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -28,6 +30,9 @@ async fn start_app() -> SocketAddr {
         while let Ok((s, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    if req.uri().path().ends_with("/slow") {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
                     let _ = req.into_body().collect().await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(HELLO))))
                 });
@@ -295,4 +300,35 @@ async fn a_listeners_own_log_writes_envoys_default_text_format() {
         !json.contains("rid-text"),
         "the listener's own log replaces the default: {json}"
     );
+}
+
+/// A client that hangs up before the response: Envoy's response code 0 and flag `DC`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_is_logged_with_dc() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (json_log, text_log) = (dir.path().join("access.json"), dir.path().join("text.log"));
+    let app = start_app().await;
+    let (boot, [out, _, _]) = bootstrap(app, &json_log, &text_log);
+    let sidecar = Sidecar::start_static(boot).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", out))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /app/slow HTTP/1.1\r\nhost: hello.mesh\r\nx-request-id: rid-dc\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    let lines = lines_for(&json_log, "rid-dc", 2).await;
+    let outbound = lines
+        .iter()
+        .find(|l| l["upstream_cluster"] == "inbound_sidecar")
+        .unwrap();
+    assert_eq!(
+        (&outbound["response_code"], &outbound["response_flags"]),
+        (&Value::from(0), &Value::from("DC")),
+        "{outbound}"
+    );
+    assert_eq!(outbound["path"], "/app/slow");
+    sidecar.shutdown().await;
 }

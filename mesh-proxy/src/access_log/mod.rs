@@ -6,8 +6,8 @@
 //! notes the request's fields on the way in, turns a mesh error into its local reply on the way
 //! out (so the line carries the typed error's Envoy response flag: `NR`, `RL`, `UH`, `UF`, ...),
 //! counts body bytes as they stream and hands the finished record to the writers when the
-//! response body ends ([`body`]). Writing happens on writer tasks behind bounded queues
-//! ([`writer`]); the data path never waits for a disk.
+//! response body ends. Writing happens on writer tasks behind bounded queues
+//! ([`AccessLogWriters`]); the data path never waits for a disk.
 //!
 //! The upstream host of the last attempt comes from [`NoteUpstreamLayer`], which sits between
 //! the load balancer and the upstream client and copies the picked endpoint into a slot the
@@ -43,7 +43,7 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// Logs each request of a listener to its access logs (none: a pass-through). Cheap to clone;
-/// clones share the live set of logs, which [`reload`](Self::reload) swaps.
+/// clones share the live set of logs, which a listener update swaps in place.
 #[derive(Clone, Debug)]
 pub struct AccessLogLayer {
     sinks: Shared<Vec<Sink>>,
@@ -177,7 +177,8 @@ struct Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         // As Envoy: no response was sent (code 0), the downstream closed (`DC`).
-        if let Some(p) = self.pending.take() {
+        if let Some(mut p) = self.pending.take() {
+            self.slot.note(&mut p.record);
             p.finish(0, true);
         }
     }
@@ -210,10 +211,7 @@ where
         };
         let (grpc, max_body, slot) = (logged.grpc, logged.max_body, &logged.slot);
         let record = &mut pending.record;
-        if let Some(picked) = slot.0.load_full() {
-            record.upstream_host = Some(picked.address);
-            record.upstream_cluster = Some(Arc::clone(&picked.cluster));
-        }
+        slot.note(record);
         let resp = match result {
             Ok(resp) => {
                 if let Some(d) = resp.extensions().get::<Decision>() {
@@ -269,6 +267,16 @@ fn note_error_target(err: &MeshError, record: &mut Record) {
 /// clone it with the request, so every attempt writes to the same slot).
 #[derive(Clone, Debug, Default)]
 pub struct UpstreamSlot(Arc<ArcSwapOption<PickedEndpoint>>);
+
+impl UpstreamSlot {
+    /// Copies the last pick, if any, into `record`.
+    fn note(&self, record: &mut Record) {
+        if let Some(picked) = self.0.load_full() {
+            record.upstream_host = Some(picked.address);
+            record.upstream_cluster = Some(Arc::clone(&picked.cluster));
+        }
+    }
+}
 
 /// Copies the load balancer's pick into the request's [`UpstreamSlot`], when it has one.
 #[derive(Clone, Copy, Debug, Default)]

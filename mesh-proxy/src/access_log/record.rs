@@ -177,10 +177,11 @@ fn protocol(v: Version) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record() -> Record {
+    /// A complete record of a proxied request.
+    pub(crate) fn record() -> Record {
         Record {
             start_time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             method: Method::GET,

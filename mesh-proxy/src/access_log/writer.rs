@@ -191,3 +191,45 @@ async fn write_lines(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that falls behind costs a line, counted, never a wait.
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let sink = Sink {
+            format: AccessLogFormat::Json,
+            queue: tx,
+            dropped: Counter::default(),
+        };
+        let record = Arc::new(super::super::record::tests::record());
+        sink.send(Arc::clone(&record));
+        sink.send(Arc::clone(&record));
+        assert_eq!(sink.dropped.get(), 1);
+        assert!(rx.try_recv().is_ok());
+        drop(rx);
+        sink.send(record);
+        assert_eq!(sink.dropped.get(), 2, "a gone writer drops too");
+    }
+
+    /// Shutdown writes what is queued before the writer ends.
+    #[tokio::test]
+    async fn shutdown_writes_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log").display().to_string();
+        let writers = AccessLogWriters::default();
+        let sinks = writers
+            .sinks(&[AccessLog::new(path.clone(), AccessLogFormat::Text)])
+            .unwrap();
+        for _ in 0..3 {
+            sinks[0].send(Arc::new(super::super::record::tests::record()));
+        }
+        writers.shutdown().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(writers.dropped(), 0);
+    }
+}
