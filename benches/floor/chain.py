@@ -54,8 +54,8 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
     "floor": (BASE + 31, BASE + 32, None),
     "base": (BASE + 41, BASE + 42, (BASE + 43, BASE + 44)),
-    "ours+log": (BASE + 51, BASE + 52, (BASE + 53, BASE + 54)),
-    "envoy+log": (BASE + 61, BASE + 62, (BASE + 63, BASE + 64)),
+    "ours+log": (BASE + 71, BASE + 72, (BASE + 73, BASE + 74)),
+    "envoy+log": (BASE + 81, BASE + 82, (BASE + 83, BASE + 84)),
 }
 ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
                   + (["ours+log", "envoy+log"] if ACCESS_LOG else []))
@@ -444,6 +444,9 @@ def instructions():
     hops = [("ours", [f"{BIN}/mesh-sidecar", "--config", cfg])]
     if BASELINE:
         hops.append(("base", [BASELINE, "--config", cfg]))
+    if ACCESS_LOG:
+        hops.append(("ours+log", [f"{BIN}/mesh-sidecar", "--config", cfg, "--access-log",
+                                  os.path.join(tmp, "access-callgrind.log")]))
     hops.append(("floor", [f"{BIN}/bench-floor", f"127.0.0.1:{port}", f"127.0.0.1:{APP}"]))
     res = {}
     for name, argv in hops:

@@ -12,17 +12,18 @@ use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
 use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
 use mesh_xds::source::FileSource;
 
-/// The first line of `log` containing `needle`, waited for (bounded).
-async fn line_with(log: &Path, needle: &str) -> String {
+/// The first line of `log` containing every one of `needles`, waited for (bounded). (The calls
+/// retry until the routes have arrived, so earlier lines of the same request id may be 404s.)
+async fn line_with(log: &Path, needles: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+        if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return l.to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "no {needle:?} in {}:\n{text}",
+            "no {needles:?} in {}:\n{text}",
             log.display()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -105,11 +106,12 @@ nodes:
     assert_eq!(call(p[0], "rid-lds").await, 200);
     assert_eq!(call(p[2], "rid-option").await, 200);
     let line: serde_json::Value =
-        serde_json::from_str(&line_with(&from_lds, "rid-lds").await).unwrap();
+        serde_json::from_str(&line_with(&from_lds, &["rid-lds", "\"response_code\":200"]).await)
+            .unwrap();
     assert_eq!(line["upstream_cluster"], "hello");
     assert_eq!(line["upstream_host"], app.addr().to_string());
     assert_eq!(line["response_code"], 200);
-    let text = line_with(&from_option, "rid-option").await;
+    let text = line_with(&from_option, &["rid-option", "\" 200 "]).await;
     assert!(text.contains("\"GET / HTTP/1.1\" 200 - 0 2 "), "{text}");
 
     lds.shutdown().await;

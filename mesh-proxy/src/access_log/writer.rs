@@ -17,8 +17,12 @@ use super::record::Record;
 
 /// Records a writer may have queued before new ones are dropped.
 const QUEUE: usize = 8192;
-/// Records formatted and written per write call.
+/// Records taken off the queue at once.
 const BATCH: usize = 256;
+/// Formatted lines written at once when this many bytes are waiting...
+const FLUSH_BYTES: usize = 64 * 1024;
+/// ...or when the first of them has waited this long.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A line to write: the record and its format.
 type Entry = (AccessLogFormat, Arc<Record>);
@@ -152,7 +156,11 @@ fn open(path: &str) -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>> {
     })
 }
 
-/// One destination's writer: formats queued records in batches and writes each batch at once.
+/// One destination's writer: formats queued records as they come and writes them in chunks, as
+/// Envoy flushes its access logs on an interval. A write of tokio's file or stdout is a trip to
+/// the blocking thread pool; one per line cost more than the line itself (the chain benchmark
+/// measured it), so lines are written once [`FLUSH_BYTES`] are waiting or [`FLUSH_EVERY`] after
+/// the first of them, and at shutdown.
 async fn write_lines(
     mut rx: mpsc::Receiver<Entry>,
     mut out: Box<dyn AsyncWrite + Send + Unpin>,
@@ -162,23 +170,28 @@ async fn write_lines(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut text = String::new();
+    let mut flush_at = tokio::time::Instant::now();
     loop {
-        let last = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => n == 0,
+        let (last, due) = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => (n == 0, false),
+            () = tokio::time::sleep_until(flush_at), if !text.is_empty() => (false, true),
             () = stop.cancelled() => {
                 // Take what is queued, refuse the rest, write it and end.
                 rx.close();
                 while let Ok(e) = rx.try_recv() {
                     batch.push(e);
                 }
-                true
+                (true, true)
             }
         };
+        if text.is_empty() && !batch.is_empty() {
+            flush_at = tokio::time::Instant::now() + FLUSH_EVERY;
+        }
         for (format, record) in batch.drain(..) {
             record.write(format, &mut text);
             written.inc();
         }
-        if !text.is_empty() {
+        if !text.is_empty() && (due || last || text.len() >= FLUSH_BYTES) {
             let wrote = out.write_all(text.as_bytes()).await;
             let flushed = out.flush().await;
             if let Err(e) = wrote.and(flushed) {
