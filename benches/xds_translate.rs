@@ -48,6 +48,7 @@ fn spec(nodes: usize, flip: bool) -> MeshSpec {
         sdk: false,
         http_filters: None,
         tcp_listeners: Default::default(),
+        access_log: None,
     };
     MeshSpec {
         services,

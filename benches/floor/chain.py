@@ -48,6 +48,9 @@ BASELINE = os.environ.get("BENCH_BASELINE_BIN")
 # exporting to its own bench-otlp-sink (an OTLP/gRPC service that counts and drops spans).
 TRACING = os.environ.get("BENCH_TRACING") == "1"
 TRACE_RATIOS = {"trace1": "0.01", "trace100": "1"}
+# The access log's cost: contenders "ours+log" and "envoy+log", the same chains with an access
+# log (Envoy's default text format, to a file) on every proxy, measured beside the plain ones.
+ACCESS_LOG = os.environ.get("BENCH_ACCESS_LOG") == "1"
 
 APP = BASE
 PORTS = {  # contender: (client-facing port, second hop port, admin ports)
@@ -57,10 +60,13 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "base": (BASE + 41, BASE + 42, (BASE + 43, BASE + 44)),
     "trace1": (BASE + 71, BASE + 72, (BASE + 73, BASE + 74)),
     "trace100": (BASE + 81, BASE + 82, (BASE + 83, BASE + 84)),
+    "ours+log": (BASE + 91, BASE + 92, (BASE + 93, BASE + 94)),
+    "envoy+log": (BASE + 101, BASE + 102, (BASE + 103, BASE + 104)),
 }
 SINKS = {"trace1": BASE + 75, "trace100": BASE + 85}  # each tracing contender's span sink
 ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
-                  + (list(TRACE_RATIOS) if TRACING else []))
+                  + (list(TRACE_RATIOS) if TRACING else [])
+                  + (["ours+log", "envoy+log"] if ACCESS_LOG else []))
 # "tcp": HTTP/1.1 keep-alive (wrk) through opaque L4 hops: each proxy's listener is a TCP proxy
 # (ours: `tcp_proxy` with no route table; Envoy: its `tcp_proxy` network filter). The floor has no
 # L4 mode and sits it out.
@@ -73,7 +79,8 @@ SCENARIOS = [(p, int(n)) for p, n in (x.split(":") for x in
              .split(",") if x)]
 NAMES = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2", "envoy": "Envoy ×2",
          "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2",
-         "trace1": "mesh-sidecar ×2, tracing 1 %", "trace100": "mesh-sidecar ×2, tracing 100 %"}
+         "trace1": "mesh-sidecar ×2, tracing 1 %", "trace100": "mesh-sidecar ×2, tracing 100 %",
+         "ours+log": "mesh-sidecar ×2, access log", "envoy+log": "Envoy ×2, access log"}
 
 procs = []  # every process we started, stopped in the end
 tmp = tempfile.mkdtemp(prefix="mesh-bench-")
@@ -135,7 +142,11 @@ ENVOY_TCP_FILTER = """
                 cluster: next"""
 
 
-def envoy_yaml(listen, upstream, admin, h2=False, tcp=False):
+def access_log_path(contender, name, tag):
+    return os.path.join(tmp, f"access-{contender}-{name}-{tag}.log")
+
+
+def envoy_yaml(listen, upstream, admin, h2=False, tcp=False, log=None):
     # The upstream hop's protocol: HTTP/1.1 unless h2 (Envoy's explicit HTTP/2 config).
     protocol = """
       typed_extension_protocol_options:
@@ -143,6 +154,13 @@ def envoy_yaml(listen, upstream, admin, h2=False, tcp=False):
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
           explicit_http_config:
             http2_protocol_options: {}""" if h2 else ""
+    # Envoy's file access log with its default format, as the sidecar's --access-log writes it.
+    access_log = f"""
+                access_log:
+                  - name: envoy.access_loggers.file
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                      path: {log}""" if log else ""
     head = f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
@@ -169,7 +187,7 @@ static_resources:
             - name: envoy.filters.network.http_connection_manager
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: listener
+                stat_prefix: listener{access_log}
                 codec_type: AUTO
                 http2_protocol_options: {{}}
                 route_config:
@@ -204,32 +222,43 @@ def start_chains(tag, proto):
     tcp = proto == "tcp"
     chains = {"direct": []}
     worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
+    # The previous scenario's access logs are of no further use (and may be large).
+    for f in os.listdir(tmp):
+        if f.startswith("access-"):
+            os.remove(os.path.join(tmp, f))
     sidecars = [("ours", f"{BIN}/mesh-sidecar")]
     if BASELINE:
         sidecars.append(("base", BASELINE))
     sidecars += [(c, f"{BIN}/mesh-sidecar") for c in TRACE_RATIOS]
+    sidecars.append(("ours+log", f"{BIN}/mesh-sidecar"))
     for contender, binary in sidecars:
         if contender not in CONTENDERS:
             continue
         front, back, (a1, a2) = PORTS[contender]
+        log_args = lambda name: (["--access-log", access_log_path(contender, name, tag)]
+                                 if contender.endswith("+log") else [])
         chains[contender] = [
             spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
                 f"{contender}-{name}.yaml",
                 sidecar_yaml(name, listen, upstream, admin, protocol, tcp))]
-                + trace_args(contender, name), worker_env)
+                + trace_args(contender, name) + log_args(name), worker_env)
             for name, listen, upstream, admin, protocol in (
                 ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
                 ("inbound", back, APP, a2, "http1"))]
-    if "envoy" in CONTENDERS:
-        front, back, (a1, a2) = PORTS["envoy"]
+    for contender in ("envoy", "envoy+log"):
+        if contender not in CONTENDERS:
+            continue
+        front, back, (a1, a2) = PORTS[contender]
         envoys = []
         for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, HOP == "h2"),
                                                   ("inbound", back, APP, a2, False)):
-            cfg = write(f"envoy-{name}.yaml", envoy_yaml(listen, upstream, admin, h2, tcp))
-            envoys.append(spawn(f"envoy-{name}-{tag}",
+            log_file = access_log_path(contender, name, tag) if contender.endswith("+log") else None
+            cfg = write(f"{contender}-{name}.yaml",
+                        envoy_yaml(listen, upstream, admin, h2, tcp, log_file))
+            envoys.append(spawn(f"{contender}-{name}-{tag}",
                                 [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
                                  "--disable-hot-restart", "-l", "warning"]))
-        chains["envoy"] = envoys
+        chains[contender] = envoys
     if "floor" in CONTENDERS and not tcp:
         front, back, _ = PORTS["floor"]
         chains["floor"] = [
@@ -486,6 +515,9 @@ def instructions():
     # each) are in the count, the last partial batch is not.
     hops += [(c, [f"{BIN}/mesh-sidecar", "--config", cfg] + trace_args(c, "inbound"))
              for c in TRACE_RATIOS if c in CONTENDERS]
+    if ACCESS_LOG:
+        hops.append(("ours+log", [f"{BIN}/mesh-sidecar", "--config", cfg, "--access-log",
+                                  os.path.join(tmp, "access-callgrind.log")]))
     hops.append(("floor", [f"{BIN}/bench-floor", f"127.0.0.1:{port}", f"127.0.0.1:{APP}"]))
     res = {}
     for name, argv in hops:
@@ -684,6 +716,22 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None):
                 cells += [fmt_ratio(o["rps"], x["rps"]), fmt_ratio(o["p99"], x["p99"]),
                           fmt_ratio(sum(o["cpu"]), sum(x["cpu"]))]
             L.append(f"| {scen} | " + " | ".join(cells) + " |")
+    # What an access log costs each proxy: the same chain with and without it, side by side.
+    pairs = [(a, b) for a, b in (("ours", "ours+log"), ("envoy", "envoy+log"))
+             if a in CONTENDERS and b in CONTENDERS]
+    if pairs:
+        L += ["", "## Access-log cost (with / without, same proxy, same run)", "",
+              "Every proxy of the chain writes Envoy's default text format to a file "
+              "(`--access-log PATH` for mesh-sidecar, `envoy.access_loggers.file` for Envoy).", "",
+              "| scenario | proxy | req/s with/without | p99 with/without "
+              "| CPU/req with/without |", "|---|---|---:|---:|---:|"]
+        for proto, conns in SCENARIOS:
+            scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+            for a, b in pairs:
+                x, y = s[(proto, conns, a)], s[(proto, conns, b)]
+                L.append(f"| {scen} | {NAMES[a].replace(' ×2', '')} | "
+                         f"{fmt_ratio(y['rps'], x['rps'])} | {fmt_ratio(y['p99'], x['p99'])} | "
+                         f"{fmt_ratio(sum(y['cpu']), sum(x['cpu']))} |")
     if all(c in CONTENDERS for c in ("ours", "envoy", "floor")) and ("h1", 32) in SCENARIOS:
         o, e, f = (s[("h1", 32, c)] for c in ("ours", "envoy", "floor"))
         rss = max(max(s[(p, n, "ours")]["rss"]) for p, n in SCENARIOS)

@@ -208,6 +208,28 @@ impl MeshError {
         }
     }
 
+    /// Envoy's response flag for this error (`%RESPONSE_FLAGS%` in its access logs), so that
+    /// an access-log line reads as an Envoy user expects: `NR` no route, `NC` no cluster, `UH`
+    /// no healthy upstream, `UO` upstream overflow (circuit breaker), `RL` rate limited, `UT`
+    /// upstream timeout, `UF` upstream connect failure, `UC` upstream connection termination,
+    /// `DPE` downstream protocol error, `FI` fault injected; `-` when Envoy sets none (a body
+    /// over the limit).
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "NR",
+            Self::ClusterNotFound { .. } => "NC",
+            Self::NoHealthyEndpoint { .. } => "UH",
+            Self::CircuitOpen { .. } => "UO",
+            Self::RateLimited { .. } => "RL",
+            Self::UpstreamTimeout { .. } => "UT",
+            Self::UpstreamConnect { .. } => "UF",
+            Self::Upstream { .. } => "UC",
+            Self::HeadersTooLarge | Self::BadRequest { .. } => "DPE",
+            Self::RequestTooLarge { .. } => "-",
+            Self::FaultAbort { .. } => "FI",
+        }
+    }
+
     /// Recovers a `MeshError` from a boxed error that crossed tower; anything else is an
     /// upstream failure (502), since every mesh-originated failure is a `MeshError`.
     pub fn from_boxed(err: BoxError) -> Self {
@@ -221,8 +243,15 @@ impl MeshError {
 
     /// The response for this error: gRPC requests get a trailers-only response (HTTP 200 with
     /// `grpc-status` and `grpc-message`), others the HTTP status and a short text body saying
-    /// which component answered and why.
+    /// which component answered and why. The error itself rides along in the response's
+    /// extensions, so outer layers (the sidecar's access log) still see its kind.
     pub fn to_response(&self, grpc: bool) -> Response<Body> {
+        let mut resp = self.build_response(grpc);
+        resp.extensions_mut().insert(self.clone());
+        resp
+    }
+
+    fn build_response(&self, grpc: bool) -> Response<Body> {
         let message = format!("mesh {}: {self}", self.component());
         let mut builder = Response::builder().header("x-mesh-error", self.code());
         if let Self::RateLimited { retry_after, .. } = self {
@@ -326,6 +355,15 @@ mod tests {
     }
 
     #[test]
+    fn envoy_response_flags() {
+        let flags: Vec<&str> = all().iter().map(MeshError::response_flag).collect();
+        assert_eq!(
+            flags,
+            ["NR", "NC", "UH", "UO", "RL", "UT", "UF", "UC", "-", "DPE", "DPE", "FI"]
+        );
+    }
+
+    #[test]
     fn grpc_status_mapping() {
         use GrpcCode::*;
         let codes: Vec<GrpcCode> = all().iter().map(MeshError::grpc_code).collect();
@@ -362,6 +400,7 @@ mod tests {
             "rounded up to whole seconds"
         );
         assert_eq!(resp.headers()["x-mesh-error"], "rate_limited");
+        assert_eq!(resp.extensions().get::<MeshError>(), Some(&err));
         let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
         assert_eq!(
             &body[..],

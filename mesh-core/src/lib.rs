@@ -47,6 +47,7 @@
 //! assert_eq!(table.0.load().name, "", "the old table keeps serving");
 //! ```
 
+mod access_log;
 pub mod body;
 mod cluster;
 mod config;
@@ -63,6 +64,10 @@ mod tcp_proxy;
 mod validate;
 pub mod yaml;
 
+pub use access_log::{
+    AccessLog, AccessLogFormat, ACCESS_LOG_ENVOY_DEFAULT_FORMAT, ACCESS_LOG_JSON_FIELDS,
+    ACCESS_LOG_STDOUT,
+};
 pub use body::{Body, BoxError};
 pub use cluster::{
     CircuitBreakers, Cluster, Discovery, HealthCheck, LbPolicy, OutlierDetection, UpstreamProtocol,

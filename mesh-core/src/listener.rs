@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{non_empty, Validate, ValidationError};
-use crate::{Detection, FilterConfig, LocalRateLimit, RouteConfiguration, TcpProxy};
+use crate::{AccessLog, Detection, FilterConfig, LocalRateLimit, RouteConfiguration, TcpProxy};
 
 /// A listener of the sidecar.
 ///
@@ -48,6 +48,11 @@ pub struct Listener {
     /// How the protocol of a connection is told (when the listener serves HTTP).
     #[serde(default)]
     pub detection: Detection,
+    /// Access logs: each request is written to every one of them (none: no access log). A
+    /// sidecar started with a process-wide access log (`--access-log`) uses that one for the
+    /// listeners that configure none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
 }
 
 impl Listener {
@@ -235,6 +240,10 @@ impl Validate for Listener {
                 ));
             }
             f.validate().map_err(|e| e.within(at))?;
+        }
+        for (i, log) in self.access_log.iter().enumerate() {
+            log.validate()
+                .map_err(|e| e.within(format!("access_log[{i}]")))?;
         }
         Ok(())
     }

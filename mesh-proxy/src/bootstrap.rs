@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_core::{MeshConfig, Validate};
+use mesh_core::{AccessLog, MeshConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// The seed's default mesh: outbound :8082 routes everything to the inbound sidecar at :8083,
@@ -60,6 +60,8 @@ pub struct Bootstrap {
     pub drain_timeout: Duration,
     /// Open downstream connections at most, across all listeners.
     pub max_connections: usize,
+    /// Access logs of every listener that configures none of its own (`--access-log`).
+    pub access_log: Vec<AccessLog>,
     /// Listeners, routes, clusters and endpoints.
     pub mesh: MeshConfig,
     /// Tracing: spans of every listener exported over OTLP/gRPC (off when `None`). Set by the
@@ -79,6 +81,8 @@ struct BootstrapFile {
     drain_timeout: Duration,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default)]
+    access_log: Vec<AccessLog>,
     #[serde(default)]
     listeners: Vec<mesh_core::Listener>,
     #[serde(default)]
@@ -140,6 +144,7 @@ impl Bootstrap {
             admin: f.admin,
             drain_timeout: f.drain_timeout,
             max_connections: f.max_connections,
+            access_log: f.access_log,
             mesh: MeshConfig {
                 listeners: f.listeners,
                 route_configs: f.route_configs,
@@ -148,6 +153,17 @@ impl Bootstrap {
             },
             tracing: None,
         };
+        if let Some((i, e)) = boot
+            .access_log
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| l.validate().err().map(|e| (i, e)))
+        {
+            return Err(BootstrapError::Invalid {
+                file: file.to_path_buf(),
+                source: e.within(format!("access_log[{i}]")),
+            });
+        }
         boot.mesh
             .validate()
             .map_err(|source| BootstrapError::Invalid {

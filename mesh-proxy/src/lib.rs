@@ -2,14 +2,15 @@
 //!
 //! Assembly only: the `mesh-sidecar` binary's two listeners (outbound for the local app's calls
 //! out, inbound for calls to the local app), protocol detection, the layer stack of the design
-//! (rate limit → router → per-route policy → load balancer → pooled upstream), the admin endpoint
-//! with Prometheus metrics, and the registration API. Policy lives in the layer crates.
+//! (rate limit → router → per-route policy → load balancer → pooled upstream), access logs, the
+//! admin endpoint with Prometheus metrics, and the registration API. Policy lives in the layer crates.
 //!
 //! Features: `etcd` backs the registration API with an etcd registry (etcd-client's build
 //! script runs `protoc`); `cli` builds the `mesh-sidecar` binary (clap, tracing-subscriber).
 //! Neither is on by default, so a program that embeds the sidecar needs neither.
 
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod bootstrap;
 mod conn;

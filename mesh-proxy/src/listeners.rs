@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_core::Direction;
-use mesh_core::{Listener, ReloadError, RouteConfiguration, Validate};
+use mesh_core::{AccessLog, Direction, Listener, ReloadError, RouteConfiguration, Validate};
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
 use mesh_telemetry::{OtlpTracing, SpanKind};
@@ -17,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::L4Settings;
+use crate::access_log::{AccessLogLayer, AccessLogWriters};
 use crate::metrics::Metrics;
 use crate::server::{serve, ListenerSettings};
 use crate::stack::ListenerStack;
@@ -44,6 +44,8 @@ pub struct ListenerManager {
     connections: Arc<tokio::sync::Semaphore>,
     drain: Duration,
     tracing: Option<OtlpTracing>,
+    access_logs: AccessLogWriters,
+    default_access_log: Vec<AccessLog>,
 }
 
 impl std::fmt::Debug for ListenerManager {
@@ -77,7 +79,18 @@ impl ListenerManager {
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             drain,
             tracing: None,
+            access_logs: AccessLogWriters::default(),
+            default_access_log: Vec::new(),
         }
+    }
+
+    /// Writes access logs with `writers`; a listener that configures no `access_log` of its own
+    /// uses `default` (the sidecar's `--access-log`; empty: none).
+    #[must_use]
+    pub fn with_access_logs(mut self, writers: AccessLogWriters, default: Vec<AccessLog>) -> Self {
+        self.access_logs = writers;
+        self.default_access_log = default;
+        self
     }
 
     /// Traces every listener's requests into `tracing`: inbound listeners' spans are SERVER
@@ -173,6 +186,12 @@ impl ListenerManager {
         // Build every new stack before touching the live set.
         let mut stacks = Vec::new();
         for (l, table, socket) in prepared {
+            let logs = if l.access_log.is_empty() {
+                &self.default_access_log
+            } else {
+                &l.access_log
+            };
+            let sinks = self.access_logs.sinks(logs).map_err(|e| refuse(&l, e))?;
             let stack = match (&socket, self.lock().get(&l.name)) {
                 (None, Some(live)) => {
                     let s = live.stack.clone();
@@ -184,6 +203,7 @@ impl ListenerManager {
                     let filters = s.build_filters(&l)?;
                     s.reload_routes(&l, rc)?;
                     s.set_filters(filters);
+                    s.set_access_log(sinks);
                     s
                 }
                 _ => ListenerStack::new(
@@ -197,7 +217,8 @@ impl ListenerManager {
                         Direction::Inbound => SpanKind::Server,
                         Direction::Outbound => SpanKind::Client,
                     })
-                })),
+                }))
+                .with_access_log(AccessLogLayer::new(sinks, l.http.max_request_bytes)),
             };
             stacks.push((l, stack, socket));
         }

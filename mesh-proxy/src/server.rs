@@ -382,8 +382,7 @@ impl EdgeShared {
                 (resp, Some(decision))
             }
             Err(e) => {
-                let err =
-                    body_limit_error(&e, self.max_body).unwrap_or_else(|| MeshError::from_boxed(e));
+                let err = mesh_error(e, self.max_body);
                 tracing::debug!(listener = %self.listener, %peer, error = %err, "local reply");
                 (err.to_response(grpc), None)
             }
@@ -426,6 +425,12 @@ impl Drop for Active {
     fn drop(&mut self) {
         self.shared.listener_metrics.active_requests.dec();
     }
+}
+
+/// The mesh error a request failed with: the one place a boxed error from the stack becomes a
+/// `MeshError` (the access log makes its local reply with it too).
+pub(crate) fn mesh_error(e: BoxError, max_body: u64) -> MeshError {
+    body_limit_error(&e, max_body).unwrap_or_else(|| MeshError::from_boxed(e))
 }
 
 /// A body that outgrew the limit while streaming (no content-length) surfaces as an upstream

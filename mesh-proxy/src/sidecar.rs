@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_core::{Reload, ReloadError};
+use mesh_core::{AccessLog, Reload, ReloadError};
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
 use mesh_telemetry::{OtlpTracing, TracingOptions};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use mesh_xds::client::{AdsMode, XdsClient, XdsStatus, XdsTls};
 use mesh_xds::config_dump::ConfigDump;
 
+use crate::access_log::AccessLogWriters;
 use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
 use crate::dynamic;
@@ -92,6 +93,9 @@ pub struct DynamicOptions {
     pub filters: LayerRegistry,
     /// Tracing: every listener's spans exported over OTLP/gRPC (off when `None`).
     pub tracing: Option<TracingOptions>,
+    /// Access logs of every listener whose config (LDS `access_log`) names none; empty (the
+    /// default): none.
+    pub access_log: Vec<AccessLog>,
 }
 
 /// Where the registration API publishes.
@@ -121,6 +125,7 @@ impl DynamicOptions {
             xds_tls: None,
             filters: LayerRegistry::default(),
             tracing: None,
+            access_log: Vec::new(),
         }
     }
 }
@@ -136,6 +141,7 @@ pub struct Sidecar {
     xds: Option<XdsClient>,
     status_task: Option<JoinHandle<()>>,
     tracing: Option<OtlpTracing>,
+    access_logs: AccessLogWriters,
 }
 
 impl Sidecar {
@@ -152,11 +158,12 @@ impl Sidecar {
         filters: LayerRegistry,
     ) -> Result<Self, SidecarError> {
         let tracing = boot.tracing.as_ref().map(OtlpTracing::start).transpose()?;
-        let (registry, clusters, listeners) = managers(
+        let (registry, clusters, listeners, access_logs) = managers(
             boot.max_connections,
             boot.drain_timeout,
             filters,
             tracing.clone(),
+            boot.access_log.clone(),
         );
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
@@ -182,6 +189,7 @@ impl Sidecar {
             xds: None,
             status_task: None,
             tracing,
+            access_logs,
         })
     }
 
@@ -190,11 +198,12 @@ impl Sidecar {
     /// the first full config has arrived.
     pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
         let tracing = opts.tracing.as_ref().map(OtlpTracing::start).transpose()?;
-        let (mut registry, clusters, listeners) = managers(
+        let (mut registry, clusters, listeners, access_logs) = managers(
             opts.max_connections,
             opts.drain_timeout,
             opts.filters.clone(),
             tracing.clone(),
+            opts.access_log.clone(),
         );
         let listeners = listeners.lenient_routes();
         let mut builder = XdsClient::builder()
@@ -253,6 +262,7 @@ impl Sidecar {
             xds: Some(xds),
             status_task: Some(status_task),
             tracing,
+            access_logs,
         })
     }
 
@@ -293,6 +303,8 @@ impl Sidecar {
         if let Some(t) = self.status_task {
             let _ = t.await;
         }
+        // Last: the drained requests' lines are queued by now.
+        self.access_logs.shutdown().await;
         // After the drain: the last requests' spans are queued by now; export them.
         if let Some(tracing) = self.tracing {
             tracing.shutdown().await;
@@ -331,20 +343,24 @@ async fn serve_admin(
 }
 
 /// What both modes start from: the metrics registry (with the per-cluster collector), an empty
-/// cluster manager, and a listener manager sending to it, building filters from `filters` and
-/// tracing into `tracing`.
+/// cluster manager, and a listener manager sending to it, building filters from `filters`,
+/// tracing into `tracing`, and the access-log writers (`access_log`: the default of listeners
+/// that configure none).
 fn managers(
     max_connections: usize,
     drain: Duration,
     filters: LayerRegistry,
     tracing: Option<OtlpTracing>,
-) -> (Registry, ClusterManager, ListenerManager) {
+    access_log: Vec<AccessLog>,
+) -> (Registry, ClusterManager, ListenerManager, AccessLogWriters) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let access_logs = AccessLogWriters::register(&mut registry);
     let clusters = ClusterManager::new();
     registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
     let listeners =
         ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain)
-            .with_tracing(tracing);
-    (registry, clusters, listeners)
+            .with_tracing(tracing)
+            .with_access_logs(access_logs.clone(), access_log);
+    (registry, clusters, listeners, access_logs)
 }

@@ -4,6 +4,8 @@
 //!
 //! With tracing on, the trace layer wraps all of it, so a hop's span covers every answer the
 //! listener gives, a listener-wide 429 included.
+//! The access log ([`AccessLogLayer`]) wraps it all, so it sees every answer, the mesh's own
+//! included; its helper [`NoteUpstreamLayer`] sits between the load balancer and the upstream.
 //!
 //! Route-scoped limits need the router's decision, so they sit inside it; listener-wide limits
 //! stay outside, so even a request that matches no route is counted, as with Envoy's
@@ -13,13 +15,14 @@ use mesh_core::{
     body, BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError,
     RouteConfiguration,
 };
-use mesh_lb::{ClusterManager, LoadBalance};
+use mesh_lb::{ClusterManager, LoadBalanceLayer, Upstream};
 use mesh_ratelimit::RateLimitLayer;
 use mesh_router::{LayerRegistry, RouterLayer};
 use mesh_telemetry::TraceLayer;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
+use crate::access_log::{AccessLogLayer, NoteUpstreamLayer, Sink};
 use crate::decision::DecisionToResponse;
 use crate::filters::{self, FilterChain, ListenerFilterLayer};
 use crate::server::StackService;
@@ -34,6 +37,7 @@ pub struct ListenerStack {
     route_limits: RateLimitLayer,
     clusters: ClusterManager,
     trace: Option<TraceLayer>,
+    access_log: AccessLogLayer,
 }
 
 impl ListenerStack {
@@ -59,6 +63,7 @@ impl ListenerStack {
             route_limits: RateLimitLayer::new(inner)?,
             clusters,
             trace: None,
+            access_log: AccessLogLayer::off(),
         })
     }
 
@@ -100,6 +105,19 @@ impl ListenerStack {
         self.filters.reload(chain);
     }
 
+    /// Logs every request of the listener with `access_log` (set before
+    /// [`service`](Self::service) is taken; a listener update swaps its logs in place).
+    #[must_use]
+    pub fn with_access_log(mut self, access_log: AccessLogLayer) -> Self {
+        self.access_log = access_log;
+        self
+    }
+
+    /// Swaps the listener's access logs in place.
+    pub(crate) fn set_access_log(&self, sinks: Vec<Sink>) {
+        self.access_log.reload(sinks);
+    }
+
     /// The router layer (for its table, e.g. in the config dump).
     pub fn router(&self) -> &RouterLayer {
         &self.router
@@ -107,8 +125,12 @@ impl ListenerStack {
 
     /// The boxed service a listener serves.
     pub fn service(&self) -> StackService {
-        let upstream = LoadBalance::upstream(self.clusters.clone());
+        let upstream = ServiceBuilder::new()
+            .layer(LoadBalanceLayer::new(self.clusters.clone()))
+            .layer(NoteUpstreamLayer)
+            .service(Upstream::new(self.clusters.clone()));
         let svc = ServiceBuilder::new()
+            .layer(self.access_log.clone())
             .layer(self.listener_limits.clone())
             .layer(self.filters.clone())
             .map_err(Into::<BoxError>::into)

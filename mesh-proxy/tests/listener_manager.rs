@@ -98,3 +98,55 @@ async fn listeners_follow_config_like_lds() {
     mgr.shutdown().await;
     assert!(!open(p[2]).await);
 }
+
+/// An LDS update that only changes a listener's access logs swaps them in place (same socket):
+/// requests after it are logged to the new file, none before it; a log that cannot be opened
+/// refuses the update and the old logs keep writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_change_in_place_and_an_unopenable_one_is_refused() {
+    let stub = mesh_testkit::HttpStub::start(200, "upstream").unwrap();
+    let clusters = ClusterManager::new();
+    let mut c = Cluster::new("c");
+    c.load_assignment = Some(ClusterLoadAssignment::from_addrs("c", [stub.addr()]));
+    clusters.reload(vec![c]).unwrap();
+    let mut reg = prometheus_client::registry::Registry::default();
+    let writers = mesh_proxy::access_log::AccessLogWriters::register(&mut reg);
+    let mgr = ListenerManager::new(
+        clusters,
+        LayerRegistry::default(),
+        Metrics::register(&mut reg),
+        100,
+        Duration::from_secs(1),
+    )
+    .with_access_logs(writers.clone(), Vec::new());
+    let port = mesh_testkit::free_port();
+    mgr.apply_routes(&routes("r", "/")).unwrap();
+    mgr.apply(vec![listener("a", port, "r")]).unwrap();
+    assert_eq!(status(port, "/before").await, 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.log");
+    let mut logged = listener("a", port, "r");
+    logged.access_log = vec![mesh_core::AccessLog::new(
+        file.display().to_string(),
+        mesh_core::AccessLogFormat::Text,
+    )];
+    mgr.apply(vec![logged.clone()]).unwrap();
+    assert_eq!(status(port, "/after").await, 200);
+
+    let mut bad = logged.clone();
+    bad.access_log[0].path = dir.path().join("no/such/dir/x.log").display().to_string();
+    let err = mgr.apply(vec![bad]).unwrap_err().to_string();
+    assert!(err.contains("no/such/dir/x.log"), "{err}");
+    assert_eq!(status(port, "/still").await, 200);
+
+    mgr.shutdown().await;
+    writers.shutdown().await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let paths: Vec<&str> = text.lines().map(|l| l.split('"').nth(1).unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["GET /after HTTP/1.1", "GET /still HTTP/1.1"],
+        "{text}"
+    );
+}

@@ -120,3 +120,52 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         "port closed after exit"
     );
 }
+
+/// `--access-log` with no path writes to stdout, one JSON line per request with
+/// `--access-log-format json`, and moves the sidecar's own log to stderr so stdout stays
+/// parseable; the line queued before SIGTERM is written before the exit.
+#[test]
+fn access_log_flag_writes_json_lines_to_stdout() {
+    let app = slow_app(Duration::ZERO);
+    let ports = mesh_testkit::free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(&path, config(app, ports[0], ports[1])).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--access-log", "--access-log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
+    let ready = mesh_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+        matches!(mesh_testkit::http_get(admin, "/ready"), Ok((200, _))).then_some(())
+    });
+    assert!(ready.is_some(), "sidecar never became ready");
+    let listen: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
+    let (status, _) = mesh_testkit::http_get(listen, "/flag?q=1").unwrap();
+    assert_eq!(status, 200);
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stderr}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let line = &lines[0];
+    assert_eq!(line["path"], "/flag?q=1");
+    assert_eq!(line["response_code"], 200);
+    assert_eq!(line["bytes_sent"], 5);
+    assert_eq!(line["upstream_host"], app.to_string());
+    assert!(stderr.contains("mesh-sidecar running"), "{stderr}");
+}

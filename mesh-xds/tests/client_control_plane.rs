@@ -35,6 +35,7 @@ fn snapshot(
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        access_log: Vec::new(),
     };
     let anys = clusters
         .iter()

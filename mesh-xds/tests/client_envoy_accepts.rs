@@ -2,9 +2,9 @@
 //! to real Envoy by a scripted ADS server, and Envoy must ACK every type: the richest listener,
 //! route table (every matcher, action and per-route filter), static cluster (ring hash, health
 //! checks, outlier detection, circuit breakers, HTTP/2, localities and priorities) and EDS
-//! cluster mesh-core can express, and the layer-4 listener shapes (an opaque `tcp_proxy`
-//! listener over weighted clusters; HTTP with upgrades and a TCP fallback behind Envoy's
-//! `http_inspector`).
+//! cluster mesh-core can express, with both access-log formats, and the layer-4 listener shapes
+//! (an opaque `tcp_proxy` listener over weighted clusters; HTTP with upgrades and a TCP fallback
+//! behind Envoy's `http_inspector`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod client_support;
@@ -56,6 +56,7 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        access_log: Vec::new(),
     };
     let mut inline = routes.clone();
     inline.name = "inline".into();
@@ -78,6 +79,17 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
             timeout: Duration::from_millis(500),
             opaque_on_timeout: true,
         },
+        // Envoy's default text format on standard output, and our JSON dictionary to a file.
+        access_log: vec![
+            AccessLog::default(),
+            AccessLog::new(
+                std::env::temp_dir()
+                    .join(format!("mesh-envoy-accepts-{}.log", std::process::id()))
+                    .display()
+                    .to_string(),
+                AccessLogFormat::Json,
+            ),
+        ],
     };
     let mut opaque_proxy = TcpProxy::to_cluster("");
     opaque_proxy.destination = TcpDestination::WeightedClusters(vec![
@@ -103,6 +115,7 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
         http_filters: Vec::new(),
         tcp_proxy: Some(opaque_proxy),
         detection: Default::default(),
+        access_log: Vec::new(),
     };
     opaque.validate().unwrap();
     inbound.validate().unwrap();

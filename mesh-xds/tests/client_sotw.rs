@@ -37,6 +37,7 @@ fn listener() -> Listener {
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        access_log: Vec::new(),
     }
 }
 

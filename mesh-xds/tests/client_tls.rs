@@ -83,6 +83,7 @@ fn snapshot() -> Snapshot {
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        access_log: Vec::new(),
     };
     let la = ClusterLoadAssignment::from_addrs("a", [([10, 0, 0, 1], 80).into()]);
     Snapshot::from_anys([

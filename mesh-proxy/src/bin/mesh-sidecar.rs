@@ -12,6 +12,11 @@
 //! and listener over OTLP/gRPC (inbound: SERVER spans, outbound: CLIENT spans), continuing the
 //! request's W3C `traceparent`; `--trace-sampling 0.01` samples 1 % of new traces (a sampled
 //! parent is always followed).
+//! `--access-log[=PATH]` writes one line per request of both listeners to PATH (no value, or
+//! `-`: standard output), as Envoy's default text or, with `--access-log-format json`, as JSON;
+//! a listener whose own config (LDS `access_log`, or `access_log:` in the bootstrap) names a log
+//! writes to that one instead. With the access log on standard output, the sidecar's own log
+//! goes to standard error.
 //!
 //! SIGTERM or SIGINT stops accepting, drains in-flight requests up to the drain deadline and
 //! exits 0.
@@ -21,6 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mesh_core::{AccessLog, AccessLogFormat};
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::{DynamicOptions, RegistryOptions, Sidecar, SidecarError};
 use mesh_telemetry::TracingOptions;
@@ -89,9 +95,37 @@ struct Args {
     /// The spans' `service.name` (default: --node-cluster, else --node-id, else mesh-sidecar).
     #[arg(long, requires = "otlp_endpoint")]
     trace_service_name: Option<String>,
+    /// Access log of both listeners: one line per request, appended to PATH (`-`, or no value:
+    /// standard output). Off by default.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
+    access_log: Option<String>,
+    /// The access log's format: Envoy's default text format, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, requires = "access_log")]
+    access_log_format: LogFormat,
+}
+
+/// `--access-log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Envoy's default format string.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Args {
+    /// The sidecar-wide access log the flags ask for.
+    fn access_log(&self) -> Vec<AccessLog> {
+        let format = match self.access_log_format {
+            LogFormat::Text => AccessLogFormat::Text,
+            LogFormat::Json => AccessLogFormat::Json,
+        };
+        self.access_log
+            .iter()
+            .map(|path| AccessLog::new(path.as_str(), format))
+            .collect()
+    }
+
     /// The tracing options the flags ask for.
     fn tracing(&self) -> Option<TracingOptions> {
         let endpoint = self.otlp_endpoint.as_ref()?;
@@ -111,13 +145,21 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let access_log = args.access_log();
+    let logs_to_stdout = access_log
+        .iter()
+        .any(|l| l.path == mesh_core::ACCESS_LOG_STDOUT);
+    let subscriber = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    // Access-log lines on stdout stay parseable: the sidecar's own log moves out of their way.
+    if logs_to_stdout {
+        subscriber.with_writer(std::io::stderr).init();
+    } else {
+        subscriber.init();
+    }
     if !args.xds.is_empty() {
         let xds = args
             .xds
@@ -153,6 +195,7 @@ async fn main() -> ExitCode {
             opts.admin = admin;
         }
         opts.tracing = args.tracing();
+        opts.access_log = access_log;
         return run(Sidecar::start_dynamic(opts).await).await;
     }
     let boot = match &args.config {
@@ -170,6 +213,9 @@ async fn main() -> ExitCode {
         boot.admin = admin;
     }
     boot.tracing = args.tracing();
+    if !access_log.is_empty() {
+        boot.access_log = access_log;
+    }
     run(Sidecar::start_static(boot).await).await
 }
 

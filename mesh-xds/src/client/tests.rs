@@ -69,6 +69,7 @@ fn listener(name: &str, routes: &str) -> Listener {
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        access_log: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use mesh_core::{Direction, FilterConfig, HttpProtocolOptions, Listener, RouteConfiguration};
 use prost::Name;
 
+use super::access_log::AccessLogs;
 use super::custom;
 use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
@@ -150,6 +151,8 @@ fn opaque_listener() -> Listener {
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        // The access log is the HTTP connection manager's; the TCP relay counts bytes instead.
+        access_log: Vec::new(),
     }
 }
 
@@ -209,6 +212,7 @@ fn hcm_from(
         }
     };
     let (rate_limit, http_filters) = http_filters_from(&m.http_filters, extras)?;
+    let access_log = AccessLogs::try_from(m.access_log.as_slice())?.0;
     Ok(Listener {
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -220,6 +224,7 @@ fn hcm_from(
         http_filters,
         tcp_proxy: None,
         detection: Default::default(),
+        access_log,
     })
 }
 
@@ -344,6 +349,7 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
         stat_prefix: l.name.clone(),
         route_specifier: Some(route_specifier),
         http_filters,
+        access_log: AccessLogs(l.access_log.clone()).to_proto(),
         max_request_headers_kb: u32_to(l.http.max_request_headers_kb),
         request_headers_timeout: Some(duration_to(l.http.request_headers_timeout)),
         common_http_protocol_options: Some(core::HttpProtocolOptions {

@@ -10,8 +10,9 @@
 //!
 //! Policy on fields: a proto field that would change behaviour and that mesh-core cannot express
 //! is refused with a [`ConvertError`] naming its path (the client NACKs it), rather than silently
-//! dropped; purely informative fields (stat prefixes, metadata, access logs...) are ignored. The
-//! few settings of ours that Envoy has no field for (a wait-mode rate limit, a per-descriptor
+//! dropped; purely informative fields (stat prefixes, metadata...) are ignored. Access logs
+//! are converted where they map (`access_log`) and refused by path where they do not. The few
+//! settings of ours that Envoy has no field for (a wait-mode rate limit, a per-descriptor
 //! bucket, a request body cap, a route-level retry budget) travel in the resource's metadata under
 //! the `io.mesh` filter-metadata key, which Envoy ignores.
 //!
@@ -36,6 +37,7 @@ use envoy_types::pb::google::protobuf::Any;
 use mesh_core::{Checked, Validate, ValidationError};
 use prost::Message;
 
+mod access_log;
 mod cluster;
 mod cluster_policy;
 mod custom;
@@ -49,6 +51,7 @@ mod route_action;
 mod route_policy;
 mod tcp_proxy;
 
+pub use access_log::FILE_ACCESS_LOG;
 pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
 pub use tcp_proxy::{HTTP_INSPECTOR, TCP_PROXY_FILTER};

@@ -88,8 +88,10 @@ http: { http1: true, http2: false, max_request_bytes: 1024, max_request_headers_
 rate_limit:
   token_bucket: { max_tokens: 100, tokens_per_fill: 10, fill_interval: 1s }
   descriptor: client_address
+access_log: [ { path: "-" }, { path: /var/log/mesh.json, format: json } ]
 "#,
     );
+    assert_eq!(l.access_log.len(), 2);
     assert_eq!(round_trip(&l), l);
     let mut inline = l.clone();
     inline.direction = Direction::Inbound;
@@ -102,6 +104,33 @@ rate_limit:
         inline.http.strip_host_port = strip;
         assert_eq!(round_trip(&inline), inline);
     }
+}
+
+/// An access log the sidecar cannot write is NACKed with the path from the listener's root.
+#[test]
+fn an_unsupported_access_log_is_refused_by_path() {
+    use envoy_types::pb::envoy::config::accesslog::v3 as alpb;
+    use envoy_types::pb::envoy::config::listener::v3 as lpb;
+    let mut l: Listener = yaml(
+        "{ name: out, address: '127.0.0.1:1', direction: outbound, route_config_name: main, \
+           access_log: [ { format: json } ] }",
+    );
+    let mut p = l.to_proto();
+    let Some(lpb::filter::ConfigType::TypedConfig(any)) =
+        &mut p.filter_chains[0].filters[0].config_type
+    else {
+        panic!("no typed_config")
+    };
+    let mut m: hcm::HttpConnectionManager = unpack(any, "").unwrap();
+    m.access_log[0].filter = Some(alpb::AccessLogFilter::default());
+    *any = pack(&m);
+    let e = Listener::from_proto(p).unwrap_err();
+    assert_eq!(
+        e.path,
+        "filter_chains[0].filters[0].typed_config.access_log[0].filter"
+    );
+    l.access_log.clear();
+    assert_eq!(round_trip(&l), l);
 }
 
 /// The shape real Envoy requires of what the control plane serves.
@@ -118,6 +147,7 @@ fn listener_proto_is_what_envoy_expects() {
         http_filters: Vec::new(),
         tcp_proxy: None,
         detection: Default::default(),
+        access_log: Vec::new(),
     };
     let p = l.to_proto();
     let f = &p.filter_chains[0].filters[0];

@@ -34,6 +34,7 @@ pub(super) fn tcp_listeners(
                 http_filters: Vec::new(),
                 tcp_proxy: Some(TcpProxy::to_cluster(&s.name)),
                 detection: Default::default(),
+                access_log: Vec::new(),
             })
         })
         .collect()

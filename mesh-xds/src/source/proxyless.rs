@@ -77,6 +77,7 @@ mod tests {
             http_filters: Vec::new(),
             tcp_proxy: None,
             detection: Default::default(),
+            access_log: Vec::new(),
         };
         let any = api_listener("hello", &api_manager(&out));
         let l = lpb::Listener::decode(any.value.as_slice()).unwrap();

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_core::{
-    CircuitBreakers, FilterConfig, HealthCheck, LbPolicy, LocalRateLimit, OutlierDetection,
-    RetryPolicy, Route, UpstreamProtocol,
+    AccessLog, CircuitBreakers, FilterConfig, HealthCheck, LbPolicy, LocalRateLimit,
+    OutlierDetection, RetryPolicy, Route, UpstreamProtocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub struct MeshSpec {
     /// them, list by list).
     #[serde(default, skip_serializing_if = "ListenerFilters::is_empty")]
     pub http_filters: ListenerFilters,
+    /// Access logs of every sidecar node's two listeners (Envoy's file access log on their
+    /// connection managers; a node's own `access_log` overrides it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLog>,
 }
 
 /// Listener-level custom HTTP filters, per listener. Each list run in order on every request of
@@ -215,6 +219,10 @@ pub struct NodeSpec {
     /// (default: the outbound listener's IP and the service's `port`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tcp_listeners: BTreeMap<String, SocketAddr>,
+    /// This node's access logs instead of the top-level `access_log` (`[]`: none). Sidecar
+    /// nodes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<Vec<AccessLog>>,
 }
 
 /// What kind of client a node is, which decides the shape of its snapshot.

@@ -177,6 +177,12 @@ impl MeshSpec {
             (NodeKind::Sidecar, Some(own)) => own.over(&self.http_filters),
             (NodeKind::Sidecar, None) => self.http_filters.clone(),
         };
+        // Access logs are the sidecar's (and Envoy's): the SDK and proxyless clients write none.
+        let access_log = match (kind, node.and_then(|n| n.access_log.as_ref())) {
+            (NodeKind::Sdk | NodeKind::Proxyless, _) => Vec::new(),
+            (NodeKind::Sidecar, Some(own)) => own.clone(),
+            (NodeKind::Sidecar, None) => self.access_log.clone(),
+        };
         let listener =
             |name: &str, address, direction, rate_limit, http_filters: Option<Vec<_>>| Listener {
                 name: name.into(),
@@ -192,6 +198,7 @@ impl MeshSpec {
                 http_filters: http_filters.unwrap_or_default(),
                 tcp_proxy: None,
                 detection: Default::default(),
+                access_log: access_log.clone(),
             };
         let service = node
             .and_then(|n| n.service.as_deref())
