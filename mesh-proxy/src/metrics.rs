@@ -14,7 +14,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod cluster;
+mod runtime;
 pub use cluster::ClusterCollector;
+pub use runtime::RuntimeCollector;
 
 /// Labels of a finished request. The listener name is shared and the status class static, so
 /// that building the labels on every request allocates only the route and cluster names.

@@ -24,7 +24,7 @@ use crate::admin::Admin;
 use crate::bootstrap::Bootstrap;
 use crate::dynamic;
 use crate::listeners::ListenerManager;
-use crate::metrics::{ClusterCollector, Metrics};
+use crate::metrics::{ClusterCollector, Metrics, RuntimeCollector};
 #[cfg(feature = "etcd")]
 use crate::registration::Registrar;
 
@@ -358,6 +358,7 @@ fn managers(
     let access_logs = AccessLogWriters::register(&mut registry);
     let clusters = ClusterManager::new();
     registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
+    registry.register_collector(Box::new(RuntimeCollector));
     let listeners =
         ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain)
             .with_tracing(tracing)

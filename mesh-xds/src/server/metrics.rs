@@ -85,6 +85,7 @@ impl Metrics {
             "Time from a snapshot being set to the node ACKing it",
             m.convergence.clone(),
         );
+        reg.register_collector(Box::new(RuntimeTasks));
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = reg;
         m
     }
@@ -132,6 +133,36 @@ impl Callbacks for Metrics {
     }
 }
 
+/// `xds_runtime_alive_tasks`: Tokio tasks spawned and not yet finished in the runtime the
+/// scrape runs on (the admin endpoint's), read at scrape time from Tokio's stable metrics. A count
+/// that keeps growing while the streams open stay the same is a leak; the soak
+/// (`scripts/soak`) samples it.
+#[derive(Debug)]
+struct RuntimeTasks;
+
+impl prometheus_client::collector::Collector for RuntimeTasks {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        // Outside a runtime (a unit test's plain thread) there is nothing to report.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let alive = i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX);
+        ConstGauge::new(alive).encode(encoder.encode_descriptor(
+            "runtime_alive_tasks",
+            "Tokio tasks spawned and not yet finished",
+            None,
+            MetricType::Gauge,
+        )?)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -158,5 +189,25 @@ mod tests {
         assert_eq!(m.nacks(ResourceType::Cluster), 1);
         m.stream_closed(1);
         assert_eq!(m.streams_open(), 0);
+    }
+
+    #[tokio::test]
+    async fn alive_tasks_show_in_the_exposition() {
+        let alive = |m: &Metrics| -> i64 {
+            let text = m.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("xds_runtime_alive_tasks "))
+                .unwrap_or_else(|| panic!("no task gauge in {text}"))
+                .parse()
+                .unwrap()
+        };
+        let m = Metrics::new();
+        let before = alive(&m);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move { rx.await.ok() });
+        assert_eq!(alive(&m), before + 1);
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(alive(&m), before);
     }
 }
