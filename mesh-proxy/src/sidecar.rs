@@ -26,6 +26,8 @@ use crate::listeners::ListenerManager;
 use crate::metrics::{ClusterCollector, Metrics};
 #[cfg(feature = "etcd")]
 use crate::registration::Registrar;
+use crate::warmer::Warmer;
+use crate::warming::WarmingStatus;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,10 @@ pub struct DynamicOptions {
     pub filters: LayerRegistry,
     /// Tracing: every listener's spans exported over OTLP/gRPC (off when `None`).
     pub tracing: Option<TracingOptions>,
+    /// How long a new or updated listener or cluster waits for what it depends on (route
+    /// table, clusters, endpoints) before it goes live with what it has: Envoy's
+    /// `initial_fetch_timeout`, 15 s by default; `None` waits for ever (Envoy's `0s`).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// Where the registration API publishes.
@@ -121,6 +127,7 @@ impl DynamicOptions {
             xds_tls: None,
             filters: LayerRegistry::default(),
             tracing: None,
+            initial_fetch_timeout: Some(crate::warming::DEFAULT_INITIAL_FETCH_TIMEOUT),
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct Sidecar {
     xds: Option<XdsClient>,
     status_task: Option<JoinHandle<()>>,
     tracing: Option<OtlpTracing>,
+    warmer: Option<Warmer>,
+    warming_task: Option<JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -182,6 +191,8 @@ impl Sidecar {
             xds: None,
             status_task: None,
             tracing,
+            warmer: None,
+            warming_task: None,
         })
     }
 
@@ -213,8 +224,23 @@ impl Sidecar {
         if let Some(tls) = &opts.xds_tls {
             builder = builder.tls(tls.clone());
         }
-        let xds = dynamic::wire(builder, &listeners, &clusters).start()?;
+        let warmer = Warmer::new(
+            listeners.clone(),
+            clusters.clone(),
+            opts.initial_fetch_timeout,
+            &mut registry,
+        );
         let stop = CancellationToken::new();
+        // Started before the client: a persisted config is applied inside `start`.
+        let warming_task = warmer.spawn_timer(stop.clone());
+        let xds = match dynamic::wire(builder, &warmer).start() {
+            Ok(xds) => xds,
+            Err(e) => {
+                stop.cancel();
+                let _ = warming_task.await;
+                return Err(e.into());
+            }
+        };
         let dump_status = xds.status_watch();
         let dump_config = xds.config_watch();
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -230,7 +256,11 @@ impl Sidecar {
             Arc::new(move || ConfigDump::from_xds(&dump_config.get(), &dump_status.borrow())),
         )
         .with_route("/xds", xds_status_route(status_json))
-        .with_ready_flag(ready);
+        .with_ready_flag(ready)
+        .with_warming({
+            let warmer = warmer.clone();
+            Arc::new(move || warmer.status())
+        });
         let admin = match &opts.registry {
             #[cfg(feature = "etcd")]
             Some(r) => {
@@ -253,6 +283,8 @@ impl Sidecar {
             xds: Some(xds),
             status_task: Some(status_task),
             tracing,
+            warmer: Some(warmer),
+            warming_task: Some(warming_task),
         })
     }
 
@@ -281,6 +313,11 @@ impl Sidecar {
         &self.listeners
     }
 
+    /// What is warming (dynamic mode; a static sidecar starts complete).
+    pub fn warming(&self) -> WarmingStatus {
+        self.warmer.as_ref().map(Warmer::status).unwrap_or_default()
+    }
+
     /// Stops accepting, drains in-flight requests (up to the drain deadline), stops the admin
     /// endpoint.
     pub async fn shutdown(self) {
@@ -290,7 +327,7 @@ impl Sidecar {
         }
         self.stop.cancel();
         let _ = self.admin_task.await;
-        if let Some(t) = self.status_task {
+        for t in [self.status_task, self.warming_task].into_iter().flatten() {
             let _ = t.await;
         }
         // After the drain: the last requests' spans are queued by now; export them.
