@@ -204,10 +204,15 @@ impl ListenerManager {
             let stack = match (&socket, self.lock().get(&l.name)) {
                 (None, Some(live)) => {
                     let s = live.stack.clone();
+                    // No table yet (a listener whose initial fetch timed out): an empty one
+                    // under the awaited name, so every request gets 404 until RDS brings it.
                     let rc = table
                         .clone()
                         .or_else(|| l.route_config.clone())
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| RouteConfiguration {
+                            name: l.route_config_name.clone(),
+                            ..RouteConfiguration::default()
+                        });
                     // Built first: an unknown filter refuses the update before the routes change.
                     let filters = s.build_filters(&l)?;
                     s.reload_routes(&l, rc)?;
