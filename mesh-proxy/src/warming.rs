@@ -16,6 +16,8 @@
 //!   control plane that sends LDS first (as some do) never shows a 404 or 503 from the gap.
 //!   A warming listener has its socket bound (a bind error refuses the LDS update, as in Envoy)
 //!   but not listening: a connection attempt is refused rather than answered `404 no route`.
+//!   (Another `SO_REUSEADDR` socket may still bind the address and listen first; the listener
+//!   then fails to go live, which is logged, and is retried.)
 //! - **The timeout** (Envoy's `initial_fetch_timeout`, 15 s by default, `None` for none) runs
 //!   from when a resource started warming; when it passes, the resource goes live with what it
 //!   has: a listener without its table serves an empty one (404), a cluster without EDS has no

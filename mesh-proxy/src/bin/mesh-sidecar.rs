@@ -89,6 +89,11 @@ struct Args {
     /// The spans' `service.name` (default: --node-cluster, else --node-id, else mesh-sidecar).
     #[arg(long, requires = "otlp_endpoint")]
     trace_service_name: Option<String>,
+    /// Seconds a new or updated listener or cluster waits for its route table, clusters or
+    /// endpoints before it goes live with what it has (Envoy's `initial_fetch_timeout`); 0 waits
+    /// for ever.
+    #[arg(long, default_value_t = 15, requires = "xds")]
+    initial_fetch_timeout: u64,
 }
 
 impl Args {
@@ -146,6 +151,8 @@ async fn main() -> ExitCode {
             prefix: args.registry_prefix.clone(),
             ttl: std::time::Duration::from_secs(args.registry_ttl),
         });
+        opts.initial_fetch_timeout = (args.initial_fetch_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.initial_fetch_timeout));
         if args.delta {
             opts.mode = mesh_xds::client::AdsMode::Delta;
         }
