@@ -3,6 +3,8 @@
 //! in front of an app that answers 200 with the length of the body it read.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod h2;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
