@@ -243,6 +243,7 @@ impl Sidecar {
         };
         let dump_status = xds.status_watch();
         let dump_config = xds.config_watch();
+        let dump_warming = warmer.clone();
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let status_task = dynamic::export_status(
             &mut registry,
@@ -253,7 +254,15 @@ impl Sidecar {
         let status_json = xds.status_watch();
         let admin = Admin::new(
             registry,
-            Arc::new(move || ConfigDump::from_xds(&dump_config.get(), &dump_status.borrow())),
+            Arc::new(move || {
+                let mut dump = ConfigDump::from_xds(&dump_config.get(), &dump_status.borrow());
+                let warming = dump_warming.status();
+                dump.mark_warming(
+                    &warming.listeners.into_keys().collect(),
+                    &warming.clusters.into_keys().collect(),
+                );
+                dump
+            }),
         )
         .with_route("/xds", xds_status_route(status_json))
         .with_ready_flag(ready)

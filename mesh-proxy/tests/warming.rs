@@ -186,6 +186,28 @@ async fn lds_first_and_the_rest_a_second_later_shows_no_request_a_404_or_503() {
         ready.contains("warming cluster \"c\": waiting for endpoints"),
         "{ready}"
     );
+    // The config dump shows both as Envoy does: `warming_state`, `dynamic_warming_clusters`.
+    let (_, dump) = s.admin("/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let section = |t: &str| {
+        dump["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"].as_str().unwrap().ends_with(t))
+            .unwrap()
+            .clone()
+    };
+    let listener = &section("ListenersConfigDump")["dynamic_listeners"][0];
+    assert_eq!(listener["name"], "out", "{dump}");
+    assert!(listener["warming_state"]["listener"].is_object(), "{dump}");
+    assert!(listener.get("active_state").is_none(), "{dump}");
+    let clusters = section("ClustersConfigDump");
+    assert_eq!(
+        clusters["dynamic_warming_clusters"][0]["cluster"]["name"], "c",
+        "{dump}"
+    );
+    assert!(clusters.get("dynamic_active_clusters").is_none(), "{dump}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(load.snapshot(), (0, 0), "nothing answered while warming");
 
@@ -205,6 +227,11 @@ async fn lds_first_and_the_rest_a_second_later_shows_no_request_a_404_or_503() {
     assert_eq!((code, ready.as_str()), (200, "LIVE\n"));
     let (_, stats) = s.admin("/stats/prometheus").await;
     assert!(stats.contains("mesh_warming_listeners 0"), "{stats}");
+    let (_, dump) = s.admin("/config_dump?resource=dynamic_listeners").await;
+    assert!(
+        dump.contains("active_state") && !dump.contains("warming_state"),
+        "{dump}"
+    );
     s.stop().await;
 }
 
