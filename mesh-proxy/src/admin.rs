@@ -22,6 +22,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::warming::WarmingStatus;
+
 /// What `/config_dump` shows: a function so it always reflects the live config.
 pub type ConfigDumpFn = Arc<dyn Fn() -> ConfigDump + Send + Sync>;
 
@@ -40,7 +42,11 @@ pub struct Admin {
     ready: Arc<AtomicBool>,
     config_dump: ConfigDumpFn,
     routes: Arc<HashMap<String, AdminHandler>>,
+    warming: Option<WarmingReport>,
 }
+
+/// What `/ready` reports as warming: a function so it always reflects the live state.
+pub type WarmingReport = Arc<dyn Fn() -> WarmingStatus + Send + Sync>;
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +64,16 @@ impl Admin {
             ready: Arc::new(AtomicBool::new(false)),
             config_dump,
             routes: Arc::new(HashMap::new()),
+            warming: None,
         }
+    }
+
+    /// Has `/ready` name the warming listeners and clusters, and answer 503 while a listener
+    /// warms (a listener is where traffic arrives; a warming cluster is only listed).
+    #[must_use]
+    pub fn with_warming(mut self, report: WarmingReport) -> Self {
+        self.warming = Some(report);
+        self
     }
 
     /// Adds a route (e.g. `/pub`) served by `handler`.
@@ -96,16 +111,7 @@ impl Admin {
         }
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
-            "/ready" => {
-                if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "LIVE\n".into())
-                } else {
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "PRE_INITIALIZING: waiting for the first config\n".into(),
-                    )
-                }
-            }
+            "/ready" => self.readiness(),
             "/metrics" | "/stats/prometheus" => {
                 let mut out = String::new();
                 match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -149,6 +155,33 @@ impl Admin {
             }
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         }
+    }
+
+    /// `/ready`: 200 `LIVE` once the first full config is in and no listener warms; each
+    /// warming listener and cluster on a line of its own, with what it waits for.
+    fn readiness(&self) -> Response<Body> {
+        let warming = self.warming.as_ref().map(|f| f()).unwrap_or_default();
+        let config = self.ready.load(Ordering::Acquire);
+        let (status, mut msg) = match (config, warming.listeners.is_empty()) {
+            (true, true) => (StatusCode::OK, "LIVE\n".to_string()),
+            (true, false) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "INITIALIZING: listeners warming\n".to_string(),
+            ),
+            (false, _) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PRE_INITIALIZING: waiting for the first config\n".to_string(),
+            ),
+        };
+        for (kind, map) in [
+            ("listener", &warming.listeners),
+            ("cluster", &warming.clusters),
+        ] {
+            for (name, why) in map {
+                msg.push_str(&format!("warming {kind} {name:?}: waiting for {why}\n"));
+            }
+        }
+        text(status, msg)
     }
 
     /// Serves the admin endpoint on `listener` until `shutdown` is cancelled.

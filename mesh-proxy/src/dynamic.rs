@@ -1,15 +1,12 @@
 //! Dynamic mode: the sidecar's config comes from an xDS control plane. The mesh-xds client
 //! feeds listeners (LDS) and route tables (RDS) to the listener manager, clusters (CDS) and
-//! endpoint sets (EDS) to the cluster manager; its status becomes Prometheus metrics.
+//! endpoint sets (EDS) to the cluster manager, each through the warming gate; its status
+//! becomes Prometheus metrics.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use mesh_core::{
-    Cluster, ClusterLoadAssignment, Listener, Reload, ReloadError, RouteConfiguration,
-};
-use mesh_lb::ClusterManager;
+use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
 use mesh_xds::client::{XdsClientBuilder, XdsStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,46 +16,17 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::listeners::ListenerManager;
+use crate::warmer::Warmer;
 
-/// LDS sink: the whole listener set.
-struct ListenerSink(ListenerManager);
-
-impl Reload<Vec<Listener>> for ListenerSink {
-    fn reload(&self, update: Vec<Listener>) -> Result<(), ReloadError> {
-        self.0.apply(update)
-    }
-}
-
-/// RDS sink: every route table, applied to the listeners that serve it.
-struct RouteSink(ListenerManager);
-
-impl Reload<Vec<RouteConfiguration>> for RouteSink {
-    fn reload(&self, update: Vec<RouteConfiguration>) -> Result<(), ReloadError> {
-        for rc in &update {
-            self.0.apply_routes(rc)?;
-        }
-        self.0.retain_routes(
-            &update
-                .iter()
-                .map(|rc| rc.name.clone())
-                .collect::<HashSet<_>>(),
-        );
-        Ok(())
-    }
-}
-
-/// Wires the client's sinks to the sidecar's managers.
-pub fn wire(
-    builder: XdsClientBuilder,
-    listeners: &ListenerManager,
-    clusters: &ClusterManager,
-) -> XdsClientBuilder {
+/// Wires the client's sinks to the sidecar's managers, through the warming gate: a listener
+/// goes live once its route table and that table's clusters and endpoints are in, a cluster
+/// once its endpoints are (see [`crate::warming`]).
+pub fn wire(builder: XdsClientBuilder, warmer: &Warmer) -> XdsClientBuilder {
     builder
-        .sink_all::<Cluster>(Arc::new(clusters.clone()))
-        .sink_each::<ClusterLoadAssignment>(Arc::new(clusters.clone()))
-        .sink_all::<Listener>(Arc::new(ListenerSink(listeners.clone())))
-        .sink_all::<RouteConfiguration>(Arc::new(RouteSink(listeners.clone())))
+        .sink_all::<Cluster>(warmer.cluster_sink())
+        .sink_each::<ClusterLoadAssignment>(warmer.endpoint_sink())
+        .sink_all::<Listener>(warmer.listener_sink())
+        .sink_all::<RouteConfiguration>(warmer.route_sink())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -31,3 +31,5 @@ pub mod sidecar;
 pub mod stack;
 pub mod tcp;
 mod upgrade;
+pub mod warmer;
+pub mod warming;

@@ -11,7 +11,7 @@ use mesh_core::{AccessLog, Direction, Listener, ReloadError, RouteConfiguration,
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
 use mesh_telemetry::{OtlpTracing, SpanKind};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -137,6 +137,30 @@ impl ListenerManager {
     /// bound before anything changes, so a refused update leaves the old set serving. Must run
     /// inside a tokio runtime (the sockets are registered with it).
     pub fn apply(&self, wanted: Vec<Listener>) -> Result<(), ReloadError> {
+        self.apply_reserved(wanted, &mut HashMap::new())
+    }
+
+    /// Checks one listener as [`apply`](Self::apply) would (its fields, its filters), without
+    /// binding or changing anything: how a warming listener is refused at LDS time.
+    pub fn check(&self, l: &Listener) -> Result<(), ReloadError> {
+        l.validate().map_err(|e| refuse(l, e))?;
+        crate::filters::build(l, &self.registry).map(drop)
+    }
+
+    /// Binds `l`'s address without listening (connections are refused until the listener goes
+    /// live), so that an address in use refuses the update that names it, as Envoy binds a
+    /// warming listener's socket at once. Hand the socket to [`apply_reserved`](Self::apply_reserved).
+    pub fn reserve(l: &Listener) -> Result<TcpSocket, ReloadError> {
+        bind(l.address).map_err(|e| refuse(l, format!("bind {}: {e}", l.address)))
+    }
+
+    /// [`apply`](Self::apply), taking a listener's socket from `reserved` (by listener name,
+    /// bound by [`reserve`](Self::reserve) to the listener's address) instead of binding anew.
+    pub fn apply_reserved(
+        &self,
+        wanted: Vec<Listener>,
+        reserved: &mut HashMap<String, TcpSocket>,
+    ) -> Result<(), ReloadError> {
         let mut prepared = Vec::new();
         let current: HashMap<String, Listener> = self
             .lock()
@@ -175,8 +199,12 @@ impl ListenerManager {
                     prepared.push((l.clone(), table, None));
                 }
                 _ => {
-                    let socket = bind(l.address)
-                        .map_err(|e| refuse(l, format!("bind {}: {e}", l.address)))?;
+                    let socket = match reserved.remove(&l.name) {
+                        Some(s) => Ok(s),
+                        None => bind(l.address),
+                    }
+                    .and_then(|s| s.listen(BACKLOG))
+                    .map_err(|e| refuse(l, format!("bind {}: {e}", l.address)))?;
                     prepared.push((l.clone(), table, Some(socket)));
                 }
             }
@@ -195,10 +223,15 @@ impl ListenerManager {
             let stack = match (&socket, self.lock().get(&l.name)) {
                 (None, Some(live)) => {
                     let s = live.stack.clone();
+                    // No table yet (a listener whose initial fetch timed out): an empty one
+                    // under the awaited name, so every request gets 404 until RDS brings it.
                     let rc = table
                         .clone()
                         .or_else(|| l.route_config.clone())
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| RouteConfiguration {
+                            name: l.route_config_name.clone(),
+                            ..RouteConfiguration::default()
+                        });
                     // Built first: an unknown filter refuses the update before the routes change.
                     let filters = s.build_filters(&l)?;
                     s.reload_routes(&l, rc)?;
@@ -218,7 +251,7 @@ impl ListenerManager {
                         Direction::Outbound => SpanKind::Client,
                     })
                 }))
-                .with_access_log(AccessLogLayer::new(sinks, l.http.max_request_bytes)),
+                .with_access_log(AccessLogLayer::new(sinks)),
             };
             stacks.push((l, stack, socket));
         }
@@ -343,13 +376,17 @@ impl ListenerManager {
     }
 }
 
-/// Binds like Envoy: `SO_REUSEADDR`, so a listener can come back on its port at once.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// The listen backlog of every listener.
+const BACKLOG: u32 = 1024;
+
+/// Binds like Envoy: `SO_REUSEADDR`, so a listener can come back on its port at once. Not
+/// listening yet: a warming listener holds its address but accepts nothing.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    Ok(socket)
 }

@@ -361,7 +361,11 @@ impl Edge {
             .extensions
             .insert(ListenerName(Arc::clone(&self.shared.listener)));
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let body = body::boxed(http_body_util::Limited::new(incoming, limit));
+        let body = http_body_util::BodyExt::map_err(
+            http_body_util::Limited::new(incoming, limit),
+            move |e| client_body_error(&e, max_body),
+        );
+        let body = body::boxed(body);
         Ok(Request::from_parts(parts, body))
     }
 }
@@ -382,7 +386,7 @@ impl EdgeShared {
                 (resp, Some(decision))
             }
             Err(e) => {
-                let err = mesh_error(e, self.max_body);
+                let err = mesh_error(e);
                 tracing::debug!(listener = %self.listener, %peer, error = %err, "local reply");
                 (err.to_response(grpc), None)
             }
@@ -428,20 +432,23 @@ impl Drop for Active {
 }
 
 /// The mesh error a request failed with: the one place a boxed error from the stack becomes a
-/// `MeshError` (the access log makes its local reply with it too).
-pub(crate) fn mesh_error(e: BoxError, max_body: u64) -> MeshError {
-    body_limit_error(&e, max_body).unwrap_or_else(|| MeshError::from_boxed(e))
+/// `MeshError` (the access log makes its local reply with it too). A client body error is
+/// already typed where the body is read ([`client_body_error`]).
+pub(crate) fn mesh_error(e: BoxError) -> MeshError {
+    MeshError::from_boxed(e)
 }
 
-/// A body that outgrew the limit while streaming (no content-length) surfaces as an upstream
-/// error; it is the client's fault, so it answers 413.
-fn body_limit_error(e: &BoxError, limit: u64) -> Option<MeshError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return Some(MeshError::RequestTooLarge { limit });
+/// An error reading the client's request body, as the mesh answers it: over the limit while
+/// streaming (no content-length) 413; malformed (a bad chunk size, a chunk without its CRLF)
+/// 400, as Envoy answers a codec error. Typed here, where the body is read, so that the
+/// upstream failure it causes (the upstream client passes a `MeshError` through) is not taken
+/// for the upstream's own (502).
+fn client_body_error(e: &BoxError, limit: u64) -> MeshError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        MeshError::RequestTooLarge { limit }
+    } else {
+        MeshError::BadRequest {
+            reason: format!("request body: {e}"),
         }
-        source = err.source();
     }
-    None
 }

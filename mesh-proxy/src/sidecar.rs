@@ -27,6 +27,8 @@ use crate::listeners::ListenerManager;
 use crate::metrics::{ClusterCollector, Metrics, RuntimeCollector};
 #[cfg(feature = "etcd")]
 use crate::registration::Registrar;
+use crate::warmer::Warmer;
+use crate::warming::WarmingStatus;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,10 @@ pub struct DynamicOptions {
     /// Access logs of every listener whose config (LDS `access_log`) names none; empty (the
     /// default): none.
     pub access_log: Vec<AccessLog>,
+    /// How long a new or updated listener or cluster waits for what it depends on (route
+    /// table, clusters, endpoints) before it goes live with what it has: Envoy's
+    /// `initial_fetch_timeout`, 15 s by default; `None` waits for ever (Envoy's `0s`).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// Where the registration API publishes.
@@ -126,6 +132,7 @@ impl DynamicOptions {
             filters: LayerRegistry::default(),
             tracing: None,
             access_log: Vec::new(),
+            initial_fetch_timeout: Some(crate::warming::DEFAULT_INITIAL_FETCH_TIMEOUT),
         }
     }
 }
@@ -142,6 +149,8 @@ pub struct Sidecar {
     status_task: Option<JoinHandle<()>>,
     tracing: Option<OtlpTracing>,
     access_logs: AccessLogWriters,
+    warmer: Option<Warmer>,
+    warming_task: Option<JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -190,6 +199,8 @@ impl Sidecar {
             status_task: None,
             tracing,
             access_logs,
+            warmer: None,
+            warming_task: None,
         })
     }
 
@@ -222,10 +233,26 @@ impl Sidecar {
         if let Some(tls) = &opts.xds_tls {
             builder = builder.tls(tls.clone());
         }
-        let xds = dynamic::wire(builder, &listeners, &clusters).start()?;
+        let warmer = Warmer::new(
+            listeners.clone(),
+            clusters.clone(),
+            opts.initial_fetch_timeout,
+            &mut registry,
+        );
         let stop = CancellationToken::new();
+        // Started before the client: a persisted config is applied inside `start`.
+        let warming_task = warmer.spawn_timer(stop.clone());
+        let xds = match dynamic::wire(builder, &warmer).start() {
+            Ok(xds) => xds,
+            Err(e) => {
+                stop.cancel();
+                let _ = warming_task.await;
+                return Err(e.into());
+            }
+        };
         let dump_status = xds.status_watch();
         let dump_config = xds.config_watch();
+        let dump_warming = warmer.clone();
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let status_task = dynamic::export_status(
             &mut registry,
@@ -236,10 +263,22 @@ impl Sidecar {
         let status_json = xds.status_watch();
         let admin = Admin::new(
             registry,
-            Arc::new(move || ConfigDump::from_xds(&dump_config.get(), &dump_status.borrow())),
+            Arc::new(move || {
+                let mut dump = ConfigDump::from_xds(&dump_config.get(), &dump_status.borrow());
+                let warming = dump_warming.status();
+                dump.mark_warming(
+                    &warming.listeners.into_keys().collect(),
+                    &warming.clusters.into_keys().collect(),
+                );
+                dump
+            }),
         )
         .with_route("/xds", xds_status_route(status_json))
-        .with_ready_flag(ready);
+        .with_ready_flag(ready)
+        .with_warming({
+            let warmer = warmer.clone();
+            Arc::new(move || warmer.status())
+        });
         let admin = match &opts.registry {
             #[cfg(feature = "etcd")]
             Some(r) => {
@@ -263,6 +302,8 @@ impl Sidecar {
             status_task: Some(status_task),
             tracing,
             access_logs,
+            warmer: Some(warmer),
+            warming_task: Some(warming_task),
         })
     }
 
@@ -291,6 +332,11 @@ impl Sidecar {
         &self.listeners
     }
 
+    /// What is warming (dynamic mode; a static sidecar starts complete).
+    pub fn warming(&self) -> WarmingStatus {
+        self.warmer.as_ref().map(Warmer::status).unwrap_or_default()
+    }
+
     /// Stops accepting, drains in-flight requests (up to the drain deadline), stops the admin
     /// endpoint.
     pub async fn shutdown(self) {
@@ -300,7 +346,7 @@ impl Sidecar {
         }
         self.stop.cancel();
         let _ = self.admin_task.await;
-        if let Some(t) = self.status_task {
+        for t in [self.status_task, self.warming_task].into_iter().flatten() {
             let _ = t.await;
         }
         // Last: the drained requests' lines are queued by now.

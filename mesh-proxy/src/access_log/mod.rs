@@ -47,22 +47,19 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 #[derive(Clone, Debug)]
 pub struct AccessLogLayer {
     sinks: Shared<Vec<Sink>>,
-    max_body: u64,
 }
 
 impl AccessLogLayer {
-    /// A layer writing to `sinks`; `max_body` is the listener's request-body limit (a body that
-    /// outgrew it while streaming answers 413, as at the listener's edge).
-    pub(crate) fn new(sinks: Vec<Sink>, max_body: u64) -> Self {
+    /// A layer writing to `sinks`.
+    pub(crate) fn new(sinks: Vec<Sink>) -> Self {
         Self {
             sinks: Shared::new(sinks),
-            max_body,
         }
     }
 
     /// A layer that logs nothing.
     pub fn off() -> Self {
-        Self::new(Vec::new(), u64::MAX)
+        Self::new(Vec::new())
     }
 
     /// Swaps the set of logs; requests in flight finish with the set they started with.
@@ -78,7 +75,6 @@ impl<S> Layer<S> for AccessLogLayer {
         AccessLogging {
             inner,
             sinks: self.sinks.clone(),
-            max_body: self.max_body,
         }
     }
 }
@@ -88,7 +84,6 @@ impl<S> Layer<S> for AccessLogLayer {
 pub struct AccessLogging<S> {
     inner: S,
     sinks: Shared<Vec<Sink>>,
-    max_body: u64,
 }
 
 impl<S> Service<Request<Body>> for AccessLogging<S>
@@ -149,7 +144,6 @@ where
         let req = Request::from_parts(parts, body);
         let logged = Logged {
             grpc: is_grpc(&req),
-            max_body: self.max_body,
             slot,
             pending: Some(Box::new(Pending {
                 record,
@@ -168,7 +162,6 @@ where
 /// What a logged request's future carries besides the inner future.
 struct Logged {
     grpc: bool,
-    max_body: u64,
     slot: UpstreamSlot,
     /// Taken when the response arrives; still here if the client went away before it.
     pending: Option<Box<Pending>>,
@@ -209,7 +202,7 @@ where
         let Some(mut pending) = logged.pending.take() else {
             return Poll::Ready(result);
         };
-        let (grpc, max_body, slot) = (logged.grpc, logged.max_body, &logged.slot);
+        let (grpc, slot) = (logged.grpc, &logged.slot);
         let record = &mut pending.record;
         slot.note(record);
         let resp = match result {
@@ -234,7 +227,7 @@ where
             Err(e) => {
                 // The local reply is made here rather than at the edge, so the line carries
                 // the typed error's flag; the edge passes it on unchanged.
-                let err = crate::server::mesh_error(e, max_body);
+                let err = crate::server::mesh_error(e);
                 tracing::debug!(error = %err, "local reply");
                 record.flag = err.response_flag();
                 note_error_target(&err, record);

@@ -102,6 +102,11 @@ struct Args {
     /// The access log's format: Envoy's default text format, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, requires = "access_log")]
     access_log_format: LogFormat,
+    /// Seconds a new or updated listener or cluster waits for its route table, clusters or
+    /// endpoints before it goes live with what it has (Envoy's `initial_fetch_timeout`); 0 waits
+    /// for ever.
+    #[arg(long, default_value_t = 15, requires = "xds")]
+    initial_fetch_timeout: u64,
 }
 
 /// `--access-log-format`.
@@ -188,6 +193,8 @@ async fn main() -> ExitCode {
             prefix: args.registry_prefix.clone(),
             ttl: std::time::Duration::from_secs(args.registry_ttl),
         });
+        opts.initial_fetch_timeout = (args.initial_fetch_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.initial_fetch_timeout));
         if args.delta {
             opts.mode = mesh_xds::client::AdsMode::Delta;
         }

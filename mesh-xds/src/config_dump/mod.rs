@@ -3,7 +3,8 @@
 //!
 //! The output is `{"configs": [ListenersConfigDump, RoutesConfigDump, ClustersConfigDump,
 //! EndpointsConfigDump]}`, each with Envoy's `@type` and field names (`static_listeners`,
-//! `dynamic_listeners[].active_state`, `dynamic_route_configs`, `dynamic_active_clusters`,
+//! `dynamic_listeners[].active_state` (`warming_state` while the listener warms),
+//! `dynamic_route_configs`, `dynamic_active_clusters`, `dynamic_warming_clusters`,
 //! `dynamic_endpoint_configs`, …), every dynamic resource with its `version_info` and
 //! `last_updated` (RFC 3339, as protobuf JSON writes a `Timestamp`). The resource bodies are the
 //! mesh-core types as serde writes them (what our layers run), not the xDS protos.
@@ -65,6 +66,9 @@ pub struct TypeDump {
     pub static_entries: Vec<DumpEntry>,
     /// Resources from xDS.
     pub dynamic_entries: Vec<DumpEntry>,
+    /// Resources from xDS not live yet, waiting for what they depend on (Envoy's warming
+    /// listeners, `warming_state`, and `dynamic_warming_clusters`).
+    pub warming_entries: Vec<DumpEntry>,
 }
 
 /// Listeners, route tables, clusters and endpoint sets, ready to render.
@@ -89,6 +93,9 @@ struct Shape {
     dynamic_field: &'static str,
     dynamic_entry: &'static str,
     body_key: &'static str,
+    /// The field of warming entries, when not the dynamic one (listeners keep theirs in
+    /// `dynamic_listeners`, with a `warming_state`).
+    warming_field: Option<&'static str>,
     /// Whether the section carries the type's `version_info` (listeners and clusters do).
     versioned: bool,
 }
@@ -101,6 +108,7 @@ const SHAPES: [Shape; 4] = [
         dynamic_field: "dynamic_listeners",
         dynamic_entry: "ListenersConfigDump.DynamicListener",
         body_key: "listener",
+        warming_field: None,
         versioned: true,
     },
     Shape {
@@ -110,6 +118,7 @@ const SHAPES: [Shape; 4] = [
         dynamic_field: "dynamic_route_configs",
         dynamic_entry: "RoutesConfigDump.DynamicRouteConfig",
         body_key: "route_config",
+        warming_field: None,
         versioned: false,
     },
     Shape {
@@ -119,6 +128,7 @@ const SHAPES: [Shape; 4] = [
         dynamic_field: "dynamic_active_clusters",
         dynamic_entry: "ClustersConfigDump.DynamicCluster",
         body_key: "cluster",
+        warming_field: Some("dynamic_warming_clusters"),
         versioned: true,
     },
     Shape {
@@ -128,6 +138,7 @@ const SHAPES: [Shape; 4] = [
         dynamic_field: "dynamic_endpoint_configs",
         dynamic_entry: "EndpointsConfigDump.DynamicEndpointConfig",
         body_key: "endpoint_config",
+        warming_field: None,
         versioned: false,
     },
 ];
@@ -136,7 +147,21 @@ const SHAPES: [Shape; 4] = [
 pub fn resource_fields() -> impl Iterator<Item = &'static str> {
     SHAPES
         .iter()
-        .flat_map(|s| [s.static_field, s.dynamic_field])
+        .flat_map(|s| [Some(s.static_field), Some(s.dynamic_field), s.warming_field])
+        .flatten()
+}
+
+/// How an entry is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Static,
+    Active,
+    Warming,
+}
+
+/// `entries`, each with how it is written.
+fn tagged(entries: &[DumpEntry], kind: Kind) -> Vec<(&DumpEntry, Kind)> {
+    entries.iter().map(|e| (e, kind)).collect()
 }
 
 /// Why a dump query was refused (the admin endpoint answers 400, or 404 for an unknown
@@ -209,6 +234,25 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl ConfigDump {
+    /// Moves the dynamic listeners and clusters whose names `listeners` and `clusters` hold
+    /// to the warming entries (what the sidecar received but does not serve yet).
+    pub fn mark_warming(
+        &mut self,
+        listeners: &std::collections::BTreeSet<String>,
+        clusters: &std::collections::BTreeSet<String>,
+    ) {
+        for (ty, names) in [
+            (&mut self.listeners, listeners),
+            (&mut self.clusters, clusters),
+        ] {
+            let (warming, active) = std::mem::take(&mut ty.dynamic_entries)
+                .into_iter()
+                .partition(|e| names.contains(&e.name));
+            ty.dynamic_entries = active;
+            ty.warming_entries.extend::<Vec<DumpEntry>>(warming);
+        }
+    }
+
     fn types(&self) -> [&TypeDump; 4] {
         [
             &self.listeners,
@@ -223,29 +267,30 @@ impl ConfigDump {
         let mut configs = Vec::new();
         let mut found = query.resource.is_none();
         for (shape, ty) in SHAPES.iter().zip(self.types()) {
-            let fields = [
-                (
-                    shape.static_field,
-                    shape.static_entry,
-                    &ty.static_entries,
-                    false,
-                ),
-                (
-                    shape.dynamic_field,
+            let mut dynamic = tagged(&ty.dynamic_entries, Kind::Active);
+            let mut fields = vec![(
+                shape.static_field,
+                shape.static_entry,
+                tagged(&ty.static_entries, Kind::Static),
+            )];
+            match shape.warming_field {
+                None => dynamic.extend(tagged(&ty.warming_entries, Kind::Warming)),
+                Some(field) => fields.push((
+                    field,
                     shape.dynamic_entry,
-                    &ty.dynamic_entries,
-                    true,
-                ),
-            ];
+                    tagged(&ty.warming_entries, Kind::Warming),
+                )),
+            }
+            fields.insert(1, (shape.dynamic_field, shape.dynamic_entry, dynamic));
             if let Some(resource) = &query.resource {
                 // Just the entries of one field, each tagged with its own type.
-                for (field, entry_type, entries, dynamic) in fields {
+                for (field, entry_type, entries) in fields {
                     if field != resource {
                         continue;
                     }
                     found = true;
-                    for e in entries.iter().filter(|e| query.keeps(&e.name)) {
-                        let mut v = entry(shape, e, dynamic);
+                    for (e, kind) in entries.into_iter().filter(|(e, _)| query.keeps(&e.name)) {
+                        let mut v = entry(shape, e, kind);
                         v.insert("@type".into(), format!("{ADMIN}{entry_type}").into());
                         configs.push(Value::Object(v));
                     }
@@ -257,11 +302,11 @@ impl ConfigDump {
             if let (true, Some(v)) = (shape.versioned, &ty.version_info) {
                 section.insert("version_info".into(), v.clone().into());
             }
-            for (field, _, entries, dynamic) in fields {
+            for (field, _, entries) in fields {
                 let list: Vec<Value> = entries
-                    .iter()
-                    .filter(|e| query.keeps(&e.name))
-                    .map(|e| Value::Object(entry(shape, e, dynamic)))
+                    .into_iter()
+                    .filter(|(e, _)| query.keeps(&e.name))
+                    .map(|(e, kind)| Value::Object(entry(shape, e, kind)))
                     .collect();
                 // Envoy (protobuf JSON) leaves empty lists out.
                 if !list.is_empty() {
@@ -278,9 +323,10 @@ impl ConfigDump {
 }
 
 /// One entry in Envoy's shape: static `{listener, last_updated}`; dynamic listeners
-/// `{name, active_state: {version_info, listener, last_updated}}`; other dynamic resources
-/// `{version_info, cluster, last_updated}`.
-fn entry(shape: &Shape, e: &DumpEntry, dynamic: bool) -> Map<String, Value> {
+/// `{name, active_state: {version_info, listener, last_updated}}` (`warming_state` while
+/// warming); other dynamic resources `{version_info, cluster, last_updated}`.
+fn entry(shape: &Shape, e: &DumpEntry, kind: Kind) -> Map<String, Value> {
+    let dynamic = kind != Kind::Static;
     let mut state = Map::new();
     if let (true, Some(v)) = (dynamic, &e.version) {
         state.insert("version_info".into(), v.clone().into());
@@ -292,7 +338,12 @@ fn entry(shape: &Shape, e: &DumpEntry, dynamic: bool) -> Map<String, Value> {
     if dynamic && shape.body_key == "listener" {
         let mut l = Map::new();
         l.insert("name".into(), e.name.clone().into());
-        l.insert("active_state".into(), Value::Object(state));
+        let key = if kind == Kind::Warming {
+            "warming_state"
+        } else {
+            "active_state"
+        };
+        l.insert(key.into(), Value::Object(state));
         return l;
     }
     state

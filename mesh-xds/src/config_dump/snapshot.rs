@@ -47,5 +47,6 @@ fn of<T: XdsResource + serde::Serialize>(snap: &Snapshot, set_at: Option<SystemT
                 }
             })
             .collect(),
+        warming_entries: Vec::new(),
     }
 }

@@ -64,5 +64,6 @@ fn dynamic<T: StoredResource + serde::Serialize>(
                 )
             })
             .collect(),
+        warming_entries: Vec::new(),
     }
 }

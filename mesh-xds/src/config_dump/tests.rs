@@ -27,6 +27,7 @@ fn dump() -> ConfigDump {
                 body: json!({ "name": "admin" }),
             }],
             dynamic_entries: vec![entry("outbound", "l1"), entry("inbound", "l2")],
+            warming_entries: Vec::new(),
         },
         routes: TypeDump {
             version_info: Some("r1".into()),
@@ -176,4 +177,29 @@ fn query_pairs_are_percent_decoded() {
         ]
     );
     assert!(query_pairs(None).is_empty());
+}
+
+#[test]
+fn warming_listeners_get_a_warming_state_and_warming_clusters_their_own_field() {
+    let mut d = dump();
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+    d.mark_warming(&names(&["inbound"]), &names(&["hello"]));
+    let v = d.render(&DumpQuery::default()).unwrap();
+    let listeners = &v["configs"][0]["dynamic_listeners"];
+    assert!(listeners[0]["active_state"].is_object(), "{v}");
+    assert_eq!(listeners[1]["name"], "inbound");
+    assert_eq!(listeners[1]["warming_state"]["version_info"], "l2", "{v}");
+    assert!(listeners[1].get("active_state").is_none(), "{v}");
+    let clusters = &v["configs"][2];
+    assert!(clusters.get("dynamic_active_clusters").is_none(), "{v}");
+    assert_eq!(
+        clusters["dynamic_warming_clusters"][0]["cluster"]["name"],
+        "hello"
+    );
+    let q = DumpQuery::parse(Some("resource=dynamic_warming_clusters")).unwrap();
+    let v = d.render(&q).unwrap();
+    assert_eq!(
+        v["configs"][0]["@type"],
+        "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster"
+    );
 }
