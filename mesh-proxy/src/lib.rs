@@ -13,6 +13,7 @@ pub mod accept;
 pub mod admin;
 pub mod bootstrap;
 mod conn;
+mod connect;
 mod decision;
 pub mod detect;
 pub mod dynamic;

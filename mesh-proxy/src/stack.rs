@@ -13,13 +13,14 @@ use mesh_core::{
     body, BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError,
     RouteConfiguration,
 };
-use mesh_lb::{ClusterManager, LoadBalance};
+use mesh_lb::{ClusterManager, LoadBalanceLayer};
 use mesh_ratelimit::RateLimitLayer;
 use mesh_router::{LayerRegistry, RouterLayer};
 use mesh_telemetry::TraceLayer;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
+use crate::connect::ConnectTerminate;
 use crate::decision::DecisionToResponse;
 use crate::filters::{self, FilterChain, ListenerFilterLayer};
 use crate::server::StackService;
@@ -107,7 +108,9 @@ impl ListenerStack {
 
     /// The boxed service a listener serves.
     pub fn service(&self) -> StackService {
-        let upstream = LoadBalance::upstream(self.clusters.clone());
+        // The pooled upstream, which also terminates CONNECT for the routes that say so.
+        let upstream = LoadBalanceLayer::new(self.clusters.clone())
+            .layer(ConnectTerminate::new(self.clusters.clone()));
         let svc = ServiceBuilder::new()
             .layer(self.listener_limits.clone())
             .layer(self.filters.clone())

@@ -411,7 +411,11 @@ virtual_hosts:
     };
     let tenant = [("x-tenant", "a")];
     assert_eq!(connect("db.internal:5432", &tenant), "tunnel");
-    assert_eq!(connect("db.internal:5432", &[]), "404", "other conditions hold too");
+    assert_eq!(
+        connect("db.internal:5432", &[]),
+        "404",
+        "other conditions hold too"
+    );
     assert_eq!(
         connect("other:443", &tenant),
         "404",
