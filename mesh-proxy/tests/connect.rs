@@ -1,6 +1,6 @@
 //! Terminated CONNECT through a static sidecar: a real client (curl's `--proxytunnel` sends
 //! CONNECT) through the sidecar's tunnel to a real HTTP server, raw bytes both ways to an echo
-//! app, and the bad cases: an authority no route serves (404), a cluster that refuses (502, the
+//! app (over HTTP/1.1 and HTTP/2), and the bad cases: an authority no route serves (404), a cluster that refuses (502, the
 //! sidecar's answer to a connect failure), each counted, with the listener still serving.
 #![allow(clippy::unwrap_used)]
 
@@ -211,5 +211,52 @@ async fn connect_is_routed_terminated_and_relayed() {
         1,
         "{text}"
     );
+    sidecar.shutdown().await;
+}
+
+/// HTTP/2 CONNECT (RFC 9113 §8.5, `:authority` and no `:path`) from hyper's h2c client: the
+/// same route, the stream becomes the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connect_is_terminated_too() {
+    let web = mesh_testkit::HttpStub::start(200, "unused").unwrap();
+    let echo = start_echo_app().await;
+    let f = mesh_testkit::free_ports(2);
+    let (port, admin) = (f[0], f[1]);
+    let sidecar = Sidecar::start_static(sidecar(port, admin, web.addr(), echo))
+        .await
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let connect = |authority: &str| {
+        http::Request::connect(authority)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let resp = send
+        .send_request(connect("nowhere.internal:7"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = send.send_request(connect("echo.internal:7")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let upgraded = tokio::time::timeout(Duration::from_secs(5), hyper::upgrade::on(resp))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
+    tunnel.write_all(b"over h2").await.unwrap();
+    let mut got = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"OVER H2");
+    drop(tunnel);
+    drop(send);
+    driver.abort();
     sidecar.shutdown().await;
 }
