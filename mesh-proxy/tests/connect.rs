@@ -255,8 +255,18 @@ async fn h2_connect_is_terminated_too() {
         .unwrap()
         .unwrap();
     assert_eq!(&got, b"OVER H2");
-    drop(tunnel);
+    // An open tunnel is ended at the drain deadline (1 s here), not left behind.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), sidecar.shutdown())
+        .await
+        .expect("shutdown waits for the tunnel only until the drain deadline");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the tunnel is closed after the drain deadline"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
     drop(send);
     driver.abort();
-    sidecar.shutdown().await;
 }
