@@ -83,10 +83,10 @@ pub use ratelimit::{
 pub use registration::Registration;
 pub use reload::{Reload, ReloadEach, ReloadError, Shared};
 pub use route::{
-    ClusterSpecifier, FaultAbort, FaultConfig, FaultDelay, FilterConfig, HashPolicy, HeaderMatcher,
-    HeaderValueOption, PathMatch, QueryParamMatcher, RetryBackoff, RetryBudget, RetryOn,
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, StringMatch, VirtualHost,
-    WeightedCluster,
+    ClusterSpecifier, ConnectConfig, FaultAbort, FaultConfig, FaultDelay, FilterConfig, HashPolicy,
+    HeaderMatcher, HeaderValueOption, PathMatch, QueryParamMatcher, RetryBackoff, RetryBudget,
+    RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, RouteUpgrade,
+    StringMatch, VirtualHost, WeightedCluster,
 };
 pub use tcp_proxy::{Detection, TcpDestination, TcpProxy};
 pub use validate::{Checked, Validate, ValidationError};

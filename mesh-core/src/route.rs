@@ -107,6 +107,10 @@ pub enum PathMatch {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         method: Option<String>,
     },
+    /// CONNECT requests only, whatever their authority-form target (Envoy's
+    /// `connect_matcher {}`). No other path condition ever matches a CONNECT request; such a
+    /// route also needs a terminating CONNECT upgrade (see [`RouteUpgrade`]).
+    ConnectMatcher {},
 }
 
 /// A condition on a value (a header or a query parameter).
@@ -198,6 +202,10 @@ pub struct RouteAction {
     /// How consistent-hash load balancers key this route's requests (first that yields wins).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<HashPolicy>,
+    /// Per-route upgrade settings (Envoy's `RouteAction.upgrade_configs`); only CONNECT with a
+    /// `connect_config` (terminate it here) is supported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrade_configs: Vec<RouteUpgrade>,
 }
 
 impl RouteAction {
@@ -215,7 +223,16 @@ impl RouteAction {
             response_headers_to_add: Vec::new(),
             response_headers_to_remove: Vec::new(),
             hash_policy: Vec::new(),
+            upgrade_configs: Vec::new(),
         }
+    }
+
+    /// Whether this route terminates CONNECT: answers 200 itself and relays the tunnel's bytes
+    /// over a raw TCP connection to an endpoint of its cluster.
+    pub fn terminates_connect(&self) -> bool {
+        self.upgrade_configs
+            .iter()
+            .any(|u| u.enabled && u.connect_config.is_some() && u.is_connect())
     }
 }
 
@@ -257,6 +274,43 @@ pub struct WeightedCluster {
     /// Its share, relative to the sum of all weights.
     pub weight: u32,
 }
+
+/// One per-route upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpgrade {
+    /// The upgrade it is about; only `CONNECT` is supported.
+    pub upgrade_type: String,
+    /// Whether the upgrade is allowed on this route (Envoy's default: true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+    /// Terminate CONNECT here: answer 200 and relay the tunnel over a raw TCP connection to an
+    /// endpoint of the route's cluster (Envoy's `connect_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_config: Option<ConnectConfig>,
+}
+
+impl RouteUpgrade {
+    /// A terminating CONNECT upgrade (`connect_config {}`).
+    pub fn terminate_connect() -> Self {
+        Self {
+            upgrade_type: "CONNECT".into(),
+            enabled: true,
+            connect_config: Some(ConnectConfig {}),
+        }
+    }
+
+    /// Whether it is about CONNECT (a method, compared as Envoy does, ignoring case).
+    pub fn is_connect(&self) -> bool {
+        self.upgrade_type.eq_ignore_ascii_case("CONNECT")
+    }
+}
+
+/// Envoy's `ConnectConfig`: its presence terminates CONNECT. Its options (PROXY protocol,
+/// `allow_post`) are not supported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {}
 
 /// A header to add, and whether to append to or overwrite an existing value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -615,6 +669,15 @@ impl Validate for Route {
     fn validate(&self) -> Result<(), ValidationError> {
         self.matcher.validate().map_err(|e| e.within("match"))?;
         self.action.validate().map_err(|e| e.within("route"))?;
+        if matches!(self.matcher.path, PathMatch::ConnectMatcher {})
+            && !self.action.terminates_connect()
+        {
+            return Err(ValidationError::new(
+                "route.upgrade_configs",
+                "a connect_matcher route needs an enabled CONNECT upgrade with a connect_config \
+                 (proxying CONNECT upstream as a CONNECT is not supported)",
+            ));
+        }
         if self.action.rate_limit.is_some() && self.name.is_empty() {
             return Err(ValidationError::new(
                 "name",
@@ -624,6 +687,29 @@ impl Validate for Route {
         for (i, f) in self.filters.iter().enumerate() {
             f.validate()
                 .map_err(|e| e.within(format!("filters[{i}]")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for RouteUpgrade {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if !self.is_connect() {
+            return Err(ValidationError::new(
+                "upgrade_type",
+                format!(
+                    "{:?}: per-route upgrade settings are supported for CONNECT only (allow other \
+                     upgrades on the listener)",
+                    self.upgrade_type
+                ),
+            ));
+        }
+        if self.enabled && self.connect_config.is_none() {
+            return Err(ValidationError::new(
+                "connect_config",
+                "required: CONNECT is terminated here (proxying it upstream as a CONNECT is not \
+                 supported)",
+            ));
         }
         Ok(())
     }
@@ -732,6 +818,10 @@ impl Validate for RouteAction {
         }
         if let Some(r) = &self.retry_policy {
             r.validate().map_err(|e| e.within("retry_policy"))?;
+        }
+        for (i, u) in self.upgrade_configs.iter().enumerate() {
+            u.validate()
+                .map_err(|e| e.within(format!("upgrade_configs[{i}]")))?;
         }
         if let Some(rl) = &self.rate_limit {
             rl.validate().map_err(|e| e.within("rate_limit"))?;

@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod admin;
 pub mod bootstrap;
 mod conn;
+mod connect;
 mod decision;
 pub mod detect;
 pub mod dynamic;

@@ -15,7 +15,7 @@ use mesh_core::{
     body, BoxError, Listener, RateLimitConfig, RateLimitScope, Reload, ReloadError,
     RouteConfiguration,
 };
-use mesh_lb::{ClusterManager, LoadBalanceLayer, Upstream};
+use mesh_lb::{ClusterManager, LoadBalanceLayer};
 use mesh_ratelimit::RateLimitLayer;
 use mesh_router::{LayerRegistry, RouterLayer};
 use mesh_telemetry::TraceLayer;
@@ -23,6 +23,7 @@ use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::access_log::{AccessLogLayer, NoteUpstreamLayer, Sink};
+use crate::connect::ConnectTerminate;
 use crate::decision::DecisionToResponse;
 use crate::filters::{self, FilterChain, ListenerFilterLayer};
 use crate::server::StackService;
@@ -125,10 +126,12 @@ impl ListenerStack {
 
     /// The boxed service a listener serves.
     pub fn service(&self) -> StackService {
+        // The pooled upstream, which also terminates CONNECT for the routes that say so; the
+        // access log notes the endpoint picked on the way.
         let upstream = ServiceBuilder::new()
             .layer(LoadBalanceLayer::new(self.clusters.clone()))
             .layer(NoteUpstreamLayer)
-            .service(Upstream::new(self.clusters.clone()));
+            .service(ConnectTerminate::new(self.clusters.clone()));
         let svc = ServiceBuilder::new()
             .layer(self.access_log.clone())
             .layer(self.listener_limits.clone())

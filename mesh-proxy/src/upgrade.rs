@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use mesh_core::{Body, HttpProtocolOptions};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::{Activity, TrackedIo};
+use crate::connect::ConnectTunnel;
 use crate::tcp::{pump, Pumped};
 
 /// Bytes buffered per direction of an upgraded relay.
@@ -80,6 +83,17 @@ impl PendingUpgrade {
 
     /// Whether the upstream agreed; if so, the relay to start once the response is final.
     pub(crate) fn accept(self, resp: &mut Response<Body>) -> Option<UpgradedRelay> {
+        // A CONNECT terminated here: the response carries the upstream connection itself.
+        if self.upgrade.is_none() {
+            if let Some(tunnel) = resp.extensions_mut().remove::<ConnectTunnel>() {
+                return Some(UpgradedRelay {
+                    downstream: self.downstream,
+                    upstream: UpstreamSide::Tcp(tunnel.take()?),
+                    upgrade: None,
+                    connect: true,
+                });
+            }
+        }
         let agreed = match self.upgrade {
             Some(_) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
             None => resp.status().is_success(),
@@ -90,17 +104,25 @@ impl PendingUpgrade {
         let upstream = resp.extensions_mut().remove::<OnUpgrade>()?;
         Some(UpgradedRelay {
             downstream: self.downstream,
-            upstream,
+            upstream: UpstreamSide::Upgraded(upstream),
             upgrade: resp.headers().get(UPGRADE).cloned(),
             connect: self.upgrade.is_none(),
         })
     }
 }
 
+/// The upstream side of a relay.
+enum UpstreamSide {
+    /// The upstream's own upgraded HTTP connection (101, or 2xx to a proxied CONNECT).
+    Upgraded(OnUpgrade),
+    /// A raw TCP connection opened for a terminated CONNECT.
+    Tcp(TcpStream),
+}
+
 /// Both sides of an agreed upgrade, to be relayed.
 pub(crate) struct UpgradedRelay {
     downstream: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: UpstreamSide,
     upgrade: Option<HeaderValue>,
     connect: bool,
 }
@@ -120,31 +142,41 @@ impl UpgradedRelay {
         let stop = owner.stop.clone();
         let idle = owner.idle;
         owner.tracker.spawn(async move {
-            let (down, up) = match tokio::join!(self.downstream, self.upstream) {
-                (Ok(d), Ok(u)) => (d, u),
-                (d, u) => {
-                    tracing::debug!(downstream = ?d.err(), upstream = ?u.err(), "upgrade failed");
+            let down = match self.downstream.await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed downstream");
                     return;
                 }
             };
-            let activity = Activity::new();
-            let mut down = TrackedIo::opaque(TokioIo::new(down), Arc::clone(&activity));
-            let mut up = TokioIo::new(up);
-            let copy = tokio::io::copy_bidirectional_with_sizes(
-                &mut down,
-                &mut up,
-                RELAY_BUFFER,
-                RELAY_BUFFER,
-            );
-            tokio::select! {
-                () = stop.cancelled() => tracing::debug!("drain deadline: closing an upgraded connection"),
-                ended = pump(copy, &activity, idle) => match ended {
-                    Pumped::Done(Err(e)) => tracing::debug!(error = %e, "upgraded relay ended with an error"),
-                    Pumped::Done(Ok(_)) => {}
-                    Pumped::Idle => tracing::debug!("idle timeout: closing an upgraded connection"),
+            match self.upstream {
+                UpstreamSide::Upgraded(up) => match up.await {
+                    Ok(up) => relay(down, TokioIo::new(up), stop, idle).await,
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed upstream"),
                 },
+                UpstreamSide::Tcp(up) => relay(down, up, stop, idle).await,
             }
         });
+    }
+}
+
+/// Relays the upgraded downstream connection and `up` until either ends, `idle` passes without
+/// bytes, or `stop` (the drain deadline) comes.
+async fn relay<U>(down: Upgraded, mut up: U, stop: CancellationToken, idle: Duration)
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut down = TrackedIo::opaque(TokioIo::new(down), Arc::clone(&activity));
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, RELAY_BUFFER, RELAY_BUFFER);
+    tokio::select! {
+        () = stop.cancelled() => tracing::debug!("drain deadline: closing an upgraded connection"),
+        ended = pump(copy, &activity, idle) => match ended {
+            Pumped::Done(Err(e)) => tracing::debug!(error = %e, "upgraded relay ended with an error"),
+            Pumped::Done(Ok(_)) => {}
+            Pumped::Idle => tracing::debug!("idle timeout: closing an upgraded connection"),
+        },
     }
 }
 

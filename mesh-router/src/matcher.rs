@@ -171,6 +171,8 @@ pub(crate) enum PathMatcher {
     Exact(String),
     /// Anchored regex over the whole path (without query).
     Regex(Regex),
+    /// CONNECT requests only (Envoy's `connect_matcher`): no path is looked at.
+    Connect,
 }
 
 /// Everything a route's `match` asks, compiled.
@@ -207,6 +209,7 @@ impl RouteMatcher {
                 ),
                 None => (PathMatcher::Prefix(fold(&format!("/{service}/"))), true),
             },
+            PathMatch::ConnectMatcher {} => (PathMatcher::Connect, false),
         };
         let headers = m
             .headers
@@ -246,6 +249,7 @@ impl RouteMatcher {
             }
             PathMatcher::Exact(p) => eq(path.as_bytes(), p.as_bytes()),
             PathMatcher::Regex(r) => r.is_match(path),
+            PathMatcher::Connect => false,
         }
     }
 
@@ -261,9 +265,14 @@ impl RouteMatcher {
         !self.grpc && self.headers.is_empty() && self.query.is_empty()
     }
 
-    /// The whole match: path and the rest.
+    /// The whole match: path and the rest. A CONNECT request is matched by CONNECT matchers
+    /// only, and they match nothing else.
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.path_matches(req.path) && self.rest_matches(req)
+        let path = match self.path {
+            PathMatcher::Connect => req.connect,
+            _ => !req.connect && self.path_matches(req.path),
+        };
+        path && self.rest_matches(req)
     }
 }
 
@@ -273,6 +282,8 @@ pub(crate) struct RequestView<'a> {
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
     pub(crate) headers: &'a HeaderMap,
+    /// The method is CONNECT (only `connect_matcher` routes apply).
+    pub(crate) connect: bool,
 }
 
 impl<'a> RequestView<'a> {
@@ -281,6 +292,7 @@ impl<'a> RequestView<'a> {
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
+            connect: req.method() == http::Method::CONNECT,
         }
     }
 }

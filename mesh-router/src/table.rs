@@ -60,6 +60,8 @@ struct VirtualHostIndex {
     folded: PathTrie,
     /// Routes no trie can index (regex paths), by position, ascending.
     others: Vec<u32>,
+    /// `connect_matcher` routes, by position, ascending: the only ones a CONNECT request sees.
+    connects: Vec<u32>,
 }
 
 /// A compiled, validated `RouteConfiguration`, ready for the data path.
@@ -115,8 +117,12 @@ impl RouteTable {
         for (i, vh) in config.virtual_hosts.iter().enumerate() {
             let vh_name: Arc<str> = Arc::from(vh.name.as_str());
             let mut routes = Vec::with_capacity(vh.routes.len());
-            let (mut cased, mut folded, mut others) =
-                (TrieBuilder::default(), TrieBuilder::default(), Vec::new());
+            let (mut cased, mut folded, mut others, mut connects) = (
+                TrieBuilder::default(),
+                TrieBuilder::default(),
+                Vec::new(),
+                Vec::new(),
+            );
             for (j, route) in vh.routes.iter().enumerate() {
                 let compiled = compile_route(&name, &vh_name, route, registry).map_err(|e| {
                     let e = e.within(format!("virtual_hosts[{i}].routes[{j}]"));
@@ -137,6 +143,7 @@ impl RouteTable {
                     PathMatcher::Prefix(p) => trie.insert(p.as_bytes(), entry, false),
                     PathMatcher::Exact(p) => trie.insert(p.as_bytes(), entry, true),
                     PathMatcher::Regex(_) => others.push(j),
+                    PathMatcher::Connect => connects.push(j),
                 }
                 routes.push(Arc::new(compiled));
             }
@@ -149,6 +156,7 @@ impl RouteTable {
                 cased: cased.freeze(),
                 folded: folded.freeze(),
                 others,
+                connects,
             });
         }
         Ok(Self {
@@ -233,6 +241,11 @@ impl RouteTable {
                 }
             }
         };
+        // CONNECT has no path to walk (authority form): its own routes only, and only it.
+        if view.connect {
+            consider(&vh.connects, false);
+            return (best != u32::MAX).then_some((v, best as usize));
+        }
         let path = view.path.as_bytes();
         vh.cased.walk(path, false, |l| consider(l, true));
         if !vh.folded.is_empty() {

@@ -127,6 +127,17 @@ pub fn require_nc() -> Option<PathBuf> {
     nc_bin().or_else(|| skip_or_fail("nc (netcat-openbsd)", "MESH_NC_BIN"))
 }
 
+/// curl (Debian's `curl`), a real HTTP client whose `--proxytunnel` sends CONNECT:
+/// `MESH_CURL_BIN` if set, else `curl` on `PATH`.
+pub fn curl_bin() -> Option<PathBuf> {
+    from_env("MESH_CURL_BIN").or_else(|| on_path("curl"))
+}
+
+/// [`curl_bin`], or `None` after a loud skip message on stderr; panics under `CI=true` instead.
+pub fn require_curl() -> Option<PathBuf> {
+    curl_bin().or_else(|| skip_or_fail("curl", "MESH_CURL_BIN"))
+}
+
 /// [`grpc_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
 /// instead.
 pub fn require_grpc_python() -> Option<PathBuf> {

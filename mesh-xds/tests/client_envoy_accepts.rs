@@ -1,6 +1,7 @@
 //! What the conversion module produces from mesh-core (the control plane's direction) is served
 //! to real Envoy by a scripted ADS server, and Envoy must ACK every type: the richest listener,
-//! route table (every matcher, action and per-route filter), static cluster (ring hash, health
+//! route table (every matcher, CONNECT's `connect_matcher` and `connect_config` included, action
+//! and per-route filter), static cluster (ring hash, health
 //! checks, outlier detection, circuit breakers, HTTP/2, localities and priorities) and EDS
 //! cluster mesh-core can express, with both access-log formats, and the layer-4 listener shapes
 //! (an opaque `tcp_proxy` listener over weighted clusters; HTTP with upgrades and a TCP fallback
@@ -28,8 +29,25 @@ fn free_port() -> u16 {
 }
 
 fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
-    let routes: RouteConfiguration =
+    let mut routes: RouteConfiguration =
         serde_yaml::from_str(include_str!("client_data/routes.yaml")).unwrap();
+    // Terminated CONNECT: a connect_matcher route with a CONNECT upgrade and connect_config.
+    let mut tunnel = RouteAction::to_cluster("ratings");
+    tunnel.upgrade_configs = vec![RouteUpgrade::terminate_connect()];
+    routes.virtual_hosts.push(VirtualHost {
+        name: "tunnels".into(),
+        domains: vec!["db.internal:5432".into()],
+        routes: vec![Route {
+            name: "tunnel".into(),
+            matcher: RouteMatch {
+                path: PathMatch::ConnectMatcher {},
+                ..RouteMatch::default()
+            },
+            action: tunnel,
+            filters: Vec::new(),
+        }],
+    });
+    routes.validate().unwrap();
     let cluster: Cluster = serde_yaml::from_str(include_str!("client_data/cluster.yaml")).unwrap();
     let mut eds = Cluster::new("ratings");
     eds.discovery = Discovery::Eds;

@@ -375,3 +375,83 @@ virtual_hosts:
     let s = shape("/edits");
     assert!(s.direct && s.edits_request && s.edits_response);
 }
+
+#[test]
+fn connect_requests_see_connect_routes_only() {
+    let t = table(
+        r#"
+name: t
+virtual_hosts:
+  - name: tunnels
+    domains: ["db.internal:5432"]
+    routes:
+      - { name: catch-all, match: { prefix: "" }, route: { cluster: c } }
+      - name: tunnel
+        match: { connect_matcher: {}, headers: [ { name: x-tenant, present: true } ] }
+        route: { cluster: db, upgrade_configs: [ { upgrade_type: CONNECT, connect_config: {} } ] }
+  - name: web
+    domains: ["*"]
+    routes:
+      - { name: web, match: { prefix: "/" }, route: { cluster: c } }
+"#,
+    );
+    let connect = |authority: &str, headers: &[(&str, &str)]| {
+        let mut b = Request::connect(authority);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = b.body(()).unwrap();
+        match t.decide(&r) {
+            Ok(d) => d.matched().route.name.clone(),
+            Err(e) => {
+                assert!(matches!(e, MeshError::NoRoute { .. }), "{e}");
+                "404".into()
+            }
+        }
+    };
+    let tenant = [("x-tenant", "a")];
+    assert_eq!(connect("db.internal:5432", &tenant), "tunnel");
+    assert_eq!(
+        connect("db.internal:5432", &[]),
+        "404",
+        "other conditions hold too"
+    );
+    assert_eq!(
+        connect("other:443", &tenant),
+        "404",
+        "a prefix route never matches CONNECT"
+    );
+    // And a connect_matcher never matches anything else.
+    let host = [("host", "db.internal:5432"), ("x-tenant", "a")];
+    assert_eq!(route_of(&t, "/x", &host), "catch-all");
+    let r = Request::connect("db.internal:5432")
+        .header("x-tenant", "a")
+        .body(())
+        .unwrap();
+    let view = RequestView::of(&r);
+    assert_eq!(
+        t.find("db.internal:5432", &view),
+        t.find_linear("db.internal:5432", &view)
+    );
+}
+
+#[test]
+fn a_connect_route_must_terminate() {
+    let config: RouteConfiguration = serde_yaml::from_str(
+        r#"
+name: t
+virtual_hosts:
+  - name: vh
+    domains: ["*"]
+    routes:
+      - { name: tunnel, match: { connect_matcher: {} }, route: { cluster: db } }
+"#,
+    )
+    .unwrap();
+    let err = RouteTable::compile(&config, &LayerRegistry::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("routes[0].route.upgrade_configs") && msg.contains("connect_config"),
+        "{msg}"
+    );
+}

@@ -297,6 +297,8 @@ pub(crate) fn check_ads_source(
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_connect;
+#[cfg(test)]
 mod tests_custom;
 #[cfg(test)]
 mod tests_l4;

@@ -230,10 +230,11 @@ fn match_from(m: &rpb::RouteMatch) -> Result<RouteMatch, ConvertError> {
         (Some(P::Prefix(p)), false) => PathMatch::Prefix(p.clone()),
         (Some(P::Path(p)), false) => PathMatch::Exact(p.clone()),
         (Some(P::SafeRegex(r)), false) => PathMatch::Regex(r.regex.clone()),
+        (Some(P::ConnectMatcher(_)), false) => PathMatch::ConnectMatcher {},
         (Some(_), false) => {
             return Err(ConvertError::unsupported(
                 "path_specifier",
-                "CONNECT, separated-prefix and extension path matchers",
+                "separated-prefix and extension path matchers",
             ))
         }
         (None, false) => return Err(ConvertError::new("path_specifier", "missing")),
@@ -292,6 +293,7 @@ fn match_to(m: &RouteMatch) -> rpb::RouteMatch {
         PathMatch::Prefix(p) => P::Prefix(p.clone()),
         PathMatch::Exact(p) => P::Path(p.clone()),
         PathMatch::Regex(r) => P::SafeRegex(regex(r)),
+        PathMatch::ConnectMatcher {} => P::ConnectMatcher(rpb::route_match::ConnectMatcher {}),
         PathMatch::Grpc { service, method } => {
             grpc = Some(rpb::route_match::GrpcRouteMatchOptions {});
             match method {

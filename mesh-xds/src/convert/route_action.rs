@@ -16,7 +16,8 @@ use prost::Name;
 use super::custom;
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
 use super::route_policy::{
-    hash_from, hash_to, header_add_to, header_adds_from, retry_from, retry_to,
+    hash_from, hash_to, header_add_to, header_adds_from, retry_from, retry_to, upgrade_from,
+    upgrade_to,
 };
 use super::{
     duration_to, mesh_meta_get, mesh_meta_set, opt_duration, pack, u32_from, u32_to, unpack,
@@ -50,11 +51,6 @@ pub(crate) fn action_from(
         ),
         (a.cors.is_some(), "cors", "CORS"),
         (a.hedge_policy.is_some(), "hedge_policy", "hedging"),
-        (
-            !a.upgrade_configs.is_empty(),
-            "upgrade_configs",
-            "protocol upgrades",
-        ),
         (
             a.internal_redirect_policy.is_some(),
             "internal_redirect_policy",
@@ -136,6 +132,12 @@ pub(crate) fn action_from(
         .enumerate()
         .map(|(i, h)| hash_from(h).map_err(|e| e.within(format!("route.hash_policy[{i}]"))))
         .collect::<Result<_, _>>()?;
+    out.upgrade_configs = a
+        .upgrade_configs
+        .iter()
+        .enumerate()
+        .map(|(i, u)| upgrade_from(u).map_err(|e| e.within(format!("route.upgrade_configs[{i}]"))))
+        .collect::<Result<_, _>>()?;
     out.request_headers_to_add =
         header_adds_from(&r.request_headers_to_add, "request_headers_to_add")?;
     out.request_headers_to_remove = r.request_headers_to_remove.clone();
@@ -214,6 +216,7 @@ pub(crate) fn action_to(r: &Route, out: &mut rpb::Route) {
             .clone()
             .map(rpb::route_action::HostRewriteSpecifier::HostRewriteLiteral),
         hash_policy: a.hash_policy.iter().map(hash_to).collect(),
+        upgrade_configs: a.upgrade_configs.iter().map(upgrade_to).collect(),
         ..Default::default()
     }));
     out.request_headers_to_add = a.request_headers_to_add.iter().map(header_add_to).collect();

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::route::v3 as rpb;
-use mesh_core::{HashPolicy, HeaderValueOption, RetryBackoff, RetryBudget, RetryPolicy};
+use mesh_core::{
+    ConnectConfig, HashPolicy, HeaderValueOption, RetryBackoff, RetryBudget, RetryPolicy,
+    RouteUpgrade,
+};
 
 use super::{duration_from, duration_to, opt_duration, u32_from, u32_to, ConvertError};
 
@@ -178,5 +181,45 @@ pub(crate) fn header_add_to(h: &HeaderValueOption) -> core::HeaderValueOption {
             A::OverwriteIfExistsOrAdd
         } as i32,
         ..Default::default()
+    }
+}
+
+/// A route's `upgrade_configs`: only CONNECT, terminated (`connect_config` without PROXY
+/// protocol or `allow_post`); mesh-core's validation refuses the rest with its field path.
+pub(crate) fn upgrade_from(
+    u: &rpb::route_action::UpgradeConfig,
+) -> Result<RouteUpgrade, ConvertError> {
+    let connect_config = match &u.connect_config {
+        None => None,
+        Some(c) if c.proxy_protocol_config.is_some() => {
+            return Err(ConvertError::unsupported(
+                "connect_config.proxy_protocol_config",
+                "PROXY protocol on terminated CONNECT",
+            ))
+        }
+        Some(c) if c.allow_post => {
+            return Err(ConvertError::unsupported(
+                "connect_config.allow_post",
+                "POST-based CONNECT",
+            ))
+        }
+        Some(_) => Some(ConnectConfig {}),
+    };
+    Ok(RouteUpgrade {
+        upgrade_type: u.upgrade_type.clone(),
+        enabled: u.enabled.is_none_or(|b| b.value),
+        connect_config,
+    })
+}
+
+pub(crate) fn upgrade_to(u: &RouteUpgrade) -> rpb::route_action::UpgradeConfig {
+    rpb::route_action::UpgradeConfig {
+        upgrade_type: u.upgrade_type.clone(),
+        enabled: (!u.enabled)
+            .then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        connect_config: u
+            .connect_config
+            .as_ref()
+            .map(|_| rpb::route_action::upgrade_config::ConnectConfig::default()),
     }
 }
