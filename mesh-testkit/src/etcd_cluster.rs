@@ -100,7 +100,8 @@ impl EtcdCluster {
             }
         }
         let leader = leader?;
-        ids.iter().position(|id| id.as_deref() == Some(leader.as_str()))
+        ids.iter()
+            .position(|id| id.as_deref() == Some(leader.as_str()))
     }
 
     /// Kills member `i` (SIGKILL, like a crash) and waits for it to exit; its data stays.
@@ -139,7 +140,9 @@ impl EtcdCluster {
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.log", self.members[i].name))
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {

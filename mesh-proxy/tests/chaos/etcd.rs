@@ -73,8 +73,10 @@ fn publish(publisher: SocketAddr, app: &App) {
         app.addr.port()
     );
     let mut last = String::new();
-    let done = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
-        match http_request(publisher, "POST", "/pub", &[], body.as_bytes()) {
+    let done = wait_for(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || match http_request(publisher, "POST", "/pub", &[], body.as_bytes()) {
             Ok(r) if r.status == 200 => Some(()),
             Ok(r) => {
                 last = format!("{}: {}", r.status, r.text());
@@ -84,8 +86,8 @@ fn publish(publisher: SocketAddr, app: &App) {
                 last = format!("{e:#}");
                 None
             }
-        }
-    });
+        },
+    );
     assert!(done.is_some(), "publish {}: {last}", app.addr);
 }
 

@@ -57,7 +57,8 @@ pub fn wait_routable(outbound: SocketAddr, host: &str) -> bool {
         std::time::Duration::from_secs(20),
         std::time::Duration::from_millis(50),
         || {
-            let r = mesh_testkit::http_request(outbound, "GET", "/", &[("Host", host)], b"").ok()?;
+            let r =
+                mesh_testkit::http_request(outbound, "GET", "/", &[("Host", host)], b"").ok()?;
             (r.status == 200).then_some(())
         },
     )

@@ -1,5 +1,5 @@
-//! A stalled app and a black-holed endpoint (accepts, never answers) beside a good one: the
-//! route time-out fires, outlier detection ejects both, traffic moves on to the good one, and
+//! A stalled app and a black-holed endpoint (accepts, never answers) beside three good ones: the
+//! route time-out fires, outlier detection ejects both, traffic moves on to the good ones, and
 //! the sidecar's memory stays bounded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::load::{Load, LoadSpec};
 use crate::support::{
-    control_plane_bin, report, scaled, vm_rss_kib, write_atomically, App, AppMode, ControlPlane, NodePorts,
-    SidecarProc,
+    control_plane_bin, report, scaled, vm_rss_kib, write_atomically, App, AppMode, ControlPlane,
+    NodePorts, SidecarProc,
 };
 use crate::{mesh_file, wait_routable};
 
@@ -25,7 +25,13 @@ fn stalled_and_black_holed_endpoints_time_out_get_ejected_and_memory_stays_bound
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let good = App::start(AppMode::Answer(Duration::ZERO));
+    // Three good apps, so that with both bad ones ejected 60 % stay healthy: under 50 % the
+    // balancer would enter panic mode (as Envoy's default healthy_panic_threshold) and spread
+    // traffic over the ejected endpoints again.
+    let good: Vec<App> = (0..3)
+        .map(|_| App::start(AppMode::Answer(Duration::ZERO)))
+        .collect();
+    let good_hits = || good.iter().map(App::hits).sum::<u64>();
     let stalled = App::start(AppMode::Answer(Duration::from_secs(3600)));
     let black_hole = App::start(AppMode::BlackHole);
     let node = NodePorts::new("client-1");
@@ -41,7 +47,13 @@ fn stalled_and_black_holed_endpoints_time_out_get_ejected_and_memory_stays_bound
         &mesh,
         &mesh_file(
             &[&node],
-            &[good.addr, stalled.addr, black_hole.addr],
+            &[
+                good[0].addr,
+                good[1].addr,
+                good[2].addr,
+                stalled.addr,
+                black_hole.addr,
+            ],
             &extra,
             0,
         ),
@@ -82,7 +94,7 @@ fn stalled_and_black_holed_endpoints_time_out_get_ejected_and_memory_stays_bound
     };
     std::thread::sleep(run / 2);
     let first_half = load.snapshot();
-    let good_hits_half = good.hits();
+    let good_hits_half = good_hits();
     std::thread::sleep(run / 2);
     let tally = load.stop();
     sampling.store(false, Ordering::Release);
@@ -99,7 +111,7 @@ fn stalled_and_black_holed_endpoints_time_out_get_ejected_and_memory_stays_bound
             first_half.line(),
             stalled.hits(),
             black_hole.hits(),
-            good.hits()
+            good_hits()
         ),
     );
     assert!(
@@ -121,7 +133,7 @@ fn stalled_and_black_holed_endpoints_time_out_get_ejected_and_memory_stays_bound
         tally.line()
     );
     assert_eq!(second_half_failed, 0, "traffic moved on: {}", tally.line());
-    assert!(good.hits() > good_hits_half && second_half_sent > 50);
+    assert!(good_hits() > good_hits_half && second_half_sent > 50);
     assert!(
         rss_max <= rss_start + RSS_GROWTH_KIB,
         "sidecar RSS grew from {rss_start} KiB to {rss_max} KiB"

@@ -50,15 +50,12 @@ pub fn control_plane_bin() -> Option<PathBuf> {
         // target/<profile>/deps/chaos-<hash> → target/<profile>/mesh-control-plane
         Some(exe.parent()?.parent()?.join("mesh-control-plane"))
     });
-    from_env
-        .or(beside)
-        .filter(|p| p.is_file())
-        .or_else(|| {
-            mesh_testkit::skip_or_fail(
-                "mesh-control-plane (cargo build -p mesh-xds --features cli,etcd)",
-                "MESH_CONTROL_PLANE_BIN",
-            )
-        })
+    from_env.or(beside).filter(|p| p.is_file()).or_else(|| {
+        mesh_testkit::skip_or_fail(
+            "mesh-control-plane (cargo build -p mesh-xds --features cli,etcd)",
+            "MESH_CONTROL_PLANE_BIN",
+        )
+    })
 }
 
 /// A child process with its output in a log file; SIGKILLed on drop.
