@@ -16,7 +16,7 @@
 //! Scale: `MESH_CHAOS=long` (what `./scripts/chaos` sets) runs each scenario for minutes;
 //! otherwise each takes a few seconds (the form `./scripts/test` runs). Every scenario prints
 //! a `CHAOS [...]` line with its counts (`--no-capture` shows them).
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod config_edits;
 mod control_plane;
