@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use mesh_testkit::{http_request, wait_for, EtcdCluster, EtcdProcess};
 
+use crate::app::{App, AppMode};
 use crate::load::{Load, LoadSpec};
-use crate::support::{
-    control_plane_bin, report, scaled, App, AppMode, ControlPlane, NodePorts, SidecarProc,
-};
+use crate::support::{control_plane_bin, report, scaled, ControlPlane, NodePorts, SidecarProc};
 use crate::wait_routable;
 
 /// The mesh: a client node and a publisher node; the service `hello` comes only from the

@@ -18,6 +18,7 @@
 //! a `CHAOS [...]` line with its counts (`--no-capture` shows them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod app;
 mod config_edits;
 mod control_plane;
 mod etcd;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::app::{App, AppMode};
 use crate::load::{Load, LoadSpec};
 use crate::support::{
-    control_plane_bin, long, report, scaled, write_atomically, App, AppMode, ControlPlane,
-    NodePorts, SidecarProc,
+    control_plane_bin, long, report, scaled, write_atomically, ControlPlane, NodePorts, SidecarProc,
 };
 use crate::{mesh_file, wait_routable};
 

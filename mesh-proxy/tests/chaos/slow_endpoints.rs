@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::{App, AppMode};
 use crate::load::{Load, LoadSpec};
 use crate::support::{
-    control_plane_bin, report, scaled, vm_rss_kib, write_atomically, App, AppMode, ControlPlane,
-    NodePorts, SidecarProc,
+    control_plane_bin, report, scaled, vm_rss_kib, write_atomically, ControlPlane, NodePorts,
+    SidecarProc,
 };
 use crate::{mesh_file, wait_routable};
 
