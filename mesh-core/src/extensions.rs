@@ -57,3 +57,11 @@ pub struct RequestHash(pub u64);
 /// cluster's `max_retries` circuit breaker and can avoid the endpoint that just failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAttempt(pub u32);
+
+/// When the router's time-out for this attempt fires: the route's time-out, or the per-try
+/// time-out when that comes first. The router sets it; the load balancer reads it when a
+/// request is dropped unanswered: dropped at or past its deadline, the endpoint timed out (a
+/// gateway failure for outlier detection, as Envoy counts a route or per-try time-out against
+/// the host); dropped before it, the caller went away, which says nothing about the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub std::time::Instant);

@@ -180,6 +180,12 @@ impl ClusterState {
         &self.name
     }
 
+    /// Whether outlier detection is on (so outcomes are worth recording).
+    #[inline]
+    pub(crate) fn detects_outliers(&self) -> bool {
+        self.detects_outliers
+    }
+
     /// Records a request's outcome against its endpoint, for outlier detection.
     pub(crate) fn record(&self, ep: &Arc<EndpointState>, outcome: Outcome) {
         if self.detects_outliers {

@@ -10,7 +10,7 @@ use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use mesh_core::extensions::{PickedEndpoint, RequestHash, RetryAttempt, TargetCluster};
+use mesh_core::extensions::{Deadline, PickedEndpoint, RequestHash, RetryAttempt, TargetCluster};
 use mesh_core::{body, Body, BoxError, MeshError};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -206,17 +206,25 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         match self.admit(&mut req) {
             Ok(admitted) => {
+                // Only a cluster that detects outliers needs to know what a drop means.
+                let deadline = if admitted.cluster.detects_outliers() {
+                    req.extensions().get::<Deadline>().map(|d| d.0)
+                } else {
+                    None
+                };
                 // The instance polled ready is called in place: its future owns what it needs,
                 // so no clone of the inner service per request.
                 ResponseFuture {
                     inner: Some(self.inner.call(req)),
                     admitted: Some(admitted),
+                    deadline,
                     error: None,
                 }
             }
             Err(e) => ResponseFuture {
                 inner: None,
                 admitted: None,
+                deadline: None,
                 // Boxed now rather than when polled: the future stays small on the admitted
                 // path, and the error is returned boxed anyway.
                 error: Some(e.into()),
@@ -233,7 +241,24 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         admitted: Option<Admitted>,
+        // The router's deadline (see [`Deadline`]), when the cluster detects outliers.
+        deadline: Option<std::time::Instant>,
         error: Option<BoxError>,
+    }
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Still admitted: dropped before the endpoint answered. At or past the router's
+            // deadline that is the endpoint's time-out, a gateway failure (as Envoy counts it),
+            // or a stalled or black-holed endpoint would never be ejected.
+            if let (Some(admitted), Some(deadline)) = (this.admitted.take(), *this.deadline) {
+                if tokio::time::Instant::now().into_std() >= deadline {
+                    admitted
+                        .cluster
+                        .record(&admitted.endpoint.0, Outcome::Failure { gateway: true });
+                }
+            }
+        }
     }
 }
 
@@ -384,5 +409,51 @@ mod tests {
         ));
         let s = m.get("c").unwrap().circuit_breaker().stats();
         assert_eq!((s.requests, s.retries), (0, 0));
+    }
+
+    /// A request the router's time-out dropped (at its deadline) counts against its endpoint
+    /// as a gateway failure, so a stalled endpoint is ejected; one dropped before its deadline
+    /// (the caller went away) or without one counts for nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_drop_at_the_deadline_is_the_endpoints_time_out_an_earlier_drop_is_not() {
+        use mesh_core::OutlierDetection;
+        use std::time::Duration;
+
+        let addr: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let mut c = Cluster::new("c");
+        c.load_assignment = Some(ClusterLoadAssignment::from_addrs("c", [addr]));
+        c.outlier_detection = Some(OutlierDetection {
+            consecutive_gateway_failure: 2,
+            max_ejection_percent: 100,
+            ..OutlierDetection::default()
+        });
+        let m = ClusterManager::new();
+        m.reload(vec![c]).unwrap();
+        let stalled = service_fn(|_req: Request<Body>| {
+            std::future::pending::<Result<Response<Body>, BoxError>>()
+        });
+        let svc = LoadBalanceLayer::new(m.clone()).layer(stalled);
+        let ep = m.get("c").unwrap().endpoints()[&addr].clone();
+        let limit = Duration::from_millis(300);
+        let call = |deadline: Option<Duration>| {
+            let mut req = request(None);
+            if let Some(d) = deadline {
+                req.extensions_mut()
+                    .insert(Deadline(tokio::time::Instant::now().into_std() + d));
+            }
+            tokio::time::timeout(limit, svc.clone().oneshot(req))
+        };
+
+        // The caller gives up before the deadline, or there is none: nothing is recorded.
+        for _ in 0..3 {
+            assert!(call(Some(limit * 2)).await.is_err());
+            assert!(call(None).await.is_err());
+        }
+        assert!(!ep.is_ejected(), "early drops are not the endpoint's fault");
+        // Dropped by the time-out at the deadline, twice in a row: ejected.
+        assert!(call(Some(limit)).await.is_err());
+        assert!(!ep.is_ejected());
+        assert!(call(Some(limit)).await.is_err());
+        assert!(ep.is_ejected(), "two time-outs in a row eject it");
     }
 }

@@ -137,7 +137,12 @@ fn spawn(bin: &Path, dir: &Path, client: SocketAddr, peer: SocketAddr) -> Result
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=default={peer_url}"))
         .args(["--logger=zap", "--log-outputs=stderr"]);
-    // etcd 3.4 refuses to run on anything but amd64 unless told to.
+    unsupported_arch_env(&mut cmd);
+    Managed::spawn("etcd", cmd, &dir.join("etcd.log"))
+}
+
+/// etcd 3.4 refuses to run on anything but amd64 unless told to.
+pub(crate) fn unsupported_arch_env(cmd: &mut Command) {
     if std::env::var_os("ETCD_UNSUPPORTED_ARCH").is_none() {
         match std::env::consts::ARCH {
             "x86_64" => {}
@@ -149,5 +154,4 @@ fn spawn(bin: &Path, dir: &Path, client: SocketAddr, peer: SocketAddr) -> Result
             }
         }
     }
-    Managed::spawn("etcd", cmd, &dir.join("etcd.log"))
 }

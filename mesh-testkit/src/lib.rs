@@ -19,6 +19,7 @@
 mod bins;
 mod envoy;
 mod etcd;
+mod etcd_cluster;
 mod http;
 mod net;
 mod process;
@@ -31,6 +32,7 @@ pub use bins::{
 };
 pub use envoy::{ads_bootstrap, EnvoyProcess};
 pub use etcd::EtcdProcess;
+pub use etcd_cluster::EtcdCluster;
 pub use http::{http_get, http_request, HttpResponse, HttpStub};
 pub use net::{free_port, free_ports, wait_for};
 

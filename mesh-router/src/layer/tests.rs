@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use mesh_core::extensions::{MatchedRoute, RequestHash, RetryAttempt, TargetCluster};
+use mesh_core::extensions::{Deadline, MatchedRoute, RequestHash, RetryAttempt, TargetCluster};
 use mesh_core::{body, MeshError};
 use tokio::time::Instant;
 use tower::service_fn;
@@ -166,6 +166,41 @@ virtual_hosts:
         .unwrap();
     let resp = router.oneshot(req).await.unwrap();
     assert_eq!(resp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+}
+
+/// The router tells the inner service when its time-out fires ([`Deadline`]): the route's, or
+/// the per-try time-out's when that is earlier, so that the load balancer can count a request
+/// the time-out dropped against its endpoint.
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_sees_the_deadline_of_the_route_or_of_the_try() {
+    let cfg = config(
+        r#"
+name: t
+virtual_hosts:
+  - name: vh
+    domains: ["*"]
+    routes:
+      - match: { prefix: "/try" }
+        route: { cluster: c, timeout: 5s, retry_policy: { retry_on: "5xx", num_retries: 1, per_try_timeout: 1s } }
+      - match: { prefix: "/" }
+        route: { cluster: c, timeout: 2s }
+"#,
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let svc = BoxCloneService::new(service_fn(move |req: Request<Body>| {
+        let now = Instant::now().into_std();
+        let left = req.extensions().get::<Deadline>().map(|d| d.0 - now);
+        s.lock().unwrap().push(left);
+        async { Ok::<_, BoxError>(Response::new(body::empty())) }
+    }));
+    let router = RouterLayer::new(&cfg).unwrap().layer(svc);
+    router.clone().oneshot(get("/")).await.unwrap();
+    router.oneshot(get("/try")).await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(Duration::from_secs(2)), Some(Duration::from_secs(1))]
+    );
 }
 
 const RETRY: &str = r#"

@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
+use mesh_core::extensions::Deadline;
 use mesh_core::{Body, BoxError, RouteAction, ValidationError};
 use tower::{Service, ServiceExt};
 
@@ -123,7 +124,10 @@ where
         Self::run(self.inner, self.policy, req)
     }
 
-    fn run(inner: S, policy: Arc<RoutePolicy>, req: Request<Body>) -> BoxFuture {
+    fn run(inner: S, policy: Arc<RoutePolicy>, mut req: Request<Body>) -> BoxFuture {
+        if let Some(limit) = policy.timeout {
+            set_deadline(&mut req, limit);
+        }
         if policy.retry.is_none() {
             // The common case (a timeout, no retries) in a future of a few words: one holding
             // the retry machinery and the request as well was copied whole into its box on
@@ -143,4 +147,17 @@ where
             timeout::within(policy.timeout, grpc, run).await.0
         })
     }
+}
+
+/// Marks when the time-out of `limit` from now fires (the earlier one if a deadline is already
+/// set), so that the load balancer can count a request dropped by it against its endpoint.
+/// Read off tokio's clock, so that paused-time tests agree with the timer.
+pub(crate) fn set_deadline(req: &mut Request<Body>, limit: Duration) {
+    let at = tokio::time::Instant::now().into_std() + limit;
+    let ext = req.extensions_mut();
+    let at = match ext.get::<Deadline>() {
+        Some(Deadline(earlier)) => at.min(*earlier),
+        None => at,
+    };
+    ext.insert(Deadline(at));
 }

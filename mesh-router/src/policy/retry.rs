@@ -240,6 +240,10 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Send + 'static,
     S::Future: Send + 'static,
 {
+    let mut req = req;
+    if let Some(limit) = retry.per_try {
+        super::set_deadline(&mut req, limit);
+    }
     timeout::within(retry.per_try, grpc, super::oneshot(inner, req)).await
 }
 
