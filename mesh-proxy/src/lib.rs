@@ -15,6 +15,7 @@ pub mod admin;
 pub mod bootstrap;
 mod conn;
 mod decision;
+pub mod limit;
 pub mod detect;
 pub mod dynamic;
 pub mod filters;

@@ -17,7 +17,6 @@ use hyper_util::server::conn::auto;
 use mesh_core::extensions::{ClientAddr, ListenerName};
 use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError, StripHostPort};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
@@ -27,6 +26,8 @@ use crate::accept::{self, L4Settings};
 use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised};
 use crate::decision::Decision;
 use crate::headers;
+use crate::limit::{Admission, ConnectionLimit};
+use crate::metrics_l4::CloseReason;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
 
@@ -41,8 +42,9 @@ pub struct ListenerSettings {
     /// Protocols and protections.
     pub http: HttpProtocolOptions,
     /// Permits for open downstream connections, shared by every listener of the process (a
-    /// global limit); with none left, a new connection is closed at once.
-    pub connections: Arc<Semaphore>,
+    /// global limit); with none left, the connection idle longest is shed for a new one, and
+    /// with nothing idle the new one is closed at once.
+    pub connections: Arc<ConnectionLimit>,
     /// The stack traces requests (its trace layer owns `traceparent`: it continues the
     /// incoming one or starts a trace by its sampler), so the edge does not generate one.
     pub traced: bool,
@@ -64,6 +66,7 @@ pub async fn serve(
     let l4 = Arc::new(settings.l4.clone());
     let tracker = TaskTracker::new();
     let connections = Arc::new(Connections::default());
+    settings.connections.register(&connections);
     let idle = settings.http.idle_timeout;
     let conns = metrics.active_connections(&settings.name);
     let shared = Arc::new(EdgeShared {
@@ -99,12 +102,21 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&settings.connections).try_acquire_owned() else {
-            tracing::warn!(listener = %settings.name, %peer, "connection limit reached, closing");
-            shared
-                .metrics
-                .record_mesh_error(&settings.name, "connection_limit");
-            continue;
+        let permit = match settings.connections.admit().await {
+            Admission::Admitted(p) => p,
+            Admission::Shed(p) => {
+                tracing::debug!(listener = %settings.name, %peer, "connection limit reached, shed the connection idle longest");
+                shared.metrics.l4().closed(&settings.name, CloseReason::ShedIdle);
+                p
+            }
+            Admission::Refused => {
+                tracing::warn!(listener = %settings.name, %peer, "connection limit reached, closing");
+                shared
+                    .metrics
+                    .record_mesh_error(&settings.name, "connection_limit");
+                shared.metrics.l4().closed(&settings.name, CloseReason::OverLimit);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
