@@ -7,6 +7,8 @@
 //! Listeners register their connection registries here; the registries are only walked on the
 //! at-limit path (under a lock), never per request and never on an accept below the limit.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -79,5 +81,77 @@ impl ConnectionLimit {
             Ok(Ok(p)) => Admission::Shed(p),
             _ => Admission::Refused,
         }
+    }
+}
+
+/// Open connections per source IP address of one listener, under an optional cap. Touched on
+/// accept and close only when the cap is set.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One connection's place in its source address's count, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct PerIpSlot {
+    owner: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A cap of `max` open connections per source address.
+    pub(crate) fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when `ip` has the maximum open.
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            owner: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_slots_are_capped_and_given_back() {
+        let per_ip = PerIp::new(2);
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let first = per_ip.take(a).unwrap();
+        let _second = per_ip.take(a).unwrap();
+        assert!(per_ip.take(a).is_none(), "a third from the same address");
+        assert!(per_ip.take(b).is_some(), "other addresses are not affected");
+        drop(first);
+        assert!(per_ip.take(a).is_some(), "a closed connection frees its slot");
     }
 }

@@ -26,7 +26,7 @@ use crate::accept::{self, L4Settings};
 use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised};
 use crate::decision::Decision;
 use crate::headers;
-use crate::limit::{Admission, ConnectionLimit};
+use crate::limit::{Admission, ConnectionLimit, PerIp, PerIpSlot};
 use crate::metrics_l4::CloseReason;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
@@ -67,6 +67,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let connections = Arc::new(Connections::default());
     settings.connections.register(&connections);
+    let per_ip = settings.http.max_connections_per_ip.map(PerIp::new);
     let idle = settings.http.idle_timeout;
     let conns = metrics.active_connections(&settings.name);
     let shared = Arc::new(EdgeShared {
@@ -102,6 +103,18 @@ pub async fn serve(
                 }
             },
         };
+        // The per-address cap first: a flood from one address sheds nobody else's connection.
+        let per_ip_slot = match &per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.take(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(listener = %settings.name, %peer, "per-address connection cap reached, closing");
+                    shared.metrics.l4().closed(&settings.name, CloseReason::PerIpLimit);
+                    continue;
+                }
+            },
+        };
         let permit = match settings.connections.admit().await {
             Admission::Admitted(p) => p,
             Admission::Shed(p) => {
@@ -133,6 +146,7 @@ pub async fn serve(
             registry: Arc::clone(&connections),
             gauge,
             _permit: permit,
+            _per_ip: per_ip_slot,
         };
         let (builder, l4) = (Arc::clone(&builder), Arc::clone(&l4));
         tracker.spawn(async move {
@@ -178,13 +192,14 @@ pub async fn serve(
     shared.upgrades.drain(deadline).await;
 }
 
-/// A connection's place in its listener: registry entry, open-connections gauge and
-/// connection-limit permit, all given back when dropped.
+/// A connection's place in its listener: registry entry, open-connections gauge,
+/// connection-limit permit and per-address slot, all given back when dropped.
 struct Registered {
     id: u64,
     registry: Arc<Connections>,
     gauge: prometheus_client::metrics::gauge::Gauge,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _per_ip: Option<PerIpSlot>,
 }
 
 impl Drop for Registered {

@@ -50,6 +50,14 @@ impl Drop for Running {
 }
 
 async fn start(max_connections: usize, detection_timeout: Option<Duration>) -> Running {
+    start_with(max_connections, detection_timeout, HttpProtocolOptions::default()).await
+}
+
+async fn start_with(
+    max_connections: usize,
+    detection_timeout: Option<Duration>,
+    http: HttpProtocolOptions,
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -64,7 +72,7 @@ async fn start(max_connections: usize, detection_timeout: Option<Duration>) -> R
     }
     let settings = ListenerSettings {
         name: Arc::from("flood"),
-        http: HttpProtocolOptions::default(),
+        http,
         connections: Arc::new(ConnectionLimit::new(max_connections)),
         traced: false,
         l4,
@@ -164,6 +172,45 @@ async fn busy_connections_are_not_shed_and_the_new_one_is_refused() {
     }
     assert_eq!(l.metrics.l4().closed_for("flood", CloseReason::OverLimit), 1);
     assert_eq!(l.metrics.l4().closed_for("flood", CloseReason::ShedIdle), 0);
+}
+
+#[tokio::test]
+async fn the_per_address_cap_closes_the_extra_connections_of_one_address() {
+    let http = HttpProtocolOptions {
+        max_connections_per_ip: Some(3),
+        ..Default::default()
+    };
+    let l = start_with(100, None, http).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(l.addr).await.unwrap();
+        assert!(request(&mut s, "").await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut fourth = TcpStream::connect(l.addr).await.unwrap();
+    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+    assert_eq!(
+        l.metrics.l4().closed_for("flood", CloseReason::PerIpLimit),
+        1
+    );
+    // One of the three closes: its slot is free again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut s = TcpStream::connect(l.addr).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
