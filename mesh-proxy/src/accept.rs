@@ -323,8 +323,14 @@ mod tests {
         tokio::task::yield_now().await;
         client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
         tokio::task::yield_now().await;
-        assert!(!task.is_finished(), "the preface alone does not decide HTTP/2");
-        client.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        assert!(
+            !task.is_finished(),
+            "the preface alone does not decide HTTP/2"
+        );
+        client
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
         let (got, buf) = task.await.unwrap();
         assert_eq!(got, Sniffed::Decided(Detection::Http2));
         assert_eq!(buf.len(), H2_HANDSHAKE);

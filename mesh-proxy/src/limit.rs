@@ -55,7 +55,10 @@ impl ConnectionLimit {
 
     /// Makes a listener's connections candidates for shedding (dropped listeners fall out).
     pub(crate) fn register(&self, connections: &Arc<Connections>) {
-        let mut l = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut l = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         l.retain(|w| w.strong_count() > 0);
         l.push(Arc::downgrade(connections));
     }
@@ -67,7 +70,10 @@ impl ConnectionLimit {
             return Admission::Admitted(p);
         }
         let oldest = {
-            let l = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+            let l = self
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             l.iter()
                 .filter_map(Weak::upgrade)
                 .filter_map(|c| c.oldest_idle())
@@ -152,6 +158,9 @@ mod tests {
         assert!(per_ip.take(a).is_none(), "a third from the same address");
         assert!(per_ip.take(b).is_some(), "other addresses are not affected");
         drop(first);
-        assert!(per_ip.take(a).is_some(), "a closed connection frees its slot");
+        assert!(
+            per_ip.take(a).is_some(),
+            "a closed connection frees its slot"
+        );
     }
 }

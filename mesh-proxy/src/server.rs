@@ -27,8 +27,8 @@ use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supe
 use crate::decision::Decision;
 use crate::headers;
 use crate::limit::{Admission, ConnectionLimit, PerIp, PerIpSlot};
-use crate::metrics_l4::CloseReason;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::metrics_l4::CloseReason;
 use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
@@ -110,7 +110,10 @@ pub async fn serve(
                 Some(slot) => Some(slot),
                 None => {
                     tracing::debug!(listener = %settings.name, %peer, "per-address connection cap reached, closing");
-                    shared.metrics.l4().closed(&settings.name, CloseReason::PerIpLimit);
+                    shared
+                        .metrics
+                        .l4()
+                        .closed(&settings.name, CloseReason::PerIpLimit);
                     continue;
                 }
             },
@@ -119,7 +122,10 @@ pub async fn serve(
             Admission::Admitted(p) => p,
             Admission::Shed(p) => {
                 tracing::debug!(listener = %settings.name, %peer, "connection limit reached, shed the connection idle longest");
-                shared.metrics.l4().closed(&settings.name, CloseReason::ShedIdle);
+                shared
+                    .metrics
+                    .l4()
+                    .closed(&settings.name, CloseReason::ShedIdle);
                 p
             }
             Admission::Refused => {
@@ -127,7 +133,10 @@ pub async fn serve(
                 shared
                     .metrics
                     .record_mesh_error(&settings.name, "connection_limit");
-                shared.metrics.l4().closed(&settings.name, CloseReason::OverLimit);
+                shared
+                    .metrics
+                    .l4()
+                    .closed(&settings.name, CloseReason::OverLimit);
                 continue;
             }
         };

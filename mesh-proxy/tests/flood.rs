@@ -50,7 +50,12 @@ impl Drop for Running {
 }
 
 async fn start(max_connections: usize, detection_timeout: Option<Duration>) -> Running {
-    start_with(max_connections, detection_timeout, HttpProtocolOptions::default()).await
+    start_with(
+        max_connections,
+        detection_timeout,
+        HttpProtocolOptions::default(),
+    )
+    .await
 }
 
 async fn start_with(
@@ -144,7 +149,10 @@ async fn idle_connections_are_shed_oldest_first_at_the_limit() {
         );
     }
     assert_eq!(l.metrics.l4().closed_for("flood", CloseReason::ShedIdle), 1);
-    assert_eq!(l.metrics.l4().closed_for("flood", CloseReason::OverLimit), 0);
+    assert_eq!(
+        l.metrics.l4().closed_for("flood", CloseReason::OverLimit),
+        0
+    );
 }
 
 #[tokio::test]
@@ -160,7 +168,9 @@ async fn busy_connections_are_not_shed_and_the_new_one_is_refused() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut refused = TcpStream::connect(l.addr).await.unwrap();
-    let _ = refused.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let _ = refused
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await;
     assert!(closed_within(&mut refused, Duration::from_secs(2)).await);
     for s in &mut busy {
         let mut buf = [0u8; 64];
@@ -168,9 +178,15 @@ async fn busy_connections_are_not_shed_and_the_new_one_is_refused() {
             .await
             .unwrap()
             .unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "in-flight requests finish");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "in-flight requests finish"
+        );
     }
-    assert_eq!(l.metrics.l4().closed_for("flood", CloseReason::OverLimit), 1);
+    assert_eq!(
+        l.metrics.l4().closed_for("flood", CloseReason::OverLimit),
+        1
+    );
     assert_eq!(l.metrics.l4().closed_for("flood", CloseReason::ShedIdle), 0);
 }
 
@@ -208,7 +224,10 @@ async fn the_per_address_cap_closes_the_extra_connections_of_one_address() {
         if buf[..n].starts_with(b"HTTP/1.1 200") {
             break;
         }
-        assert!(Instant::now() < deadline, "the freed slot was not given back");
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was not given back"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -346,7 +365,10 @@ async fn ten_thousand_silent_connections_do_not_lock_out_a_client() {
         .expect("no counts from the child")
         .parse()
         .unwrap();
-    assert!(shed > 50, "the limit was reached and idle ones shed: {counts}");
+    assert!(
+        shed > 50,
+        "the limit was reached and idle ones shed: {counts}"
+    );
 }
 
 /// Not a test by itself: the flood test's server, run in a child process (see
