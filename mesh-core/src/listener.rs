@@ -109,6 +109,10 @@ pub struct HttpProtocolOptions {
     /// `Upgrade` header removed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upgrades: Vec<String>,
+    /// At most this many open connections from one source IP address on this listener (a new
+    /// one beyond is closed at once); no cap when `None` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
 }
 
 impl HttpProtocolOptions {
@@ -177,6 +181,7 @@ impl Default for HttpProtocolOptions {
             max_concurrent_streams: 1024,
             strip_host_port: StripHostPort::None,
             upgrades: Vec::new(),
+            max_connections_per_ip: None,
         }
     }
 }

@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::conn::{Activity, Ended, GracefulShutdown, Supervised, TrackedIo};
+use crate::conn::{Activity, Ended, GracefulShutdown, Signalled, Supervised, TrackedIo};
 use crate::detect::{detect, Detection, MAX_PREFIX};
 use crate::metrics::Metrics;
+use crate::metrics_l4::CloseReason;
 use crate::rewind::Rewind;
 use crate::tcp::TcpRelay;
 
@@ -72,11 +73,18 @@ where
     let mut io = TrackedIo::new(stream, Arc::clone(activity));
     let mut prefix = BytesMut::new();
     let action = if l4.serves_http {
-        let sniffed = sniff(&mut io, &mut prefix, l4.detection.timeout).await;
+        // The listener may shed a connection still detecting (it has sent no request: idle).
+        let sniffed = tokio::select! {
+            s = sniff(&mut io, &mut prefix, l4.detection.timeout) => s,
+            () = Signalled(activity) => return Ended::Forced,
+        };
         let action = decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
         metrics
             .l4()
             .detected(listener, sniffed.as_str(), action.as_str());
+        if sniffed == Sniffed::TimedOut && action == Action::Close {
+            metrics.l4().closed(listener, CloseReason::HandshakeTimeout);
+        }
         action
     } else {
         Action::Tcp
@@ -164,8 +172,14 @@ pub(crate) fn decide(sniffed: Sniffed, has_tcp: bool, opaque_on_timeout: bool) -
     }
 }
 
+/// The HTTP/2 preface must be followed by a SETTINGS frame (RFC 9113 §3.4); its 9-byte header
+/// is read with the preface, so a client that sends the preface alone is bounded by the same
+/// timeout as one that sends nothing (hyper's HTTP/2 handshake has no timeout of its own).
+const H2_HANDSHAKE: usize = MAX_PREFIX + 9;
+
 /// Reads from `io` into `buf` until detection decides, the client stops sending, or `timeout`
-/// passes. Never reads for longer than `timeout`, whatever the client does.
+/// passes. Never reads for longer than `timeout`, whatever the client does. HTTP/2 is decided
+/// only with the SETTINGS frame header that must follow the preface.
 pub(crate) async fn sniff<T: AsyncRead + Unpin>(
     io: &mut T,
     buf: &mut BytesMut,
@@ -183,6 +197,8 @@ pub(crate) async fn sniff<T: AsyncRead + Unpin>(
                 // `detect` always decides on MAX_PREFIX bytes; this arm is unreachable but
                 // keeps the loop bounded by construction.
                 Detection::NeedMore => return Sniffed::Decided(Detection::Opaque),
+                // Whatever frame follows is hyper's to judge (not SETTINGS: GOAWAY at once).
+                Detection::Http2 if buf.len() < H2_HANDSHAKE => {}
                 d => return Sniffed::Decided(d),
             }
         }
@@ -281,6 +297,20 @@ mod tests {
         assert_eq!(&buf[..], b"GETGE", "what was read is kept for the relay");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_h2_preface_or_one_without_settings_times_out() {
+        for sent in [&b"PRI * HTTP"[..], &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            client.write_all(sent).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let mut buf = BytesMut::new();
+            let got = sniff(&mut server, &mut buf, Duration::from_millis(500)).await;
+            assert_eq!(got, Sniffed::TimedOut, "{sent:?}");
+            assert_eq!(started.elapsed(), Duration::from_millis(500));
+            assert_eq!(decide(got, false, true), Action::Close);
+        }
+    }
+
     #[tokio::test]
     async fn split_prefixes_are_put_together() {
         let (mut client, mut server) = tokio::io::duplex(64);
@@ -292,9 +322,18 @@ mod tests {
         });
         tokio::task::yield_now().await;
         client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(
+            !task.is_finished(),
+            "the preface alone does not decide HTTP/2"
+        );
+        client
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
         let (got, buf) = task.await.unwrap();
         assert_eq!(got, Sniffed::Decided(Detection::Http2));
-        assert_eq!(buf.len(), MAX_PREFIX);
+        assert_eq!(buf.len(), H2_HANDSHAKE);
         // The client closing before anything decisive.
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();

@@ -95,6 +95,23 @@ impl Activity {
     }
 }
 
+/// Resolves once the listener has signalled the connection (to close, gracefully or now): what
+/// a connection waits on while it has no protocol server yet (protocol detection).
+pub(crate) struct Signalled<'a>(pub(crate) &'a Activity);
+
+impl Future for Signalled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.waker.register(cx.waker());
+        if self.0.is_signalled() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// A request in flight on a connection.
 pub(crate) struct InFlight(Arc<Activity>);
 
@@ -205,6 +222,18 @@ impl Connections {
         for a in self.lock().live.values() {
             a.close_gracefully();
         }
+    }
+
+    /// The connection idle longest (no request in flight, not already told to close), with
+    /// how long it has been idle: the one to shed at the connection limit.
+    pub(crate) fn oldest_idle(&self) -> Option<(Duration, Arc<Activity>)> {
+        self.lock()
+            .live
+            .values()
+            .filter(|a| !a.is_signalled() && a.in_flight.load(Ordering::Acquire) == 0)
+            .map(|a| (a.idle_for(), a))
+            .max_by_key(|(idle, _)| *idle)
+            .map(|(idle, a)| (idle, Arc::clone(a)))
     }
 
     /// Closes every connection now.

@@ -21,6 +21,7 @@ pub mod dynamic;
 pub mod filters;
 mod fragment;
 pub mod headers;
+pub mod limit;
 pub mod listeners;
 pub mod metrics;
 pub mod metrics_l4;

@@ -18,6 +18,38 @@ pub struct DetectLabels {
     pub action: &'static str,
 }
 
+/// Why the listener closed or refused a downstream connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No request head (HTTP/1) or preface and SETTINGS (HTTP/2) within the handshake timeout.
+    HandshakeTimeout,
+    /// Idle (no request in flight) and the oldest such when the connection limit was reached.
+    ShedIdle,
+    /// Its source address already had the per-IP maximum of connections open.
+    PerIpLimit,
+    /// The connection limit was reached and nothing idle could be shed.
+    OverLimit,
+}
+
+impl CloseReason {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::ShedIdle => "shed_idle",
+            Self::PerIpLimit => "per_ip_limit",
+            Self::OverLimit => "over_limit",
+        }
+    }
+}
+
+/// Labels of the closed-connections counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: String,
+    reason: &'static str,
+}
+
 /// Labels of a TCP proxy's counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
@@ -31,6 +63,7 @@ pub struct TcpLabels {
 #[derive(Clone, Debug, Default)]
 pub struct L4Metrics {
     detected: Family<DetectLabels, Counter>,
+    closed: Family<ClosedLabels, Counter>,
     tcp_connections: Family<TcpLabels, Counter>,
     tcp_connect_failures: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
@@ -45,6 +78,11 @@ impl L4Metrics {
             "detected_connections",
             "Downstream connections by detected protocol and what the listener did with them",
             m.detected.clone(),
+        );
+        reg.register(
+            "downstream_connections_closed",
+            "Downstream connections the listener closed (or refused) to defend itself, by reason",
+            m.closed.clone(),
         );
         reg.register(
             "tcp_connections",
@@ -67,6 +105,26 @@ impl L4Metrics {
             m.tcp_received.clone(),
         );
         m
+    }
+
+    /// Counts one connection closed or refused for `reason` (see [`CloseReason`]).
+    pub(crate) fn closed(&self, listener: &str, reason: CloseReason) {
+        self.closed
+            .get_or_create(&ClosedLabels {
+                listener: listener.into(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// The count of connections closed for `reason` on `listener` (for tests and the admin).
+    pub fn closed_for(&self, listener: &str, reason: CloseReason) -> u64 {
+        self.closed
+            .get(&ClosedLabels {
+                listener: listener.into(),
+                reason: reason.as_str(),
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// Counts one detection outcome.

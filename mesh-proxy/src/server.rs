@@ -17,7 +17,6 @@ use hyper_util::server::conn::auto;
 use mesh_core::extensions::{ClientAddr, ListenerName};
 use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError, StripHostPort};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
@@ -27,7 +26,9 @@ use crate::accept::{self, L4Settings};
 use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised};
 use crate::decision::Decision;
 use crate::headers;
+use crate::limit::{Admission, ConnectionLimit, PerIp, PerIpSlot};
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::metrics_l4::CloseReason;
 use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
@@ -41,8 +42,9 @@ pub struct ListenerSettings {
     /// Protocols and protections.
     pub http: HttpProtocolOptions,
     /// Permits for open downstream connections, shared by every listener of the process (a
-    /// global limit); with none left, a new connection is closed at once.
-    pub connections: Arc<Semaphore>,
+    /// global limit); with none left, the connection idle longest is shed for a new one, and
+    /// with nothing idle the new one is closed at once.
+    pub connections: Arc<ConnectionLimit>,
     /// The stack traces requests (its trace layer owns `traceparent`: it continues the
     /// incoming one or starts a trace by its sampler), so the edge does not generate one.
     pub traced: bool,
@@ -64,6 +66,8 @@ pub async fn serve(
     let l4 = Arc::new(settings.l4.clone());
     let tracker = TaskTracker::new();
     let connections = Arc::new(Connections::default());
+    settings.connections.register(&connections);
+    let per_ip = settings.http.max_connections_per_ip.map(PerIp::new);
     let idle = settings.http.idle_timeout;
     let conns = metrics.active_connections(&settings.name);
     let shared = Arc::new(EdgeShared {
@@ -99,12 +103,42 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&settings.connections).try_acquire_owned() else {
-            tracing::warn!(listener = %settings.name, %peer, "connection limit reached, closing");
-            shared
-                .metrics
-                .record_mesh_error(&settings.name, "connection_limit");
-            continue;
+        // The per-address cap first: a flood from one address sheds nobody else's connection.
+        let per_ip_slot = match &per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.take(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(listener = %settings.name, %peer, "per-address connection cap reached, closing");
+                    shared
+                        .metrics
+                        .l4()
+                        .closed(&settings.name, CloseReason::PerIpLimit);
+                    continue;
+                }
+            },
+        };
+        let permit = match settings.connections.admit().await {
+            Admission::Admitted(p) => p,
+            Admission::Shed(p) => {
+                tracing::debug!(listener = %settings.name, %peer, "connection limit reached, shed the connection idle longest");
+                shared
+                    .metrics
+                    .l4()
+                    .closed(&settings.name, CloseReason::ShedIdle);
+                p
+            }
+            Admission::Refused => {
+                tracing::warn!(listener = %settings.name, %peer, "connection limit reached, closing");
+                shared
+                    .metrics
+                    .record_mesh_error(&settings.name, "connection_limit");
+                shared
+                    .metrics
+                    .l4()
+                    .closed(&settings.name, CloseReason::OverLimit);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
@@ -121,6 +155,7 @@ pub async fn serve(
             registry: Arc::clone(&connections),
             gauge,
             _permit: permit,
+            _per_ip: per_ip_slot,
         };
         let (builder, l4) = (Arc::clone(&builder), Arc::clone(&l4));
         tracker.spawn(async move {
@@ -166,13 +201,14 @@ pub async fn serve(
     shared.upgrades.drain(deadline).await;
 }
 
-/// A connection's place in its listener: registry entry, open-connections gauge and
-/// connection-limit permit, all given back when dropped.
+/// A connection's place in its listener: registry entry, open-connections gauge,
+/// connection-limit permit and per-address slot, all given back when dropped.
 struct Registered {
     id: u64,
     registry: Arc<Connections>,
     gauge: prometheus_client::metrics::gauge::Gauge,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _per_ip: Option<PerIpSlot>,
 }
 
 impl Drop for Registered {

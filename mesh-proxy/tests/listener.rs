@@ -67,7 +67,7 @@ async fn start(http: HttpProtocolOptions, max_connections: usize) -> Running {
     let settings = ListenerSettings {
         name: Arc::from("test"),
         http,
-        connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        connections: Arc::new(mesh_proxy::limit::ConnectionLimit::new(max_connections)),
         traced: false,
         l4: Default::default(),
     };
