@@ -34,7 +34,7 @@
 //! virtual host. A tonic client built with `new(service)` sends only the path, so build it with
 //! `with_origin(service, "http://orders".parse()?)`: the origin is the service to call.
 //!
-//! Tracing (feature `otel`): [`otel`] is mesh-telemetry. Put its `TraceLayer` over the client
+//! Tracing (feature `otel`): `otel` is mesh-telemetry. Put its `TraceLayer` over the client
 //! and every call gets a CLIENT span, a child of the `traceparent` the request carries (or a
 //! new trace), with the outgoing `traceparent` set to it, exported over OTLP/gRPC:
 //!
