@@ -10,7 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 /// How long a start or restart waits for `/health`.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running single-member etcd on loopback, with its data in a temp dir;
 /// killed on drop. [`EtcdProcess::restart`] keeps the data and the ports.
@@ -96,32 +96,50 @@ impl EtcdProcess {
     }
 
     fn wait_healthy(&mut self) -> Result<()> {
-        let mut last_err = String::new();
-        let child = &mut self.child;
-        let client = self.client;
-        let healthy = wait_for(HEALTH_TIMEOUT, Duration::from_millis(50), || {
+        if let Err(last_err) = wait_member_healthy(
+            Some(&mut self.child),
+            self.client,
+            Duration::from_millis(50),
+        )? {
+            bail!(
+                "etcd not healthy after {HEALTH_TIMEOUT:?} ({last_err}); log:\n{}",
+                self.child.logs()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Waits up to [`HEALTH_TIMEOUT`] for the etcd serving `client` to answer `/health` with 200,
+/// polling every `interval`. `Err` when its process (if given) exited; `Ok(Err(last error))`
+/// when the time ran out, for the caller to report with its own context and log.
+pub(crate) fn wait_member_healthy(
+    mut child: Option<&mut Managed>,
+    client: SocketAddr,
+    interval: Duration,
+) -> Result<std::result::Result<(), String>> {
+    let mut last_err = String::new();
+    let healthy = wait_for(HEALTH_TIMEOUT, interval, || {
+        if let Some(child) = child.as_deref_mut() {
             if let Err(e) = child.check_alive() {
                 return Some(Err(e));
             }
-            match http_get(client, "/health") {
-                Ok((200, _)) => Some(Ok(())),
-                Ok((status, body)) => {
-                    last_err = format!("/health answered {status}: {}", body.trim());
-                    None
-                }
-                Err(e) => {
-                    last_err = format!("{e:#}");
-                    None
-                }
-            }
-        });
-        match healthy {
-            Some(result) => result,
-            None => bail!(
-                "etcd not healthy after {HEALTH_TIMEOUT:?} ({last_err}); log:\n{}",
-                self.child.logs()
-            ),
         }
+        match http_get(client, "/health") {
+            Ok((200, _)) => Some(Ok(())),
+            Ok((status, body)) => {
+                last_err = format!("/health answered {status}: {}", body.trim());
+                None
+            }
+            Err(e) => {
+                last_err = format!("{e:#}");
+                None
+            }
+        }
+    });
+    match healthy {
+        Some(result) => result.map(Ok),
+        None => Ok(Err(last_err)),
     }
 }
 

@@ -1,16 +1,14 @@
 //! A real 3-member etcd cluster on loopback, for tests that lose members and quorum.
 
+use crate::etcd::{wait_member_healthy, HEALTH_TIMEOUT};
 use crate::process::Managed;
-use crate::{free_ports, http_get, http_request, wait_for};
+use crate::{free_ports, http_request};
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
-
-/// How long a start or restart waits for `/health`.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One member: its ports and, while it runs, its process.
 struct Member {
@@ -167,33 +165,17 @@ impl EtcdCluster {
     }
 
     fn wait_healthy(&mut self, i: usize) -> Result<()> {
-        let client = self.members[i].client;
-        let mut last_err = String::new();
-        let healthy = wait_for(HEALTH_TIMEOUT, Duration::from_millis(100), || {
-            if let Some(child) = self.members[i].child.as_mut() {
-                if let Err(e) = child.check_alive() {
-                    return Some(Err(e));
-                }
-            }
-            match http_get(client, "/health") {
-                Ok((200, _)) => Some(Ok(())),
-                Ok((status, body)) => {
-                    last_err = format!("/health answered {status}: {}", body.trim());
-                    None
-                }
-                Err(e) => {
-                    last_err = format!("{e:#}");
-                    None
-                }
-            }
-        });
-        match healthy {
-            Some(result) => result,
-            None => bail!(
+        let member = &mut self.members[i];
+        let client = member.client;
+        if let Err(last_err) =
+            wait_member_healthy(member.child.as_mut(), client, Duration::from_millis(100))?
+        {
+            bail!(
                 "etcd member {i} not healthy after {HEALTH_TIMEOUT:?} ({last_err}); log:\n{}",
                 self.logs(i)
-            ),
+            );
         }
+        Ok(())
     }
 }
 
