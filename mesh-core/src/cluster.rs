@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{non_empty, Validate, ValidationError};
-use crate::ClusterLoadAssignment;
+use crate::{ClusterLoadAssignment, UpstreamTls};
 
 /// An upstream cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +46,9 @@ pub struct Cluster {
     /// Endpoints of a static cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_assignment: Option<ClusterLoadAssignment>,
+    /// TLS (mTLS to mesh sidecars) on connections to the endpoints; none: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Cluster {
@@ -64,6 +67,7 @@ impl Cluster {
             healthy_panic_threshold: fifty(),
             locality_weighted: false,
             load_assignment: None,
+            tls: None,
         }
     }
 
@@ -249,6 +253,9 @@ fn is_prime(n: u64) -> bool {
 impl Validate for Cluster {
     fn validate(&self) -> Result<(), ValidationError> {
         non_empty("name", &self.name)?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| e.within("tls"))?;
+        }
         if self.connect_timeout.is_zero() {
             return Err(ValidationError::new(
                 "connect_timeout",

@@ -65,3 +65,9 @@ pub struct RetryAttempt(pub u32);
 /// the host); dropped before it, the caller went away, which says nothing about the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub std::time::Instant);
+
+/// The verified identity of the peer that opened the connection (the URI SAN of its client
+/// certificate, a SPIFFE ID), inserted by a listener that terminated mTLS. Absent on a
+/// plaintext connection; authorization treats that as unauthenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerIdentity(pub Arc<str>);

@@ -6,7 +6,8 @@
 //!
 //! - The config model: [`Listener`], [`RouteConfiguration`] → [`VirtualHost`] → [`Route`],
 //!   [`Cluster`], [`ClusterLoadAssignment`] → [`LocalityEndpoints`] → [`Endpoint`], and the local
-//!   rate-limit rules ([`RateLimitConfig`]). Each type validates itself ([`Validate`]), and
+//!   rate-limit rules ([`RateLimitConfig`]), workload identity and TLS ([`SpiffeId`], [`Secret`],
+//!   [`DownstreamTls`], [`UpstreamTls`]) and authorization ([`Rbac`]). Each type validates itself ([`Validate`]), and
 //!   [`MeshConfig`] validates a whole static config including cross references.
 //! - The [`Reload`] contract every layer implements (validate, then swap atomically, or refuse
 //!   with a [`ReloadError`] naming the resource and keep the old state), and [`Shared`], the
@@ -57,10 +58,12 @@ pub mod exposition;
 pub mod extensions;
 mod listener;
 mod ratelimit;
+mod rbac;
 mod registration;
 mod reload;
 mod route;
 mod tcp_proxy;
+mod tls;
 mod validate;
 pub mod yaml;
 
@@ -80,6 +83,7 @@ pub use ratelimit::{
     DescriptorSource, LocalRateLimit, RateLimitConfig, RateLimitMode, RateLimitRule,
     RateLimitScope, TokenBucketConfig,
 };
+pub use rbac::{Permission, Principal, Rbac, RbacAction, RbacPolicy};
 pub use registration::Registration;
 pub use reload::{Reload, ReloadEach, ReloadError, Shared};
 pub use route::{
@@ -89,4 +93,8 @@ pub use route::{
     StringMatch, VirtualHost, WeightedCluster,
 };
 pub use tcp_proxy::{Detection, TcpDestination, TcpProxy};
+pub use tls::{
+    DownstreamTls, MtlsMode, Secret, SecretKind, SpiffeId, SpiffeIdError, TlsCertificate,
+    UpstreamTls, ValidationContext,
+};
 pub use validate::{Checked, Validate, ValidationError};

@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{non_empty, Validate, ValidationError};
-use crate::{AccessLog, Detection, FilterConfig, LocalRateLimit, RouteConfiguration, TcpProxy};
+use crate::{
+    AccessLog, Detection, DownstreamTls, FilterConfig, LocalRateLimit, Rbac, RouteConfiguration,
+    TcpProxy,
+};
 
 /// A listener of the sidecar.
 ///
@@ -53,6 +56,13 @@ pub struct Listener {
     /// listeners that configure none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
+    /// TLS (mTLS between sidecars) on accepted connections; none: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DownstreamTls>,
+    /// Authorization of every request (Envoy's RBAC HTTP filter), run before routing; none:
+    /// every caller is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbac: Option<Rbac>,
 }
 
 impl Listener {
@@ -201,6 +211,12 @@ impl Validate for Listener {
         self.detection
             .validate()
             .map_err(|e| e.within("detection"))?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| e.within("tls"))?;
+        }
+        if let Some(rbac) = &self.rbac {
+            rbac.validate().map_err(|e| e.within("rbac"))?;
+        }
         for (i, u) in self.http.upgrades.iter().enumerate() {
             let token = !u.is_empty()
                 && u.bytes()

@@ -25,6 +25,8 @@ fn snapshot(
     routes: &RouteConfiguration,
 ) -> Snapshot {
     let listener = Listener {
+        tls: None,
+        rbac: None,
         name: "out".into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

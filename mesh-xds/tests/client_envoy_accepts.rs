@@ -56,6 +56,8 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     eds.lb_policy = LbPolicy::LeastRequest { choice_count: 3 };
     let la = ClusterLoadAssignment::from_addrs("ratings-v1", ["127.0.0.1:9".parse().unwrap()]);
     let outbound = Listener {
+        tls: None,
+        rbac: None,
         name: "out".into(),
         address: ([127, 0, 0, 1], ports.0).into(),
         direction: Direction::Outbound,
@@ -79,6 +81,8 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     let mut inline = routes.clone();
     inline.name = "inline".into();
     let inbound = Listener {
+        tls: None,
+        rbac: None,
         name: "in".into(),
         address: ([127, 0, 0, 1], ports.1).into(),
         direction: Direction::Inbound,
@@ -123,6 +127,8 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     opaque_proxy.idle_timeout = Duration::from_secs(30);
     opaque_proxy.max_connect_attempts = 2;
     let opaque = Listener {
+        tls: None,
+        rbac: None,
         name: "tcp".into(),
         address: ([127, 0, 0, 1], ports.2).into(),
         direction: Direction::Outbound,

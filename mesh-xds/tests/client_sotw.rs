@@ -27,6 +27,8 @@ fn endpoints(name: &str, port: u16) -> ClusterLoadAssignment {
 
 fn listener() -> Listener {
     Listener {
+        tls: None,
+        rbac: None,
         name: "out".into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

@@ -73,6 +73,8 @@ fn snapshot() -> Snapshot {
     let routes: RouteConfiguration =
         serde_yaml::from_str(include_str!("client_data/routes.yaml")).unwrap();
     let listener = Listener {
+        tls: None,
+        rbac: None,
         name: "out".into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

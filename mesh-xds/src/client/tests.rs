@@ -59,6 +59,8 @@ fn eds_cluster(name: &str) -> Cluster {
 
 fn listener(name: &str, routes: &str) -> Listener {
     Listener {
+        tls: None,
+        rbac: None,
         name: name.into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

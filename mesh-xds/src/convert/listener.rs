@@ -141,6 +141,8 @@ impl XdsResource for Listener {
 /// A listener with no HTTP side (its TCP proxy is filled in by the caller).
 fn opaque_listener() -> Listener {
     Listener {
+        tls: None,
+        rbac: None,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,
@@ -214,6 +216,8 @@ fn hcm_from(
     let (rate_limit, http_filters) = http_filters_from(&m.http_filters, extras)?;
     let access_log = AccessLogs::try_from(m.access_log.as_slice())?.0;
     Ok(Listener {
+        tls: None,
+        rbac: None,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,

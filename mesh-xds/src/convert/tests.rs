@@ -137,6 +137,8 @@ fn an_unsupported_access_log_is_refused_by_path() {
 #[test]
 fn listener_proto_is_what_envoy_expects() {
     let mut l = Listener {
+        tls: None,
+        rbac: None,
         name: "out".into(),
         address: "0.0.0.0:8082".parse().unwrap(),
         direction: Direction::Outbound,

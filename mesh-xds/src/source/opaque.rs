@@ -24,6 +24,8 @@ pub(super) fn tcp_listeners(
                 .and_then(|n| n.tcp_listeners.get(&s.name).copied())
                 .or_else(|| s.port.map(|p| (addrs.outbound.ip(), p).into()))?;
             Some(Listener {
+                tls: None,
+                rbac: None,
                 name: format!("{OUTBOUND_TCP}{}", s.name),
                 address,
                 direction: Direction::Outbound,

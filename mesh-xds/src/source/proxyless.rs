@@ -67,6 +67,8 @@ mod tests {
     #[test]
     fn api_listeners_carry_the_outbound_manager_without_the_rate_limit_filter() {
         let out = Listener {
+            tls: None,
+            rbac: None,
             name: "outbound".into(),
             address: "127.0.0.1:8082".parse().unwrap(),
             direction: mesh_core::Direction::Outbound,

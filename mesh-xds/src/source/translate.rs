@@ -185,6 +185,8 @@ impl MeshSpec {
         };
         let listener =
             |name: &str, address, direction, rate_limit, http_filters: Option<Vec<_>>| Listener {
+                tls: None,
+                rbac: None,
                 name: name.into(),
                 address,
                 direction,
