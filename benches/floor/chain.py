@@ -51,6 +51,12 @@ TRACE_RATIOS = {"trace1": "0.01", "trace100": "1"}
 # The access log's cost: contenders "ours+log" and "envoy+log", the same chains with an access
 # log (Envoy's default text format, to a file) on every proxy, measured beside the plain ones.
 ACCESS_LOG = os.environ.get("BENCH_ACCESS_LOG") == "1"
+# The cost of mTLS between the proxies: contenders "ours+mtls" and "envoy+mtls", the same chains
+# with the proxy-to-proxy hop over mutual TLS (SPIFFE certificates from one bench CA, the
+# outbound proxy verifying the inbound one's URI SAN), measured beside the plaintext ones.
+MTLS = os.environ.get("BENCH_MTLS") == "1"
+TRUST_DOMAIN = "bench.local"
+SPIFFE = {name: f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}" for name in ("outbound", "inbound")}
 
 APP = BASE
 PORTS = {  # contender: (client-facing port, second hop port, admin ports)
@@ -62,11 +68,14 @@ PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "trace100": (BASE + 81, BASE + 82, (BASE + 83, BASE + 84)),
     "ours+log": (BASE + 91, BASE + 92, (BASE + 93, BASE + 94)),
     "envoy+log": (BASE + 101, BASE + 102, (BASE + 103, BASE + 104)),
+    "ours+mtls": (BASE + 111, BASE + 112, (BASE + 113, BASE + 114)),
+    "envoy+mtls": (BASE + 121, BASE + 122, (BASE + 123, BASE + 124)),
 }
 SINKS = {"trace1": BASE + 75, "trace100": BASE + 85}  # each tracing contender's span sink
 ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE else [])
                   + (list(TRACE_RATIOS) if TRACING else [])
-                  + (["ours+log", "envoy+log"] if ACCESS_LOG else []))
+                  + (["ours+log", "envoy+log"] if ACCESS_LOG else [])
+                  + (["ours+mtls", "envoy+mtls"] if MTLS else []))
 # "tcp": HTTP/1.1 keep-alive (wrk) through opaque L4 hops: each proxy's listener is a TCP proxy
 # (ours: `tcp_proxy` with no route table; Envoy: its `tcp_proxy` network filter). The floor has no
 # L4 mode and sits it out.
@@ -80,10 +89,12 @@ SCENARIOS = [(p, int(n)) for p, n in (x.split(":") for x in
 NAMES = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2", "envoy": "Envoy ×2",
          "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2",
          "trace1": "mesh-sidecar ×2, tracing 1 %", "trace100": "mesh-sidecar ×2, tracing 100 %",
-         "ours+log": "mesh-sidecar ×2, access log", "envoy+log": "Envoy ×2, access log"}
+         "ours+log": "mesh-sidecar ×2, access log", "envoy+log": "Envoy ×2, access log",
+         "ours+mtls": "mesh-sidecar ×2, mTLS hop", "envoy+mtls": "Envoy ×2, mTLS hop"}
 
 procs = []  # every process we started, stopped in the end
 tmp = tempfile.mkdtemp(prefix="mesh-bench-")
+PKI = None  # the bench CA and the proxies' certificates, made at start when MTLS
 
 
 def log(msg):
@@ -98,7 +109,62 @@ def spawn(name, argv, env=None):
     return p
 
 
-def sidecar_yaml(name, listen, upstream, admin, protocol="http1", tcp=False):
+def make_pki():
+    """A bench CA and one leaf per proxy role (EC P-256, the SPIFFE id as URI SAN), as files in
+    tmp; returns {role: (cert, key)} and the CA file."""
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    ca_key, ca = os.path.join(tmp, "ca.key"), os.path.join(tmp, "ca.pem")
+    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/O=bench/CN=bench mesh CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    leaves = {}
+    for role, uri in SPIFFE.items():
+        key, csr, cert = (os.path.join(tmp, f"{role}.{x}") for x in ("key", "csr", "pem"))
+        ext = write(f"{role}.ext", f"subjectAltName=URI:{uri}\n"
+                    "basicConstraints=critical,CA:FALSE\n"
+                    "keyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n")
+        ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", f"/O=bench/CN={role}")
+        ssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", cert, "-days", "1", "-extfile", ext)
+        leaves[role] = (cert, key)
+    return leaves, ca
+
+
+def pem_block(path, indent):
+    with open(path) as f:
+        return "\n".join(" " * indent + line for line in f.read().strip().splitlines())
+
+
+def sidecar_tls(name, pki):
+    """The sidecar config's mTLS pieces for the role: its secrets, and the TLS of its listener
+    (inbound) or of its cluster (outbound)."""
+    leaves, ca = pki
+    cert, key = leaves[name]
+    secrets = f"""secrets:
+  - name: default
+    tls_certificate:
+      certificate_chain: |
+{pem_block(cert, 8)}
+      private_key: |
+{pem_block(key, 8)}
+  - name: ROOTCA
+    validation_context:
+      trusted_ca: |
+{pem_block(ca, 8)}
+"""
+    listener = """
+    tls: { certificate: default, validation: ROOTCA, mode: strict }""" if name == "inbound" else ""
+    cluster = f"""
+    tls: {{ certificate: default, validation: ROOTCA, match_uri_sans: ["{SPIFFE['inbound']}"] }}""" \
+        if name == "outbound" else ""
+    return secrets, listener, cluster
+
+
+def sidecar_yaml(name, listen, upstream, admin, protocol="http1", tcp=False, pki=None):
     if tcp:
         return f"""admin: 127.0.0.1:{admin}
 listeners:
@@ -112,11 +178,12 @@ clusters:
       endpoints:
         - endpoints: [ {{ address: "127.0.0.1:{upstream}" }} ]
 """
+    secrets, listener_tls, cluster_tls = sidecar_tls(name, pki) if pki else ("", "", "")
     return f"""admin: 127.0.0.1:{admin}
-listeners:
+{secrets}listeners:
   - name: {name}
     address: 127.0.0.1:{listen}
-    direction: {name}
+    direction: {name}{listener_tls}
     route_config:
       name: {name}
       virtual_hosts:
@@ -127,7 +194,7 @@ listeners:
               route: {{ cluster: next }}
 clusters:
   - name: next
-    protocol: {protocol}
+    protocol: {protocol}{cluster_tls}
     load_assignment:
       endpoints:
         - endpoints: [ {{ address: "127.0.0.1:{upstream}" }} ]
@@ -146,7 +213,46 @@ def access_log_path(contender, name, tag):
     return os.path.join(tmp, f"access-{contender}-{name}-{tag}.log")
 
 
-def envoy_yaml(listen, upstream, admin, h2=False, tcp=False, log=None):
+def envoy_tls(role, pki, h2):
+    """Envoy's transport sockets for the role: the inbound listener's (TLS with a required client
+    certificate) and the outbound cluster's (TLS verifying the inbound proxy's URI SAN), with the
+    same certificates as the sidecars get. Returns (the filter chain's head, the cluster's
+    transport socket)."""
+    leaves, ca = pki
+    cert, key = leaves[role]
+    if role == "inbound":
+        return f"""
+        - transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              require_client_certificate: true
+              common_tls_context:
+                tls_certificates:
+                  - certificate_chain: {{ filename: {cert} }}
+                    private_key: {{ filename: {key} }}
+                validation_context: {{ trusted_ca: {{ filename: {ca} }} }}
+                alpn_protocols: [h2, http/1.1]
+          filters:""", ""
+    alpn = """
+            alpn_protocols: [h2]""" if h2 else ""
+    return "\n        - filters:", f"""
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+              - certificate_chain: {{ filename: {cert} }}
+                private_key: {{ filename: {key} }}
+            validation_context:
+              trusted_ca: {{ filename: {ca} }}
+              match_typed_subject_alt_names:
+                - san_type: URI
+                  matcher: {{ exact: "{SPIFFE['inbound']}" }}{alpn}"""
+
+
+def envoy_yaml(listen, upstream, admin, h2=False, tcp=False, log=None, tls=None):
     # The upstream hop's protocol: HTTP/1.1 unless h2 (Envoy's explicit HTTP/2 config).
     protocol = """
       typed_extension_protocol_options:
@@ -161,19 +267,19 @@ def envoy_yaml(listen, upstream, admin, h2=False, tcp=False, log=None):
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
                       path: {log}""" if log else ""
+    chain_head, cluster_tls = envoy_tls(*tls, h2) if tls else ("\n        - filters:", "")
     head = f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
   listeners:
     - name: listener
       address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-      filter_chains:
-        - filters:"""
+      filter_chains:{chain_head}"""
     cluster = f"""
   clusters:
     - name: next
       type: STATIC
-      connect_timeout: 5s{protocol}
+      connect_timeout: 5s{protocol}{cluster_tls}
       load_assignment:
         cluster_name: next
         endpoints:
@@ -231,30 +337,34 @@ def start_chains(tag, proto):
         sidecars.append(("base", BASELINE))
     sidecars += [(c, f"{BIN}/mesh-sidecar") for c in TRACE_RATIOS]
     sidecars.append(("ours+log", f"{BIN}/mesh-sidecar"))
+    sidecars.append(("ours+mtls", f"{BIN}/mesh-sidecar"))
     for contender, binary in sidecars:
-        if contender not in CONTENDERS:
+        # The mTLS contenders' hop is HTTP; the L4 scenario relays bytes and sits them out.
+        if contender not in CONTENDERS or (tcp and contender.endswith("+mtls")):
             continue
+        pki = PKI if contender.endswith("+mtls") else None
         front, back, (a1, a2) = PORTS[contender]
         log_args = lambda name: (["--access-log", access_log_path(contender, name, tag)]
                                  if contender.endswith("+log") else [])
         chains[contender] = [
             spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
                 f"{contender}-{name}.yaml",
-                sidecar_yaml(name, listen, upstream, admin, protocol, tcp))]
+                sidecar_yaml(name, listen, upstream, admin, protocol, tcp, pki))]
                 + trace_args(contender, name) + log_args(name), worker_env)
             for name, listen, upstream, admin, protocol in (
                 ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
                 ("inbound", back, APP, a2, "http1"))]
-    for contender in ("envoy", "envoy+log"):
-        if contender not in CONTENDERS:
+    for contender in ("envoy", "envoy+log", "envoy+mtls"):
+        if contender not in CONTENDERS or (tcp and contender.endswith("+mtls")):
             continue
         front, back, (a1, a2) = PORTS[contender]
         envoys = []
         for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, HOP == "h2"),
                                                   ("inbound", back, APP, a2, False)):
             log_file = access_log_path(contender, name, tag) if contender.endswith("+log") else None
+            tls = (name, PKI) if contender.endswith("+mtls") else None
             cfg = write(f"{contender}-{name}.yaml",
-                        envoy_yaml(listen, upstream, admin, h2, tcp, log_file))
+                        envoy_yaml(listen, upstream, admin, h2, tcp, log_file, tls))
             envoys.append(spawn(f"{contender}-{name}-{tag}",
                                 [ENVOY, "-c", cfg, "--concurrency", str(WORKERS),
                                  "--disable-hot-restart", "-l", "warning"]))
@@ -436,6 +546,26 @@ def measure(contender, pids, proto, conns, secs):
     return res
 
 
+def measure_handshakes(contender, inbound_pid, secs):
+    """New mTLS connections per second into the contender's inbound proxy: `openssl s_time -new`
+    (a full TLS 1.3 handshake with the outbound role's client certificate per connection, then
+    a close), and the inbound proxy's CPU per handshake. One openssl client process: the figure
+    is a rate the client and the proxy reach together, the same client for every contender."""
+    leaves, ca = PKI
+    cert, key = leaves["outbound"]
+    before = cpu_ticks(inbound_pid)
+    out = subprocess.run(
+        ["openssl", "s_time", "-connect", f"127.0.0.1:{PORTS[contender][1]}", "-new",
+         "-time", str(secs), "-cert", cert, "-key", key, "-CAfile", ca],
+        capture_output=True, text=True, timeout=secs + 30).stdout
+    cpu = (cpu_ticks(inbound_pid) - before) / TICKS
+    m = re.search(r"(\d+) connections in ([\d.]+) real seconds", out)
+    if not m:
+        sys.exit(f"openssl s_time against {contender}: no result in:\n{out}")
+    n, real = int(m.group(1)), float(m.group(2))
+    return {"rate": n / real, "cpu_ms": 1000.0 * cpu / max(n, 1)}
+
+
 def profile(pids):
     """perf-records the inbound sidecar under 32 connections; prints and saves the top costs."""
     data = os.path.join(tmp, "perf.data")
@@ -531,12 +661,16 @@ def fmt_ratio(a, b):
 
 
 def main():
+    global PKI
+    if MTLS:
+        PKI = make_pki()
     load_start = open("/proc/loadavg").read().split()[:3]
     stolen = steal_ticks()
     start_app()
     start_sinks()
     try:
         results = {}  # (scenario, contender) -> [round results]
+        handshakes = {}  # mTLS contender -> new connections per second into its inbound proxy
         for proto, conns in SCENARIOS:
             tag = f"{proto}-{conns}"
             chains = start_chains(tag, proto)
@@ -557,6 +691,13 @@ def main():
                         f"{['%.1f' % x for x in r['anon']]}, file "
                         f"{['%.1f' % x for x in r['file']]}) errors {r['errors']} "
                         f"steal {r['steal']:.0f} %")
+            if MTLS and (proto, conns) == ("h1", 32):
+                for c in ("ours+mtls", "envoy+mtls"):
+                    if c in chains:
+                        hs = measure_handshakes(c, pids[c][1], DURATION)
+                        handshakes[c] = hs
+                        log(f"{c}: {hs['rate']:.0f} mTLS handshakes/s, inbound CPU "
+                            f"{hs['cpu_ms']:.3f} ms per handshake")
             if PROFILE and (proto, conns) == ("h1", 32) and "ours" in chains:
                 profile(chains["ours"])
             stop([p for ps in chains.values() for p in ps])
@@ -568,7 +709,7 @@ def main():
         spans = {c: sink_spans(c) for c in TRACE_RATIOS if c in CONTENDERS}
     finally:
         stop([p for _, p in procs])
-    write_markdown(results, load_start, load_end, steal, instr, spans)
+    write_markdown(results, load_start, load_end, steal, instr, spans, handshakes)
     shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
 
@@ -647,7 +788,7 @@ def tracing_section(s, results, spans):
     return L
 
 
-def write_markdown(results, load_start, load_end, steal, instr, spans=None):
+def write_markdown(results, load_start, load_end, steal, instr, spans=None, handshakes=None):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L = [
@@ -732,6 +873,41 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None):
                 L.append(f"| {scen} | {NAMES[a].replace(' ×2', '')} | "
                          f"{fmt_ratio(y['rps'], x['rps'])} | {fmt_ratio(y['p99'], x['p99'])} | "
                          f"{fmt_ratio(sum(y['cpu']), sum(x['cpu']))} |")
+    if all(c in CONTENDERS for c in ("ours+mtls", "envoy+mtls")):
+        L += ["", "## mTLS between the proxies (same run)", "",
+              "The proxy-to-proxy hop over mutual TLS: one bench CA, EC P-256 certificates "
+              "with SPIFFE URI SANs, the inbound proxy requiring a client certificate and the "
+              "outbound one verifying the inbound one's URI SAN (static certificates for both "
+              "proxies: mesh-sidecar's `secrets:`, Envoy's `tls_certificates` files). "
+              "Connections are kept alive, so these rows are the per-request cost of "
+              "encryption; handshakes are counted apart.", "",
+              "| scenario | req/s ours mTLS / Envoy mTLS | p99 ours mTLS / Envoy mTLS "
+              "| CPU/req ours mTLS / Envoy mTLS | req/s ours mTLS / ours plaintext "
+              "| CPU/req ours mTLS / ours plaintext |", "|---|---:|---:|---:|---:|---:|"]
+        for proto, conns in SCENARIOS:
+            o, e = s.get((proto, conns, "ours+mtls")), s.get((proto, conns, "envoy+mtls"))
+            if o is None or e is None:
+                continue
+            p = s.get((proto, conns, "ours"))
+            plain = ([fmt_ratio(o["rps"], p["rps"]), fmt_ratio(sum(o["cpu"]), sum(p["cpu"]))]
+                     if p else ["–", "–"])
+            L.append(f"| {scenario_name(proto, conns)} | {fmt_ratio(o['rps'], e['rps'])} | "
+                     f"{fmt_ratio(o['p99'], e['p99'])} | "
+                     f"{fmt_ratio(sum(o['cpu']), sum(e['cpu']))} | " + " | ".join(plain) + " |")
+        if ("h1", 32) in SCENARIOS:
+            o, e = s[("h1", 32, "ours+mtls")], s[("h1", 32, "envoy+mtls")]
+            ok = o["rps"] >= 2 * e["rps"] and sum(o["cpu"]) <= 0.5 * sum(e["cpu"])
+            L += ["", f"Goal (issue #15), HTTP/1.1 c=32: our mTLS chain ≥ 2x Envoy's req/s at "
+                  f"≤ 0.5x its CPU per request: {o['rps'] / e['rps']:.2f}x req/s, "
+                  f"{sum(o['cpu']) / sum(e['cpu']):.2f}x CPU — "
+                  f"{'met' if ok else '**missed**'}."]
+        if handshakes:
+            L += ["", "New mTLS connections into the inbound proxy (`openssl s_time -new`, one "
+                  "client process, TLS 1.3, client certificate), during the HTTP/1.1 c=32 "
+                  "scenario's chains:", "", "| proxy | handshakes/s | inbound CPU ms per handshake |",
+                  "|---|---:|---:|"]
+            for c, hs in handshakes.items():
+                L.append(f"| {NAMES[c]} | {hs['rate']:.0f} | {hs['cpu_ms']:.3f} |")
     if all(c in CONTENDERS for c in ("ours", "envoy", "floor")) and ("h1", 32) in SCENARIOS:
         o, e, f = (s[("h1", 32, c)] for c in ("ours", "envoy", "floor"))
         rss = max(max(s[(p, n, "ours")]["rss"]) for p, n in SCENARIOS)
