@@ -788,6 +788,42 @@ def tracing_section(s, results, spans):
     return L
 
 
+def goals_20(s, instr):
+    """Issue #20's goals, met or missed, from this run's figures (those whose scenario ran)."""
+    check = lambda ok: "met" if ok else "**missed**"
+    rows = []
+    have = lambda p, n, *cs: all((p, n, c) in s for c in cs)
+    if have("h1", 32, "ours", "floor"):
+        o, f = s[("h1", 32, "ours")], s[("h1", 32, "floor")]
+        r = o["rps"] / f["rps"]
+        rows.append(f"| req/s vs floor, HTTP/1.1 c=32 | ≥ 0.9x | {r:.2f}x | {check(r >= 0.9)} |")
+    if have("h1", 32, "ours", "envoy"):
+        o, e = s[("h1", 32, "ours")], s[("h1", 32, "envoy")]
+        r, c = o["rps"] / e["rps"], sum(o["cpu"]) / sum(e["cpu"])
+        rows.append(f"| req/s vs Envoy, HTTP/1.1 c=32 | ≥ 2.5x | {r:.2f}x | {check(r >= 2.5)} |")
+        rows.append(f"| CPU per request vs Envoy, HTTP/1.1 c=32 | ≤ 0.3x | {c:.2f}x "
+                    f"| {check(c <= 0.3)} |")
+    if instr.get("ours") and instr.get("floor"):
+        r = instr["ours"] / instr["floor"]
+        rows.append(f"| instructions per request, one hop, vs floor (callgrind) | ≤ 1.2x | "
+                    f"{instr['ours']:,.0f} / {instr['floor']:,.0f} = {r:.2f}x | {check(r <= 1.2)} |")
+    if have("h2c", 32, "ours", "floor"):
+        r = s[("h2c", 32, "ours")]["rps"] / s[("h2c", 32, "floor")]["rps"]
+        rows.append(f"| req/s vs floor, h2c c={H2_CONNS} m=32, `BENCH_HOP={HOP}` | ≥ 0.95x | "
+                    f"{r:.2f}x | {check(r >= 0.95)} |")
+    if have("h1", 256, "ours", "floor"):
+        o, f = max(s[("h1", 256, "ours")]["rss"]), max(s[("h1", 256, "floor")]["rss"])
+        r = o / f
+        rows.append(f"| peak RSS at HTTP/1.1 c=256 vs floor (the larger proxy of each chain) | "
+                    f"≤ 1.1x | {o:.1f} / {f:.1f} MB = {r:.2f}x | {check(r <= 1.1)} |")
+    if not rows:
+        return []
+    return ["", "## Goals of issue #20 (this run)", "",
+            "The SDK's overhead and the control plane's 10,000 subscribers are measured apart "
+            "(`cargo bench -p mesh-benches --bench sdk`, benches/XDS_SCALE.md).", "",
+            "| figure | goal | measured | |", "|---|---|---|---|"] + rows
+
+
 def write_markdown(results, load_start, load_end, steal, instr, spans=None, handshakes=None):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -942,6 +978,7 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
               "| proxy | instructions / request | vs floor |", "|---|---:|---:|"]
         for name, v in instr.items():
             L.append(f"| {NAMES[name].replace(' ×2', '')} | {v:,.0f} | {fmt_ratio(v, f)} |")
+    L += goals_20(s, instr)
     L.append("")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:
