@@ -3,7 +3,8 @@
 //!
 //! `./scripts/test` installs Envoy, etcd and Python's grpcio and exports
 //! `MESH_ENVOY_BIN`, `MESH_ETCD_BIN` and `MESH_GRPC_PYTHON`. A plain
-//! `cargo test` also finds them in the repo's `.venv` or on `PATH`. When a binary is missing, tests that need it skip
+//! `cargo test` also finds them in the repo's `.venv` or on `PATH`. The npm RPC peers (sofa-rpc-node,
+//! dubbo-remoting) live in `./.node` (`MESH_NODE_BIN`, `MESH_NODE_MODULES`, [`require_node_packages`]). When a binary is missing, tests that need it skip
 //! loudly on a developer's machine and fail under `CI=true`:
 //!
 //! ```no_run
@@ -22,6 +23,7 @@ mod etcd;
 mod etcd_cluster;
 mod http;
 mod net;
+mod node;
 mod process;
 
 pub use bins::{
@@ -35,6 +37,7 @@ pub use etcd::EtcdProcess;
 pub use etcd_cluster::EtcdCluster;
 pub use http::{http_get, http_request, HttpResponse, HttpStub};
 pub use net::{free_port, free_ports, wait_for};
+pub use node::{node_packages, require_node_packages, NodePackages};
 
 /// Evaluates to the Envoy binary's path, or returns from the calling
 /// function when Envoy is missing (after a loud skip message; under
