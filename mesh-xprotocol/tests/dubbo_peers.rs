@@ -129,14 +129,12 @@ fn attachment<'a>(frame: &'a Frame, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-#[test]
-fn real_dubbo_client_and_server_through_the_codec() {
-    let Some(node) = mesh_testkit::require_node_packages(&["sofa-rpc-node", "dubbo-remoting"])
-    else {
-        return;
-    };
-
-    // The real provider.
+/// The real provider, the recorder in front of it, and one run of `client` (given the recorder's
+/// address as its last argument): the client's stdout and everything recorded.
+fn run_through_recorder(
+    node: &mesh_testkit::NodePackages,
+    mut client: std::process::Command,
+) -> (String, Recorded) {
     let port = mesh_testkit::free_port();
     let mut server = node.command(script("server.js"));
     server
@@ -145,9 +143,9 @@ fn real_dubbo_client_and_server_through_the_codec() {
         .stdout(Stdio::piped());
     let mut server = KillOnDrop(server.spawn().expect("start the dubbo server"));
     let mut ready = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
+    BufReader::new(server.0.stdout.take().expect("server stdout"))
         .read_line(&mut ready)
-        .unwrap();
+        .expect("read the server's READY line");
     assert_eq!(
         ready.trim(),
         format!("READY {port}"),
@@ -156,8 +154,8 @@ fn real_dubbo_client_and_server_through_the_codec() {
     let server_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
 
     // The recorder, relaying every connection the client opens.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let recorder = listener.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the recorder");
+    let recorder = listener.local_addr().expect("recorder address");
     let rec = Arc::new(Mutex::new(Recorded::default()));
     let rec_accept = rec.clone();
     std::thread::spawn(move || {
@@ -168,11 +166,10 @@ fn real_dubbo_client_and_server_through_the_codec() {
     });
 
     // The real consumer, bounded in time.
-    let mut client = node.command(script("client.js"));
     client.arg(recorder.to_string()).stdout(Stdio::piped());
     let mut client = KillOnDrop(client.spawn().expect("start the dubbo client"));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.0.try_wait().unwrap().is_none() {
+    while client.0.try_wait().expect("poll the client").is_none() {
         assert!(
             Instant::now() < deadline,
             "the dubbo client did not finish in 30 s"
@@ -184,9 +181,54 @@ fn real_dubbo_client_and_server_through_the_codec() {
         .0
         .stdout
         .take()
-        .unwrap()
+        .expect("client stdout")
         .read_to_string(&mut out)
-        .unwrap();
+        .expect("read the client's output");
+    let rec = std::mem::take(&mut *rec.lock().expect("recorder lock"));
+    (out, rec)
+}
+
+fn from(rec: &Recorded, dir: Dir) -> Vec<&Frame> {
+    rec.frames
+        .iter()
+        .filter(|(d, _)| *d == dir)
+        .map(|(_, f)| f)
+        .collect()
+}
+
+fn two_way_requests(rec: &Recorded) -> Vec<&Frame> {
+    from(rec, Dir::FromClient)
+        .into_iter()
+        .filter(|f| matches!(f.kind, FrameKind::Request { oneway: false }))
+        .collect()
+}
+
+/// Every forwarded frame got exactly one answer from the server, under our id (mapped back to the
+/// client's by the relay), and answers carry no routing fields.
+fn assert_ids_mapped_both_ways(rec: &Recorded) {
+    let from_server = from(rec, Dir::FromServer);
+    let mut answered: Vec<u64> = from_server.iter().map(|f| f.request_id).collect();
+    answered.sort_unstable();
+    let mut sent: Vec<u64> = rec.ids.keys().copied().collect();
+    sent.sort_unstable();
+    assert_eq!(answered, sent);
+    assert!(sent.iter().all(|id| *id >= ID_BASE));
+    for f in &from_server {
+        assert_eq!(f.header, Default::default());
+        assert!(matches!(
+            f.kind,
+            FrameKind::Response | FrameKind::HeartbeatResponse
+        ));
+    }
+}
+
+#[test]
+fn real_dubbo_client_and_server_through_the_codec() {
+    let Some(node) = mesh_testkit::require_node_packages(&["sofa-rpc-node", "dubbo-remoting"])
+    else {
+        return;
+    };
+    let (out, rec) = run_through_recorder(&node, node.command(script("client.js")));
     let lines: Vec<&str> = out.lines().collect();
 
     // The calls the server answered came back to the client with its own ids.
@@ -215,17 +257,7 @@ fn real_dubbo_client_and_server_through_the_codec() {
     );
     assert_eq!(lines.last(), Some(&"DONE"), "{out}");
 
-    let rec = rec.lock().unwrap();
-    let from_client: Vec<&Frame> = rec
-        .frames
-        .iter()
-        .filter(|(d, _)| *d == Dir::FromClient)
-        .map(|(_, f)| f)
-        .collect();
-    let requests: Vec<&&Frame> = from_client
-        .iter()
-        .filter(|f| matches!(f.kind, FrameKind::Request { oneway: false }))
-        .collect();
+    let requests = two_way_requests(&rec);
     let methods: Vec<&str> = requests.iter().map(|f| f.header.method.as_str()).collect();
     assert_eq!(
         methods,
@@ -245,79 +277,99 @@ fn real_dubbo_client_and_server_through_the_codec() {
         );
         assert!(attachment(f, "dubbo").is_some_and(|v| !v.is_empty()));
     }
-    let shapes = requests[1];
     assert!(
-        shapes.raw.len() > 140_000,
+        requests[1].raw.len() > 140_000,
         "the shapes request carries its big arguments"
     );
-
-    // Every forwarded request got exactly one response, under our id, mapped back to the client's.
-    let from_server: Vec<&Frame> = rec
-        .frames
-        .iter()
-        .filter(|(d, _)| *d == Dir::FromServer)
-        .map(|(_, f)| f)
-        .collect();
-    let mut answered_ids: Vec<u64> = from_server.iter().map(|f| f.request_id).collect();
-    answered_ids.sort_unstable();
-    let mut sent_ids: Vec<u64> = rec.ids.keys().copied().collect();
-    sent_ids.sort_unstable();
-    assert_eq!(answered_ids, sent_ids);
-    assert!(sent_ids.iter().all(|id| *id >= ID_BASE));
-    for f in &from_server {
-        assert_eq!(f.header, Default::default());
-        assert!(matches!(
-            f.kind,
-            FrameKind::Response | FrameKind::HeartbeatResponse
-        ));
-    }
+    assert_ids_mapped_both_ways(&rec);
 
     // The real server's own error response has the shape of ours: a status and a hessian2 string.
-    let missing = requests[4];
-    let missing_upstream = rec
-        .ids
-        .iter()
-        .find(|(_, c)| **c == missing.request_id)
-        .unwrap()
-        .0;
+    let from_server = from(&rec, Dir::FromServer);
+    let upstream_of = |client_id: u64| {
+        *rec.ids
+            .iter()
+            .find(|(_, c)| **c == client_id)
+            .expect("forwarded")
+            .0
+    };
+    let missing_upstream = upstream_of(requests[4].request_id);
     let server_error = from_server
         .iter()
-        .find(|f| f.request_id == *missing_upstream)
-        .unwrap();
+        .find(|f| f.request_id == missing_upstream)
+        .expect("the server answered `missing`");
     assert_eq!(server_error.status, Some(80), "SERVER_ERROR");
     let message = Reader::new(&server_error.raw[16..])
         .read_string()
         .unwrap()
         .unwrap();
     assert!(message.contains("missing"), "{message}");
+    assert_eq!(rec.answered.len(), 2);
     for bytes in &rec.answered {
-        let f = DubboCodec
-            .decode(&mut BytesMut::from(&bytes[..]), MAX_FRAME)
-            .unwrap()
-            .unwrap();
         assert_eq!(
-            f.raw[2], server_error.raw[2],
+            bytes[2], server_error.raw[2],
             "same flag byte as the real server's"
         );
     }
 
     // The client's heartbeat went to the server; its answer is byte-equal to our heartbeat_response.
-    let heartbeat = from_client
-        .iter()
+    let heartbeat = from(&rec, Dir::FromClient)
+        .into_iter()
         .find(|f| f.kind == FrameKind::HeartbeatRequest)
         .expect("the client sent a heartbeat");
-    let upstream_id = rec
-        .ids
-        .iter()
-        .find(|(_, c)| **c == heartbeat.request_id)
-        .unwrap()
-        .0;
+    let upstream_id = upstream_of(heartbeat.request_id);
     let ack = from_server
         .iter()
         .find(|f| f.kind == FrameKind::HeartbeatResponse)
         .expect("the server answered the heartbeat");
-    assert_eq!(ack.request_id, *upstream_id);
-    let mut forwarded = (*heartbeat).clone();
-    DubboCodec.set_request_id(&mut forwarded, *upstream_id);
+    assert_eq!(ack.request_id, upstream_id);
+    let mut forwarded = heartbeat.clone();
+    DubboCodec.set_request_id(&mut forwarded, upstream_id);
     assert_eq!(&DubboCodec.heartbeat_response(&forwarded)[..], &ack.raw[..]);
+}
+
+/// A second, independent writer: PyPI's dubbo-ssl-python client (its own hessian2 encoder)
+/// against the same real server through the same recorder.
+#[test]
+fn real_python_dubbo_client_through_the_codec() {
+    let Some(node) = mesh_testkit::require_node_packages(&["sofa-rpc-node", "dubbo-remoting"])
+    else {
+        return;
+    };
+    let Some(python) = mesh_testkit::require_dubbo_python() else {
+        return;
+    };
+    let mut client = std::process::Command::new(python);
+    client.arg(script("client.py")).stderr(Stdio::null());
+    let (out, rec) = run_through_recorder(&node, client);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"OK sayHello hello world"), "{out}");
+    assert_eq!(
+        lines.get(1),
+        Some(&"OK shapes string,number,number,number,boolean,list,object,object"),
+        "{out}"
+    );
+    let (_, no_provider) = DubboCodec::error_status(XError::NoProvider);
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|l| l.starts_with("ERR noProvider") && l.contains(no_provider)),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"DONE"), "{out}");
+
+    let requests = two_way_requests(&rec);
+    let methods: Vec<&str> = requests.iter().map(|f| f.header.method.as_str()).collect();
+    assert_eq!(methods, ["sayHello", "shapes", "noProvider"]);
+    for f in &requests {
+        assert_eq!(f.header.service, "org.example.Greeter");
+        assert_eq!(attachment(f, "dubbo"), Some("2.7.23"));
+        assert_eq!(attachment(f, "version"), Some("1.0.0"));
+        assert_eq!(attachment(f, "group"), Some("blue"));
+        assert_eq!(
+            attachment(f, "trace"),
+            Some("py-7"),
+            "context travels as attachments"
+        );
+    }
+    assert_ids_mapped_both_ways(&rec);
 }

@@ -1,9 +1,9 @@
-//! Node.js and the npm packages of the real RPC peers (`./scripts/test` installs them with
-//! `npm install --prefix ./.node`).
+//! The real RPC peers: Node.js with the npm packages (`./scripts/test` installs them with
+//! `npm install --prefix ./.node`) and a Python with PyPI's dubbo-ssl-python (in `./.venv`).
 
 use std::path::PathBuf;
 
-use crate::bins::{skip_or_fail, workspace_root};
+use crate::bins::{imports, skip_or_fail, workspace_root};
 
 /// A Node.js binary and the `node_modules` directory that holds the packages a test needs.
 #[derive(Debug, Clone)]
@@ -52,4 +52,19 @@ pub fn require_node_packages(packages: &[&str]) -> Option<NodePackages> {
             "MESH_NODE_BIN / MESH_NODE_MODULES",
         )
     })
+}
+
+/// A Python that can `import dubbo_ssl` (PyPI's dubbo-ssl-python, a real dubbo consumer):
+/// `MESH_DUBBO_PYTHON` if set, else `<workspace>/.venv/bin/python` when it is installed there.
+pub fn dubbo_python() -> Option<PathBuf> {
+    std::env::var_os("MESH_DUBBO_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| Some(workspace_root().join(".venv/bin/python")))
+        .filter(|p| imports(p, "import dubbo_ssl"))
+}
+
+/// [`dubbo_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_dubbo_python() -> Option<PathBuf> {
+    dubbo_python().or_else(|| skip_or_fail("python with dubbo-ssl-python", "MESH_DUBBO_PYTHON"))
 }
