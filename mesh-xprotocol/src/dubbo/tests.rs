@@ -284,3 +284,35 @@ fn error_responses_in_dubbo_form() {
         assert_eq!(message, DubboCodec::error_status(error).1);
     }
 }
+
+#[test]
+fn mutated_real_shaped_frames_never_panic() {
+    let (desc, args) = mixed_args();
+    let good = request(
+        3,
+        TWO_WAY_REQ,
+        desc,
+        &args,
+        &[("group", "g"), ("version", "2")],
+    );
+    for i in 0..good.len() {
+        for value in [0x00, 0xff, b'Z', b'C', b'O', b'R', 0x30, good[i] ^ 0x80] {
+            let mut bytes = good.clone();
+            bytes[i] = value;
+            let mut buf = BytesMut::from(&bytes[..]);
+            // Any outcome but a panic is fine; a frame never takes more than was there.
+            if let Ok(Some(f)) = DubboCodec.decode(&mut buf, MAX) {
+                assert!(f.raw.len() <= bytes.len());
+            }
+        }
+    }
+    // A body cut short anywhere (with a matching length field) is an error, never a frame; but
+    // for right after the arguments, where old clients end a body without attachments.
+    let args_end = request(3, TWO_WAY_REQ, desc, &args, &[]).len() - 2;
+    for cut in (HEADER_LEN..good.len() - 1).filter(|cut| *cut != args_end) {
+        let mut bytes = good[..cut].to_vec();
+        bytes[12..16].copy_from_slice(&((cut - HEADER_LEN) as i32).to_be_bytes());
+        let got = DubboCodec.decode(&mut BytesMut::from(&bytes[..]), MAX);
+        assert!(got.is_err(), "cut at {cut}: {got:?}");
+    }
+}
