@@ -52,11 +52,13 @@ pub fn decode(body: &[u8]) -> Result<RpcHeader, BodyError> {
         r.skip_value()
             .map_err(|e| field(&format!("argument {i}"))(e))?;
     }
-    let mut attachments = vec![
+    // Room for the body's three and a typical wire map, so pushing rarely reallocates.
+    let mut attachments = Vec::with_capacity(12);
+    attachments.extend([
         ("dubbo".to_owned(), dubbo_version),
         ("path".to_owned(), path.clone()),
         ("version".to_owned(), version),
-    ];
+    ]);
     // Old clients end the body after the arguments; no attachments then.
     if !r.is_empty() {
         read_attachments(&mut r, &mut attachments).map_err(field("attachments"))?;

@@ -48,6 +48,19 @@ fn chunk_bytes(r: &mut Reader<'_>, units: usize) -> Result<(usize, usize), Hessi
     let start = r.pos;
     let mut left = units;
     while left > 0 {
+        // ASCII is one byte per unit: skip the run of it in one step (most strings are ASCII).
+        let ahead = &r.buf[r.pos.min(r.buf.len())..];
+        let window = &ahead[..left.min(ahead.len())];
+        let ascii = if window.is_ascii() {
+            window.len()
+        } else {
+            window.iter().position(|b| !b.is_ascii()).unwrap_or(0)
+        };
+        r.pos += ascii;
+        left -= ascii;
+        if left == 0 {
+            break;
+        }
         let at = r.pos;
         let (bytes, n) = char_width(r.byte()?)
             .filter(|(_, n)| *n <= left)
