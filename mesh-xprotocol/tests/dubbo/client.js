@@ -23,7 +23,9 @@ async function call(consumer, method, args) {
 
 // Every hessian2 shape the real encoder writes: strings (short, medium, chunked), ints, longs,
 // doubles, booleans, null, dates, binary, typed and untyped lists and maps, objects with class
-// definitions (twice: the second by reference to the definition).
+// definitions (twice: the second by reference to the definition). hessian.js 2.11 writes them as
+// 'R' string chunks of 0x8000, 'A' binary chunks, 0x72/0x73 typed fixed lists, 'H' maps, 0x4a
+// dates, 'L' longs, 0x5f float doubles, a 'C' class definition and 0x60 compact objects.
 function shapeArgs() {
   // hessian.js's typed form: { $class: 'java type', $: value }.
   const j = ($class, $) => ({ $class, $ });
