@@ -167,7 +167,7 @@ pub fn require_otlp_python() -> Option<PathBuf> {
     })
 }
 
-fn imports(python: &Path, statement: &str) -> bool {
+pub(crate) fn imports(python: &Path, statement: &str) -> bool {
     is_executable(python)
         && std::process::Command::new(python)
             .args(["-c", statement])

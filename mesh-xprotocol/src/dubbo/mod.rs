@@ -1,0 +1,185 @@
+//! Dubbo 2 framing with hessian2 bodies: the [`DubboCodec`].
+//!
+//! A frame is a 16-byte [`header`] and a body. Requests are decoded only as far as routing needs
+//! ([`request`]): the service path, method and attachments (`version`, `group`, `interface`, ...);
+//! the arguments in between are skipped by the [`hessian2`] reader without being built. Responses
+//! and heartbeats are cut by their header alone. The frame's bytes pass through untouched but for
+//! the request id.
+//!
+//! The responses the mesh writes itself follow Apache Dubbo's `ExchangeCodec.encodeResponse`: the
+//! request's serialization id in the flag byte (plus the event bit for a heartbeat), a status byte
+//! from [`status`], and for an error a hessian2 string body with the message, which Dubbo clients
+//! raise as the call's error.
+
+pub mod header;
+pub mod hessian2;
+pub mod request;
+#[cfg(test)]
+mod tests;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::{CodecError, Frame, FrameKind, Protocol, RpcHeader, XCodec, XError};
+use header::{Header, FLAG_EVENT, HEADER_LEN, HESSIAN2, REQUEST_ID};
+
+/// Dubbo's response status bytes (`org.apache.dubbo.remoting.exchange.Response`).
+pub mod status {
+    /// The call succeeded.
+    pub const OK: u8 = 20;
+    /// The client gave up waiting.
+    pub const CLIENT_TIMEOUT: u8 = 30;
+    /// The server (here: the mesh, for its upstream) gave up waiting.
+    pub const SERVER_TIMEOUT: u8 = 31;
+    /// The request could not be decoded.
+    pub const BAD_REQUEST: u8 = 40;
+    /// The response could not be decoded.
+    pub const BAD_RESPONSE: u8 = 50;
+    /// No provider exports the service.
+    pub const SERVICE_NOT_FOUND: u8 = 60;
+    /// The service's method failed.
+    pub const SERVICE_ERROR: u8 = 70;
+    /// The server failed.
+    pub const SERVER_ERROR: u8 = 80;
+    /// The client failed.
+    pub const CLIENT_ERROR: u8 = 90;
+    /// The server is saturated and refused the call at once.
+    pub const SERVER_THREADPOOL_EXHAUSTED_ERROR: u8 = 100;
+}
+
+const PROTOCOL: &str = "dubbo";
+
+/// The dubbo codec (stateless; one value serves every connection).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DubboCodec;
+
+impl DubboCodec {
+    /// The status byte and message the mesh answers `error` with.
+    ///
+    /// Overload maps to `SERVER_THREADPOOL_EXHAUSTED_ERROR`, Dubbo's own "refused at once because
+    /// saturated"; a broken upstream to `SERVER_ERROR`, as the failure is the server side's.
+    pub fn error_status(error: XError) -> (u8, &'static str) {
+        match error {
+            XError::NoProvider => (
+                status::SERVICE_NOT_FOUND,
+                "mesh: no provider for the service",
+            ),
+            XError::Timeout => (status::SERVER_TIMEOUT, "mesh: upstream timed out"),
+            XError::Overloaded => (
+                status::SERVER_THREADPOOL_EXHAUSTED_ERROR,
+                "mesh: overloaded (rate limit or circuit breaker)",
+            ),
+            XError::UpstreamFailure => (status::SERVER_ERROR, "mesh: upstream connection failed"),
+            XError::Malformed => (status::BAD_REQUEST, "mesh: malformed request"),
+        }
+    }
+
+    /// A response frame to `request` with `status` and a hessian2 string body `message` (the form
+    /// of every non-OK dubbo response).
+    pub fn response_with_message(request: &Frame, status: u8, message: &str) -> Bytes {
+        let mut body = BytesMut::with_capacity(message.len() + 3);
+        hessian2::write_string(&mut body, message);
+        let header = Header {
+            flag: serialization_of(request),
+            status,
+            request_id: request.request_id,
+            body_len: body.len(),
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+        out.put_slice(&header.encode());
+        out.put_slice(&body);
+        out.freeze()
+    }
+}
+
+/// The request's serialization id, so the client decodes our body with the serializer it chose.
+fn serialization_of(frame: &Frame) -> u8 {
+    frame
+        .raw
+        .get(2)
+        .map_or(HESSIAN2, |flag| flag & header::SERIALIZATION_MASK)
+}
+
+fn malformed(reason: impl Into<String>) -> CodecError {
+    CodecError::Malformed {
+        protocol: PROTOCOL,
+        reason: reason.into(),
+    }
+}
+
+impl XCodec for DubboCodec {
+    fn protocol(&self) -> Protocol {
+        Protocol::Dubbo
+    }
+
+    fn decode(&self, buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, CodecError> {
+        let Some(h) = Header::parse(buf).map_err(malformed)? else {
+            return Ok(None);
+        };
+        let len = HEADER_LEN.saturating_add(h.body_len);
+        if len > max_frame {
+            return Err(CodecError::TooLarge {
+                protocol: PROTOCOL,
+                len,
+                limit: max_frame,
+            });
+        }
+        if buf.len() < len {
+            buf.reserve(len - buf.len());
+            return Ok(None);
+        }
+        let kind = match (h.is_request(), h.is_event()) {
+            (true, true) => FrameKind::HeartbeatRequest,
+            (true, false) => FrameKind::Request {
+                oneway: !h.is_two_way(),
+            },
+            (false, true) => FrameKind::HeartbeatResponse,
+            (false, false) => FrameKind::Response,
+        };
+        let header = if let FrameKind::Request { .. } = kind {
+            if h.serialization() != HESSIAN2 {
+                return Err(malformed(format!(
+                    "request {} uses serialization id {}; only hessian2 (2) is decoded",
+                    h.request_id,
+                    h.serialization()
+                )));
+            }
+            request::decode(&buf[HEADER_LEN..len])
+                .map_err(|e| malformed(format!("request {}: {e}", h.request_id)))?
+        } else {
+            RpcHeader::default()
+        };
+        Ok(Some(Frame {
+            kind,
+            request_id: h.request_id,
+            header,
+            status: (!h.is_request()).then_some(u16::from(h.status)),
+            raw: buf.split_to(len),
+        }))
+    }
+
+    fn set_request_id(&self, frame: &mut Frame, id: u64) {
+        if let Some(slot) = frame.raw.get_mut(REQUEST_ID) {
+            slot.copy_from_slice(&id.to_be_bytes());
+            frame.request_id = id;
+        }
+    }
+
+    fn error_response(&self, request: &Frame, error: XError) -> Bytes {
+        let (status, message) = Self::error_status(error);
+        Self::response_with_message(request, status, message)
+    }
+
+    fn heartbeat_response(&self, request: &Frame) -> Bytes {
+        // Dubbo answers a heartbeat with an OK event response whose body is hessian2 null.
+        let header = Header {
+            flag: serialization_of(request) | FLAG_EVENT,
+            status: status::OK,
+            request_id: request.request_id,
+            body_len: 1,
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 1);
+        out.put_slice(&header.encode());
+        out.put_u8(b'N');
+        out.freeze()
+    }
+}
