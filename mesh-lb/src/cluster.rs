@@ -97,8 +97,13 @@ impl ClusterState {
         let carried = carried.unwrap_or_default();
         let outliers = OutlierDetector::new(config.outlier_detection.clone(), &carried);
         let endpoints = Shared::from_arc(carried);
-        let upstream =
-            UpstreamClients::new(&config, name.clone(), breaker.clone(), endpoints.clone(), tls);
+        let upstream = UpstreamClients::new(
+            &config,
+            name.clone(),
+            breaker.clone(),
+            endpoints.clone(),
+            tls,
+        );
         let runtime = tokio::runtime::Handle::try_current().ok();
         let cluster = Arc::new(Self {
             name,

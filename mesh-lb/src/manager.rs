@@ -137,11 +137,17 @@ impl Reload<Vec<Cluster>> for ClusterManager {
                 None => None,
                 Some(t) => {
                     let secrets = self.inner.secrets.clone().ok_or_else(|| {
-                        ReloadError::new("cluster", &c.name, "tls: this process has no secret store")
+                        ReloadError::new(
+                            "cluster",
+                            &c.name,
+                            "tls: this process has no secret store",
+                        )
                     })?;
-                    Some(ClusterTls::new(t, secrets).map_err(|e| {
-                        ReloadError::new("cluster", &c.name, format!("tls: {e}"))
-                    })?)
+                    Some(
+                        ClusterTls::new(t, secrets).map_err(|e| {
+                            ReloadError::new("cluster", &c.name, format!("tls: {e}"))
+                        })?,
+                    )
                 }
             });
         }

@@ -68,6 +68,9 @@ impl ClusterTls {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(resolver);
         config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // No resumption: a resumed session skips the server-certificate check (chain and
+        // identity), so each new connection verifies the peer against the current bundle.
+        config.resumption = rustls::client::Resumption::disabled();
         // Without an SNI configured, none is sent: rustls sends none for an IP address.
         let server_name = match &tls.sni {
             Some(sni) => ServerName::try_from(sni.clone())
@@ -89,7 +92,11 @@ impl ClusterTls {
             return self.clone();
         }
         let mut config = (*self.config).clone();
-        config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        config.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         Self {
             config: Arc::new(config),
             ..self.clone()
