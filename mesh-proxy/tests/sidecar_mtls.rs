@@ -16,6 +16,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::extensions::PeerIdentity;
 use mesh_core::{Reload, Secret, SecretKind, TlsCertificate, ValidationContext};
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::Sidecar;
@@ -29,8 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 const ID_A: &str = "spiffe://mesh.local/ns/default/sa/a";
 const ID_B: &str = "spiffe://mesh.local/ns/default/sa/b";
 
-/// An app answering with the HTTP version it was spoken to in (`/slow` after 100 ms); counts
-/// its requests.
+/// An app answering with the HTTP version it was spoken to in and the `x-peer-identity` B's
+/// filter set (`/slow` after 100 ms); counts its requests.
 async fn start_app() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -42,7 +43,11 @@ async fn start_app() -> (SocketAddr, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    let body = format!("hello {:?}", req.version());
+                    let peer = req
+                        .headers()
+                        .get("x-peer-identity")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let body = format!("hello {:?} peer={peer:?}", req.version());
                     let slow = req.uri().path() == "/slow";
                     async move {
                         if slow {
@@ -111,6 +116,7 @@ listeners:
     address: 127.0.0.1:{inb}
     direction: inbound
     tls: {{ certificate: default, validation: ROOTCA, mode: {mode} }}
+    http_filters: [ {{ custom: {{ name: peer_header }} }} ]
     route_config:
       name: inbound
       virtual_hosts:
@@ -133,7 +139,23 @@ secrets:
         bundle_yaml("ROOTCA", &ca.cert_pem()),
     );
     let boot = Bootstrap::from_yaml(&yaml, Path::new("b.yaml")).unwrap();
-    (Sidecar::start_static(boot).await.unwrap(), inb)
+    let mut filters = mesh_router::LayerRegistry::default();
+    // Shows the app the identity the listener verified (what authorization reads).
+    filters.register("peer_header", |_: &mesh_core::FilterConfig| {
+        Ok(mesh_router::RouteLayer::new(
+            tower::util::MapRequestLayer::new(|mut req: Request<mesh_core::Body>| {
+                if let Some(PeerIdentity(id)) = req.extensions().get::<PeerIdentity>().cloned() {
+                    req.headers_mut()
+                        .insert("x-peer-identity", id.parse().unwrap());
+                }
+                req
+            }),
+        ))
+    });
+    (
+        Sidecar::start_static_with(boot, filters).await.unwrap(),
+        inb,
+    )
 }
 
 /// Sidecar A: two plaintext outbound listeners for the app, to B over mTLS with HTTP/1.1
@@ -211,9 +233,16 @@ async fn http1_h2_and_grpc_cross_mtls_between_our_sidecars() {
     let (c1, c2) = clients();
 
     let (status, body) = get(&c1, h1, "/").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello HTTP/1.1"));
+    let peer_a = format!("peer=Some({ID_A:?})");
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, format!("hello HTTP/1.1 {peer_a}"))
+    );
     let (status, body) = get(&c2, h2, "/").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello HTTP/2.0"));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, format!("hello HTTP/2.0 {peer_a}"))
+    );
     assert_eq!(hits.load(Ordering::Relaxed), 2);
 
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{h2}"))
@@ -388,8 +417,15 @@ async fn permissive_serves_mtls_and_plaintext() {
     let (b, inb) = start_b(&ca, "permissive", app, grpc).await;
     let (a, h1, _) = start_a(&ca, inb, ID_B).await;
     let (c1, _) = clients();
-    assert_eq!(get(&c1, h1, "/").await.0, StatusCode::OK, "mTLS");
-    assert_eq!(get(&c1, inb, "/").await.0, StatusCode::OK, "plaintext");
+    let (status, body) = get(&c1, h1, "/").await;
+    assert_eq!(status, StatusCode::OK, "mTLS");
+    assert!(body.ends_with(&format!("peer=Some({ID_A:?})")), "{body}");
+    let (status, body) = get(&c1, inb, "/").await;
+    assert_eq!(status, StatusCode::OK, "plaintext");
+    assert!(
+        body.ends_with("peer=None"),
+        "no identity on plaintext: {body}"
+    );
     assert_eq!(hits.load(Ordering::Relaxed), 2);
     a.shutdown().await;
     b.shutdown().await;
