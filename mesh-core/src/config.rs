@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{unique_names, Validate, ValidationError};
-use crate::{Cluster, ClusterLoadAssignment, Discovery, Listener, RouteConfiguration};
+use crate::{
+    Cluster, ClusterLoadAssignment, Discovery, Listener, RouteConfiguration, Secret, SecretKind,
+};
 
 /// Listeners, route tables, clusters and endpoint sets that must agree with each other.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +26,10 @@ pub struct MeshConfig {
     /// Endpoint sets of EDS clusters.
     #[serde(default)]
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// Certificates and trust bundles listeners' and clusters' `tls` name (what SDS delivers
+    /// to a sidecar with a control plane): mTLS without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
 }
 
 impl MeshConfig {
@@ -40,6 +46,65 @@ impl MeshConfig {
     }
 }
 
+impl MeshConfig {
+    /// That every listener's and cluster's `tls` names secrets of this config, of the right
+    /// kind. [`validate`](Validate::validate) checks it when the config carries secrets; a
+    /// config whose secrets come over SDS carries none, so a static sidecar's loader calls it
+    /// itself (it has no other source of secrets).
+    pub fn check_secret_refs(&self) -> Result<(), ValidationError> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(tls) = &l.tls {
+                let at = format!("listeners[{i}]");
+                self.check_secret(&at, "certificate", &tls.certificate, true)?;
+                self.check_secret(&at, "validation", &tls.validation, false)?;
+            }
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            if let Some(tls) = &c.tls {
+                let at = format!("clusters[{i}]");
+                self.check_secret(&at, "certificate", &tls.certificate, true)?;
+                self.check_secret(&at, "validation", &tls.validation, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// That `at.tls.field` names a secret of the right kind (a certificate, or a bundle).
+    fn check_secret(
+        &self,
+        at: &str,
+        field: &str,
+        name: &str,
+        certificate: bool,
+    ) -> Result<(), ValidationError> {
+        let path = format!("{at}.tls.{field}");
+        match self
+            .secrets
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.kind)
+        {
+            None => Err(ValidationError::new(
+                path,
+                format!("unknown secret {name:?}"),
+            )),
+            Some(SecretKind::TlsCertificate(_)) if certificate => Ok(()),
+            Some(SecretKind::ValidationContext(_)) if !certificate => Ok(()),
+            Some(_) => Err(ValidationError::new(
+                path,
+                format!(
+                    "secret {name:?} is not a {}",
+                    if certificate {
+                        "tls_certificate"
+                    } else {
+                        "validation_context"
+                    }
+                ),
+            )),
+        }
+    }
+}
+
 impl Validate for MeshConfig {
     /// Checks every resource, then that names are unique and every reference resolves: a
     /// listener's route table exists, every cluster a route names exists, every EDS cluster has
@@ -51,6 +116,14 @@ impl Validate for MeshConfig {
             self.route_configs.iter().map(|r| r.name.as_str()),
         )?;
         unique_names("clusters", self.clusters.iter().map(|c| c.name.as_str()))?;
+        unique_names("secrets", self.secrets.iter().map(|s| s.name.as_str()))?;
+        for (i, s) in self.secrets.iter().enumerate() {
+            s.validate()
+                .map_err(|e| e.within(format!("secrets[{i}]")))?;
+        }
+        if !self.secrets.is_empty() {
+            self.check_secret_refs()?;
+        }
         let mut addrs = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
@@ -83,8 +156,8 @@ impl Validate for MeshConfig {
                 .map_err(|e| e.within(format!("route_configs[{i}]")))?;
         }
         for (i, c) in self.clusters.iter().enumerate() {
-            c.validate()
-                .map_err(|e| e.within(format!("clusters[{i}]")))?;
+            let at = format!("clusters[{i}]");
+            c.validate().map_err(|e| e.within(&at))?;
         }
         let mut assigned = HashSet::new();
         for (i, la) in self.endpoints.iter().enumerate() {

@@ -392,3 +392,45 @@ fn rate_limit_rules_follow_listener_and_named_routes() {
     dup.rules.push(dup.rules[0].clone());
     assert_eq!(dup.validate().unwrap_err().path, "rules[2].name");
 }
+
+#[test]
+fn tls_must_name_secrets_of_the_config_of_the_right_kind() {
+    let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+    let mut cfg = good();
+    cfg.listeners[1].tls =
+        Some(mesh_core::yaml::from_str("{ certificate: default, validation: ROOTCA }").unwrap());
+    // No secrets at all: they come over SDS; only a static loader insists.
+    cfg.validate().unwrap();
+    let err = cfg.check_secret_refs().unwrap_err();
+    assert_eq!(err.path, "listeners[1].tls.certificate", "{err}");
+    cfg.secrets = vec![
+        Secret {
+            name: "default".into(),
+            kind: SecretKind::ValidationContext(ValidationContext {
+                trusted_ca: pem.into(),
+            }),
+        },
+        Secret {
+            name: "ROOTCA".into(),
+            kind: SecretKind::ValidationContext(ValidationContext {
+                trusted_ca: pem.into(),
+            }),
+        },
+    ];
+    let err = err_of(&cfg);
+    assert_eq!(err.path, "listeners[1].tls.certificate", "{err}");
+    assert!(err.to_string().contains("not a tls_certificate"), "{err}");
+    cfg.secrets[0].kind = SecretKind::TlsCertificate(TlsCertificate {
+        certificate_chain: pem.into(),
+        private_key: "-----BEGIN PRIVATE KEY-----\n".into(),
+    });
+    cfg.validate().unwrap();
+    cfg.clusters[2].tls =
+        Some(mesh_core::yaml::from_str("{ certificate: default, validation: missing }").unwrap());
+    let err = err_of(&cfg);
+    assert_eq!(err.path, "clusters[2].tls.validation", "{err}");
+    assert!(
+        err.to_string().contains("unknown secret \"missing\""),
+        "{err}"
+    );
+}

@@ -21,6 +21,7 @@ use crate::health_check;
 use crate::outlier::{self, Outcome, OutlierDetector, Outliers};
 use crate::pool::UpstreamClients;
 use crate::set::{BuildOptions, EndpointSet};
+use crate::tls::ClusterTls;
 
 /// How long a removed endpoint may take to finish its in-flight requests before its
 /// connections are closed anyway.
@@ -89,14 +90,20 @@ impl ClusterState {
         local: Option<Locality>,
         carried: Option<Arc<EndpointMap>>,
         assignment: Arc<ClusterLoadAssignment>,
+        tls: Option<ClusterTls>,
     ) -> Arc<Self> {
         let name: Arc<str> = config.name.as_str().into();
         let breaker = Arc::new(CircuitBreaker::new(config.circuit_breakers.clone()));
         let carried = carried.unwrap_or_default();
         let outliers = OutlierDetector::new(config.outlier_detection.clone(), &carried);
         let endpoints = Shared::from_arc(carried);
-        let upstream =
-            UpstreamClients::new(&config, name.clone(), breaker.clone(), endpoints.clone());
+        let upstream = UpstreamClients::new(
+            &config,
+            name.clone(),
+            breaker.clone(),
+            endpoints.clone(),
+            tls,
+        );
         let runtime = tokio::runtime::Handle::try_current().ok();
         let cluster = Arc::new(Self {
             name,

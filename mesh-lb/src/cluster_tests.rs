@@ -19,7 +19,7 @@ async fn ejections_grow_and_sweeps_return_endpoints_on_time() {
         ..OutlierDetection::default()
     });
     let cla = Arc::new(ClusterLoadAssignment::from_addrs("c", addrs.clone()));
-    let cluster = ClusterState::new(c, None, None, cla);
+    let cluster = ClusterState::new(c, None, None, cla, None);
     let eps = cluster.endpoints();
     let (a, b) = (eps[&addrs[0]].clone(), eps[&addrs[1]].clone());
     let fail = Outcome::Failure { gateway: false };

@@ -1,6 +1,7 @@
 //! The connector under a cluster's pooled client: hyper-util's `HttpConnector` (connect timeout,
 //! TCP_NODELAY) plus the connection circuit breakers, and connections that close themselves
-//! once their endpoint has left the cluster and drained.
+//! once their endpoint has left the cluster and drained; with the cluster's `tls`, mTLS over
+//! the TCP connection (`crate::tls`), a failed handshake being a connect failure.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +22,7 @@ use tower_service::Service;
 
 use crate::circuit_breaker::{CircuitBreaker, ConnectionPermit};
 use crate::endpoint::EndpointState;
+use crate::tls::ClusterTls;
 
 /// Live endpoint states of a cluster by address (swapped whole at each EDS update). foldhash
 /// rather than SipHash: an EDS update of 10,000 endpoints spent a third of its time hashing.
@@ -33,6 +35,7 @@ pub(crate) struct MeshConnector {
     pub(crate) cluster: Arc<str>,
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) endpoints: Shared<EndpointMap>,
+    pub(crate) tls: Option<ClusterTls>,
 }
 
 impl Service<Uri> for MeshConnector {
@@ -60,8 +63,32 @@ impl Service<Uri> for MeshConnector {
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
             .and_then(|addr| self.endpoints.load().get(&addr).cloned());
         let connecting = self.http.call(uri);
+        let tls = self.tls.clone();
+        let cluster = Arc::clone(&self.cluster);
         Box::pin(async move {
-            let io = connecting.await?;
+            let tcp = connecting.await?;
+            let io = match tls {
+                None => Io::Plain(tcp),
+                Some(tls) => {
+                    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+                    match connector
+                        .connect(tls.server_name.clone(), tcp.into_inner())
+                        .await
+                    {
+                        Ok(stream) => Io::Tls(Box::new(TokioIo::new(stream))),
+                        Err(e) => {
+                            let reason = e.to_string();
+                            tls.secrets.outbound_handshake_failed(&cluster, &reason);
+                            tracing::debug!(%cluster, error = %reason, "upstream TLS handshake failed");
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionRefused,
+                                format!("TLS handshake failed: {reason}"),
+                            )
+                            .into());
+                        }
+                    }
+                }
+            };
             Ok(Conn {
                 io,
                 _permit: permit.connected(),
@@ -77,14 +104,41 @@ impl Service<Uri> for MeshConnector {
 /// A pooled upstream connection: counts against `max_connections` while open, and reads EOF
 /// once its endpoint is closed, so hyper drops it from the pool.
 pub(crate) struct Conn {
-    io: TokioIo<TcpStream>,
+    io: Io,
     _permit: ConnectionPermit,
     close: Option<(Arc<EndpointState>, Arc<AtomicWaker>)>,
 }
 
+/// A plaintext or a TLS connection.
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+/// Forwards an IO call to whichever connection `Io` holds.
+macro_rules! io_call {
+    ($io:expr, $s:ident => $call:expr) => {
+        match $io {
+            Io::Plain($s) => $call,
+            Io::Tls($s) => $call,
+        }
+    };
+}
+
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        match &self.io {
+            Io::Plain(io) => io.connected(),
+            Io::Tls(io) => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
     }
 }
 
@@ -103,7 +157,7 @@ impl Read for Conn {
                 return Poll::Ready(Ok(()));
             }
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        io_call!(&mut this.io, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -113,19 +167,19 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        io_call!(&mut self.get_mut().io, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        io_call!(&mut self.get_mut().io, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        io_call!(&mut self.get_mut().io, io => Pin::new(io).poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        io_call!(&self.io, io => io.is_write_vectored())
     }
 
     fn poll_write_vectored(
@@ -133,6 +187,6 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        io_call!(&mut self.get_mut().io, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 }

@@ -31,6 +31,7 @@ mod outlier;
 mod policy;
 mod pool;
 mod set;
+pub mod tls;
 mod upstream;
 
 pub use circuit_breaker::{BreakerStats, CircuitBreaker};

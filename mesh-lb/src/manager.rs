@@ -9,6 +9,7 @@ use mesh_core::{
 };
 
 use crate::cluster::ClusterState;
+use crate::tls::{ClusterTls, TlsSecrets};
 
 /// foldhash: the data path hashes the cluster name once per request.
 type ClusterMap = HashMap<Arc<str>, Arc<ClusterState>, foldhash::fast::RandomState>;
@@ -33,6 +34,8 @@ struct Inner {
     /// The last EDS assignment per EDS name; serialises reloads (config path only).
     eds: Mutex<HashMap<String, Arc<ClusterLoadAssignment>>>,
     local: Option<Locality>,
+    /// Where clusters with `tls` find their certificates and bundles.
+    secrets: Option<Arc<dyn TlsSecrets>>,
 }
 
 impl std::fmt::Debug for ClusterManager {
@@ -65,6 +68,18 @@ impl ClusterManager {
                 ..Inner::default()
             }),
         }
+    }
+
+    /// This manager, its clusters with `tls` taking their certificates and trust bundles from
+    /// `secrets` (at each new connection's handshake). Call it before the first reload: a
+    /// handle already shared keeps no secrets (and clusters with `tls` are refused).
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Arc<dyn TlsSecrets>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.secrets = Some(secrets),
+            None => tracing::warn!("ClusterManager::with_secrets on a shared handle: ignored"),
+        }
+        self
     }
 
     /// The cluster named `name`.
@@ -115,10 +130,31 @@ impl Reload<Vec<Cluster>> for ClusterManager {
                 return Err(ReloadError::new("cluster", &c.name, "listed twice"));
             }
         }
+        // Clusters with TLS get their client config first: a bad one refuses the whole update.
+        let mut tls = Vec::with_capacity(update.len());
+        for c in &update {
+            tls.push(match &c.tls {
+                None => None,
+                Some(t) => {
+                    let secrets = self.inner.secrets.clone().ok_or_else(|| {
+                        ReloadError::new(
+                            "cluster",
+                            &c.name,
+                            "tls: this process has no secret store",
+                        )
+                    })?;
+                    Some(
+                        ClusterTls::new(t, secrets).map_err(|e| {
+                            ReloadError::new("cluster", &c.name, format!("tls: {e}"))
+                        })?,
+                    )
+                }
+            });
+        }
         let eds = self.lock_eds();
         let old = self.inner.clusters.load_full();
         let mut next = ClusterMap::with_capacity_and_hasher(update.len(), Default::default());
-        for c in update {
+        for (c, tls) in update.into_iter().zip(tls) {
             let prev = old.get(c.name.as_str());
             if let Some(p) = prev.filter(|p| *p.config() == c) {
                 next.insert(p.shared_name().clone(), p.clone());
@@ -129,7 +165,7 @@ impl Reload<Vec<Cluster>> for ClusterManager {
                 Discovery::Eds => eds.get(c.eds_name()).cloned().unwrap_or_default(),
             };
             let carried = prev.map(|p| p.endpoints());
-            let state = ClusterState::new(c, self.inner.local.clone(), carried, assignment);
+            let state = ClusterState::new(c, self.inner.local.clone(), carried, assignment, tls);
             next.insert(state.shared_name().clone(), state);
         }
         self.inner.clusters.store(next);

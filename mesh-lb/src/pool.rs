@@ -15,6 +15,7 @@ use mesh_core::{body, Body, BoxError, Cluster, MeshError, Shared, UpstreamProtoc
 
 use crate::circuit_breaker::CircuitBreaker;
 use crate::connector::{EndpointMap, MeshConnector};
+use crate::tls::ClusterTls;
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,6 +36,7 @@ impl UpstreamClients {
         cluster: Arc<str>,
         breaker: Arc<CircuitBreaker>,
         endpoints: Shared<EndpointMap>,
+        tls: Option<ClusterTls>,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -44,14 +46,17 @@ impl UpstreamClients {
             cluster,
             breaker,
             endpoints,
+            tls: None,
         };
         let build = |h2: bool| {
+            let mut connector = connector.clone();
+            connector.tls = tls.as_ref().map(|t| t.for_protocol(h2));
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .http2_only(h2)
-                .build(connector.clone())
+                .build(connector)
         };
         Self {
             protocol: config.protocol,

@@ -25,8 +25,9 @@ use crate::metrics_l4::CloseReason;
 use crate::rewind::Rewind;
 use crate::tcp::TcpRelay;
 
-/// A connection as the HTTP server gets it: the detection prefix replayed.
-pub(crate) type HttpIo = Rewind<TrackedIo<TcpStream>>;
+pub(crate) use crate::http_io::HttpIo;
+use crate::tls::InboundTls;
+use mesh_core::extensions::PeerIdentity;
 
 /// The bytes read at most while detecting (more may arrive in one read; all are replayed).
 const SNIFF_BUFFER: usize = 1024;
@@ -41,6 +42,9 @@ pub struct L4Settings {
     pub detection: DetectionConfig,
     /// Where what is not HTTP goes; closed when `None`.
     pub tcp: Option<TcpRelay>,
+    /// TLS termination (listeners with `tls`): a ClientHello is handshaken and the HTTP server
+    /// serves the decrypted stream; plaintext is served only in permissive mode.
+    pub tls: Option<InboundTls>,
 }
 
 impl Default for L4Settings {
@@ -50,13 +54,15 @@ impl Default for L4Settings {
             serves_http: true,
             detection: DetectionConfig::default(),
             tcp: None,
+            tls: None,
         }
     }
 }
 
 /// Serves one accepted connection: detects its protocol (unless the listener is opaque only),
 /// counts the outcome, and hands it to `http` (the HTTP server, under the listener's signals),
-/// the TCP proxy, or closes it.
+/// the TCP proxy, or closes it. With TLS, `http` gets the decrypted stream and the client's
+/// verified identity.
 pub(crate) async fn serve_connection<H, F, E>(
     stream: TcpStream,
     activity: &Arc<Activity>,
@@ -66,19 +72,30 @@ pub(crate) async fn serve_connection<H, F, E>(
     http: H,
 ) -> Ended<String>
 where
-    H: FnOnce(HttpIo) -> F,
+    H: FnOnce(HttpIo, Option<PeerIdentity>) -> F,
     F: Future<Output = Ended<E>>,
     E: std::fmt::Display,
 {
     let mut io = TrackedIo::new(stream, Arc::clone(activity));
     let mut prefix = BytesMut::new();
+    let mut tls_hello = false;
     let action = if l4.serves_http {
         // The listener may shed a connection still detecting (it has sent no request: idle).
         let sniffed = tokio::select! {
             s = sniff(&mut io, &mut prefix, l4.detection.timeout) => s,
             () = Signalled(activity) => return Ended::Forced,
         };
-        let action = decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
+        let mut action = decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
+        if let Some(tls) = &l4.tls {
+            if sniffed == Sniffed::Decided(Detection::Tls) {
+                tls_hello = true;
+                action = Action::Http;
+            } else if !tls.permissive() {
+                // Strict mTLS: nothing but a TLS ClientHello is served.
+                tls.refused_plaintext();
+                action = Action::Close;
+            }
+        }
         metrics
             .l4()
             .detected(listener, sniffed.as_str(), action.as_str());
@@ -89,16 +106,34 @@ where
     } else {
         Action::Tcp
     };
-    if action != Action::Http {
+    if action != Action::Http || tls_hello {
+        // Opaque or encrypted bytes: no request targets to scan.
         io.stop_scanning();
     }
     let io = Rewind::new(prefix.freeze(), io);
+    let (io, identity) = match (&l4.tls, tls_hello) {
+        (Some(tls), true) => {
+            let handshake = tokio::select! {
+                h = tls.accept(io) => h,
+                () = Signalled(activity) => return Ended::Forced,
+            };
+            match handshake {
+                Some((stream, identity)) => (HttpIo::Tls(Box::new(stream)), identity),
+                // Counted by `accept`; dropping the stream closes the connection.
+                None => return Ended::Done(Ok(())),
+            }
+        }
+        _ => (HttpIo::Plain(io), None),
+    };
     match (action, &l4.tcp) {
-        (Action::Http, _) => match http(io).await {
+        (Action::Http, _) => match http(io, identity).await {
             Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
             Ended::Forced => Ended::Forced,
         },
         (Action::Tcp, Some(relay)) => {
+            let HttpIo::Plain(io) = io else {
+                return Ended::Done(Ok(()));
+            };
             let relay = async { relay.relay(io, activity).await.map(|_| ()) };
             match Supervised::new(Relaying::new(relay), Arc::clone(activity)).await {
                 Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),

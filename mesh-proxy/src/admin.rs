@@ -43,7 +43,12 @@ pub struct Admin {
     config_dump: ConfigDumpFn,
     routes: Arc<HashMap<String, AdminHandler>>,
     warming: Option<WarmingReport>,
+    security: Option<SecurityNote>,
 }
+
+/// A line `/ready` adds about transport security (e.g. that the sidecar runs plaintext), read
+/// live.
+pub type SecurityNote = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// What `/ready` reports as warming: a function so it always reflects the live state.
 pub type WarmingReport = Arc<dyn Fn() -> WarmingStatus + Send + Sync>;
@@ -65,7 +70,15 @@ impl Admin {
             config_dump,
             routes: Arc::new(HashMap::new()),
             warming: None,
+            security: None,
         }
+    }
+
+    /// Has `/ready` add `note`'s line (when it has one) to its body, whatever the status.
+    #[must_use]
+    pub fn with_security_note(mut self, note: SecurityNote) -> Self {
+        self.security = Some(note);
+        self
     }
 
     /// Has `/ready` name the warming listeners and clusters, and answer 503 while a listener
@@ -180,6 +193,10 @@ impl Admin {
             for (name, why) in map {
                 msg.push_str(&format!("warming {kind} {name:?}: waiting for {why}\n"));
             }
+        }
+        if let Some(line) = self.security.as_ref().and_then(|f| f()) {
+            msg.push_str(&line);
+            msg.push('\n');
         }
         text(status, msg)
     }

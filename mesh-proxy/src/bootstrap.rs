@@ -91,6 +91,8 @@ struct BootstrapFile {
     clusters: Vec<mesh_core::Cluster>,
     #[serde(default)]
     endpoints: Vec<mesh_core::ClusterLoadAssignment>,
+    #[serde(default)]
+    secrets: Vec<mesh_core::Secret>,
 }
 
 /// Why a bootstrap was refused: the file, where, and why.
@@ -150,6 +152,7 @@ impl Bootstrap {
                 route_configs: f.route_configs,
                 clusters: f.clusters,
                 endpoints: f.endpoints,
+                secrets: f.secrets,
             },
             tracing: None,
         };
@@ -166,6 +169,8 @@ impl Bootstrap {
         }
         boot.mesh
             .validate()
+            // No SDS here: every secret a listener or cluster names must be in the file.
+            .and_then(|()| boot.mesh.check_secret_refs())
             .map_err(|source| BootstrapError::Invalid {
                 file: file.to_path_buf(),
                 source,

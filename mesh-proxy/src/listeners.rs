@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::server::{serve, ListenerSettings};
 use crate::stack::ListenerStack;
 use crate::tcp::TcpRelay;
+use crate::tls::{InboundTls, SecretStore};
 
 /// One bound listener.
 struct Live {
@@ -46,6 +47,7 @@ pub struct ListenerManager {
     tracing: Option<OtlpTracing>,
     access_logs: AccessLogWriters,
     default_access_log: Vec<AccessLog>,
+    secrets: Arc<SecretStore>,
 }
 
 impl std::fmt::Debug for ListenerManager {
@@ -81,7 +83,16 @@ impl ListenerManager {
             tracing: None,
             access_logs: AccessLogWriters::default(),
             default_access_log: Vec::new(),
+            secrets: SecretStore::new(),
         }
+    }
+
+    /// Listeners with `tls` take their certificates and bundles from `secrets` (at each
+    /// handshake: a rotation there needs no listener change).
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Arc<SecretStore>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Writes access logs with `writers`; a listener that configures no `access_log` of its own
@@ -194,7 +205,8 @@ impl ListenerManager {
                     if old.address == l.address
                         && old.http == l.http
                         && old.tcp_proxy == l.tcp_proxy
-                        && old.detection == l.detection =>
+                        && old.detection == l.detection
+                        && old.tls == l.tls =>
                 {
                     prepared.push((l.clone(), table, None));
                 }
@@ -205,7 +217,13 @@ impl ListenerManager {
                     }
                     .and_then(|s| s.listen(BACKLOG))
                     .map_err(|e| refuse(l, format!("bind {}: {e}", l.address)))?;
-                    prepared.push((l.clone(), table, Some(socket)));
+                    let tls = l
+                        .tls
+                        .as_ref()
+                        .map(|t| InboundTls::new(&l.name, t, Arc::clone(&self.secrets)))
+                        .transpose()
+                        .map_err(|e| refuse(l, format!("tls: {e}")))?;
+                    prepared.push((l.clone(), table, Some((socket, tls))));
                 }
             }
         }
@@ -265,8 +283,8 @@ impl ListenerManager {
                             entry.config = l;
                         }
                     }
-                    Some(socket) => {
-                        let entry = self.spawn(l, stack, socket);
+                    Some((socket, tls)) => {
+                        let entry = self.spawn(l, stack, socket, tls);
                         if let Some(old) = live.insert(entry.config.name.clone(), entry) {
                             removed.push(old);
                         }
@@ -324,7 +342,13 @@ impl ListenerManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn spawn(&self, config: Listener, stack: ListenerStack, socket: TcpListener) -> Live {
+    fn spawn(
+        &self,
+        config: Listener,
+        stack: ListenerStack,
+        socket: TcpListener,
+        tls: Option<InboundTls>,
+    ) -> Live {
         let local_addr = socket.local_addr().unwrap_or(config.address);
         let stop = CancellationToken::new();
         let settings = ListenerSettings {
@@ -343,6 +367,7 @@ impl ListenerManager {
                         self.metrics.l4().clone(),
                     )
                 }),
+                tls,
             },
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");

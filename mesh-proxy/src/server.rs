@@ -14,7 +14,7 @@ use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use mesh_core::extensions::{ClientAddr, ListenerName};
+use mesh_core::extensions::{ClientAddr, ListenerName, PeerIdentity};
 use mesh_core::{body, is_grpc, Body, BoxError, HttpProtocolOptions, MeshError, StripHostPort};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -146,6 +146,7 @@ pub async fn serve(
             shared: Arc::clone(&shared),
             activity: Arc::clone(&activity),
             peer,
+            identity: None,
             inner: RefCell::new(service.clone()),
         };
         let gauge = conns.clone();
@@ -164,7 +165,9 @@ pub async fn serve(
             let _registered = registered;
             let listener = Arc::clone(&edge.shared.listener);
             let metrics = edge.shared.metrics.clone();
-            let http = |io| {
+            let http = |io, identity| {
+                let mut edge = edge;
+                edge.identity = identity;
                 let conn = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(io),
@@ -278,6 +281,8 @@ struct Edge {
     shared: Arc<EdgeShared>,
     activity: Arc<Activity>,
     peer: SocketAddr,
+    /// The client's verified identity on an mTLS connection.
+    identity: Option<PeerIdentity>,
     /// hyper calls its service through `&self`; the stack's `poll_ready` and `call` want
     /// `&mut`. Both happen synchronously inside [`Edge::call`] (the response future owns what it
     /// needs), so the borrow never spans an await, and the stack is not cloned (a boxed
@@ -393,6 +398,9 @@ impl Edge {
             headers::ensure_traceparent(&mut parts.headers);
         }
         parts.extensions.insert(ClientAddr(self.peer));
+        if let Some(id) = &self.identity {
+            parts.extensions.insert(id.clone());
+        }
         parts
             .extensions
             .insert(ListenerName(Arc::clone(&self.shared.listener)));

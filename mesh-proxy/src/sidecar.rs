@@ -20,13 +20,14 @@ use mesh_xds::client::{AdsMode, XdsClient, XdsStatus, XdsTls};
 use mesh_xds::config_dump::ConfigDump;
 
 use crate::access_log::AccessLogWriters;
-use crate::admin::Admin;
+use crate::admin::{Admin, SecurityNote};
 use crate::bootstrap::Bootstrap;
 use crate::dynamic;
 use crate::listeners::ListenerManager;
 use crate::metrics::{ClusterCollector, Metrics, RuntimeCollector};
 #[cfg(feature = "etcd")]
 use crate::registration::Registrar;
+use crate::tls::SecretStore;
 use crate::warmer::Warmer;
 use crate::warming::WarmingStatus;
 
@@ -151,6 +152,7 @@ pub struct Sidecar {
     access_logs: AccessLogWriters,
     warmer: Option<Warmer>,
     warming_task: Option<JoinHandle<()>>,
+    secrets: Arc<SecretStore>,
 }
 
 impl Sidecar {
@@ -167,13 +169,16 @@ impl Sidecar {
         filters: LayerRegistry,
     ) -> Result<Self, SidecarError> {
         let tracing = boot.tracing.as_ref().map(OtlpTracing::start).transpose()?;
-        let (registry, clusters, listeners, access_logs) = managers(
+        let (registry, clusters, listeners, access_logs, secrets) = managers(
             boot.max_connections,
             boot.drain_timeout,
             filters,
             tracing.clone(),
             boot.access_log.clone(),
         );
+        for secret in &boot.mesh.secrets {
+            secrets.reload(secret.clone())?;
+        }
         clusters.reload(boot.mesh.clusters.clone())?;
         for cla in &boot.mesh.endpoints {
             clusters.reload(cla.clone())?;
@@ -185,7 +190,11 @@ impl Sidecar {
 
         // The bootstrap never changes: its dump is built once.
         let dump = ConfigDump::from_static(&boot.mesh, SystemTime::now());
-        let admin = Admin::new(registry, Arc::new(move || dump.clone()));
+        let note = plaintext_note(&listeners, &clusters);
+        if let Some(line) = note() {
+            tracing::warn!("{line}");
+        }
+        let admin = Admin::new(registry, Arc::new(move || dump.clone())).with_security_note(note);
         admin.ready_flag().store(true, Ordering::Release);
         let stop = CancellationToken::new();
         let (admin_addr, admin_task) = serve_admin(admin, boot.admin, &stop).await?;
@@ -201,6 +210,7 @@ impl Sidecar {
             access_logs,
             warmer: None,
             warming_task: None,
+            secrets,
         })
     }
 
@@ -209,7 +219,7 @@ impl Sidecar {
     /// the first full config has arrived.
     pub async fn start_dynamic(opts: DynamicOptions) -> Result<Self, SidecarError> {
         let tracing = opts.tracing.as_ref().map(OtlpTracing::start).transpose()?;
-        let (mut registry, clusters, listeners, access_logs) = managers(
+        let (mut registry, clusters, listeners, access_logs, secrets) = managers(
             opts.max_connections,
             opts.drain_timeout,
             opts.filters.clone(),
@@ -274,6 +284,7 @@ impl Sidecar {
             }),
         )
         .with_route("/xds", xds_status_route(status_json))
+        .with_security_note(plaintext_note(&listeners, &clusters))
         .with_ready_flag(ready)
         .with_warming({
             let warmer = warmer.clone();
@@ -304,7 +315,14 @@ impl Sidecar {
             access_logs,
             warmer: Some(warmer),
             warming_task: Some(warming_task),
+            secrets,
         })
+    }
+
+    /// The certificates and trust bundles listeners and clusters with `tls` use: reload one
+    /// here to rotate it (new handshakes use it; established connections go on).
+    pub fn secrets(&self) -> &Arc<SecretStore> {
+        &self.secrets
     }
 
     /// The xDS client of a dynamic sidecar.
@@ -398,16 +416,44 @@ fn managers(
     filters: LayerRegistry,
     tracing: Option<OtlpTracing>,
     access_log: Vec<AccessLog>,
-) -> (Registry, ClusterManager, ListenerManager, AccessLogWriters) {
+) -> (
+    Registry,
+    ClusterManager,
+    ListenerManager,
+    AccessLogWriters,
+    Arc<SecretStore>,
+) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let access_logs = AccessLogWriters::register(&mut registry);
-    let clusters = ClusterManager::new();
+    let secrets = SecretStore::new();
+    secrets.register_metrics(&mut registry);
+    let clusters = ClusterManager::new().with_secrets(secrets.clone());
     registry.register_collector(Box::new(ClusterCollector(clusters.clone())));
     registry.register_collector(Box::new(RuntimeCollector));
     let listeners =
         ListenerManager::new(clusters.clone(), filters, metrics, max_connections, drain)
             .with_tracing(tracing)
-            .with_access_logs(access_logs.clone(), access_log);
-    (registry, clusters, listeners, access_logs)
+            .with_access_logs(access_logs.clone(), access_log)
+            .with_secrets(Arc::clone(&secrets));
+    (registry, clusters, listeners, access_logs, secrets)
+}
+
+/// `/ready`'s line, and the start-up warning, when nothing is encrypted: no listener terminates
+/// TLS and no cluster originates it.
+fn plaintext_note(listeners: &ListenerManager, clusters: &ClusterManager) -> SecurityNote {
+    let (listeners, clusters) = (listeners.clone(), clusters.clone());
+    Arc::new(move || {
+        let tls = listeners.configs().iter().any(|l| l.tls.is_some())
+            || clusters
+                .names()
+                .iter()
+                .filter_map(|n| clusters.get(n))
+                .any(|c| c.config().tls.is_some());
+        (!tls).then(|| {
+            "PLAINTEXT: no listener or cluster has TLS configured; traffic between sidecars is \
+             neither encrypted nor authenticated"
+                .to_owned()
+        })
+    })
 }

@@ -19,6 +19,7 @@
 //! ```
 
 mod bins;
+mod ca;
 mod envoy;
 mod etcd;
 mod etcd_cluster;
@@ -33,6 +34,7 @@ pub use bins::{
     require_nc, require_otlp_python, require_promtool, require_ws_python, skip_or_fail,
     workspace_root, ws_python,
 };
+pub use ca::{IssuedCert, TestCa};
 pub use envoy::{ads_bootstrap, EnvoyProcess};
 pub use etcd::EtcdProcess;
 pub use etcd_cluster::EtcdCluster;

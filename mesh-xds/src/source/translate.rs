@@ -286,6 +286,7 @@ impl MeshSpec {
             ],
             clusters: vec![own.local_app.clone()],
             endpoints: Vec::new(),
+            secrets: Vec::new(),
         };
         check.validate().map_err(|e| node_error(node, e))?;
         // The opaque listeners name service clusters (checked in `shared`): checked alone, and
