@@ -138,6 +138,18 @@ pub fn require_curl() -> Option<PathBuf> {
     curl_bin().or_else(|| skip_or_fail("curl", "MESH_CURL_BIN"))
 }
 
+/// openssl (Debian's `openssl`), whose `s_client` shows a TLS server's certificate:
+/// `MESH_OPENSSL_BIN` if set, else `openssl` on `PATH`.
+pub fn openssl_bin() -> Option<PathBuf> {
+    from_env("MESH_OPENSSL_BIN").or_else(|| on_path("openssl"))
+}
+
+/// [`openssl_bin`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_openssl() -> Option<PathBuf> {
+    openssl_bin().or_else(|| skip_or_fail("openssl", "MESH_OPENSSL_BIN"))
+}
+
 /// [`grpc_python`], or `None` after a loud skip message on stderr; panics under `CI=true`
 /// instead.
 pub fn require_grpc_python() -> Option<PathBuf> {

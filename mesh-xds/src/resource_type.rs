@@ -11,7 +11,8 @@ use crate::convert::XdsResource;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceType {
-    /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS); served, not subscribed to.
+    /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS): [`mesh_core::Secret`]; the
+    /// client subscribes by name to the secrets its listeners' and clusters' TLS names.
     Secret,
     /// `envoy.service.runtime.v3.Runtime` (RTDS); served, not subscribed to.
     Runtime,
@@ -39,8 +40,13 @@ impl ResourceType {
 
     /// The four types mesh-core has a model of, which the ADS client subscribes to, in the same
     /// order.
-    pub const CLIENT: [ResourceType; 4] =
-        [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+    pub const CLIENT: [ResourceType; 5] = [
+        Self::Secret,
+        Self::Cluster,
+        Self::Endpoint,
+        Self::Listener,
+        Self::Route,
+    ];
 
     /// The type URL on the wire.
     pub fn type_url(self) -> &'static str {

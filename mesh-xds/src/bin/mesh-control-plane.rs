@@ -103,6 +103,15 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if !tls.as_ref().is_some_and(ServerTls::requires_client_cert) {
+        // Without client certificates a node's id is a claim nobody checks: any client that
+        // reaches the xDS port can ask for any node's workload certificate (see the README's
+        // "Trust model").
+        tracing::warn!(
+            "xDS clients are not authenticated (no --client-ca): under `security:` every node's \
+             workload certificate goes to whoever claims its node id (dev mode)"
+        );
+    }
     let cache = match args.node_key {
         NodeKey::Id => SnapshotCache::new(),
         NodeKey::Cluster => SnapshotCache::with_node_hash(Arc::new(|n: &Node| n.cluster.clone())),

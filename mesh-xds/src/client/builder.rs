@@ -320,6 +320,7 @@ pub struct ConfigWatch {
     routes: watch::Receiver<ResourceMap<mesh_core::RouteConfiguration>>,
     clusters: watch::Receiver<ResourceMap<mesh_core::Cluster>>,
     endpoints: watch::Receiver<ResourceMap<mesh_core::ClusterLoadAssignment>>,
+    secrets: watch::Receiver<ResourceMap<mesh_core::Secret>>,
 }
 
 impl std::fmt::Debug for ConfigWatch {
@@ -336,6 +337,7 @@ impl ConfigWatch {
             routes: self.routes.borrow().clone(),
             clusters: self.clusters.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
+            secrets: self.secrets.borrow().clone(),
         }
     }
 
@@ -346,6 +348,7 @@ impl ConfigWatch {
             routes: s.watch(),
             clusters: s.watch(),
             endpoints: s.watch(),
+            secrets: s.watch(),
         }
     }
 
@@ -355,9 +358,8 @@ impl ConfigWatch {
             super::ResourceType::Route => &self.routes,
             super::ResourceType::Cluster => &self.clusters,
             super::ResourceType::Endpoint => &self.endpoints,
-            super::ResourceType::Secret | super::ResourceType::Runtime => {
-                return watch::channel(Arc::default()).1
-            }
+            super::ResourceType::Secret => &self.secrets,
+            super::ResourceType::Runtime => return watch::channel(Arc::default()).1,
         };
         match any.downcast_ref::<watch::Receiver<ResourceMap<T>>>() {
             Some(rx) => rx.clone(),

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status;
-use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
+use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, Secret};
 
 use super::state::{nack_status, status, AdsState, Outbound, Outgoing};
 use super::store::StoredResource;
@@ -40,7 +40,8 @@ impl AdsState {
             ResourceType::Cluster => self.delta_apply::<Cluster>(&resp),
             ResourceType::Endpoint => self.delta_apply::<ClusterLoadAssignment>(&resp),
             // Not subscribed to (`subscribed_type` returned none of these).
-            ResourceType::Secret | ResourceType::Runtime => Ok(()),
+            ResourceType::Secret => self.delta_apply::<Secret>(&resp),
+            ResourceType::Runtime => Ok(()),
         };
         match applied {
             Ok(()) => {

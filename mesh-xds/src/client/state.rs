@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status;
-use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
+use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, Secret};
 
 use super::stats::{TypeStatus, XdsStatus};
 use super::store::{Store, StoredResource};
@@ -111,6 +111,7 @@ impl AdsState {
         };
         state.types[ResourceType::Route.index()].names = state.store.config.wanted_routes();
         state.types[ResourceType::Endpoint.index()].names = state.store.config.wanted_endpoints();
+        state.types[ResourceType::Secret.index()].names = state.store.config.wanted_secrets();
         state
     }
 
@@ -208,8 +209,9 @@ impl AdsState {
             ResourceType::Route => self.sotw_apply::<RouteConfiguration>(&resp),
             ResourceType::Cluster => self.sotw_apply::<Cluster>(&resp),
             ResourceType::Endpoint => self.sotw_apply::<ClusterLoadAssignment>(&resp),
-            // Not subscribed to (`subscribed_type` returned none of these).
-            ResourceType::Secret | ResourceType::Runtime => Ok(()),
+            ResourceType::Secret => self.sotw_apply::<Secret>(&resp),
+            // Not subscribed to (`subscribed_type` returns none of these).
+            ResourceType::Runtime => Ok(()),
         };
         match applied {
             Ok(()) => {
@@ -305,12 +307,25 @@ impl AdsState {
 
     /// After LDS or CDS changed: updates the RDS or EDS subscription, dropping what is no longer
     /// referenced (a cluster removed from CDS drops its endpoints).
+    /// Both also update the SDS subscription (the secrets their TLS settings name).
     pub(crate) fn follow_chain(&mut self, ty: ResourceType) -> Vec<Outgoing> {
         let (child, wanted) = match ty {
             ResourceType::Listener => (ResourceType::Route, self.store.config.wanted_routes()),
             ResourceType::Cluster => (ResourceType::Endpoint, self.store.config.wanted_endpoints()),
             _ => return Vec::new(),
         };
+        let secrets = self.store.config.wanted_secrets();
+        let mut out = self.follow(child, wanted);
+        out.extend(self.follow(ResourceType::Secret, secrets));
+        out
+    }
+
+    /// Subscribes `child` to exactly `wanted`, pruning what is no longer wanted.
+    fn follow(
+        &mut self,
+        child: ResourceType,
+        wanted: std::collections::BTreeSet<String>,
+    ) -> Vec<Outgoing> {
         let ts = self.ty_mut(child);
         if ts.names == wanted {
             return Vec::new();
@@ -323,6 +338,7 @@ impl AdsState {
         ts.names = wanted;
         let pruned = match child {
             ResourceType::Route => self.prune::<RouteConfiguration>(),
+            ResourceType::Secret => self.prune::<Secret>(),
             _ => self.prune::<ClusterLoadAssignment>(),
         };
         if let Err(e) = pruned {
@@ -374,7 +390,8 @@ impl AdsState {
                 ResourceType::Route => self.store.config.routes.len(),
                 ResourceType::Cluster => self.store.config.clusters.len(),
                 ResourceType::Endpoint => self.store.config.endpoints.len(),
-                ResourceType::Secret | ResourceType::Runtime => 0,
+                ResourceType::Secret => self.store.config.secrets.len(),
+                ResourceType::Runtime => 0,
             };
             s.types.insert(ty.type_url().to_string(), t);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use mesh_core::{
     Checked, Cluster, ClusterLoadAssignment, Listener, RateLimitConfig, Reload, ReloadError,
-    RouteConfiguration,
+    RouteConfiguration, Secret,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -30,6 +30,11 @@ pub struct XdsConfig {
     /// Endpoint sets (EDS), by cluster (or EDS service) name.
     #[serde(default)]
     pub endpoints: ResourceMap<ClusterLoadAssignment>,
+    /// TLS secrets (SDS) the listeners and clusters name, by name. Never serialized: a
+    /// persisted config or a config dump must not hold private keys (after a restart from a
+    /// persisted config the client is ready once the secrets arrived again).
+    #[serde(default, skip_serializing)]
+    pub secrets: ResourceMap<Secret>,
 }
 
 impl XdsConfig {
@@ -52,7 +57,23 @@ impl XdsConfig {
             .collect()
     }
 
-    /// Whether every listener's route table and every EDS cluster's endpoints are present.
+    /// The SDS secret names the listeners' and clusters' TLS settings refer to.
+    pub fn wanted_secrets(&self) -> std::collections::BTreeSet<String> {
+        let listeners = self
+            .listeners
+            .values()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| [t.certificate.clone(), t.validation.clone()]);
+        let clusters = self
+            .clusters
+            .values()
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| [t.certificate.clone(), t.validation.clone()]);
+        listeners.chain(clusters).collect()
+    }
+
+    /// Whether every listener's route table, every EDS cluster's endpoints and every secret
+    /// named by TLS settings are present.
     pub fn is_complete(&self) -> bool {
         self.wanted_routes()
             .iter()
@@ -61,6 +82,10 @@ impl XdsConfig {
                 .wanted_endpoints()
                 .iter()
                 .all(|e| self.endpoints.contains_key(e))
+            && self
+                .wanted_secrets()
+                .iter()
+                .all(|s| self.secrets.contains_key(s))
     }
 }
 
@@ -106,6 +131,7 @@ stored!(Listener, listeners);
 stored!(RouteConfiguration, routes);
 stored!(Cluster, clusters);
 stored!(ClusterLoadAssignment, endpoints);
+stored!(Secret, secrets);
 
 /// The sinks of one resource type.
 #[doc(hidden)]
@@ -151,6 +177,7 @@ pub struct Sinks {
     routes: TypedSinks<RouteConfiguration>,
     clusters: TypedSinks<Cluster>,
     endpoints: TypedSinks<ClusterLoadAssignment>,
+    secrets: TypedSinks<Secret>,
     rate_limits: Vec<RateLimitSink>,
 }
 
@@ -208,6 +235,8 @@ impl Store {
     /// Feeds every sink the whole current config (at start-up, from a persisted config).
     pub(crate) fn prime(&mut self) -> Result<(), ReloadError> {
         let config = std::mem::take(&mut self.config);
+        // Secrets first: the listeners and clusters that name them find them present.
+        self.apply(Arc::unwrap_or_clone(config.secrets))?;
         self.apply(Arc::unwrap_or_clone(config.clusters))?;
         self.apply(Arc::unwrap_or_clone(config.endpoints))?;
         self.apply(Arc::unwrap_or_clone(config.routes))?;

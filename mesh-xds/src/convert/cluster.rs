@@ -72,6 +72,9 @@ impl XdsResource for Cluster {
                 None => {}
             }
         }
+        if let Some(ts) = &p.transport_socket {
+            c.tls = Some(super::tls::upstream_from(ts)?);
+        }
         if let Some(la) = p.load_assignment {
             c.load_assignment = Some(
                 ClusterLoadAssignment::from_proto(la).map_err(|e| e.within("load_assignment"))?,
@@ -124,6 +127,7 @@ impl XdsResource for Cluster {
             }),
             ..Default::default()
         };
+        out.transport_socket = self.tls.as_ref().map(super::tls::upstream_to);
         if let Some(opts) = protocol_to(self.protocol) {
             out.typed_extension_protocol_options
                 .insert(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), pack(&opts));
@@ -133,16 +137,11 @@ impl XdsResource for Cluster {
 }
 
 fn refuse_unsupported(p: &cpb::Cluster) -> Result<(), ConvertError> {
-    let checks: [(bool, &str, &str); 8] = [
-        (
-            p.transport_socket.is_some(),
-            "transport_socket",
-            "upstream TLS",
-        ),
+    let checks: [(bool, &str, &str); 7] = [
         (
             !p.transport_socket_matches.is_empty(),
             "transport_socket_matches",
-            "upstream TLS",
+            "transport socket matches (one transport_socket per cluster)",
         ),
         (
             p.lb_subset_config.is_some(),

@@ -76,7 +76,8 @@ impl XdsResource for Listener {
             // Unspecified is what most control planes send for an egress listener.
             _ => Direction::Outbound,
         };
-        let chains = chains_from(&p)?;
+        let (tls, plain) = super::tls::split_tls(&p)?;
+        let chains = chains_from(plain.as_ref().unwrap_or(&p))?;
         let extras: Option<RateLimitExtras> = mesh_meta_get(p.metadata.as_ref(), "rate_limit")?;
         let max_request_bytes: Option<u64> =
             mesh_meta_get(p.metadata.as_ref(), "max_request_bytes")?;
@@ -97,6 +98,7 @@ impl XdsResource for Listener {
             }
         }
         l.detection.opaque_on_timeout = p.continue_on_listener_filters_timeout;
+        l.tls = tls;
         l.name = p.name;
         l.address = address;
         l.direction = direction;
@@ -118,8 +120,16 @@ impl XdsResource for Listener {
                 &self.http.max_request_bytes,
             );
         }
-        let (filter_chains, default_filter_chain, listener_filters) =
+        let (mut filter_chains, mut default_filter_chain, mut listener_filters) =
             chains_to(self, self.serves_http().then(|| hcm_to(self)));
+        if let Some(tls) = &self.tls {
+            super::tls::join_tls(
+                tls,
+                &mut filter_chains,
+                &mut default_filter_chain,
+                &mut listener_filters,
+            );
+        }
         lpb::Listener {
             name: self.name.clone(),
             address: Some(socket_addr_to(self.address)),

@@ -50,11 +50,14 @@ mod route;
 mod route_action;
 mod route_policy;
 mod tcp_proxy;
+mod tls;
 
 pub use access_log::FILE_ACCESS_LOG;
 pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
 pub use tcp_proxy::{HTTP_INSPECTOR, TCP_PROXY_FILTER};
+pub(crate) use tls::check_certificates;
+pub use tls::{TLS_INSPECTOR, TLS_TRANSPORT_SOCKET};
 
 /// The filter-metadata key under which settings Envoy has no field for travel.
 pub const MESH_METADATA_KEY: &str = "io.mesh";

@@ -179,7 +179,7 @@ impl Delta {
                 Box::new(st.names.iter().filter_map(|n| ts.get(n)))
             };
             for r in wanted {
-                if !st.held.holds(r) {
+                if !st.held.holds(r) && self.base.may_receive(r) {
                     updates.push(r.clone());
                 }
             }

@@ -41,6 +41,7 @@ impl Client {
                 StreamKind::DeltaAds,
                 super::delta::Delta::new,
                 ReceiverStream::new(req_rx),
+                None,
             )
             .unwrap();
         Self {

@@ -54,6 +54,7 @@ impl<S> Discovery<S> {
                 .into_http();
             }
         }
+        let peer = super::identity::peer_uri_sans(req.extensions());
         let body = req.into_body();
         let settings = BufferSettings::new(REQUEST_BUFFER, REQUEST_BUFFER);
         let started = if delta {
@@ -66,7 +67,7 @@ impl<S> Discovery<S> {
             let kind = self
                 .fixed
                 .map_or(StreamKind::DeltaAds, StreamKind::DeltaSingle);
-            self.server.start(kind, Delta::new, requests)
+            self.server.start(kind, Delta::new, requests, peer)
         } else {
             let requests = Streaming::<DiscoveryRequest>::new_request(
                 ProstDecoder::new(settings),
@@ -75,7 +76,7 @@ impl<S> Discovery<S> {
                 None,
             );
             let kind = self.fixed.map_or(StreamKind::Ads, StreamKind::Single);
-            self.server.start(kind, Sotw::new, requests)
+            self.server.start(kind, Sotw::new, requests, peer)
         };
         match started {
             Ok(rx) => {

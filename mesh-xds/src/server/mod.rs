@@ -13,6 +13,7 @@ mod callbacks;
 mod delta;
 mod grpc;
 mod held;
+mod identity;
 mod metrics;
 mod resource;
 mod snapshot;

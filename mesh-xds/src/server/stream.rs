@@ -28,6 +28,9 @@ pub(crate) struct StreamBase {
     rx: Option<watch::Receiver<Current>>,
     nonce: u64,
     tx: Tx,
+    /// The URI SANs of the client's certificate (`None`: it presented none); see
+    /// [`super::identity`].
+    peer: Option<Arc<Vec<String>>>,
 }
 
 impl StreamBase {
@@ -36,8 +39,10 @@ impl StreamBase {
         guard: StreamGuard,
         fixed: Option<ResourceType>,
         tx: Tx,
+        peer: Option<Arc<Vec<String>>>,
     ) -> Self {
         Self {
+            peer,
             shared,
             guard,
             fixed,
@@ -46,6 +51,12 @@ impl StreamBase {
             nonce: 0,
             tx,
         }
+    }
+
+    /// Whether this stream's client may receive `r` (workload certificates only for the
+    /// identity its client certificate proves).
+    pub(crate) fn may_receive(&self, r: &super::Resource) -> bool {
+        super::identity::may_receive(self.peer.as_deref().map(Vec::as_slice), r)
     }
 
     /// The node's snapshot now, and when it was set.

@@ -125,6 +125,7 @@ impl Client {
                 StreamKind::Ads,
                 super::sotw::Sotw::new,
                 ReceiverStream::new(req_rx),
+                None,
             )
             .unwrap();
         Self {

@@ -73,7 +73,8 @@ fn check(r: &Resource) -> Result<(), ConvertError> {
                 convert::decode::<mesh_core::Listener>(r.any()).map(drop)
             }
         }
-        ResourceType::Secret | ResourceType::Runtime => Ok(()),
+        ResourceType::Secret => convert::decode::<mesh_core::Secret>(r.any()).map(drop),
+        ResourceType::Runtime => Ok(()),
     }
 }
 

@@ -248,6 +248,7 @@ impl XdsServer {
         kind: StreamKind,
         protocol: impl FnOnce(StreamBase) -> P,
         requests: S,
+        peer: Option<Arc<Vec<String>>>,
     ) -> Result<mpsc::Receiver<Out>, Status>
     where
         P: Protocol,
@@ -259,7 +260,7 @@ impl XdsServer {
         };
         let guard = self.open(kind)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let base = StreamBase::new(self.shared.clone(), guard, fixed, tx);
+        let base = StreamBase::new(self.shared.clone(), guard, fixed, tx, peer);
         tokio::spawn(stream::drive(protocol(base), requests));
         Ok(rx)
     }
@@ -270,7 +271,8 @@ impl XdsServer {
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Boxed<DiscoveryResponse>>, Status> {
         let kind = fixed.map_or(StreamKind::Ads, StreamKind::Single);
-        let rx = self.start(kind, Sotw::new, req.into_inner())?;
+        let peer = super::identity::peer_uri_sans(req.extensions());
+        let rx = self.start(kind, Sotw::new, req.into_inner(), peer)?;
         Ok(Response::new(typed(rx)))
     }
 
@@ -280,7 +282,8 @@ impl XdsServer {
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Boxed<DeltaDiscoveryResponse>>, Status> {
         let kind = fixed.map_or(StreamKind::DeltaAds, StreamKind::DeltaSingle);
-        let rx = self.start(kind, Delta::new, req.into_inner())?;
+        let peer = super::identity::peer_uri_sans(req.extensions());
+        let rx = self.start(kind, Delta::new, req.into_inner(), peer)?;
         Ok(Response::new(typed(rx)))
     }
 
@@ -289,6 +292,7 @@ impl XdsServer {
         kind: ResourceType,
         req: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
+        let peer = super::identity::peer_uri_sans(req.extensions());
         let req = req.into_inner();
         let node = req
             .node
@@ -308,6 +312,7 @@ impl XdsServer {
                 req.resource_names.is_empty()
                     || req.resource_names.iter().any(|n| n == r.name() || n == "*")
             })
+            .filter(|r| super::identity::may_receive(peer.as_deref().map(Vec::as_slice), r))
             .map(|r| r.any().clone())
             .collect();
         Ok(Response::new(DiscoveryResponse {

@@ -189,6 +189,16 @@ impl FileSource {
         }
     }
 
+    /// Forgets the file's hash when a workload certificate is due for renewal, so the next
+    /// [`FileSource::reload`] translates (and re-issues it).
+    fn renew_if_due(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.translations.renewal_due() {
+            tracing::info!("renewing workload certificates");
+            state.hash = 0;
+        }
+    }
+
     /// Watches the outcome of reloads.
     pub fn status(&self) -> watch::Receiver<ReloadStatus> {
         self.status.subscribe()
@@ -203,6 +213,9 @@ impl FileSource {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                // A workload certificate due for renewal: translate again (it is re-issued and
+                // the nodes get a new snapshot version) even though the file did not change.
+                self.renew_if_due();
                 // Errors are logged and kept in `status`; the loop goes on.
                 let _ = self.reload();
             }

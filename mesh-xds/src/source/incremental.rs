@@ -11,10 +11,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mesh_core::{Cluster, RouteConfiguration, Validate, VirtualHost};
+use mesh_core::{Cluster, RouteConfiguration, UpstreamTls, Validate, VirtualHost};
 
+use super::pki::{MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
 use super::proxyless::grpc_lb_policy;
-use super::spec::{MeshSpec, ServiceSpec};
+use super::spec::{MeshSpec, NodeKind, SecuritySpec, ServiceProtocol, ServiceSpec};
 use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
 use crate::server::Resource;
 
@@ -39,6 +40,9 @@ pub struct TranslationCache {
     outbound: Option<(Vec<Arc<VirtualHost>>, Resource)>,
     /// Outbound route tables built so far.
     tables: u64,
+    /// The mesh CA and the `security:` section it was loaded from (kept across reloads so the
+    /// CA and the certificates it issued stay the same while the section does).
+    ca: Option<(SecuritySpec, Arc<MeshCa>)>,
 }
 
 /// One service, translated: its validated cluster and endpoints as encoded resources, and its
@@ -46,6 +50,8 @@ pub struct TranslationCache {
 #[derive(Debug)]
 pub(super) struct ServiceTranslation {
     spec: ServiceSpec,
+    /// The TLS its callers originate (a service run by sidecars, under `security:`).
+    tls: Option<UpstreamTls>,
     pub(super) cluster: Resource,
     /// The cluster as proxyless gRPC clients get it, when it differs (see `proxyless::grpc_lb_policy`).
     grpc_cluster: Option<Resource>,
@@ -56,16 +62,25 @@ pub(super) struct ServiceTranslation {
 impl ServiceTranslation {
     /// Translates `s`; keeps `previous`'s virtual host when it is unchanged, so the outbound
     /// table can be reused.
-    fn new(s: &ServiceSpec, previous: Option<&Self>) -> Result<Self, TranslateError> {
-        let (cluster, la, virtual_host) = service_config(s)?;
+    fn new(
+        s: &ServiceSpec,
+        tls: Option<UpstreamTls>,
+        previous: Option<&Self>,
+    ) -> Result<Self, TranslateError> {
+        let (cluster, la, virtual_host) = service_config(s, tls.clone())?;
         let virtual_host = match previous {
             Some(p) if *p.virtual_host == virtual_host => Arc::clone(&p.virtual_host),
             _ => Arc::new(virtual_host),
         };
-        let grpc_cluster = match grpc_lb_policy(&cluster.lb_policy) {
-            Some(lb_policy) => {
+        // Proxyless gRPC clients take TLS from certificate providers, not SDS: their clusters
+        // stay plaintext.
+        let grpc_lb = grpc_lb_policy(&cluster.lb_policy);
+        let grpc_cluster = match (grpc_lb, &cluster.tls) {
+            (None, None) => None,
+            (lb_policy, _) => {
                 let grpc = Cluster {
-                    lb_policy,
+                    lb_policy: lb_policy.unwrap_or_else(|| cluster.lb_policy.clone()),
+                    tls: None,
                     ..cluster.clone()
                 };
                 grpc.validate().map_err(|e| {
@@ -73,10 +88,10 @@ impl ServiceTranslation {
                 })?;
                 Some(Resource::from_validated(&grpc))
             }
-            None => None,
         };
         Ok(Self {
             spec: s.clone(),
+            tls,
             cluster: Resource::from_validated(&cluster),
             grpc_cluster,
             endpoints: Resource::from_validated(&la),
@@ -98,6 +113,8 @@ impl ServiceTranslation {
 pub(super) struct SharedResources {
     pub(super) services: Vec<Arc<ServiceTranslation>>,
     pub(super) outbound: Resource,
+    /// The mesh CA, under `security:` (set by the translation).
+    pub(super) ca: Option<Arc<MeshCa>>,
 }
 
 impl TranslationCache {
@@ -130,11 +147,12 @@ impl TranslationCache {
         let mut fresh = 0;
         for s in &spec.services {
             let previous = self.services.get(&s.name);
+            let tls = upstream_tls(spec, s);
             let t = match previous {
-                Some(t) if t.spec == *s => Arc::clone(t),
+                Some(t) if t.spec == *s && t.tls == tls => Arc::clone(t),
                 _ => {
                     fresh += 1;
-                    Arc::new(ServiceTranslation::new(s, previous.map(|p| &**p))?)
+                    Arc::new(ServiceTranslation::new(s, tls, previous.map(|p| &**p))?)
                 }
             };
             services.push(t);
@@ -164,13 +182,67 @@ impl TranslationCache {
             .iter()
             .map(|t| (t.spec.name.clone(), Arc::clone(t)))
             .collect();
-        Ok(SharedResources { services, outbound })
+        Ok(SharedResources {
+            services,
+            outbound,
+            ca: None,
+        })
+    }
+
+    /// The mesh CA of `security`, loaded once and kept while the section stays the same.
+    pub(super) fn ca(&mut self, security: &SecuritySpec) -> Result<Arc<MeshCa>, TranslateError> {
+        if let Some((held, ca)) = &self.ca {
+            if held == security {
+                return Ok(Arc::clone(ca));
+            }
+        }
+        let ca = Arc::new(
+            MeshCa::load(security).map_err(|e| TranslateError::new("security.ca", None, e))?,
+        );
+        self.ca = Some((security.clone(), Arc::clone(&ca)));
+        Ok(ca)
+    }
+
+    /// Whether a workload certificate is due for renewal (the source then translates again,
+    /// which re-issues it).
+    pub fn renewal_due(&self) -> bool {
+        self.ca
+            .as_ref()
+            .and_then(|(_, ca)| ca.next_renewal())
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+    }
+
+    /// When the next workload certificate is due for renewal.
+    pub fn next_renewal(&self) -> Option<tokio::time::Instant> {
+        self.ca.as_ref().and_then(|(_, ca)| ca.next_renewal())
     }
 
     #[cfg(test)]
     fn get(&self, name: &str) -> Option<&Arc<ServiceTranslation>> {
         self.services.get(name)
     }
+}
+
+/// The TLS callers originate to `s`: under `security:`, for a service some sidecar node runs
+/// (its endpoints are sidecars' inbound listeners), verifying the service's identity.
+fn upstream_tls(spec: &MeshSpec, s: &ServiceSpec) -> Option<UpstreamTls> {
+    let security = spec.security.as_ref()?;
+    let by_sidecars = spec
+        .nodes
+        .iter()
+        .any(|n| n.kind() == NodeKind::Sidecar && n.service.as_deref() == Some(&s.name));
+    by_sidecars.then(|| UpstreamTls {
+        certificate: WORKLOAD_SECRET.into(),
+        validation: ROOT_SECRET.into(),
+        match_uri_sans: vec![security.identity(&s.name).to_string()],
+        sni: None,
+        alpn: match s.protocol {
+            ServiceProtocol::Http1 => vec!["http/1.1".into()],
+            ServiceProtocol::Http2 => vec!["h2".into()],
+            ServiceProtocol::UseDownstream => vec!["h2".into(), "http/1.1".into()],
+            ServiceProtocol::Tcp => Vec::new(),
+        },
+    })
 }
 
 /// The outbound route table: every service's virtual host, checked as a whole (domains and

@@ -6,6 +6,7 @@ mod etcd;
 mod file;
 mod incremental;
 mod opaque;
+mod pki;
 mod proxyless;
 mod spec;
 mod translate;
@@ -16,7 +17,9 @@ pub use file::{apply, FileSource, ReloadStatus, SourceError};
 pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
 pub use opaque::OUTBOUND_TCP;
+pub use pki::{CaError, MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
 pub use spec::{
-    EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, ServiceProtocol, ServiceSpec,
+    CaSpec, EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, SecuritySpec,
+    ServiceProtocol, ServiceSpec,
 };
 pub use translate::{Snapshots, TranslateError, INBOUND, LOCAL_APP, OUTBOUND};

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_core::{
-    AccessLog, CircuitBreakers, FilterConfig, HealthCheck, LbPolicy, LocalRateLimit,
-    OutlierDetection, RetryPolicy, Route, UpstreamProtocol,
+    AccessLog, CircuitBreakers, FilterConfig, HealthCheck, LbPolicy, LocalRateLimit, MtlsMode,
+    OutlierDetection, RetryPolicy, Route, SpiffeId, UpstreamProtocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,69 @@ pub struct MeshSpec {
     /// connection managers; a node's own `access_log` overrides it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
+    /// Workload identity and mTLS between sidecars: the mesh CA, the trust domain and
+    /// per-service modes. Absent: the mesh is plaintext (as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecuritySpec>,
+}
+
+/// The `security:` section: the control plane is the mesh CA and every sidecar node gets a
+/// certificate for its service's SPIFFE identity over SDS, inbound listeners require mTLS and
+/// calls to services run by sidecars originate it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// The trust domain of identities (`spiffe://<trust_domain>/ns/<namespace>/sa/<service>`).
+    pub trust_domain: String,
+    /// The namespace of identities (default `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The CA that signs workload certificates.
+    pub ca: CaSpec,
+    /// More CA certificate files (PEM) trusted besides the CA: the old CA during a CA rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_roots: Vec<PathBuf>,
+    /// Lifetime of workload certificates (default 24h); each is renewed at 2/3 of it.
+    #[serde(default = "default_cert_ttl", with = "humantime_serde")]
+    pub workload_cert_ttl: Duration,
+    /// mTLS mode of each service's inbound listeners by service name (default `strict`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub modes: BTreeMap<String, MtlsMode>,
+}
+
+/// Where the mesh CA comes from: a certificate and key (PEM files), or generated at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSpec {
+    /// The CA certificate, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The CA's private key, PEM (PKCS#8 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// A development CA made at start, held in memory only (a restart makes a new one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generate: bool,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl SecuritySpec {
+    /// The identity of `service`'s workloads.
+    pub fn identity(&self, service: &str) -> SpiffeId {
+        SpiffeId::new(&self.trust_domain, &self.namespace, service)
+    }
+
+    /// The mTLS mode of `service`'s inbound listeners.
+    pub fn mode(&self, service: &str) -> MtlsMode {
+        self.modes.get(service).copied().unwrap_or_default()
+    }
 }
 
 /// Listener-level custom HTTP filters, per listener. Each list run in order on every request of

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use mesh_core::{
-    Cluster, ClusterLoadAssignment, Direction, Discovery, Endpoint, HttpProtocolOptions, Listener,
-    Locality, LocalityEndpoints, MeshConfig, Route, RouteAction, RouteConfiguration, Validate,
-    VirtualHost,
+    Cluster, ClusterLoadAssignment, Direction, Discovery, DownstreamTls, Endpoint,
+    HttpProtocolOptions, Listener, Locality, LocalityEndpoints, MeshConfig, Route, RouteAction,
+    RouteConfiguration, UpstreamTls, Validate, VirtualHost,
 };
 
 use super::incremental::{SharedResources, TranslationCache};
 use super::opaque::{make_opaque, tcp_listeners};
+use super::pki::{ROOT_SECRET, WORKLOAD_SECRET};
 use super::proxyless::{api_listener, api_manager};
 use super::spec::{
     ListenerAddrs, ListenerFilters, MeshSpec, NodeKind, NodeSpec, ServiceProtocol, ServiceSpec,
@@ -73,6 +74,11 @@ impl MeshSpec {
     ) -> Result<Snapshots, TranslateError> {
         self.check()?;
         let shared = cache.translate(self)?;
+        let ca = match &self.security {
+            Some(security) => Some(cache.ca(security)?),
+            None => None,
+        };
+        let shared = SharedResources { ca, ..shared };
         let fallback = self.node_snapshot(&shared, None, self.listeners, NodeKind::Sidecar)?;
         let mut nodes = BTreeMap::new();
         // A node's snapshot depends only on its service, addresses and kind: replicas of one
@@ -241,6 +247,19 @@ impl MeshSpec {
         if service.is_some_and(|s| s.protocol == ServiceProtocol::Tcp) {
             make_opaque(&mut inbound_listener, LOCAL_APP);
         }
+        // Under `security:`, a sidecar running a service serves its inbound side over mTLS
+        // with the service's certificate; the local app's side stays plaintext.
+        if let (Some(security), Some(s), NodeKind::Sidecar) = (&self.security, service, kind) {
+            inbound_listener.tls = Some(DownstreamTls {
+                certificate: WORKLOAD_SECRET.into(),
+                validation: ROOT_SECRET.into(),
+                mode: security.mode(&s.name),
+                alpn: match s.protocol {
+                    ServiceProtocol::Tcp => Vec::new(),
+                    _ => vec!["h2".into(), "http/1.1".into()],
+                },
+            });
+        }
         let tcp_listeners = match kind {
             NodeKind::Sidecar => tcp_listeners(self, node, addrs),
             NodeKind::Sdk | NodeKind::Proxyless => Vec::new(),
@@ -339,6 +358,18 @@ impl MeshSpec {
                 resources.push(Resource::from_validated(l));
             }
         }
+        // The workload certificate and trust bundle of the node's service (SDS).
+        let service = node.and_then(|n| n.service.as_deref());
+        if let (Some(ca), Some(security), Some(service), NodeKind::Sidecar | NodeKind::Sdk) =
+            (&shared.ca, &self.security, service, kind)
+        {
+            let secrets = ca
+                .secrets(&security.identity(service))
+                .map_err(|e| TranslateError::new("security.ca", None, e))?;
+            for s in &secrets {
+                resources.push(Resource::from_validated(s));
+            }
+        }
         let snap = Snapshot::from_resources(resources).map_err(err)?;
         snap.check_consistency().map_err(err)?;
         Ok(snap)
@@ -363,10 +394,12 @@ fn node_error(node: Option<&NodeSpec>, e: impl ToString) -> TranslateError {
 /// the service rather than a list index).
 pub(super) fn service_config(
     s: &ServiceSpec,
+    tls: Option<UpstreamTls>,
 ) -> Result<(Cluster, ClusterLoadAssignment, VirtualHost), TranslateError> {
     let at = format!("services[{}]", s.name);
     let err = |e: mesh_core::ValidationError| TranslateError::new(&at, Some(&s.name), e);
-    let (c, la, vh) = (cluster(s), assignment(s), virtual_host(s));
+    let (mut c, la, vh) = (cluster(s), assignment(s), virtual_host(s));
+    c.tls = tls;
     c.validate().map_err(err)?;
     la.validate().map_err(|e| err(e.within("endpoints")))?;
     vh.validate().map_err(|e| err(e.within("routes")))?;
