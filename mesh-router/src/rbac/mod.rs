@@ -44,6 +44,13 @@ impl RbacLayer {
         })
     }
 
+    /// A layer enforcing an already compiled policy (`None`: every request passes).
+    pub fn from_engine(engine: Option<RbacEngine>) -> Self {
+        Self {
+            engine: Shared::new(engine),
+        }
+    }
+
     /// Compiles a policy without applying it (so a refusal changes nothing); apply the result
     /// with [`set`](Self::set).
     pub fn compile(rbac: Option<&RbacConfig>) -> Result<Option<RbacEngine>, ValidationError> {
