@@ -46,6 +46,7 @@ mod filters;
 mod hcm_matching;
 mod listener;
 mod matchers;
+mod rbac;
 mod route;
 mod route_action;
 mod route_policy;
@@ -54,6 +55,7 @@ mod tcp_proxy;
 pub use access_log::FILE_ACCESS_LOG;
 pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
+pub use rbac::RBAC_FILTER;
 pub use tcp_proxy::{HTTP_INSPECTOR, TCP_PROXY_FILTER};
 
 /// The filter-metadata key under which settings Envoy has no field for travel.
