@@ -17,6 +17,8 @@ use crate::body::{self, Body, BoxError};
 pub enum GrpcCode {
     /// 4: the deadline (our route timeout) expired.
     DeadlineExceeded = 4,
+    /// 7: authorization (RBAC) refused the caller.
+    PermissionDenied = 7,
     /// 8: rate limited, or a message over the size limit.
     ResourceExhausted = 8,
     /// 12: no route for the method.
@@ -102,6 +104,13 @@ pub enum MeshError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The listener's authorization (RBAC) refused the request.
+    #[error("RBAC: access denied ({policy})")]
+    RbacDenied {
+        /// What decided: the DENY policy that matched, or `no_policy_matched` when no ALLOW
+        /// policy did (a metrics label, as Envoy's `rbac_access_denied_matched_policy[..]`).
+        policy: String,
+    },
     /// A fault-injection filter aborted the request on purpose.
     #[error("fault injected: abort with {status}")]
     FaultAbort {
@@ -144,6 +153,7 @@ impl MeshError {
             Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::RbacDenied { .. } => StatusCode::FORBIDDEN,
             Self::FaultAbort { status } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -164,6 +174,7 @@ impl MeshError {
             }
             Self::UpstreamTimeout { .. } => GrpcCode::DeadlineExceeded,
             Self::BadRequest { .. } => GrpcCode::Internal,
+            Self::RbacDenied { .. } => GrpcCode::PermissionDenied,
             // The gRPC spec's HTTP-to-gRPC mapping for the injected status.
             Self::FaultAbort { status } => match status {
                 400 => GrpcCode::Internal,
@@ -174,7 +185,8 @@ impl MeshError {
         }
     }
 
-    /// Which mesh component answered: `router`, `lb`, `ratelimit`, `upstream`, `proxy`, `fault`.
+    /// Which mesh component answered: `router`, `lb`, `ratelimit`, `upstream`, `proxy`, `fault`,
+    /// `rbac`.
     pub fn component(&self) -> &'static str {
         match self {
             Self::NoRoute { .. } | Self::UpstreamTimeout { .. } => "router",
@@ -187,6 +199,7 @@ impl MeshError {
                 "proxy"
             }
             Self::FaultAbort { .. } => "fault",
+            Self::RbacDenied { .. } => "rbac",
         }
     }
 
@@ -205,6 +218,7 @@ impl MeshError {
             Self::HeadersTooLarge => "headers_too_large",
             Self::BadRequest { .. } => "bad_request",
             Self::FaultAbort { .. } => "fault_abort",
+            Self::RbacDenied { .. } => "rbac_denied",
         }
     }
 
@@ -213,7 +227,8 @@ impl MeshError {
     /// no healthy upstream, `UO` upstream overflow (circuit breaker), `RL` rate limited, `UT`
     /// upstream timeout, `UF` upstream connect failure, `UC` upstream connection termination,
     /// `DPE` downstream protocol error, `FI` fault injected; `-` when Envoy sets none (a body
-    /// over the limit).
+    /// over the limit; an RBAC denial, which Envoy marks only in `%RESPONSE_CODE_DETAILS%` as
+    /// `rbac_access_denied_matched_policy[..]`).
     pub fn response_flag(&self) -> &'static str {
         match self {
             Self::NoRoute { .. } => "NR",
@@ -225,7 +240,7 @@ impl MeshError {
             Self::UpstreamConnect { .. } => "UF",
             Self::Upstream { .. } => "UC",
             Self::HeadersTooLarge | Self::BadRequest { .. } => "DPE",
-            Self::RequestTooLarge { .. } => "-",
+            Self::RequestTooLarge { .. } | Self::RbacDenied { .. } => "-",
             Self::FaultAbort { .. } => "FI",
         }
     }
@@ -252,7 +267,12 @@ impl MeshError {
     }
 
     fn build_response(&self, grpc: bool) -> Response<Body> {
-        let message = format!("mesh {}: {self}", self.component());
+        // An RBAC denial answers with Envoy's exact text, so a client cannot tell (and need not
+        // care) whether our sidecar or Envoy refused it; the deciding policy is in metrics.
+        let message = match self {
+            Self::RbacDenied { .. } => RBAC_DENIED_BODY.to_string(),
+            _ => format!("mesh {}: {self}", self.component()),
+        };
         let mut builder = Response::builder().header("x-mesh-error", self.code());
         if let Self::RateLimited { retry_after, .. } = self {
             builder = builder.header(header::RETRY_AFTER, retry_after_secs(retry_after));
@@ -264,6 +284,11 @@ impl MeshError {
                 .header("grpc-status", u16::from(self.grpc_code() as u8))
                 .header("grpc-message", percent_encode(&message))
                 .body(body::empty())
+        } else if let Self::RbacDenied { .. } = self {
+            builder
+                .status(self.status())
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(body::full(message))
         } else {
             builder
                 .status(self.status())
@@ -279,6 +304,9 @@ impl MeshError {
         })
     }
 }
+
+/// The body (and gRPC message) of an RBAC denial: Envoy's, word for word.
+pub const RBAC_DENIED_BODY: &str = "RBAC: access denied";
 
 /// Whether a request is gRPC (`content-type: application/grpc...`), so errors answer in kind.
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -342,6 +370,9 @@ mod tests {
                 reason: "bad".into(),
             },
             MeshError::FaultAbort { status: 418 },
+            MeshError::RbacDenied {
+                policy: "no_policy_matched".into(),
+            },
         ]
     }
 
@@ -350,7 +381,7 @@ mod tests {
         let statuses: Vec<u16> = all().iter().map(|e| e.status().as_u16()).collect();
         assert_eq!(
             statuses,
-            [404, 503, 503, 503, 429, 504, 502, 502, 413, 431, 400, 418]
+            [404, 503, 503, 503, 429, 504, 502, 502, 413, 431, 400, 418, 403]
         );
     }
 
@@ -359,7 +390,7 @@ mod tests {
         let flags: Vec<&str> = all().iter().map(MeshError::response_flag).collect();
         assert_eq!(
             flags,
-            ["NR", "NC", "UH", "UO", "RL", "UT", "UF", "UC", "-", "DPE", "DPE", "FI"]
+            ["NR", "NC", "UH", "UO", "RL", "UT", "UF", "UC", "-", "DPE", "DPE", "FI", "-"]
         );
     }
 
@@ -381,7 +412,8 @@ mod tests {
                 ResourceExhausted,
                 ResourceExhausted,
                 Internal,
-                Internal
+                Internal,
+                PermissionDenied
             ]
         );
     }
@@ -425,6 +457,22 @@ mod tests {
     }
 
     /// A request without an authority is told why nothing could match, and how to fix it.
+    #[test]
+    fn rbac_denial_answers_with_envoys_body_and_permission_denied() {
+        let err = MeshError::RbacDenied {
+            policy: "deny-admin".into(),
+        };
+        let resp = err.to_response(false);
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["x-mesh-error"], "rbac_denied");
+        let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
+        assert_eq!(&body[..], b"RBAC: access denied");
+        let resp = err.to_response(true);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "7");
+        assert_eq!(resp.headers()["grpc-message"], "RBAC: access denied");
+    }
+
     #[test]
     fn no_route_without_authority_says_so() {
         let err = MeshError::NoRoute {

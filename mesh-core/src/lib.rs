@@ -77,7 +77,7 @@ pub use cluster::{
 };
 pub use config::MeshConfig;
 pub use endpoint::{ClusterLoadAssignment, Endpoint, HealthStatus, Locality, LocalityEndpoints};
-pub use error::{is_grpc, GrpcCode, MeshError};
+pub use error::{is_grpc, GrpcCode, MeshError, RBAC_DENIED_BODY};
 pub use listener::{port_start, Direction, HttpProtocolOptions, Listener, StripHostPort};
 pub use ratelimit::{
     DescriptorSource, LocalRateLimit, RateLimitConfig, RateLimitMode, RateLimitRule,

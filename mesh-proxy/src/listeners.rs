@@ -155,6 +155,7 @@ impl ListenerManager {
     /// binding or changing anything: how a warming listener is refused at LDS time.
     pub fn check(&self, l: &Listener) -> Result<(), ReloadError> {
         l.validate().map_err(|e| refuse(l, e))?;
+        ListenerStack::build_rbac(l)?;
         crate::filters::build(l, &self.registry).map(drop)
     }
 
@@ -252,8 +253,10 @@ impl ListenerManager {
                         });
                     // Built first: an unknown filter refuses the update before the routes change.
                     let filters = s.build_filters(&l)?;
+                    let rbac = ListenerStack::build_rbac(&l)?;
                     s.reload_routes(&l, rc)?;
                     s.set_filters(filters);
+                    s.set_rbac(rbac);
                     s.set_access_log(sinks);
                     s
                 }

@@ -48,6 +48,15 @@ pub struct ErrorLabels {
     pub code: String,
 }
 
+/// Labels of a request the listener's authorization policy refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RbacDeniedLabels {
+    /// The listener.
+    pub listener: String,
+    /// The DENY policy that matched, or `no_policy_matched` when no ALLOW policy did.
+    pub policy: String,
+}
+
 /// Every metric the data path records. Cheap to clone (an `Arc`).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -61,6 +70,8 @@ struct Inner {
     active_requests: Family<ListenerLabels, Gauge>,
     active_connections: Family<ListenerLabels, Gauge>,
     mesh_errors: Family<ErrorLabels, Counter>,
+    rbac_allowed: Family<ListenerLabels, Counter>,
+    rbac_denied: Family<RbacDeniedLabels, Counter>,
     l4: crate::metrics_l4::L4Metrics,
 }
 
@@ -76,6 +87,8 @@ impl Metrics {
             active_requests: Family::default(),
             active_connections: Family::default(),
             mesh_errors: Family::default(),
+            rbac_allowed: Family::default(),
+            rbac_denied: Family::default(),
             l4: Default::default(),
         };
         let reg = registry.sub_registry_with_prefix("mesh");
@@ -103,6 +116,17 @@ impl Metrics {
             "local_replies",
             "Requests the mesh answered itself, by reason (rate_limited, no_route, ...)",
             inner.mesh_errors.clone(),
+        );
+        reg.register(
+            "rbac_allowed",
+            "Requests the listener's authorization policy allowed",
+            inner.rbac_allowed.clone(),
+        );
+        reg.register(
+            "rbac_denied",
+            "Requests the listener's authorization policy denied, by deciding policy \
+             (no_policy_matched: no ALLOW policy matched)",
+            inner.rbac_denied.clone(),
         );
         let inner = Inner {
             l4: crate::metrics_l4::L4Metrics::register(reg),
@@ -152,6 +176,27 @@ impl Metrics {
                 code: code.into(),
             })
             .inc();
+    }
+
+    /// Records an authorization decision: allowed, or denied by `policy`.
+    pub fn record_rbac(&self, listener: &str, denied_by: Option<&str>) {
+        match denied_by {
+            None => self
+                .inner
+                .rbac_allowed
+                .get_or_create(&ListenerLabels {
+                    listener: listener.into(),
+                })
+                .inc(),
+            Some(policy) => self
+                .inner
+                .rbac_denied
+                .get_or_create(&RbacDeniedLabels {
+                    listener: listener.into(),
+                    policy: policy.into(),
+                })
+                .inc(),
+        };
     }
 
     /// The in-flight request gauge of a listener.
@@ -295,6 +340,8 @@ mod tests {
             Duration::from_millis(3),
         );
         m.record_mesh_error("outbound", "no_route");
+        m.record_rbac("inbound", None);
+        m.record_rbac("inbound", Some("no_policy_matched"));
         m.active_requests("outbound").inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -308,6 +355,16 @@ mod tests {
         );
         assert!(
             text.contains(r#"mesh_active_requests{listener="outbound"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mesh_rbac_allowed_total{listener="inbound"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"mesh_rbac_denied_total{listener="inbound",policy="no_policy_matched"} 1"#
+            ),
             "{text}"
         );
         assert!(

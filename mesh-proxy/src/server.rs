@@ -30,6 +30,7 @@ use crate::limit::{Admission, ConnectionLimit, PerIp, PerIpSlot};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::metrics_l4::CloseReason;
 use crate::upgrade::{self, PendingUpgrade, UpgradeRelays};
+use mesh_router::rbac::RbacAllowed;
 
 /// The service a listener hands each request to: the layer stack, boxed at the boundary.
 pub type StackService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -425,6 +426,9 @@ impl EdgeShared {
     ) -> Response<Body> {
         let (resp, decision) = match result {
             Ok(mut resp) => {
+                if resp.extensions().get::<RbacAllowed>().is_some() {
+                    self.metrics.record_rbac(&self.listener, None);
+                }
                 let decision = Decision::take(resp.extensions_mut());
                 headers::strip_hop_by_hop(resp.headers_mut());
                 (resp, Some(decision))
@@ -443,6 +447,9 @@ impl EdgeShared {
                 .and_then(|v| v.to_str().ok())
             {
                 self.metrics.record_mesh_error(&self.listener, code);
+                if let Some(MeshError::RbacDenied { policy }) = resp.extensions().get() {
+                    self.metrics.record_rbac(&self.listener, Some(policy));
+                }
             }
         }
         let (route, cluster) = decision.as_ref().map_or(("", ""), Decision::names);

@@ -1,5 +1,5 @@
 //! The layer stack of one listener, assembled from the layer crates:
-//! rate limit (listener rules) → listener filters → router → rate limit (route rules) → load
+//! rate limit (listener rules) → authorization (RBAC) → listener filters → router → rate limit (route rules) → load
 //! balancer → upstream.
 //!
 //! With tracing on, the trace layer wraps all of it, so a hop's span covers every answer the
@@ -17,7 +17,8 @@ use mesh_core::{
 };
 use mesh_lb::{ClusterManager, LoadBalanceLayer};
 use mesh_ratelimit::RateLimitLayer;
-use mesh_router::{LayerRegistry, RouterLayer};
+use mesh_router::rbac::RbacEngine;
+use mesh_router::{LayerRegistry, RbacLayer, RouterLayer};
 use mesh_telemetry::TraceLayer;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -32,6 +33,7 @@ use crate::server::StackService;
 #[derive(Clone, Debug)]
 pub struct ListenerStack {
     listener_limits: RateLimitLayer,
+    rbac: RbacLayer,
     filters: ListenerFilterLayer,
     registry: LayerRegistry,
     router: RouterLayer,
@@ -58,6 +60,7 @@ impl ListenerStack {
         }
         Ok(Self {
             listener_limits: RateLimitLayer::new(outer)?,
+            rbac: RbacLayer::from_engine(Self::build_rbac(listener)?),
             filters,
             registry,
             router,
@@ -101,6 +104,18 @@ impl ListenerStack {
         filters::build(listener, &self.registry)
     }
 
+    /// Compiles `listener`'s authorization policy without applying it (so a refusal changes
+    /// nothing); [`set_rbac`](Self::set_rbac) applies the result.
+    pub fn build_rbac(listener: &Listener) -> Result<Option<RbacEngine>, ReloadError> {
+        RbacLayer::compile(listener.rbac.as_ref())
+            .map_err(|e| ReloadError::new("listener", &listener.name, e.within("rbac")))
+    }
+
+    /// Swaps the listener's authorization policy in place (the socket and connections stay).
+    pub fn set_rbac(&self, engine: Option<RbacEngine>) {
+        self.rbac.set(engine);
+    }
+
     /// Swaps the listener-level filters in place (the socket and connections stay).
     pub fn set_filters(&self, chain: FilterChain) {
         self.filters.reload(chain);
@@ -135,6 +150,7 @@ impl ListenerStack {
         let svc = ServiceBuilder::new()
             .layer(self.access_log.clone())
             .layer(self.listener_limits.clone())
+            .layer(self.rbac.clone())
             .layer(self.filters.clone())
             .map_err(Into::<BoxError>::into)
             .layer(self.router.clone())

@@ -102,6 +102,7 @@ mod filters;
 mod layer;
 mod matcher;
 mod policy;
+pub mod rbac;
 mod table;
 mod trie;
 
@@ -109,4 +110,5 @@ pub use fault::{Fault, FaultLayer};
 pub use filters::{HttpService, LayerFactory, LayerRegistry, RouteLayer};
 pub use layer::{ResponseFuture, Router, RouterLayer};
 pub use policy::MAX_REPLAY_BODY;
+pub use rbac::RbacLayer;
 pub use table::{Decision, RouteTable};

@@ -29,7 +29,10 @@ pub(crate) enum StrMatcher {
 }
 
 impl StrMatcher {
-    fn compile(m: &StringMatch, ignore_case: bool) -> Result<(Self, bool), CompileError> {
+    pub(crate) fn compile(
+        m: &StringMatch,
+        ignore_case: bool,
+    ) -> Result<(Self, bool), CompileError> {
         // With ignore_case the pattern is lowered once here, and values are compared lowered.
         let fold = |s: &str| {
             if ignore_case {
@@ -50,7 +53,7 @@ impl StrMatcher {
     }
 
     /// Whether `value` (None: absent) satisfies the condition.
-    fn matches(&self, value: Option<&str>, ignore_case: bool) -> bool {
+    pub(crate) fn matches(&self, value: Option<&str>, ignore_case: bool) -> bool {
         let Some(v) = value else {
             return matches!(self, Self::Present(false));
         };
@@ -58,7 +61,7 @@ impl StrMatcher {
     }
 
     /// Whether a present `v` satisfies the condition.
-    fn matches_value(&self, v: &str, ignore_case: bool) -> bool {
+    pub(crate) fn matches_value(&self, v: &str, ignore_case: bool) -> bool {
         let lowered;
         let v = if ignore_case && v.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = v.to_ascii_lowercase();
@@ -89,7 +92,7 @@ pub(crate) struct HeaderMatch {
 }
 
 impl HeaderMatch {
-    fn compile(h: &HeaderMatcher) -> Result<Self, CompileError> {
+    pub(crate) fn compile(h: &HeaderMatcher) -> Result<Self, CompileError> {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| CompileError::new("name", "not a valid header name"))?;
         let (value, ignore_case) = StrMatcher::compile(&h.value, h.ignore_case)?;

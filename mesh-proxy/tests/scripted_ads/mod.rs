@@ -44,6 +44,40 @@ impl AdsStream {
         self.responses.send(Ok(resp)).unwrap();
     }
 
+    /// Sends raw resources of `type_url` (to script what our types cannot express).
+    pub fn send_raw(
+        &mut self,
+        type_url: &str,
+        resources: Vec<envoy_types::pb::google::protobuf::Any>,
+    ) {
+        self.version += 1;
+        let resp = DiscoveryResponse {
+            version_info: format!("v{}", self.version),
+            nonce: format!("n{}", self.version),
+            type_url: type_url.to_string(),
+            resources,
+            ..Default::default()
+        };
+        self.responses.send(Ok(resp)).unwrap();
+    }
+
+    /// Waits for the client to NACK `type_url`; returns the error detail's message.
+    pub async fn nacked(&mut self, type_url: &str) -> String {
+        let wait = async {
+            while let Some(r) = self.requests.recv().await {
+                if r.type_url == type_url {
+                    if let Some(e) = r.error_detail {
+                        return e.message;
+                    }
+                }
+            }
+            panic!("the client closed the stream");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no NACK of {type_url} in time"))
+    }
+
     /// Waits for the client to subscribe to `name` of type `T` (it follows LDS → RDS and
     /// CDS → EDS once it accepted the parent).
     pub async fn subscribed<T: XdsResource>(&mut self, name: &str) {

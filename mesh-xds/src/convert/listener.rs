@@ -4,6 +4,7 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use mesh_core::{Direction, FilterConfig, HttpProtocolOptions, Listener, RouteConfiguration};
@@ -14,6 +15,7 @@ use super::custom;
 use super::endpoint::{socket_addr_from, socket_addr_to};
 use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateLimitExtras};
 use super::hcm_matching::HcmMatching;
+use super::rbac::{rbac_from, rbac_to, RBAC_FILTER};
 use super::tcp_proxy::{chains_from, chains_to, tcp_proxy_from};
 use super::{
     ads_config_source, check_ads_source, duration_to, mesh_meta_get, mesh_meta_set, opt_duration,
@@ -223,11 +225,11 @@ fn hcm_from(
             ))
         }
     };
-    let (rate_limit, http_filters) = http_filters_from(&m.http_filters, extras)?;
+    let (rate_limit, http_filters, rbac) = http_filters_from(&m.http_filters, extras)?;
     let access_log = AccessLogs::try_from(m.access_log.as_slice())?.0;
     Ok(Listener {
         tls: None,
-        rbac: None,
+        rbac,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,
@@ -243,16 +245,17 @@ fn hcm_from(
 }
 
 /// Checks the HTTP filter chain (router last) and returns the listener-wide rate limit it
-/// configures and its custom filters: any other filter whose config is a (Typed)Struct. Whether
+/// configures, its custom filters and its authorization policy (the RBAC filter): any other filter whose config is a (Typed)Struct. Whether
 /// the sidecar has a factory for a custom filter is its own business (it refuses a required one
 /// it lacks); a filter of any other type is refused here unless optional.
 fn http_filters_from(
     filters: &[hcm::HttpFilter],
     extras: Option<RateLimitExtras>,
-) -> Result<(Option<mesh_core::LocalRateLimit>, Vec<FilterConfig>), ConvertError> {
+) -> Result<FilterParts, ConvertError> {
     use hcm::http_filter::ConfigType;
     let mut rate_limit = None;
     let mut custom = Vec::new();
+    let mut authz = None;
     let mut saw_router = false;
     for (i, f) in filters.iter().enumerate() {
         let at = format!("http_filters[{i}]");
@@ -287,6 +290,11 @@ fn http_filters_from(
                     "listener-wide faults (configure faults per route)",
                 ));
             }
+        } else if any.type_url == rbac::Rbac::type_url() {
+            if authz.is_some() {
+                return Err(ConvertError::unsupported(at, "a second RBAC filter"));
+            }
+            authz = rbac_from(&unpack(any, &at)?, &at)?;
         } else if custom::is_custom(any) {
             custom.push(custom::custom_from(&f.name, any, f.is_optional, &at)?);
         } else if !f.is_optional {
@@ -302,8 +310,16 @@ fn http_filters_from(
             format!("the last filter must be {ROUTER_FILTER}"),
         ));
     }
-    Ok((rate_limit, custom))
+    Ok((rate_limit, custom, authz))
 }
+
+/// What the HCM's filter chain configures: the listener-wide rate limit, custom filters and
+/// the authorization policy.
+type FilterParts = (
+    Option<mesh_core::LocalRateLimit>,
+    Vec<FilterConfig>,
+    Option<mesh_core::Rbac>,
+);
 
 fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
@@ -327,13 +343,16 @@ fn hcm_to(l: &Listener) -> hcm::HttpConnectionManager {
     // Rate limiting first (reject before spending a fault delay), then faults, then the router.
     // Both are always present so that per-route typed_per_filter_config takes effect.
     // Custom filters run after both and before the router, as in the sidecar's stack.
-    let mut http_filters = vec![
-        filter(
-            LOCAL_RATELIMIT_FILTER,
-            pack(&rate_limit_to(l.rate_limit.as_ref(), &l.name)),
-        ),
-        filter(FAULT_FILTER, pack(&fault_to(&Default::default()))),
-    ];
+    let mut http_filters = vec![filter(
+        LOCAL_RATELIMIT_FILTER,
+        pack(&rate_limit_to(l.rate_limit.as_ref(), &l.name)),
+    )];
+    // Authorization after the listener's rate limit and before everything else, as in the
+    // sidecar's stack.
+    if let Some(r) = &l.rbac {
+        http_filters.push(filter(RBAC_FILTER, pack(&rbac_to(r))));
+    }
+    http_filters.push(filter(FAULT_FILTER, pack(&fault_to(&Default::default()))));
     for f in &l.http_filters {
         // Listener validation refuses faults here; only custom filters reach this.
         if let FilterConfig::Custom {

@@ -13,7 +13,7 @@ pub(crate) fn regex(r: &str) -> matcher::RegexMatcher {
     }
 }
 
-fn string_match_from(s: &matcher::StringMatcher) -> Result<StringMatch, ConvertError> {
+pub(crate) fn string_match_from(s: &matcher::StringMatcher) -> Result<StringMatch, ConvertError> {
     use matcher::string_matcher::MatchPattern as M;
     Ok(match &s.match_pattern {
         Some(M::Exact(v)) => StringMatch::Exact(v.clone()),
@@ -29,7 +29,10 @@ fn string_match_from(s: &matcher::StringMatcher) -> Result<StringMatch, ConvertE
 }
 
 /// `None` for `Present`, which has no `StringMatcher` form.
-fn string_match_to(s: &StringMatch, ignore_case: bool) -> Option<matcher::StringMatcher> {
+pub(crate) fn string_match_to(
+    s: &StringMatch,
+    ignore_case: bool,
+) -> Option<matcher::StringMatcher> {
     use matcher::string_matcher::MatchPattern as M;
     let pattern = match s {
         StringMatch::Exact(v) => M::Exact(v.clone()),

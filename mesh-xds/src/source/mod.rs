@@ -1,6 +1,7 @@
 //! Sources that produce snapshots: a `mesh.yaml` file (hot reloaded) and, with the `etcd`
 //! feature, etcd.
 
+mod authz;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
@@ -11,6 +12,7 @@ mod proxyless;
 mod spec;
 mod translate;
 
+pub use authz::{AllowRule, AuthzSpec};
 #[cfg(feature = "etcd")]
 pub use etcd::{register, EtcdSource, EtcdStatus};
 pub use file::{apply, FileSource, ReloadStatus, SourceError};

@@ -201,6 +201,10 @@ pub struct ServiceSpec {
     /// A local rate limit on calls into this service (on its nodes' inbound listener).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<LocalRateLimit>,
+    /// Who may call this service, on which paths and methods (its nodes' inbound listener
+    /// enforces it: our sidecar's RBAC layer, Envoy's RBAC filter). None: anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz: Option<super::authz::AuthzSpec>,
     /// Routes of this service's virtual host, in order, with every matcher and policy the router
     /// supports; when absent, one route sends everything (`prefix: /`) to the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -358,6 +362,7 @@ impl ServiceSpec {
             timeout: None,
             retry_policy: None,
             rate_limit: None,
+            authz: None,
             routes: Vec::new(),
         }
     }

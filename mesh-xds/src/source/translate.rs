@@ -137,6 +137,23 @@ impl MeshSpec {
                     "a `protocol: tcp` service needs a port (its opaque listener's)",
                 ));
             }
+            if let Some(a) = &s.authz {
+                if s.protocol == ServiceProtocol::Tcp {
+                    return Err(TranslateError::new(
+                        format!("services[{}].authz", s.name),
+                        Some(&s.name),
+                        "a `protocol: tcp` service has no HTTP requests to authorize",
+                    ));
+                }
+                a.check(|n| self.service(n).is_some())
+                    .map_err(|(at, why)| {
+                        TranslateError::new(
+                            format!("services[{}].{at}", s.name),
+                            Some(&s.name),
+                            why,
+                        )
+                    })?;
+            }
             if seen.insert(s.name.as_str(), ()).is_some() {
                 return Err(TranslateError::new(
                     format!("services[{}]", s.name),
@@ -244,6 +261,7 @@ impl MeshSpec {
             rate_limit,
             filters.inbound,
         );
+        inbound_listener.rbac = service.and_then(|s| s.authz.as_ref()).map(|a| a.to_rbac());
         if service.is_some_and(|s| s.protocol == ServiceProtocol::Tcp) {
             make_opaque(&mut inbound_listener, LOCAL_APP);
         }
