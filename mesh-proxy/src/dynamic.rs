@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use mesh_core::{Cluster, ClusterLoadAssignment, Listener, RouteConfiguration};
+use mesh_core::{
+    Checked, Cluster, ClusterLoadAssignment, Listener, ReloadEach, RouteConfiguration, Secret,
+};
 use mesh_xds::client::{XdsClientBuilder, XdsStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,8 +23,15 @@ use crate::warmer::Warmer;
 /// Wires the client's sinks to the sidecar's managers, through the warming gate: a listener
 /// goes live once its route table and that table's clusters and endpoints are in, a cluster
 /// once its endpoints are (see [`crate::warming`]).
-pub fn wire(builder: XdsClientBuilder, warmer: &Warmer) -> XdsClientBuilder {
+/// Secrets (SDS) go straight to the sidecar's secret store: the client subscribes to them ahead
+/// of the listeners and clusters naming them and is not ready until they are in.
+pub fn wire(
+    builder: XdsClientBuilder,
+    warmer: &Warmer,
+    secrets: Arc<dyn ReloadEach<Checked<Secret>>>,
+) -> XdsClientBuilder {
     builder
+        .sink_each::<Secret>(secrets)
         .sink_all::<Cluster>(warmer.cluster_sink())
         .sink_each::<ClusterLoadAssignment>(warmer.endpoint_sink())
         .sink_all::<Listener>(warmer.listener_sink())

@@ -252,7 +252,7 @@ impl Sidecar {
         let stop = CancellationToken::new();
         // Started before the client: a persisted config is applied inside `start`.
         let warming_task = warmer.spawn_timer(stop.clone());
-        let xds = match dynamic::wire(builder, &warmer).start() {
+        let xds = match dynamic::wire(builder, &warmer, secrets.clone()).start() {
             Ok(xds) => xds,
             Err(e) => {
                 stop.cancel();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use mesh_core::{Reload, ReloadEach, ReloadError, Secret, SecretKind, Validate};
+use mesh_core::{Checked, Reload, ReloadEach, ReloadError, Secret, SecretKind, Validate};
 use mesh_lb::tls::{provider, uri_sans, TlsSecrets};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -160,6 +160,20 @@ impl ReloadEach<Secret> for SecretStore {
     }
 }
 
+// SDS hands over secrets the xDS client already checked (`Checked`); the store parses them
+// again all the same (key against leaf), and a refusal here NACKs the update.
+impl Reload<Checked<Secret>> for SecretStore {
+    fn reload(&self, secret: Checked<Secret>) -> Result<(), ReloadError> {
+        Reload::<Secret>::reload(self, secret.into_inner())
+    }
+}
+
+impl ReloadEach<Checked<Secret>> for SecretStore {
+    fn remove(&self, name: &str) -> Result<(), ReloadError> {
+        ReloadEach::<Secret>::remove(self, name)
+    }
+}
+
 /// Parses and checks a secret: every PEM block decodes, the key matches the leaf, and no
 /// certificate is expired or not yet valid.
 pub(crate) fn parse(kind: &SecretKind) -> Result<Parsed, String> {
@@ -286,7 +300,7 @@ mod tests {
             })
             .unwrap();
         assert!(store.roots("ROOTCA").is_some() && store.client_verifier("ROOTCA").is_some());
-        store.remove("ROOTCA").unwrap();
+        ReloadEach::<Secret>::remove(&store, "ROOTCA").unwrap();
         assert_eq!(store.names(), ["default"]);
     }
 }

@@ -4,18 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::SecuritySpec;
 use mesh_core::{HeaderMatcher, Permission, Principal, Rbac, RbacAction, RbacPolicy, StringMatch};
 
-/// The trust domain and namespace of service identities. Until mesh.yaml carries a
-/// `security:` section, the mesh's defaults; this is the one place to read them from.
-pub(crate) fn trust_domain_and_namespace() -> (&'static str, &'static str) {
-    ("cluster.local", "default")
-}
-
-/// The SPIFFE identity of a service's workloads: `spiffe://<trust domain>/ns/<ns>/sa/<service>`.
-pub(crate) fn service_identity(service: &str) -> String {
-    let (domain, ns) = trust_domain_and_namespace();
-    format!("spiffe://{domain}/ns/{ns}/sa/{service}")
+/// The SPIFFE identity of a service's workloads: `spiffe://<trust domain>/ns/<ns>/sa/<service>`,
+/// in the mesh's `security:` trust domain and namespace, or Istio's `cluster.local`/`default`
+/// without one (then no certificate carries it: a rule naming callers matches no one, while
+/// rules on paths and methods alone still apply).
+pub(crate) fn service_identity(service: &str, security: Option<&SecuritySpec>) -> String {
+    match security {
+        Some(s) => s.identity(service).to_string(),
+        None => format!("spiffe://cluster.local/ns/default/sa/{service}"),
+    }
 }
 
 /// A service's authorization: requests matching some `allow` rule are let in, the rest get 403
@@ -88,12 +88,12 @@ impl AuthzSpec {
     }
 
     /// The listener policy: ALLOW, one policy `allow[i]` per rule.
-    pub fn to_rbac(&self) -> Rbac {
+    pub fn to_rbac(&self, security: Option<&SecuritySpec>) -> Rbac {
         let policies = self
             .allow
             .iter()
             .enumerate()
-            .map(|(i, r)| (format!("allow[{i}]"), r.to_policy()))
+            .map(|(i, r)| (format!("allow[{i}]"), r.to_policy(security)))
             .collect();
         Rbac {
             action: RbacAction::Allow,
@@ -103,7 +103,7 @@ impl AuthzSpec {
 }
 
 impl AllowRule {
-    fn to_policy(&self) -> RbacPolicy {
+    fn to_policy(&self, security: Option<&SecuritySpec>) -> RbacPolicy {
         let principals = match &self.from {
             None => vec![Principal::Any(true)],
             Some(from) => from
@@ -112,7 +112,7 @@ impl AllowRule {
                     let id = if who.starts_with("spiffe://") {
                         who.clone()
                     } else {
-                        service_identity(who)
+                        service_identity(who, security)
                     };
                     Principal::Authenticated(StringMatch::Exact(id))
                 })
@@ -174,7 +174,7 @@ allow:
         )
         .unwrap();
         a.check(|s| s == "orders").unwrap();
-        let rbac = a.to_rbac();
+        let rbac = a.to_rbac(None);
         assert_eq!(rbac.action, RbacAction::Allow);
         let first = &rbac.policies["allow[0]"];
         assert_eq!(

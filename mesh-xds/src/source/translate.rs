@@ -261,7 +261,9 @@ impl MeshSpec {
             rate_limit,
             filters.inbound,
         );
-        inbound_listener.rbac = service.and_then(|s| s.authz.as_ref()).map(|a| a.to_rbac());
+        inbound_listener.rbac = service
+            .and_then(|s| s.authz.as_ref())
+            .map(|a| a.to_rbac(self.security.as_ref()));
         if service.is_some_and(|s| s.protocol == ServiceProtocol::Tcp) {
             make_opaque(&mut inbound_listener, LOCAL_APP);
         }
