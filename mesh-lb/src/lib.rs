@@ -23,6 +23,7 @@ mod circuit_breaker;
 mod cluster;
 mod connector;
 mod endpoint;
+mod h1_pool;
 mod health;
 mod health_check;
 mod layer;
