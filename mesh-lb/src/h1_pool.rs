@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{Entry, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -72,20 +72,13 @@ impl H1Pool {
     }
 
     /// Sends `req` (its URI pointed at `endpoint`) over an idle connection to `endpoint`, or a
-    /// new one. Errors are [`MeshError`]s.
+    /// new one. Errors are [`MeshError`]s. One state machine (the caller boxes it), so nothing
+    /// wraps it only to convert the error type.
     pub(crate) async fn send(
-        self: Arc<Self>,
-        req: Request<Body>,
-        endpoint: SocketAddr,
-    ) -> Result<Response<Body>, BoxError> {
-        self.send_inner(req, endpoint).await.map_err(Into::into)
-    }
-
-    async fn send_inner(
         self: Arc<Self>,
         mut req: Request<Body>,
         endpoint: SocketAddr,
-    ) -> Result<Response<Body>, MeshError> {
+    ) -> Result<Response<Body>, BoxError> {
         let target = to_request_target(&mut req);
         while let Some(mut sender) = self.checkout(endpoint) {
             // A connection whose last response body just ended may not have been polled into
@@ -99,14 +92,14 @@ impl H1Pool {
                     // Refused before a byte was written (the peer closed the idle connection
                     // meanwhile): safe to send again, on another connection.
                     Some(unsent) => req = unsent,
-                    None => return Err(upstream_error(e.error())),
+                    None => return Err(upstream_error(e.error()).into()),
                 },
             }
         }
         let mut sender = self.connect(target, endpoint).await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.pooled(resp, sender, endpoint)),
-            Err(e) => Err(upstream_error(&e)),
+            Err(e) => Err(upstream_error(&e).into()),
         }
     }
 
@@ -197,9 +190,11 @@ impl H1Pool {
 /// URI (what the connector connects to).
 fn to_request_target(req: &mut Request<Body>) -> Uri {
     let uri = std::mem::take(req.uri_mut());
-    if let Some(authority) = uri.authority() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().entry(HOST).or_insert(host);
+    if let (Some(authority), Entry::Vacant(host)) = (uri.authority(), req.headers_mut().entry(HOST))
+    {
+        // Only when missing: building the value copies the authority.
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            host.insert(value);
         }
     }
     *req.uri_mut() = if req.method() == Method::CONNECT {
@@ -280,22 +275,28 @@ impl HttpBody for PooledBody {
 /// A failure to connect: the breaker's own refusal stays what it is; anything else is
 /// `UpstreamConnect` with the error chain as the reason.
 fn connect_error(e: &(dyn StdError + 'static), endpoint: SocketAddr) -> MeshError {
+    typed(e).unwrap_or_else(|| MeshError::UpstreamConnect {
+        endpoint,
+        reason: chain(e),
+    })
+}
+
+/// A failure on an open connection: a `MeshError` inside it (the client's request body failed
+/// us, typed where it is read: 413 or 400) stays what it is; anything else is `Upstream`.
+fn upstream_error(e: &hyper::Error) -> MeshError {
+    typed(e).unwrap_or_else(|| MeshError::Upstream { reason: chain(e) })
+}
+
+/// The first `MeshError` in an error's chain.
+fn typed(e: &(dyn StdError + 'static)) -> Option<MeshError> {
     let mut src = Some(e);
     while let Some(s) = src {
         if let Some(m) = s.downcast_ref::<MeshError>() {
-            return m.clone();
+            return Some(m.clone());
         }
         src = s.source();
     }
-    MeshError::UpstreamConnect {
-        endpoint,
-        reason: chain(e),
-    }
-}
-
-/// A failure on an open connection.
-fn upstream_error(e: &hyper::Error) -> MeshError {
-    MeshError::Upstream { reason: chain(e) }
+    None
 }
 
 /// An error and its sources, `: `-separated.
