@@ -38,7 +38,7 @@ impl Service<Request<Body>> for Upstream {
     type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // hyper-util's client is always ready; back-pressure is the breakers' job.
+        // The pooled clients are always ready; back-pressure is the breakers' job.
         Poll::Ready(Ok(()))
     }
 
