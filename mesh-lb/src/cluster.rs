@@ -1,15 +1,14 @@
 //! One cluster at run time: its config, endpoint states, precomputed endpoint set, breakers,
 //! pooled clients and the background tasks it owns.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use http::{Request, Response};
-use mesh_core::{Body, BoxError, Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
+use http::Request;
+use mesh_core::{Body, Cluster, ClusterLoadAssignment, HealthStatus, Locality, Shared};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -207,7 +206,7 @@ impl ClusterState {
         &self,
         req: Request<Body>,
         endpoint: SocketAddr,
-    ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    ) -> crate::upstream::UpstreamFuture {
         self.upstream.send(req, endpoint)
     }
 

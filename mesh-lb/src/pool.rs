@@ -1,24 +1,26 @@
-//! A cluster's pooled clients: one hyper-util legacy `Client` per protocol (HTTP/1.1
-//! keep-alive, or HTTP/2 prior knowledge), whose pool keeps connections per endpoint.
+//! A cluster's pooled clients: HTTP/1.1 keep-alive over our own pool ([`H1Pool`], on hyper's
+//! connection API), HTTP/2 prior knowledge over hyper-util's legacy `Client`, whose pool keeps
+//! one multiplexed connection per endpoint.
 
 use std::error::Error as _;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, Version};
+use http::{Request, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use mesh_core::{body, Body, BoxError, Cluster, MeshError, Shared, UpstreamProtocol};
+use mesh_core::{body, Body, Cluster, MeshError, Shared, UpstreamProtocol};
 
 use crate::circuit_breaker::CircuitBreaker;
 use crate::connector::{EndpointMap, MeshConnector};
+use crate::h1_pool::{H1Pool, IDLE_TIMEOUT};
 use crate::tls::ClusterTls;
+use crate::upstream::UpstreamFuture;
 
 /// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const POOL_IDLE_TIMEOUT: Duration = IDLE_TIMEOUT;
 
 type HttpClient = Client<MeshConnector, Body>;
 
@@ -26,7 +28,7 @@ type HttpClient = Client<MeshConnector, Body>;
 #[derive(Clone)]
 pub(crate) struct UpstreamClients {
     protocol: UpstreamProtocol,
-    h1: HttpClient,
+    h1: Arc<H1Pool>,
     h2: HttpClient,
 }
 
@@ -48,30 +50,28 @@ impl UpstreamClients {
             endpoints,
             tls: None,
         };
-        let build = |h2: bool| {
+        // Each protocol's connector carries the cluster's TLS with that protocol's ALPN.
+        let with_tls = |h2: bool| {
             let mut connector = connector.clone();
             connector.tls = tls.as_ref().map(|t| t.for_protocol(h2));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(h2)
-                .build(connector)
+            connector
         };
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .build(with_tls(true));
         Self {
             protocol: config.protocol,
-            h1: build(false),
-            h2: build(true),
+            h1: Arc::new(H1Pool::new(with_tls(false))),
+            h2,
         }
     }
 
     /// Sends `req` (URI already pointed at the endpoint) over the pooled client of the
     /// cluster's protocol.
-    pub(crate) fn send(
-        &self,
-        mut req: Request<Body>,
-        endpoint: SocketAddr,
-    ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    pub(crate) fn send(&self, mut req: Request<Body>, endpoint: SocketAddr) -> UpstreamFuture {
         let h2 = match self.protocol {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
@@ -83,13 +83,16 @@ impl UpstreamClients {
         } else {
             Version::HTTP_11
         };
-        let fut = if h2 { &self.h2 } else { &self.h1 }.request(req);
-        async move {
+        if !h2 {
+            return Box::pin(Arc::clone(&self.h1).send(req, endpoint));
+        }
+        let fut = self.h2.request(req);
+        Box::pin(async move {
             match fut.await {
                 Ok(resp) => Ok(resp.map(body::boxed)),
                 Err(e) => Err(map_client_error(&e, endpoint).into()),
             }
-        }
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use crate::manager::ClusterManager;
 
-/// The future of [`Upstream`] (boxed: hyper-util's own response future is boxed already).
+/// The future of [`Upstream`] (boxed once, by the cluster's pooled client).
 pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
 /// The default inner service of [`crate::LoadBalance`]: sends the request to the endpoint its
@@ -38,7 +38,7 @@ impl Service<Request<Body>> for Upstream {
     type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // hyper-util's client is always ready; back-pressure is the breakers' job.
+        // The pooled clients are always ready; back-pressure is the breakers' job.
         Poll::Ready(Ok(()))
     }
 
@@ -49,7 +49,7 @@ impl Service<Request<Body>> for Upstream {
             .map(|p| p.address)
             .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
         match (cluster, endpoint) {
-            (Some(c), Some(ep)) => Box::pin(c.send(req, ep)),
+            (Some(c), Some(ep)) => c.send(req, ep),
             _ => {
                 let err = MeshError::ClusterNotFound {
                     cluster: picked.map(|p| p.cluster.to_string()).unwrap_or_default(),
