@@ -233,6 +233,8 @@ impl SidecarProc {
     }
 
     /// The `/xds` status: per-type accepted versions (sorted), total ACKs, NACKs, connects.
+    /// A type with no version yet is left out: SDS is listed but never answered when no
+    /// listener or cluster names a secret, and the control plane's snapshot has no such type.
     pub fn xds(&self) -> Option<XdsView> {
         let (_, body) = http_get(self.admin, "/xds").ok()?;
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -240,6 +242,7 @@ impl SidecarProc {
         let mut versions: Vec<String> = types
             .values()
             .filter_map(|t| t["version"].as_str().map(str::to_owned))
+            .filter(|v| !v.is_empty())
             .collect();
         versions.sort();
         let sum = |k: &str| types.values().filter_map(|t| t[k].as_u64()).sum();
