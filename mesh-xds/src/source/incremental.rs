@@ -11,8 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mesh_core::{Cluster, RouteConfiguration, Validate, VirtualHost};
+use mesh_core::{Cluster, RouteConfiguration, UpstreamProtocol, Validate, VirtualHost};
 
+use super::hop::{cluster_protocol, SidecarInbounds};
 use super::proxyless::grpc_lb_policy;
 use super::spec::{MeshSpec, ServiceSpec};
 use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
@@ -46,6 +47,8 @@ pub struct TranslationCache {
 #[derive(Debug)]
 pub(super) struct ServiceTranslation {
     spec: ServiceSpec,
+    /// The cluster's protocol, which depends on the nodes too (see `hop`).
+    protocol: UpstreamProtocol,
     pub(super) cluster: Resource,
     /// The cluster as proxyless gRPC clients get it, when it differs (see `proxyless::grpc_lb_policy`).
     grpc_cluster: Option<Resource>,
@@ -56,8 +59,12 @@ pub(super) struct ServiceTranslation {
 impl ServiceTranslation {
     /// Translates `s`; keeps `previous`'s virtual host when it is unchanged, so the outbound
     /// table can be reused.
-    fn new(s: &ServiceSpec, previous: Option<&Self>) -> Result<Self, TranslateError> {
-        let (cluster, la, virtual_host) = service_config(s)?;
+    fn new(
+        s: &ServiceSpec,
+        protocol: UpstreamProtocol,
+        previous: Option<&Self>,
+    ) -> Result<Self, TranslateError> {
+        let (cluster, la, virtual_host) = service_config(s, protocol)?;
         let virtual_host = match previous {
             Some(p) if *p.virtual_host == virtual_host => Arc::clone(&p.virtual_host),
             _ => Arc::new(virtual_host),
@@ -77,6 +84,7 @@ impl ServiceTranslation {
         };
         Ok(Self {
             spec: s.clone(),
+            protocol,
             cluster: Resource::from_validated(&cluster),
             grpc_cluster,
             endpoints: Resource::from_validated(&la),
@@ -128,13 +136,19 @@ impl TranslationCache {
     pub(super) fn translate(&mut self, spec: &MeshSpec) -> Result<SharedResources, TranslateError> {
         let mut services = Vec::with_capacity(spec.services.len());
         let mut fresh = 0;
+        let sidecars = SidecarInbounds::of(spec);
         for s in &spec.services {
             let previous = self.services.get(&s.name);
+            let protocol = cluster_protocol(s, &sidecars);
             let t = match previous {
-                Some(t) if t.spec == *s => Arc::clone(t),
+                Some(t) if t.spec == *s && t.protocol == protocol => Arc::clone(t),
                 _ => {
                     fresh += 1;
-                    Arc::new(ServiceTranslation::new(s, previous.map(|p| &**p))?)
+                    Arc::new(ServiceTranslation::new(
+                        s,
+                        protocol,
+                        previous.map(|p| &**p),
+                    )?)
                 }
             };
             services.push(t);

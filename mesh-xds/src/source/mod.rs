@@ -4,6 +4,7 @@
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
+mod hop;
 mod incremental;
 mod opaque;
 mod proxyless;
@@ -13,6 +14,7 @@ mod translate;
 #[cfg(feature = "etcd")]
 pub use etcd::{register, EtcdSource, EtcdStatus};
 pub use file::{apply, FileSource, ReloadStatus, SourceError};
+pub use hop::{MeshProtocol, SIDECAR_METADATA};
 pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
 pub use opaque::OUTBOUND_TCP;
