@@ -400,3 +400,112 @@ nodes:
         t.abort();
     }
 }
+
+/// An HTTP/1.1 app that accepts every WebSocket upgrade and echoes the bytes that follow (and
+/// answers a plain request `ok`).
+async fn start_echo_app() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|mut req: http::Request<_>| async move {
+                    if !req.headers().contains_key("upgrade") {
+                        let ok = http::Response::new(Full::new(bytes::Bytes::from("ok")));
+                        return Ok::<_, std::convert::Infallible>(ok);
+                    }
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(up) = upgrade.await else { return };
+                        let mut io = hyper_util::rt::TokioIo::new(up);
+                        let mut buf = [0u8; 64];
+                        while let Ok(n @ 1..) = io.read(&mut buf).await {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let resp = http::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .body(Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    Ok(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket upgrade to a service whose cluster is HTTP/2 between sidecars takes an
+/// HTTP/1.1 connection of its own (hyper's client has no extended CONNECT) and is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_crosses_an_http2_cluster_over_http1() {
+    let app = start_echo_app().await;
+    let p = mesh_testkit::free_ports(4);
+    let yaml = format!(
+        r#"
+services:
+  - name: echo
+    endpoints: [ {{ address: "127.0.0.1:{echo_in}" }} ]
+nodes:
+  - id: echo-1
+    service: echo
+    listeners: {{ outbound: "127.0.0.1:{echo_out}", inbound: "127.0.0.1:{echo_in}", local_app: "{app}" }}
+  - id: client-1
+    listeners: {{ outbound: "127.0.0.1:{client_out}", inbound: "127.0.0.1:{client_in}", local_app: "127.0.0.1:1" }}
+"#,
+        echo_in = p[0],
+        echo_out = p[1],
+        client_out = p[2],
+        client_in = p[3],
+    );
+    let cp = control_plane(&yaml).await;
+    let echo = sidecar(cp.xds, "echo-1").await;
+    let client = sidecar(cp.xds, "client-1").await;
+    let out = local(p[2]);
+    wait_serving(out, "echo").await;
+    let outbound = mesh_testkit::http_get(client.admin_addr(), "/config_dump").unwrap().1;
+    assert!(outbound.contains("http2"), "echo's cluster is HTTP/2: {outbound}");
+
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(out).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "closed after {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    echo.shutdown().await;
+    client.shutdown().await;
+    for t in cp.tasks {
+        t.abort();
+    }
+}
