@@ -126,7 +126,10 @@ async fn concurrent_calls(addr: SocketAddr, host: &'static str) {
     for c in calls {
         let (status, body) = c.await.unwrap().unwrap();
         assert!(status.starts_with("HTTP/1.1 200"), "client saw {status:?}");
-        assert_eq!(body, "HTTP/1.1", "the app's answer: the version it was called in");
+        assert_eq!(
+            body, "HTTP/1.1",
+            "the app's answer: the version it was called in"
+        );
     }
 }
 
@@ -259,7 +262,11 @@ nodes:
         )
     };
     assert_eq!(detected(&inbound, "http1"), 0.0, "{inbound}");
-    assert_eq!(detected(&inbound, "http2"), 1.0, "one h2c connection: {inbound}");
+    assert_eq!(
+        detected(&inbound, "http2"),
+        1.0,
+        "one h2c connection: {inbound}"
+    );
     assert_eq!(
         detected(&inbound, "http2"),
         detected(&inbound_before, "http2"),
@@ -286,11 +293,7 @@ nodes:
     let inbound = mesh_testkit::http_get(hello.admin_addr(), "/stats/prometheus")
         .unwrap()
         .1;
-    assert_eq!(
-        detected(&inbound, "http1"),
-        CONCURRENT as f64,
-        "{inbound}"
-    );
+    assert_eq!(detected(&inbound, "http1"), CONCURRENT as f64, "{inbound}");
 
     hello.shutdown().await;
     client.shutdown().await;
@@ -344,7 +347,9 @@ nodes:
             && clusters.contains("http2_protocol_options"),
         "Envoy holds the HTTP/2 cluster: {clusters}"
     );
-    let stats = envoy.admin_get("/stats?filter=^cluster\\.hello\\.").unwrap();
+    let stats = envoy
+        .admin_get("/stats?filter=^cluster\\.hello\\.")
+        .unwrap();
     let stat = |name: &str| -> f64 {
         stats
             .lines()
@@ -475,8 +480,13 @@ nodes:
     let client = sidecar(cp.xds, "client-1").await;
     let out = local(p[2]);
     wait_serving(out, "echo").await;
-    let outbound = mesh_testkit::http_get(client.admin_addr(), "/config_dump").unwrap().1;
-    assert!(outbound.contains("http2"), "echo's cluster is HTTP/2: {outbound}");
+    let outbound = mesh_testkit::http_get(client.admin_addr(), "/config_dump")
+        .unwrap()
+        .1;
+    assert!(
+        outbound.contains("http2"),
+        "echo's cluster is HTTP/2: {outbound}"
+    );
 
     let echoed = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(out).unwrap();
