@@ -592,9 +592,10 @@ def profile(pids):
     log(f"wrote {path}")
 
 
-def instructions_per_request(name, argv, port, n=3000):
+def instructions_per_request(name, argv, port, n=3000, h2=False):
     """User-space instructions per request of one proxy hop (client → proxy → app), counted by
-    callgrind between a warm-up and the end of `n` keep-alive requests (8 connections)."""
+    callgrind between a warm-up and the end of `n` keep-alive requests (8 connections), or with
+    `h2`, of `n` h2c requests on one connection, 32 streams at a time."""
     out = os.path.join(tmp, f"callgrind-{name}.out")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -611,7 +612,8 @@ def instructions_per_request(name, argv, port, n=3000):
                 if time.monotonic() > deadline or p.poll() is not None:
                     sys.exit(f"{name} under callgrind does not answer on {url}")
                 time.sleep(0.5)
-        h2load = ["h2load", "--h1", "-c", "8", "-t", "1"]
+        h2load = (["h2load", "-c", "1", "-m", "32", "-t", "1"] if h2
+                  else ["h2load", "--h1", "-c", "8", "-t", "1"])
         subprocess.run(h2load + ["-n", "500", url], capture_output=True, check=True)
         subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, check=True)
         subprocess.run(h2load + ["-n", str(n), url], capture_output=True, check=True)
@@ -653,6 +655,19 @@ def instructions():
     for name, argv in hops:
         res[name] = instructions_per_request(name, argv, port)
         log(f"callgrind {name}: {res[name]:.0f} instructions per request")
+    if HOP == "h2":
+        # The hop between sidecars as BENCH_HOP=h2 runs it: h2c in (32 streams on one
+        # connection), HTTP/2 with prior knowledge out, for ours and the floor.
+        cfg2 = write("callgrind-h2.yaml",
+                     sidecar_yaml("inbound", port, APP, BASE + 52, protocol="http2"))
+        h2hops = [("ours h2", [f"{BIN}/mesh-sidecar", "--config", cfg2])]
+        if BASELINE:
+            h2hops.append(("base h2", [BASELINE, "--config", cfg2]))
+        h2hops.append(("floor h2", [f"{BIN}/bench-floor", f"127.0.0.1:{port}",
+                                    f"127.0.0.1:{APP}", "h2"]))
+        for name, argv in h2hops:
+            res[name] = instructions_per_request(name.replace(" ", "-"), argv, port, h2=True)
+            log(f"callgrind {name}: {res[name]:.0f} instructions per request")
     return res
 
 
@@ -974,10 +989,16 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
               "User-space instructions of one proxy (client → proxy → app, HTTP/1.1 keep-alive, "
               "8 connections, 3,000 requests after a 500-request warm-up): a count that does not "
               "depend on the load of the shared machine. Kernel time (the syscalls, the same for "
-              "ours and the floor) is not in it.", "",
+              "ours and the floor) is not in it." + (" The h2c → h2 rows (`BENCH_HOP=h2`): h2c "
+              "in on one connection, 32 streams at a time, HTTP/2 with prior knowledge out to "
+              "the app, each against the floor doing the same." if HOP == "h2" else ""), "",
               "| proxy | instructions / request | vs floor |", "|---|---:|---:|"]
         for name, v in instr.items():
-            L.append(f"| {NAMES[name].replace(' ×2', '')} | {v:,.0f} | {fmt_ratio(v, f)} |")
+            base, _, h2 = name.partition(" ")
+            label = NAMES[base].replace(" ×2", "") + (", h2c → h2 (1 connection × 32 streams)"
+                                                      if h2 else "")
+            floor = instr.get("floor h2") if h2 else f
+            L.append(f"| {label} | {v:,.0f} | {fmt_ratio(v, floor)} |")
     L += goals_20(s, instr)
     L.append("")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)

@@ -74,7 +74,11 @@ impl UpstreamClients {
     pub(crate) fn send(&self, mut req: Request<Body>, endpoint: SocketAddr) -> UpstreamFuture {
         let h2 = match self.protocol {
             UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
+            // An HTTP/1.1 upgrade (WebSocket) or CONNECT cannot ride an HTTP/2 stream without
+            // extended CONNECT (RFC 8441), which hyper's client lacks: it takes an HTTP/1.1
+            // connection of its own. Endpoints marked HTTP/2 for the hop between sidecars
+            // accept both (the inbound listener detects the protocol).
+            UpstreamProtocol::Http2 => !is_upgrade(&req),
             UpstreamProtocol::UseDownstream => req.version() == Version::HTTP_2,
         };
         // The downstream version says nothing about the upstream hop: speak the cluster's.
@@ -94,6 +98,13 @@ impl UpstreamClients {
             }
         })
     }
+}
+
+/// Whether `req` asks for an HTTP/1.1 upgrade or is an HTTP/1.1 CONNECT (a CONNECT that came
+/// over HTTP/2 stays an HTTP/2 stream, as before).
+fn is_upgrade(req: &Request<Body>) -> bool {
+    req.headers().contains_key(http::header::UPGRADE)
+        || (req.method() == http::Method::CONNECT && req.version() != Version::HTTP_2)
 }
 
 /// A client error as a `MeshError`: a breaker refusal from our connector stays what it is,

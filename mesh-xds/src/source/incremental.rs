@@ -11,8 +11,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mesh_core::{Cluster, RouteConfiguration, UpstreamTls, Validate, VirtualHost};
+use mesh_core::{
+    Cluster, RouteConfiguration, UpstreamProtocol, UpstreamTls, Validate, VirtualHost,
+};
 
+use super::hop::{cluster_protocol, SidecarInbounds};
 use super::pki::{MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
 use super::proxyless::grpc_lb_policy;
 use super::spec::{MeshSpec, NodeKind, SecuritySpec, ServiceProtocol, ServiceSpec};
@@ -52,6 +55,8 @@ pub(super) struct ServiceTranslation {
     spec: ServiceSpec,
     /// The TLS its callers originate (a service run by sidecars, under `security:`).
     tls: Option<UpstreamTls>,
+    /// The cluster's protocol, which depends on the nodes too (see `hop`).
+    protocol: UpstreamProtocol,
     pub(super) cluster: Resource,
     /// The cluster as proxyless gRPC clients get it, when it differs (see `proxyless::grpc_lb_policy`).
     grpc_cluster: Option<Resource>,
@@ -65,9 +70,10 @@ impl ServiceTranslation {
     fn new(
         s: &ServiceSpec,
         tls: Option<UpstreamTls>,
+        protocol: UpstreamProtocol,
         previous: Option<&Self>,
     ) -> Result<Self, TranslateError> {
-        let (cluster, la, virtual_host) = service_config(s, tls.clone())?;
+        let (cluster, la, virtual_host) = service_config(s, tls.clone(), protocol)?;
         let virtual_host = match previous {
             Some(p) if *p.virtual_host == virtual_host => Arc::clone(&p.virtual_host),
             _ => Arc::new(virtual_host),
@@ -92,6 +98,7 @@ impl ServiceTranslation {
         Ok(Self {
             spec: s.clone(),
             tls,
+            protocol,
             cluster: Resource::from_validated(&cluster),
             grpc_cluster,
             endpoints: Resource::from_validated(&la),
@@ -145,14 +152,21 @@ impl TranslationCache {
     pub(super) fn translate(&mut self, spec: &MeshSpec) -> Result<SharedResources, TranslateError> {
         let mut services = Vec::with_capacity(spec.services.len());
         let mut fresh = 0;
+        let sidecars = SidecarInbounds::of(spec);
         for s in &spec.services {
             let previous = self.services.get(&s.name);
-            let tls = upstream_tls(spec, s);
+            let protocol = cluster_protocol(s, &sidecars);
+            let tls = upstream_tls(spec, s, protocol);
             let t = match previous {
-                Some(t) if t.spec == *s && t.tls == tls => Arc::clone(t),
+                Some(t) if t.spec == *s && t.tls == tls && t.protocol == protocol => Arc::clone(t),
                 _ => {
                     fresh += 1;
-                    Arc::new(ServiceTranslation::new(s, tls, previous.map(|p| &**p))?)
+                    Arc::new(ServiceTranslation::new(
+                        s,
+                        tls,
+                        protocol,
+                        previous.map(|p| &**p),
+                    )?)
                 }
             };
             services.push(t);
@@ -225,7 +239,11 @@ impl TranslationCache {
 
 /// The TLS callers originate to `s`: under `security:`, for a service some sidecar node runs
 /// (its endpoints are sidecars' inbound listeners), verifying the service's identity.
-fn upstream_tls(spec: &MeshSpec, s: &ServiceSpec) -> Option<UpstreamTls> {
+fn upstream_tls(
+    spec: &MeshSpec,
+    s: &ServiceSpec,
+    protocol: UpstreamProtocol,
+) -> Option<UpstreamTls> {
     let security = spec.security.as_ref()?;
     let by_sidecars = spec
         .nodes
@@ -236,11 +254,13 @@ fn upstream_tls(spec: &MeshSpec, s: &ServiceSpec) -> Option<UpstreamTls> {
         validation: ROOT_SECRET.into(),
         match_uri_sans: vec![security.identity(&s.name).to_string()],
         sni: None,
-        alpn: match s.protocol {
-            ServiceProtocol::Http1 => vec!["http/1.1".into()],
-            ServiceProtocol::Http2 => vec!["h2".into()],
-            ServiceProtocol::UseDownstream => vec!["h2".into(), "http/1.1".into()],
-            ServiceProtocol::Tcp => Vec::new(),
+        // ALPN follows the cluster's protocol, which is HTTP/2 between sidecars (`hop`) even
+        // for an HTTP/1.1 service.
+        alpn: match (s.protocol, protocol) {
+            (ServiceProtocol::Tcp, _) => Vec::new(),
+            (_, UpstreamProtocol::Http1) => vec!["http/1.1".into()],
+            (_, UpstreamProtocol::Http2) => vec!["h2".into()],
+            (_, UpstreamProtocol::UseDownstream) => vec!["h2".into(), "http/1.1".into()],
         },
     })
 }

@@ -5,6 +5,7 @@ mod authz;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
+mod hop;
 mod incremental;
 mod opaque;
 mod pki;
@@ -16,6 +17,7 @@ pub use authz::{AllowRule, AuthzSpec};
 #[cfg(feature = "etcd")]
 pub use etcd::{register, EtcdSource, EtcdStatus};
 pub use file::{apply, FileSource, ReloadStatus, SourceError};
+pub use hop::{MeshProtocol, SIDECAR_METADATA};
 pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
 pub use opaque::OUTBOUND_TCP;

@@ -12,6 +12,8 @@ use mesh_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::hop::MeshProtocol;
+
 /// A whole `mesh.yaml`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +168,12 @@ pub struct ServiceSpec {
     /// `tcp`: opaque bytes, proxied at layer 4 on a port of its own, see [`ServiceProtocol`]).
     #[serde(default)]
     pub protocol: ServiceProtocol,
+    /// What other sidecars speak to this service's endpoints when they are sidecars' inbound
+    /// listeners: HTTP/2 by default (one multiplexed connection per pair of sidecars), or
+    /// `http1` to keep `protocol` on that hop too; see [`MeshProtocol`]. The hop from the
+    /// inbound sidecar to the app speaks `protocol` either way.
+    #[serde(default, skip_serializing_if = "MeshProtocol::is_default")]
+    pub mesh_protocol: MeshProtocol,
     /// Endpoints listed here (etcd registrations are added to these).
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
@@ -353,6 +361,7 @@ impl ServiceSpec {
             port: None,
             aliases: Vec::new(),
             protocol: ServiceProtocol::default(),
+            mesh_protocol: MeshProtocol::default(),
             endpoints: Vec::new(),
             lb_policy: LbPolicy::default(),
             connect_timeout: None,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use mesh_core::{
     Cluster, ClusterLoadAssignment, Direction, Discovery, DownstreamTls, Endpoint,
     HttpProtocolOptions, Listener, Locality, LocalityEndpoints, MeshConfig, Route, RouteAction,
-    RouteConfiguration, UpstreamTls, Validate, VirtualHost,
+    RouteConfiguration, UpstreamProtocol, UpstreamTls, Validate, VirtualHost,
 };
 
 use super::incremental::{SharedResources, TranslationCache};
@@ -412,13 +412,15 @@ fn node_error(node: Option<&NodeSpec>, e: impl ToString) -> TranslateError {
 
 /// A service's cluster, endpoints and virtual host, each validated alone (so an error names
 /// the service rather than a list index).
+/// `protocol` is the cluster's: the service's own, or HTTP/2 between sidecars (`hop`).
 pub(super) fn service_config(
     s: &ServiceSpec,
     tls: Option<UpstreamTls>,
+    protocol: UpstreamProtocol,
 ) -> Result<(Cluster, ClusterLoadAssignment, VirtualHost), TranslateError> {
     let at = format!("services[{}]", s.name);
     let err = |e: mesh_core::ValidationError| TranslateError::new(&at, Some(&s.name), e);
-    let (mut c, la, vh) = (cluster(s), assignment(s), virtual_host(s));
+    let (mut c, la, vh) = (cluster(s, protocol), assignment(s), virtual_host(s));
     c.tls = tls;
     c.validate().map_err(err)?;
     la.validate().map_err(|e| err(e.within("endpoints")))?;
@@ -426,14 +428,14 @@ pub(super) fn service_config(
     Ok((c, la, vh))
 }
 
-fn cluster(s: &ServiceSpec) -> Cluster {
+fn cluster(s: &ServiceSpec, protocol: UpstreamProtocol) -> Cluster {
     let mut c = Cluster::new(&s.name);
     c.discovery = Discovery::Eds;
     c.lb_policy = s.lb_policy.clone();
     if let Some(t) = s.connect_timeout {
         c.connect_timeout = t;
     }
-    c.protocol = s.protocol.upstream();
+    c.protocol = protocol;
     if let Some(cb) = &s.circuit_breakers {
         c.circuit_breakers = cb.clone();
     }
