@@ -84,8 +84,16 @@ impl Delta {
         };
         let first = !self.types.contains(kind);
         let st = self.types.get_or_default(kind);
-        // Anything in a request may change what the client needs.
-        st.synced = None;
+        // A subscription change or a NACK changes what the client needs or holds; a plain
+        // ACK changes neither, so the stream stays synced (and its next push looks only at
+        // what changed, rather than walking the whole subscription on every ACK).
+        if first
+            || req.error_detail.is_some()
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            st.synced = None;
+        }
         if first {
             st.wildcard = req.resource_names_subscribe.is_empty() && kind.is_wildcard();
             for (name, version) in &req.initial_resource_versions {
