@@ -560,7 +560,7 @@ fn raise_nofile() -> u64 {
     // `None` is unlimited.
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
             eprintln!("xds_scale: cannot raise RLIMIT_NOFILE: {e}");
         }
     }
