@@ -1,16 +1,23 @@
-//! Control-plane scale: 1,000 concurrent delta-ADS subscribers (the load generator below, one
-//! HTTP/2 connection each, ACKing every response), 10,000 endpoints (100 services × 100).
+//! Control-plane scale: 1,000 (or 10,000: `XDS_SCALE_SUBSCRIBERS=10000`) concurrent delta-ADS
+//! subscribers (the load generator below, one HTTP/2 connection each, ACKing every response),
+//! 10,000 endpoints (100 services × 100).
 //!
 //! The control plane runs in a child process (this binary re-executed with
 //! `MESH_XDS_SCALE_SERVER=1`), so its memory and CPU are measured apart from the load generator:
 //!
-//! - criterion times one endpoint change: from the snapshot being set to all 1,000 subscribers
-//!   holding the new version of that one assignment (target < 1 s);
+//! - criterion times one endpoint change: from the snapshot being set to all subscribers
+//!   holding the new version of that one assignment (target < 1 s for 10,000);
 //! - printed once: the server's memory per subscriber (RSS growth from 0 to 1,000 synced
-//!   subscribers, / 1,000; target < 50 KB) and its CPU time per push (per subscriber).
+//!   subscribers, / 1,000; target < 30 KB) and its CPU time per push (per subscriber).
+//!
+//! All subscribers run in this one process (one Tokio runtime, two workers): 10,000 connections
+//! need 10,000 descriptors here and as many in the server, so the bench raises its
+//! `RLIMIT_NOFILE` soft limit to the hard limit (the server child inherits it) and refuses to
+//! start when that is too low. Connects are paced (at most `CONNECTING` at once) so the
+//! listener's accept queue never overflows into SYN retries.
 //!
 //! `cargo bench -p mesh-benches --bench xds_scale -- --warm-up-time 1 --measurement-time 3`
-//! (`XDS_SCALE_SUBSCRIBERS` overrides the 1,000; `XDS_SCALE_SOTW=1` uses state-of-the-world
+//! (`XDS_SCALE_SUBSCRIBERS` overrides the 1,000; beyond 1,000 criterion takes 10 flat samples; `XDS_SCALE_SOTW=1` uses state-of-the-world
 //! subscribers instead of delta ones; `XDS_SCALE_SERVER_WRAP="heaptrack -o /tmp/xds"` profiles
 //! the server's live heap at sync; `XDS_SCALE_MALLOC_DEFAULTS=1` leaves glibc untuned.)
 //! Figures and the heap profile: benches/XDS_SCALE.md.
@@ -32,12 +39,14 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use mesh_xds::server::{Snapshot, SnapshotCache, XdsServer};
 use mesh_xds::source::{EndpointSpec, MeshSpec, ServiceSpec};
 use mesh_xds::ResourceType;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 const SERVICES: usize = 100;
 const ENDPOINTS_PER_SERVICE: usize = 100;
 const CHANGED: &str = "svc-0";
+/// Subscribers connecting (TCP + HTTP/2 handshake + first request) at once.
+const CONNECTING: usize = 256;
 
 /// The mesh: 100 services of 100 endpoints; `flip` moves one endpoint of `svc-0` to another
 /// port.
@@ -233,7 +242,9 @@ fn delta_request(kind: ResourceType, subscribe: Vec<String>, nonce: &str) -> Del
 
 /// One Envoy-like delta ADS subscriber on its own connection: CDS and LDS wildcard, EDS for every
 /// cluster, RDS for the outbound routes; ACKs everything.
-async fn subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
+async fn subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>, pace: Arc<Semaphore>) {
+    // Held until the stream is open (dropped on every early return too).
+    let permit = pace.acquire_owned().await;
     let Ok(mut client) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
     else {
         return;
@@ -261,6 +272,7 @@ async fn subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
     else {
         return;
     };
+    drop(permit);
     let mut stream = resp.into_inner();
     let mut held: HashMap<String, u64> = HashMap::new();
     while let Ok(Some(r)) = stream.message().await {
@@ -309,7 +321,14 @@ async fn subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
 /// One Envoy-like state-of-the-world ADS subscriber (`XDS_SCALE_SOTW`): same subscriptions,
 /// every response ACKed with its version, nonce and names. It has the change when the EDS
 /// response's version is the target type version.
-async fn sotw_subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
+async fn sotw_subscriber(
+    addr: SocketAddr,
+    id: usize,
+    progress: Arc<Progress>,
+    pace: Arc<Semaphore>,
+) {
+    // Held until the stream is open (dropped on every early return too).
+    let permit = pace.acquire_owned().await;
     let Ok(mut client) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
     else {
         return;
@@ -335,6 +354,7 @@ async fn sotw_subscriber(addr: SocketAddr, id: usize, progress: Arc<Progress>) {
     else {
         return;
     };
+    drop(permit);
     let mut stream = resp.into_inner();
     let mut names: HashMap<ResourceType, Vec<String>> = HashMap::new();
     while let Ok(Some(r)) = stream.message().await {
@@ -395,11 +415,15 @@ fn wait_all(progress: &Progress, n: usize, limit: Duration) -> Option<Duration> 
     Some(start.elapsed())
 }
 
-fn bench(c: &mut Criterion) {
-    let n: usize = std::env::var("XDS_SCALE_SUBSCRIBERS")
+fn subscribers() -> usize {
+    std::env::var("XDS_SCALE_SUBSCRIBERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(1000)
+}
+
+fn bench(c: &mut Criterion) {
+    let n = subscribers();
     let sotw = std::env::var_os("XDS_SCALE_SOTW").is_some();
     // Delta subscribers wait for the changed assignment's version, SotW ones for the EDS type
     // version: both are content hashes the load generator computes from the same spec.
@@ -432,14 +456,20 @@ fn bench(c: &mut Criterion) {
     let progress = Arc::new(Progress::default());
     progress.target.store(versions[0], Ordering::Release);
     let start = Instant::now();
+    let pace = Arc::new(Semaphore::new(CONNECTING));
     for id in 0..n {
         if sotw {
-            rt.spawn(sotw_subscriber(server.addr, id, progress.clone()));
+            rt.spawn(sotw_subscriber(
+                server.addr,
+                id,
+                progress.clone(),
+                pace.clone(),
+            ));
         } else {
-            rt.spawn(subscriber(server.addr, id, progress.clone()));
+            rt.spawn(subscriber(server.addr, id, progress.clone(), pace.clone()));
         }
     }
-    let synced = wait_all(&progress, n, Duration::from_secs(120));
+    let synced = wait_all(&progress, n, Duration::from_secs(120 + n as u64 / 50));
     let Some(_) = synced else {
         panic!(
             "only {} of {n} subscribers synced",
@@ -469,9 +499,17 @@ fn bench(c: &mut Criterion) {
     let mut flipped = false;
     let mut pushes = 0u64;
     let cpu_before = server.cpu();
-    c.bench_function(
-        &format!(
-            "xds_scale/one_endpoint_change_to_{n}_{}_subscribers",
+    let mut group = c.benchmark_group("xds_scale");
+    if n > 1000 {
+        // A change to 10,000 takes about a second: criterion's default 100 samples of a
+        // growing number of iterations would take many minutes.
+        group
+            .sample_size(10)
+            .sampling_mode(criterion::SamplingMode::Flat);
+    }
+    group.bench_function(
+        format!(
+            "one_endpoint_change_to_{n}_{}_subscribers",
             if sotw { "sotw" } else { "delta" }
         ),
         |b| {
@@ -494,6 +532,7 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
+    group.finish();
     let cpu = server.cpu().saturating_sub(cpu_before);
     eprintln!(
         "xds_scale: server CPU {:?} for {pushes} changes to {n} subscribers: {:.1} µs per push \
@@ -512,11 +551,41 @@ fn translate(c: &mut Criterion) {
     });
 }
 
+/// Raises this process's open-file soft limit to its hard limit (children inherit it), and
+/// returns the limit.
+#[cfg(unix)]
+fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            eprintln!("xds_scale: cannot raise RLIMIT_NOFILE: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+#[cfg(not(unix))]
+fn raise_nofile() -> u64 {
+    u64::MAX
+}
+
 fn main() {
+    let nofile = raise_nofile();
     if std::env::var_os("MESH_XDS_SCALE_SERVER").is_some() {
         run_server();
         return;
     }
+    // One descriptor per connection, plus headroom for the runtime, pipes and criterion.
+    let need = subscribers() as u64 + 256;
+    assert!(
+        nofile >= need,
+        "{} subscribers need an open-file limit of {need}; the hard limit is {nofile} \
+         (raise it with `ulimit -Hn` as root, or lower XDS_SCALE_SUBSCRIBERS)",
+        subscribers()
+    );
     let mut c = Criterion::default().configure_from_args();
     translate(&mut c);
     bench(&mut c);

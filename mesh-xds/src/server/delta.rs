@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use super::held::Held;
 use super::resource::Resource;
+use super::snapshot::Snapshot;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,9 +25,10 @@ struct TypeState {
     names: BTreeSet<Arc<str>>,
     /// What the client holds.
     held: Held,
-    /// The type version the client was fully brought to (nothing to add or remove), so a push
-    /// that did not change this type costs one comparison.
-    synced: Option<u64>,
+    /// The snapshot whose version of this type the client was fully brought to (nothing to
+    /// add or remove): a push that did not change the type costs one comparison, and one that
+    /// did looks only at what changed since.
+    synced: Option<Arc<Snapshot>>,
     /// Nonces of the last push (one per chunk); an answer to any of them counts.
     nonces: Vec<String>,
     /// Type version and resource names of the last response (to ACK, or to forget on NACK).
@@ -82,8 +84,16 @@ impl Delta {
         };
         let first = !self.types.contains(kind);
         let st = self.types.get_or_default(kind);
-        // Anything in a request may change what the client needs.
-        st.synced = None;
+        // A subscription change or a NACK changes what the client needs or holds; a plain
+        // ACK changes neither, so the stream stays synced (and its next push looks only at
+        // what changed, rather than walking the whole subscription on every ACK).
+        if first
+            || req.error_detail.is_some()
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            st.synced = None;
+        }
         if first {
             st.wildcard = req.resource_names_subscribe.is_empty() && kind.is_wildcard();
             for (name, version) in &req.initial_resource_versions {
@@ -160,23 +170,31 @@ impl Delta {
             return Ok(());
         };
         let ts = snap.of(kind);
-        if st.synced == Some(ts.version_hash()) {
+        let synced = st.synced.as_ref().map(|s| s.of(kind));
+        if synced.is_some_and(|s| s.version_hash() == ts.version_hash()) {
             return Ok(());
         }
         let version = ts.version();
         if self.base.shared.cache.is_parked(&node, kind, &version) {
             return Ok(());
         }
+        // The client holds exactly what the synced version has for it, so only what changed
+        // since can be sent or removed (computed once for all streams).
+        let diff = synced.map(|old| self.base.shared.diffs.get(kind, old, ts));
         if part != Part::Updates {
             // After this call the client holds exactly what the type's version has for it.
-            st.synced = Some(ts.version_hash());
+            st.synced = Some(snap.clone());
         }
         let mut updates = Vec::new();
         if part != Part::Removals {
-            let wanted: Box<dyn Iterator<Item = _>> = if st.wildcard {
-                Box::new(ts.items().values())
-            } else {
-                Box::new(st.names.iter().filter_map(|n| ts.get(n)))
+            let wanted: Box<dyn Iterator<Item = _>> = match &diff {
+                Some(d) => Box::new(
+                    d.changed
+                        .iter()
+                        .filter(|r| st.wildcard || st.names.contains(r.name())),
+                ),
+                None if st.wildcard => Box::new(ts.items().values()),
+                None => Box::new(st.names.iter().filter_map(|n| ts.get(n))),
             };
             for r in wanted {
                 if !st.held.holds(r) && self.base.may_receive(r) {
@@ -186,7 +204,15 @@ impl Delta {
         }
         let mut removed = Vec::new();
         if part != Part::Updates {
-            removed = st.held.gone(|n| ts.get(n).is_some());
+            removed = match &diff {
+                Some(d) => d
+                    .removed
+                    .iter()
+                    .filter(|n| st.held.contains(n))
+                    .map(|n| n.to_string())
+                    .collect(),
+                None => st.held.gone(|n| ts.get(n).is_some()),
+            };
         }
         if updates.is_empty() && removed.is_empty() {
             return Ok(());

@@ -36,6 +36,11 @@ impl Held {
         false
     }
 
+    /// Whether the client holds anything named `name` (sent or announced).
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok() || self.initial.contains_key(name)
+    }
+
     pub(crate) fn insert(&mut self, r: Arc<Resource>) {
         self.initial.remove(r.name());
         match self.find(r.name()) {

@@ -11,6 +11,7 @@ pub mod admin;
 mod cache;
 mod callbacks;
 mod delta;
+mod diff;
 mod grpc;
 mod held;
 mod identity;

@@ -9,6 +9,7 @@ use tonic::Status;
 
 use super::cache::lock as lock_status;
 use super::resource::Resource;
+use super::snapshot::Snapshot;
 use super::stream::{intern, PerType, Protocol, StreamBase};
 use super::wire::Encoded;
 use crate::ResourceType;
@@ -24,6 +25,9 @@ struct TypeState {
     nonce: String,
     /// When the snapshot behind the last response was set (for convergence latency).
     set_at: Option<Instant>,
+    /// The snapshot whose version of this type `sent` is exactly (for the subscribed names):
+    /// a push then looks only at what changed since.
+    synced: Option<Arc<Snapshot>>,
 }
 
 pub(crate) struct Sotw {
@@ -78,6 +82,7 @@ impl Sotw {
                     // The client kept what it had before; which set that was is not known
                     // here, so nothing is assumed held (make-before-break keeps nothing).
                     st.sent.clear();
+                    st.synced = None;
                     self.base
                         .shared
                         .callbacks
@@ -93,17 +98,22 @@ impl Sotw {
                 }
             }
         }
-        let snap = current.as_ref().map(|(s, _)| &**s);
-        let names: BTreeSet<Arc<str>> = req
-            .resource_names
-            .iter()
-            .map(|n| intern(snap, kind, n))
-            .collect();
-        st.names = if names.contains("*") || (names.is_empty() && kind.is_wildcard()) {
-            None
-        } else {
-            Some(names)
-        };
+        // Every ACK repeats the subscription (100 names for an Envoy's EDS): when it is the
+        // one held, keep it, and what the client holds stays known (`synced`).
+        if first || !same_subscription(st.names.as_ref(), &req.resource_names, kind) {
+            st.synced = None;
+            let snap = current.as_ref().map(|(s, _)| &**s);
+            let names: BTreeSet<Arc<str>> = req
+                .resource_names
+                .iter()
+                .map(|n| intern(snap, kind, n))
+                .collect();
+            st.names = if names.contains("*") || (names.is_empty() && kind.is_wildcard()) {
+                None
+            } else {
+                Some(names)
+            };
+        }
         if first && !req.version_info.is_empty() {
             // A reconnecting client: it holds `version_info` (content-hash versions mean the
             // same thing on every replica and after a restart), so it is not sent again.
@@ -150,12 +160,20 @@ impl Sotw {
             return Ok(());
         };
         let ts = snap.of(kind);
+        if !kind.is_wildcard() {
+            if let Some(old) = st.synced.clone() {
+                return self.respond_changes(kind, &old, snap, set_at).await;
+            }
+        }
         let mut version = ts.version();
         let mut items = included(ts.items(), st.names.as_ref());
         if kind == ResourceType::Secret {
             items.retain(|r| self.base.may_receive(r));
         }
         if st.sent_version.as_deref() == Some(version.as_str()) && same_names(&st.sent, &items) {
+            if !kind.is_wildcard() {
+                st.synced = Some(snap);
+            }
             return Ok(());
         }
         if self.base.shared.cache.is_parked(&node, kind, &version) {
@@ -166,6 +184,7 @@ impl Sotw {
             // drops names tells the client nothing: skip it. The client forgot the names it
             // dropped, so a name it subscribes to again is sent again.
             st.sent = items;
+            st.synced = Some(snap);
             return Ok(());
         }
         let mut keep = false;
@@ -205,11 +224,100 @@ impl Sotw {
         st.sent_version = Some(version.clone());
         st.set_at = if keep { None } else { Some(set_at) };
         st.sent = items;
+        st.synced = if keep || kind.is_wildcard() {
+            None
+        } else {
+            Some(snap.clone())
+        };
         self.base
             .shared
             .callbacks
             .response(self.base.guard.id, &node, kind, &version, n);
         self.base.send(msg).await
+    }
+}
+
+impl Sotw {
+    /// [`Sotw::respond`] for an EDS/RDS/SDS/RTDS type whose `sent` is exactly what `old`
+    /// had for the client: only the resources that changed since are looked at (the diff is
+    /// computed once for all streams), and sent if subscribed.
+    async fn respond_changes(
+        &mut self,
+        kind: ResourceType,
+        old: &Snapshot,
+        snap: Arc<Snapshot>,
+        set_at: Instant,
+    ) -> Result<(), Status> {
+        let ts = snap.of(kind);
+        if old.of(kind).version_hash() == ts.version_hash() {
+            return Ok(());
+        }
+        let node = self.base.node.clone().unwrap_or_default();
+        let version = ts.version();
+        if self.base.shared.cache.is_parked(&node, kind, &version) {
+            return Ok(());
+        }
+        let diff = self.base.shared.diffs.get(kind, old.of(kind), ts);
+        let Some(st) = self.types.get_mut(kind) else {
+            return Ok(());
+        };
+        let wanted = |n: &str| st.names.as_ref().is_none_or(|names| names.contains(n));
+        let send: Vec<Arc<Resource>> = diff
+            .changed
+            .iter()
+            .filter(|r| wanted(r.name()) && !holds(&st.sent, r))
+            .cloned()
+            .collect();
+        // What the client holds now: `sent` with the changes applied.
+        for r in &send {
+            match st.sent.binary_search_by(|s| s.name().cmp(r.name())) {
+                Ok(i) => st.sent[i] = r.clone(),
+                Err(i) => st.sent.insert(i, r.clone()),
+            }
+        }
+        for n in &diff.removed {
+            if let Ok(i) = st.sent.binary_search_by(|s| s.name().cmp(n)) {
+                st.sent.remove(i);
+            }
+        }
+        st.synced = Some(snap.clone());
+        if send.is_empty() {
+            // Only removals: absence means nothing for these types (see `respond`).
+            return Ok(());
+        }
+        st.nonce = self.base.next_nonce();
+        let head = DiscoveryResponse {
+            version_info: version.clone(),
+            type_url: kind.type_url().to_owned(),
+            nonce: st.nonce.clone(),
+            ..DiscoveryResponse::default()
+        };
+        let msg = Encoded::sotw(&head, send.iter().map(|r| &**r));
+        st.sent_version = Some(version.clone());
+        st.set_at = Some(set_at);
+        self.base
+            .shared
+            .callbacks
+            .response(self.base.guard.id, &node, kind, &version, send.len());
+        self.base.send(msg).await
+    }
+}
+
+/// Whether a request's `names` subscribe to exactly `held` (`None`: wildcard).
+fn same_subscription(
+    held: Option<&BTreeSet<Arc<str>>>,
+    names: &[String],
+    kind: ResourceType,
+) -> bool {
+    let wildcard = names.iter().any(|n| n == "*") || (names.is_empty() && kind.is_wildcard());
+    match held {
+        None => wildcard,
+        // Duplicates in `names` make the lengths differ: then it is rebuilt, which is correct.
+        Some(held) => {
+            !wildcard
+                && held.len() == names.len()
+                && names.iter().all(|n| held.contains(n.as_str()))
+        }
     }
 }
 

@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::cache::SnapshotCache;
 use super::callbacks::{Callbacks, NoCallbacks, StreamId, StreamKind};
 use super::delta::Delta;
+use super::diff::DiffMemo;
 use super::grpc::Discovery;
 use super::sotw::Sotw;
 use super::stream::{self, Protocol, StreamBase};
@@ -47,6 +48,8 @@ use crate::ResourceType;
 pub(crate) struct Shared {
     pub(crate) cache: SnapshotCache,
     pub(crate) callbacks: Arc<dyn Callbacks>,
+    /// What changed between recent versions, shared by the streams that push it.
+    pub(crate) diffs: DiffMemo,
     max_streams: usize,
     open: AtomicUsize,
     next_id: AtomicU64,
@@ -106,6 +109,7 @@ impl XdsServer {
             shared: Arc::new(Shared {
                 cache,
                 callbacks: Arc::new(NoCallbacks),
+                diffs: DiffMemo::default(),
                 max_streams: usize::MAX,
                 open: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
@@ -117,6 +121,7 @@ impl XdsServer {
         let mut s = Shared {
             cache: self.shared.cache.clone(),
             callbacks: self.shared.callbacks.clone(),
+            diffs: DiffMemo::default(),
             max_streams: self.shared.max_streams,
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
