@@ -11,6 +11,12 @@
 
 use bytes::{Bytes, BytesMut};
 
+pub mod bolt;
+pub mod mux;
+
+pub use bolt::BoltCodec;
+pub use mux::{Expired, InFlight, Pending};
+
 /// An RPC protocol the mesh speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
