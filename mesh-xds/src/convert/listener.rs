@@ -143,6 +143,7 @@ fn opaque_listener() -> Listener {
     Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,
@@ -218,6 +219,7 @@ fn hcm_from(
     Ok(Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,
