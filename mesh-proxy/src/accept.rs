@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::metrics_l4::CloseReason;
 use crate::rewind::Rewind;
 use crate::tcp::TcpRelay;
+use crate::xproto::XProxy;
+use mesh_core::RpcProtocol;
 
 /// A connection as the HTTP server gets it: the detection prefix replayed.
 pub(crate) type HttpIo = Rewind<TrackedIo<TcpStream>>;
@@ -41,6 +43,9 @@ pub struct L4Settings {
     pub detection: DetectionConfig,
     /// Where what is not HTTP goes; closed when `None`.
     pub tcp: Option<TcpRelay>,
+    /// The RPC proxy (bolt, dubbo): takes connections detected as its protocol, or every
+    /// connection of a listener that does not serve HTTP.
+    pub rpc: Option<XProxy>,
 }
 
 impl Default for L4Settings {
@@ -50,6 +55,7 @@ impl Default for L4Settings {
             serves_http: true,
             detection: DetectionConfig::default(),
             tcp: None,
+            rpc: None,
         }
     }
 }
@@ -78,7 +84,10 @@ where
             s = sniff(&mut io, &mut prefix, l4.detection.timeout) => s,
             () = Signalled(activity) => return Ended::Forced,
         };
-        let action = decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
+        let action = match (sniffed, &l4.rpc) {
+            (Sniffed::Decided(d), Some(rpc)) if speaks(d, rpc.protocol()) => Action::Rpc,
+            _ => decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout),
+        };
         metrics
             .l4()
             .detected(listener, sniffed.as_str(), action.as_str());
@@ -86,6 +95,8 @@ where
             metrics.l4().closed(listener, CloseReason::HandshakeTimeout);
         }
         action
+    } else if l4.rpc.is_some() {
+        Action::Rpc
     } else {
         Action::Tcp
     };
@@ -101,6 +112,16 @@ where
         (Action::Tcp, Some(relay)) => {
             let relay = async { relay.relay(io, activity).await.map(|_| ()) };
             match Supervised::new(Relaying::new(relay), Arc::clone(activity)).await {
+                Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
+                Ended::Forced => Ended::Forced,
+            }
+        }
+        (Action::Rpc, _) => {
+            let Some(rpc) = &l4.rpc else {
+                return Ended::Done(Ok(()));
+            };
+            let serve = async { crate::xproto::serve(rpc, io).await };
+            match Supervised::new(Relaying::new(serve), Arc::clone(activity)).await {
                 Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
                 Ended::Forced => Ended::Forced,
             }
@@ -128,6 +149,8 @@ pub(crate) enum Action {
     Http,
     /// Relay it with the TCP proxy.
     Tcp,
+    /// Serve it with the RPC proxy.
+    Rpc,
     /// Close it.
     Close,
 }
@@ -138,6 +161,7 @@ impl Action {
         match self {
             Self::Http => "http",
             Self::Tcp => "tcp",
+            Self::Rpc => "rpc",
             Self::Close => "closed",
         }
     }
@@ -170,6 +194,14 @@ pub(crate) fn decide(sniffed: Sniffed, has_tcp: bool, opaque_on_timeout: bool) -
         Sniffed::Decided(_) | Sniffed::Ended => relay_or_close(true),
         Sniffed::TimedOut => relay_or_close(opaque_on_timeout),
     }
+}
+
+/// Whether a detected protocol is the one the RPC proxy speaks.
+fn speaks(d: Detection, p: RpcProtocol) -> bool {
+    matches!(
+        (d, p),
+        (Detection::Bolt, RpcProtocol::Bolt) | (Detection::Dubbo, RpcProtocol::Dubbo)
+    )
 }
 
 /// The HTTP/2 preface must be followed by a SETTINGS frame (RFC 9113 §3.4); its 9-byte header

@@ -25,6 +25,7 @@ pub mod limit;
 pub mod listeners;
 pub mod metrics;
 pub mod metrics_l4;
+pub mod metrics_rpc;
 #[cfg(feature = "etcd")]
 pub mod registration;
 mod rewind;
@@ -35,3 +36,4 @@ pub mod tcp;
 mod upgrade;
 pub mod warmer;
 pub mod warming;
+pub mod xproto;

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::server::{serve, ListenerSettings};
 use crate::stack::ListenerStack;
 use crate::tcp::TcpRelay;
+use crate::xproto::XProxy;
 
 /// One bound listener.
 struct Live {
@@ -144,6 +145,7 @@ impl ListenerManager {
     /// binding or changing anything: how a warming listener is refused at LDS time.
     pub fn check(&self, l: &Listener) -> Result<(), ReloadError> {
         l.validate().map_err(|e| refuse(l, e))?;
+        crate::xproto::check_listener(l).map_err(|e| refuse(l, e))?;
         crate::filters::build(l, &self.registry).map(drop)
     }
 
@@ -170,6 +172,7 @@ impl ListenerManager {
         let mut seen = std::collections::HashSet::new();
         for l in &wanted {
             l.validate().map_err(|e| refuse(l, e))?;
+            crate::xproto::check_listener(l).map_err(|e| refuse(l, e))?;
             if !seen.insert(l.name.as_str()) {
                 return Err(refuse(l, "listed twice"));
             }
@@ -194,6 +197,7 @@ impl ListenerManager {
                     if old.address == l.address
                         && old.http == l.http
                         && old.tcp_proxy == l.tcp_proxy
+                        && old.xprotocol == l.xprotocol
                         && old.detection == l.detection =>
                 {
                     prepared.push((l.clone(), table, None));
@@ -343,6 +347,7 @@ impl ListenerManager {
                         self.metrics.l4().clone(),
                     )
                 }),
+                rpc: XProxy::of_listener(&config, &self.clusters, &self.metrics),
             },
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");

@@ -62,6 +62,7 @@ struct Inner {
     active_connections: Family<ListenerLabels, Gauge>,
     mesh_errors: Family<ErrorLabels, Counter>,
     l4: crate::metrics_l4::L4Metrics,
+    rpc: crate::metrics_rpc::RpcMetrics,
 }
 
 impl Metrics {
@@ -77,6 +78,7 @@ impl Metrics {
             active_connections: Family::default(),
             mesh_errors: Family::default(),
             l4: Default::default(),
+            rpc: Default::default(),
         };
         let reg = registry.sub_registry_with_prefix("mesh");
         reg.register(
@@ -106,6 +108,7 @@ impl Metrics {
         );
         let inner = Inner {
             l4: crate::metrics_l4::L4Metrics::register(reg),
+            rpc: crate::metrics_rpc::RpcMetrics::register(reg),
             ..inner
         };
         Self {
@@ -116,6 +119,11 @@ impl Metrics {
     /// Detection and opaque-TCP counters.
     pub fn l4(&self) -> &crate::metrics_l4::L4Metrics {
         &self.inner.l4
+    }
+
+    /// RPC (xprotocol) gauges and counters.
+    pub fn rpc(&self) -> &crate::metrics_rpc::RpcMetrics {
+        &self.inner.rpc
     }
 
     /// Records a finished request.

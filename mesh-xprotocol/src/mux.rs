@@ -77,17 +77,17 @@ impl<D> InFlight<D> {
     }
 
     /// Registers `request` (whose id is the downstream's) and rewrites its id to a fresh one
-    /// of this connection, returned. `None` when the map is full: the caller answers
-    /// `XError::Overloaded` (the request is left untouched).
+    /// of this connection, returned. When the map is full `downstream` is given back and the
+    /// request left untouched: the caller answers `XError::Overloaded`.
     pub fn insert(
         &mut self,
         codec: &dyn XCodec,
         request: &mut Frame,
         downstream: D,
         deadline: Instant,
-    ) -> Option<u64> {
+    ) -> Result<u64, D> {
         if self.map.len() >= self.capacity {
-            return None;
+            return Err(downstream);
         }
         let id = self.allocate();
         let stub = Frame {
@@ -109,7 +109,7 @@ impl<D> InFlight<D> {
                 stub,
             },
         );
-        Some(id)
+        Ok(id)
     }
 
     /// The next unused id (wrapping within 32 bits, skipping 0 and ids still in flight; the
@@ -234,9 +234,9 @@ mod tests {
         let t0 = Instant::now();
         let mut m = InFlight::new(2);
         let mut f = req(1);
-        assert!(m.insert(&BoltCodec, &mut f.clone(), (), t0).is_some());
-        assert!(m.insert(&BoltCodec, &mut f.clone(), (), t0).is_some());
-        assert!(m.insert(&BoltCodec, &mut f, (), t0).is_none());
+        assert!(m.insert(&BoltCodec, &mut f.clone(), (), t0).is_ok());
+        assert!(m.insert(&BoltCodec, &mut f.clone(), (), t0).is_ok());
+        assert!(m.insert(&BoltCodec, &mut f, (), t0).is_err());
         assert_eq!(f.request_id, 1, "a refused request keeps its id");
         assert_eq!(m.fail_all().len(), 2);
         assert!(m.is_empty());
