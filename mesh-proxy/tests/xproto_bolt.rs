@@ -166,8 +166,8 @@ async fn real_sofa_rpc_through_two_sidecars() {
     let Some((node, modules)) = mesh_testkit::require_sofa_node() else {
         return;
     };
-    let p = mesh_testkit::free_ports(5);
-    let (app, out, inb, admin_a, admin_b) = (p[0], p[1], p[2], p[3], p[4]);
+    let p = mesh_testkit::free_ports(6);
+    let (app, out, inb, admin_a, admin_b, limited) = (p[0], p[1], p[2], p[3], p[4], p[5]);
     let (_server, accepted) = start_server(&node, &modules, app);
     let quiet = silent().await;
 
@@ -186,9 +186,20 @@ async fn real_sofa_rpc_through_two_sidecars() {
         "{}              - {{ match: {{ prefix: \"/com.example.Silent:1.0/\" }}, route: {{ cluster: silent }} }}\n",
         hello_route.replace("CLUSTER", "b_inbound")
     );
+    // One call per hour on `rpc_limited` (the listener's rate limit, as HTTP's).
+    let limited_listener = format!(
+        "{}    rate_limit: {{ token_bucket: {{ max_tokens: 1, fill_interval: 1h }} }}\n",
+        rpc_listener(
+            "rpc_limited",
+            limited,
+            "1s",
+            &hello_route.replace("CLUSTER", "b_inbound")
+        )
+    );
     let a_yaml = format!(
-        "admin: 127.0.0.1:{admin_a}\ndrain_timeout: 1s\nlisteners:{}\nclusters:\n{}{}",
+        "admin: 127.0.0.1:{admin_a}\ndrain_timeout: 1s\nlisteners:{}{}\nclusters:\n{}{}",
         rpc_listener("rpc_out", out, "1s", &a_routes),
+        limited_listener,
         cluster("b_inbound", inb),
         cluster("silent", quiet),
     );
@@ -316,6 +327,32 @@ async fn real_sofa_rpc_through_two_sidecars() {
     let errors = "mesh_rpc_protocol_errors_total";
     assert_eq!(metric(&sa, errors, &["rpc_out", "malformed"]), 1, "{sa}");
     assert_eq!(metric(&sa, errors, &["rpc_out", "too_large"]), 1);
+
+    // The listener's rate limit: the second call is refused with bolt's overload status.
+    let addr = format!("127.0.0.1:{limited}");
+    let r = peer(
+        &node,
+        &modules,
+        &["call", &addr, "com.example.Hello", "sayHi", "[\"1\"]"],
+    )
+    .await;
+    assert_eq!(r["result"], "hi 1", "{r}");
+    let r = peer(
+        &node,
+        &modules,
+        &["call", &addr, "com.example.Hello", "sayHi", "[\"2\"]"],
+    )
+    .await;
+    assert!(r["error"].is_string(), "{r}");
+    let sa = stats(a.admin_addr()).await;
+    assert_eq!(
+        metric(
+            &sa,
+            "mesh_local_replies_total",
+            &["rpc_limited", "rate_limited"]
+        ),
+        1
+    );
 
     a.shutdown().await;
     b.shutdown().await;

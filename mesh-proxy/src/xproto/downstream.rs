@@ -174,6 +174,12 @@ impl XProxy {
                 let _ = tx.send(inner.codec.error_response(&frame, xerror(&e)));
             }
         };
+        if let Some((rule, bucket)) = &inner.limit {
+            if let Err(retry_after) = bucket.try_acquire() {
+                let rule = rule.clone();
+                return local(MeshError::RateLimited { rule, retry_after }, labels);
+            }
+        }
         let decision = match route::decide(&inner.table, &frame.header) {
             Ok(d) => d,
             Err(e) => return local(e, labels),

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use mesh_core::{Listener, MeshError, RpcProtocol, XProtocolProxy};
 use mesh_lb::ClusterManager;
+use mesh_ratelimit::{Clock, TokenBucket};
 use mesh_router::RouteTable;
 use mesh_xprotocol::{BoltCodec, XCodec, XError};
 
@@ -50,6 +51,9 @@ struct Inner {
     pools: Mutex<HashMap<SocketAddr, Pool>>,
     metrics: Metrics,
     rpc_metrics: ListenerRpcMetrics,
+    /// The listener's `rate_limit` token bucket: a request without a token is refused with the
+    /// protocol's overload error (reject mode; waiting and descriptors are HTTP's only).
+    limit: Option<(String, TokenBucket)>,
 }
 
 /// The shared connections to one endpoint, used round robin.
@@ -102,9 +106,14 @@ impl XProxy {
         metrics: &Metrics,
     ) -> Option<Self> {
         let x = l.xprotocol.clone()?;
-        Self::new(&l.name, x, clusters.clone(), metrics.clone())
+        let mut proxy = Self::new(&l.name, x, clusters.clone(), metrics.clone())
             .map_err(|e| tracing::error!(listener = %l.name, error = %e, "rpc proxy"))
-            .ok()
+            .ok()?;
+        if let (Some(rl), Some(inner)) = (&l.rate_limit, Arc::get_mut(&mut proxy.inner)) {
+            let bucket = TokenBucket::new(&rl.token_bucket, Clock::system());
+            inner.limit = Some((l.name.clone(), bucket));
+        }
+        Some(proxy)
     }
 
     /// The RPC proxy of `listener`; an error when the routes do not compile or the protocol
@@ -129,6 +138,7 @@ impl XProxy {
                 pools: Mutex::new(HashMap::new()),
                 metrics,
                 rpc_metrics,
+                limit: None,
             }),
         })
     }
