@@ -210,7 +210,8 @@ mod tests {
         let t0 = Instant::now();
         let mut m = InFlight::new(16);
         let (mut early, mut late) = (req(10), req(11));
-        m.insert(&BoltCodec, &mut early, 1, t0 + Duration::from_millis(100));
+        m.insert(&BoltCodec, &mut early, 1, t0 + Duration::from_millis(100))
+            .unwrap();
         let late_id = m
             .insert(&BoltCodec, &mut late, 2, t0 + Duration::from_secs(5))
             .unwrap();

@@ -225,7 +225,7 @@ impl XProxy {
         }) {
             fail(
                 &*inner.codec,
-                d,
+                *d,
                 mesh_xprotocol::XError::UpstreamFailure,
                 "upstream_failure",
             );

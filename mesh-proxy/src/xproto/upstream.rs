@@ -68,8 +68,8 @@ impl UpstreamConn {
     }
 
     /// Queues a request; gives it back when the connection has ended.
-    pub(crate) fn send(&self, d: Dispatch) -> Result<(), Dispatch> {
-        self.tx.send(d).map_err(|e| e.0)
+    pub(crate) fn send(&self, d: Dispatch) -> Result<(), Box<Dispatch>> {
+        self.tx.send(d).map_err(|e| Box::new(e.0))
     }
 }
 
