@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `type` is 0 response, 1 request, 2 oneway request; `cmdcode` 0 heartbeat, 1 request,
-//! 2 response. The header map (see [`headers`]) carries the routing fields: `service` (SOFA's
+//! 2 response. The header map (length-prefixed key and value strings) carries the routing fields: `service` (SOFA's
 //! unique service name, `interface:version`) and `sofa_head_method_name`. Class and content
 //! (the hessian2 or protobuf body) are never parsed: the frame is forwarded as the bytes it
 //! arrived as, its request id rewritten in place.
