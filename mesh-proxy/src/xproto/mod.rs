@@ -6,7 +6,7 @@
 //! ([`mesh_xprotocol::InFlight`]) and restored on the response.
 //!
 //! Tasks: one per downstream connection (the accept path's, reading and writing in one
-//! `select!` loop, see [`downstream`]) and one per upstream connection ([`upstream`]), owned by
+//! `select!` loop, module `downstream`) and one per upstream connection (module `upstream`), owned by
 //! the proxy's pool: it ends when the pool lets go of it (the listener is gone) and its last
 //! response is in, or when the connection fails (its waiting requests are answered with the
 //! protocol's upstream-failure error).
