@@ -358,3 +358,96 @@ async fn real_sofa_rpc_through_two_sidecars() {
     b.shutdown().await;
     let _: PathBuf = modules;
 }
+
+/// An upstream that reads one request and closes the connection.
+async fn closing() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while BoltCodec.decode(&mut buf, 1 << 20).unwrap().is_none() {
+                    if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `frame` and returns the first frame that comes back (bounded: 10 s).
+async fn exchange(s: &mut TcpStream, frame: &[u8]) -> mesh_xprotocol::Frame {
+    s.write_all(frame).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(f) = BoltCodec.decode(&mut buf, 1 << 20).unwrap() {
+            return f;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+            .await
+            .expect("no response in 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before a response");
+    }
+}
+
+/// The mesh's own bolt responses on the wire, from a raw client (no Node.js needed): the
+/// exact statuses and the client's own request ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_answers_with_bolt_statuses() {
+    let p = mesh_testkit::free_ports(2);
+    let (out, admin) = (p[0], p[1]);
+    let (quiet, closer) = (silent().await, closing().await);
+    let routes = "              - { match: { prefix: \"/com.example.Silent:1.0/\" }, route: { cluster: silent } }\n              - { match: { prefix: \"/com.example.Hello:1.0/\" }, route: { cluster: closing } }\n";
+    let yaml = format!(
+        "admin: 127.0.0.1:{admin}\ndrain_timeout: 1s\nlisteners:{}\nclusters:\n{}{}",
+        rpc_listener("rpc_out", out, "300ms", routes),
+        cluster("silent", quiet),
+        cluster("closing", closer),
+    );
+    let a = Sidecar::start_static(Bootstrap::from_yaml(&yaml, Path::new("a.yaml")).unwrap())
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", out)).await.unwrap();
+    let call = |id: u32, service: &'static str| {
+        bolt::request(&BoltRequest {
+            id,
+            codec: bolt::CODEC_HESSIAN2,
+            timeout_ms: 3000,
+            oneway: false,
+            class: "com.alipay.sofa.rpc.core.request.SofaRequest",
+            headers: &[("service", service), ("sofa_head_method_name", "sayHi")],
+            content: b"body",
+        })
+    };
+    let f = exchange(&mut s, &call(11, "com.example.Nope:1.0")).await;
+    assert_eq!(
+        (f.request_id, f.status),
+        (11, Some(bolt::status::NO_PROCESSOR))
+    );
+    let started = Instant::now();
+    let f = exchange(&mut s, &call(12, "com.example.Silent:1.0")).await;
+    assert_eq!((f.request_id, f.status), (12, Some(bolt::status::TIMEOUT)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let f = exchange(&mut s, &call(13, "com.example.Hello:1.0")).await;
+    assert_eq!(
+        (f.request_id, f.status),
+        (13, Some(bolt::status::CONNECTION_CLOSED))
+    );
+    let sa = stats(a.admin_addr()).await;
+    for code in ["no_route", "upstream_timeout", "upstream_failure"] {
+        assert_eq!(
+            metric(&sa, "mesh_local_replies_total", &["rpc_out", code]),
+            1,
+            "{code}"
+        );
+    }
+    a.shutdown().await;
+}
