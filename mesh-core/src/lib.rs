@@ -65,6 +65,7 @@ mod route;
 mod tcp_proxy;
 mod tls;
 mod validate;
+mod xprotocol;
 pub mod yaml;
 
 pub use access_log::{
@@ -98,3 +99,4 @@ pub use tls::{
     UpstreamTls, ValidationContext,
 };
 pub use validate::{Checked, Validate, ValidationError};
+pub use xprotocol::{RpcProtocol, XProtocolProxy};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::{non_empty, Validate, ValidationError};
 use crate::{
     AccessLog, Detection, DownstreamTls, FilterConfig, LocalRateLimit, Rbac, RouteConfiguration,
-    TcpProxy,
+    TcpProxy, XProtocolProxy,
 };
 
 /// A listener of the sidecar.
@@ -63,6 +63,11 @@ pub struct Listener {
     /// every caller is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbac: Option<Rbac>,
+    /// An RPC proxy (bolt or dubbo) for connections of that protocol: on a listener that also
+    /// serves HTTP, detection sends connections starting with the protocol's magic to it; on
+    /// one without a route table every connection is decoded with the protocol's codec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xprotocol: Option<XProtocolProxy>,
 }
 
 impl Listener {
@@ -203,6 +208,8 @@ impl Validate for Listener {
             (Some(rc), _) => rc.validate().map_err(|e| e.within("route_config"))?,
             // Opaque only: no route table needed.
             (None, Some(_)) => {}
+            // RPC only: the RPC proxy has its own routes.
+            (None, None) if self.xprotocol.is_some() && self.route_config_name.is_empty() => {}
             (None, None) => non_empty("route_config_name", &self.route_config_name)?,
         }
         if let Some(tcp) = &self.tcp_proxy {
@@ -216,6 +223,9 @@ impl Validate for Listener {
         }
         if let Some(rbac) = &self.rbac {
             rbac.validate().map_err(|e| e.within("rbac"))?;
+        }
+        if let Some(x) = &self.xprotocol {
+            x.validate().map_err(|e| e.within("xprotocol"))?;
         }
         for (i, u) in self.http.upgrades.iter().enumerate() {
             let token = !u.is_empty()

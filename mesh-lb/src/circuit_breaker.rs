@@ -85,7 +85,7 @@ impl CircuitBreaker {
     /// admitted request must be given back with [`release`](Self::release) (with the same
     /// `retry`) when it ends: its owner does so on drop, without an `Arc` of its own to the
     /// breaker (the data path's admitted request holds its cluster, which holds the breaker).
-    pub(crate) fn try_admit(&self, retry: bool) -> Result<(), &'static str> {
+    pub fn try_admit(&self, retry: bool) -> Result<(), &'static str> {
         if !try_inc(&self.requests, self.limits.max_requests) {
             return Err(self.overflow(REQ, "max_requests"));
         }
@@ -97,7 +97,7 @@ impl CircuitBreaker {
     }
 
     /// Gives back a request admitted by [`try_admit`](Self::try_admit).
-    pub(crate) fn release(&self, retry: bool) {
+    pub fn release(&self, retry: bool) {
         self.requests.fetch_sub(1, Ordering::AcqRel);
         if retry {
             self.retries.fetch_sub(1, Ordering::AcqRel);

@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::metrics_l4::CloseReason;
 use crate::rewind::Rewind;
 use crate::tcp::TcpRelay;
+use crate::xproto::XProxy;
+use mesh_core::RpcProtocol;
 
 pub(crate) use crate::http_io::HttpIo;
 use crate::tls::InboundTls;
@@ -45,6 +47,9 @@ pub struct L4Settings {
     /// TLS termination (listeners with `tls`): a ClientHello is handshaken and the HTTP server
     /// serves the decrypted stream; plaintext is served only in permissive mode.
     pub tls: Option<InboundTls>,
+    /// The RPC proxy (bolt, dubbo): takes connections detected as its protocol, or every
+    /// connection of a listener that does not serve HTTP.
+    pub rpc: Option<XProxy>,
 }
 
 impl Default for L4Settings {
@@ -55,6 +60,7 @@ impl Default for L4Settings {
             detection: DetectionConfig::default(),
             tcp: None,
             tls: None,
+            rpc: None,
         }
     }
 }
@@ -85,7 +91,10 @@ where
             s = sniff(&mut io, &mut prefix, l4.detection.timeout) => s,
             () = Signalled(activity) => return Ended::Forced,
         };
-        let mut action = decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout);
+        let mut action = match (sniffed, &l4.rpc) {
+            (Sniffed::Decided(d), Some(rpc)) if speaks(d, rpc.protocol()) => Action::Rpc,
+            _ => decide(sniffed, l4.tcp.is_some(), l4.detection.opaque_on_timeout),
+        };
         if let Some(tls) = &l4.tls {
             if sniffed == Sniffed::Decided(Detection::Tls) {
                 tls_hello = true;
@@ -103,6 +112,8 @@ where
             metrics.l4().closed(listener, CloseReason::HandshakeTimeout);
         }
         action
+    } else if l4.rpc.is_some() {
+        Action::Rpc
     } else {
         Action::Tcp
     };
@@ -140,6 +151,16 @@ where
                 Ended::Forced => Ended::Forced,
             }
         }
+        (Action::Rpc, _) => {
+            let Some(rpc) = &l4.rpc else {
+                return Ended::Done(Ok(()));
+            };
+            let serve = async { crate::xproto::serve(rpc, io).await };
+            match Supervised::new(Relaying::new(serve), Arc::clone(activity)).await {
+                Ended::Done(r) => Ended::Done(r.map_err(|e| e.to_string())),
+                Ended::Forced => Ended::Forced,
+            }
+        }
         // Dropping the IO closes the connection.
         (Action::Tcp | Action::Close, _) => Ended::Done(Ok(())),
     }
@@ -163,6 +184,8 @@ pub(crate) enum Action {
     Http,
     /// Relay it with the TCP proxy.
     Tcp,
+    /// Serve it with the RPC proxy.
+    Rpc,
     /// Close it.
     Close,
 }
@@ -173,6 +196,7 @@ impl Action {
         match self {
             Self::Http => "http",
             Self::Tcp => "tcp",
+            Self::Rpc => "rpc",
             Self::Close => "closed",
         }
     }
@@ -205,6 +229,14 @@ pub(crate) fn decide(sniffed: Sniffed, has_tcp: bool, opaque_on_timeout: bool) -
         Sniffed::Decided(_) | Sniffed::Ended => relay_or_close(true),
         Sniffed::TimedOut => relay_or_close(opaque_on_timeout),
     }
+}
+
+/// Whether a detected protocol is the one the RPC proxy speaks.
+fn speaks(d: Detection, p: RpcProtocol) -> bool {
+    matches!(
+        (d, p),
+        (Detection::Bolt, RpcProtocol::Bolt) | (Detection::Dubbo, RpcProtocol::Dubbo)
+    )
 }
 
 /// The HTTP/2 preface must be followed by a SETTINGS frame (RFC 9113 §3.4); its 9-byte header

@@ -26,6 +26,7 @@ pub mod limit;
 pub mod listeners;
 pub mod metrics;
 pub mod metrics_l4;
+pub mod metrics_rpc;
 #[cfg(feature = "etcd")]
 pub mod registration;
 mod rewind;
@@ -37,3 +38,4 @@ pub mod tls;
 mod upgrade;
 pub mod warmer;
 pub mod warming;
+pub mod xproto;

@@ -22,6 +22,7 @@ use crate::server::{serve, ListenerSettings};
 use crate::stack::ListenerStack;
 use crate::tcp::TcpRelay;
 use crate::tls::{InboundTls, SecretStore};
+use crate::xproto::XProxy;
 
 /// One bound listener.
 struct Live {
@@ -156,6 +157,7 @@ impl ListenerManager {
     pub fn check(&self, l: &Listener) -> Result<(), ReloadError> {
         l.validate().map_err(|e| refuse(l, e))?;
         ListenerStack::build_rbac(l)?;
+        crate::xproto::check_listener(l).map_err(|e| refuse(l, e))?;
         crate::filters::build(l, &self.registry).map(drop)
     }
 
@@ -182,6 +184,7 @@ impl ListenerManager {
         let mut seen = std::collections::HashSet::new();
         for l in &wanted {
             l.validate().map_err(|e| refuse(l, e))?;
+            crate::xproto::check_listener(l).map_err(|e| refuse(l, e))?;
             if !seen.insert(l.name.as_str()) {
                 return Err(refuse(l, "listed twice"));
             }
@@ -207,6 +210,7 @@ impl ListenerManager {
                         && old.http == l.http
                         && old.tcp_proxy == l.tcp_proxy
                         && old.detection == l.detection
+                        && old.xprotocol == l.xprotocol
                         && old.tls == l.tls =>
                 {
                     prepared.push((l.clone(), table, None));
@@ -371,6 +375,7 @@ impl ListenerManager {
                     )
                 }),
                 tls,
+                rpc: XProxy::of_listener(&config, &self.clusters, &self.metrics),
             },
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");

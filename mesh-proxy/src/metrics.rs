@@ -73,6 +73,7 @@ struct Inner {
     rbac_allowed: Family<ListenerLabels, Counter>,
     rbac_denied: Family<RbacDeniedLabels, Counter>,
     l4: crate::metrics_l4::L4Metrics,
+    rpc: crate::metrics_rpc::RpcMetrics,
 }
 
 impl Metrics {
@@ -90,6 +91,7 @@ impl Metrics {
             rbac_allowed: Family::default(),
             rbac_denied: Family::default(),
             l4: Default::default(),
+            rpc: Default::default(),
         };
         let reg = registry.sub_registry_with_prefix("mesh");
         reg.register(
@@ -130,6 +132,7 @@ impl Metrics {
         );
         let inner = Inner {
             l4: crate::metrics_l4::L4Metrics::register(reg),
+            rpc: crate::metrics_rpc::RpcMetrics::register(reg),
             ..inner
         };
         Self {
@@ -140,6 +143,11 @@ impl Metrics {
     /// Detection and opaque-TCP counters.
     pub fn l4(&self) -> &crate::metrics_l4::L4Metrics {
         &self.inner.l4
+    }
+
+    /// RPC (xprotocol) gauges and counters.
+    pub fn rpc(&self) -> &crate::metrics_rpc::RpcMetrics {
+        &self.inner.rpc
     }
 
     /// Records a finished request.

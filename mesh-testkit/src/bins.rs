@@ -179,6 +179,25 @@ pub fn require_otlp_python() -> Option<PathBuf> {
     })
 }
 
+/// A real SOFARPC peer for the bolt tests: Node.js (`MESH_NODE_BIN`, else `node` on `PATH`)
+/// and the `node_modules` directory holding npm `sofa-rpc-node` (`MESH_NODE_MODULES`, else
+/// `<workspace>/.node/node_modules`, where `./scripts/test` installs it), as (node, modules).
+pub fn sofa_node() -> Option<(PathBuf, PathBuf)> {
+    let node = from_env("MESH_NODE_BIN").or_else(|| on_path("node"))?;
+    let modules = from_env("MESH_NODE_MODULES")
+        .unwrap_or_else(|| workspace_root().join(".node/node_modules"));
+    modules
+        .join("sofa-rpc-node/package.json")
+        .is_file()
+        .then_some((node, modules))
+}
+
+/// [`sofa_node`], or `None` after a loud skip message on stderr; panics under `CI=true`
+/// instead.
+pub fn require_sofa_node() -> Option<(PathBuf, PathBuf)> {
+    sofa_node().or_else(|| skip_or_fail("node with npm sofa-rpc-node", "MESH_NODE_MODULES"))
+}
+
 pub(crate) fn imports(python: &Path, statement: &str) -> bool {
     is_executable(python)
         && std::process::Command::new(python)

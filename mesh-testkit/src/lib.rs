@@ -32,7 +32,7 @@ pub use bins::{
     curl_bin, envoy_bin, etcd_bin, grpc_python, in_ci, nc_bin, openssl_bin, otlp_python,
     promtool_bin, promtool_check_metrics, require_curl, require_envoy, require_etcd,
     require_grpc_python, require_nc, require_openssl, require_otlp_python, require_promtool,
-    require_ws_python, skip_or_fail, workspace_root, ws_python,
+    require_sofa_node, require_ws_python, skip_or_fail, sofa_node, workspace_root, ws_python,
 };
 pub use ca::{IssuedCert, TestCa};
 pub use envoy::{ads_bootstrap, EnvoyProcess};

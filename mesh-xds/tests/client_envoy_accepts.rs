@@ -58,6 +58,7 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     let outbound = Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: "out".into(),
         address: ([127, 0, 0, 1], ports.0).into(),
         direction: Direction::Outbound,
@@ -83,6 +84,7 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     let inbound = Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: "in".into(),
         address: ([127, 0, 0, 1], ports.1).into(),
         direction: Direction::Inbound,
@@ -129,6 +131,7 @@ fn resources(ports: (u16, u16, u16)) -> BTreeMap<&'static str, Vec<Any>> {
     let opaque = Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: "tcp".into(),
         address: ([127, 0, 0, 1], ports.2).into(),
         direction: Direction::Outbound,

@@ -29,6 +29,7 @@ fn listener() -> Listener {
     Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: "out".into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

@@ -75,6 +75,7 @@ fn snapshot() -> Snapshot {
     let listener = Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: "out".into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

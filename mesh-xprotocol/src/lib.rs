@@ -9,11 +9,15 @@
 //! multiplexing (many downstream requests over a few upstream connections, ids rewritten per
 //! upstream connection and mapped back) sits on top of this trait.
 
-pub mod dubbo;
-
-pub use dubbo::DubboCodec;
-
 use bytes::{Bytes, BytesMut};
+
+pub mod bolt;
+pub mod dubbo;
+pub mod mux;
+
+pub use bolt::BoltCodec;
+pub use dubbo::DubboCodec;
+pub use mux::{Expired, InFlight, Pending};
 
 /// An RPC protocol the mesh speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

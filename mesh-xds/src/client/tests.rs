@@ -61,6 +61,7 @@ fn listener(name: &str, routes: &str) -> Listener {
     Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: name.into(),
         address: "127.0.0.1:8082".parse().unwrap(),
         direction: Direction::Outbound,

@@ -155,6 +155,7 @@ fn opaque_listener() -> Listener {
     Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,
@@ -230,6 +231,7 @@ fn hcm_from(
     Ok(Listener {
         tls: None,
         rbac,
+        xprotocol: None,
         name: String::new(),
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         direction: Direction::Outbound,

@@ -139,6 +139,7 @@ fn listener_proto_is_what_envoy_expects() {
     let mut l = Listener {
         tls: None,
         rbac: None,
+        xprotocol: None,
         name: "out".into(),
         address: "0.0.0.0:8082".parse().unwrap(),
         direction: Direction::Outbound,

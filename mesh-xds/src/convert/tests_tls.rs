@@ -22,6 +22,7 @@ fn listener(tls: Option<DownstreamTls>) -> Listener {
     Listener {
         tls,
         rbac: None,
+        xprotocol: None,
         name: "inbound".into(),
         address: ([127, 0, 0, 1], 8083).into(),
         direction: Direction::Inbound,

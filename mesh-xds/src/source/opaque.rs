@@ -26,6 +26,7 @@ pub(super) fn tcp_listeners(
             Some(Listener {
                 tls: None,
                 rbac: None,
+                xprotocol: None,
                 name: format!("{OUTBOUND_TCP}{}", s.name),
                 address,
                 direction: Direction::Outbound,

@@ -69,6 +69,7 @@ mod tests {
         let out = Listener {
             tls: None,
             rbac: None,
+            xprotocol: None,
             name: "outbound".into(),
             address: "127.0.0.1:8082".parse().unwrap(),
             direction: mesh_core::Direction::Outbound,

@@ -210,6 +210,7 @@ impl MeshSpec {
             |name: &str, address, direction, rate_limit, http_filters: Option<Vec<_>>| Listener {
                 tls: None,
                 rbac: None,
+                xprotocol: None,
                 name: name.into(),
                 address,
                 direction,

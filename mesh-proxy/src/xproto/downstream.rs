@@ -1,0 +1,234 @@
+//! One downstream RPC connection: frames decoded with the listener's codec, heartbeats
+//! answered here, requests routed and handed to a shared upstream connection, responses (and
+//! the mesh's own error responses) written back as they come, in any order.
+//!
+//! Reading, writing and the response queue run in one `select!` loop. Requests waiting for
+//! a response are bounded per connection ([`MAX_PENDING`]): at the bound the loop stops
+//! reading, so neither the response queue nor the upstream queues grow without limit. A frame
+//! that cannot be decoded (or is over the limit) closes this connection only, counted in
+//! `mesh_rpc_protocol_errors`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use mesh_core::MeshError;
+use mesh_lb::ClusterState;
+use mesh_xprotocol::{CodecError, Frame, FrameKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::upstream::{fail, Dispatch};
+use super::{route, xerror, XProxy};
+use crate::metrics::{Metrics, RequestLabels};
+
+/// Requests of one downstream connection waiting for a response at once.
+pub(crate) const MAX_PENDING: usize = 4096;
+/// Bytes of responses buffered for writing above which the queue is not drained further.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Where a request's response goes, and what it holds while it waits: the downstream
+/// connection's pending permit and the cluster's circuit-breaker admission.
+pub(crate) struct Reply {
+    tx: mpsc::UnboundedSender<Bytes>,
+    permit: Option<OwnedSemaphorePermit>,
+    admitted: Option<Admitted>,
+    started: Instant,
+    labels: RequestLabels,
+    metrics: Metrics,
+}
+
+impl Reply {
+    /// Sends the upstream's response; `ok` when its status is success.
+    pub(crate) fn respond(mut self, bytes: Bytes, ok: bool) {
+        self.labels.status_class = if ok { "2xx" } else { "5xx" };
+        self.send(bytes);
+    }
+
+    /// Sends the mesh's own error response, counted as a local reply by `code`.
+    pub(crate) fn fail(mut self, bytes: Bytes, code: &'static str) {
+        self.metrics.record_mesh_error(&self.labels.listener, code);
+        self.labels.status_class = "5xx";
+        self.send(bytes);
+    }
+
+    fn send(mut self, bytes: Bytes) {
+        // Permit and admission go back before the bytes are queued, so the downstream loop,
+        // woken by them, sees the permit free.
+        drop(self.permit.take());
+        drop(self.admitted.take());
+        let labels = self.labels.clone();
+        self.metrics.record_request(labels, self.started.elapsed());
+        let _ = self.tx.send(bytes);
+    }
+}
+
+/// A request admitted by a cluster's circuit breaker, given back on drop.
+struct Admitted(Arc<ClusterState>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.circuit_breaker().release(false);
+    }
+}
+
+/// Serves one downstream connection until the client closes it (and its last response is
+/// written), a write fails, or a frame cannot be decoded (an error: the caller closes it).
+pub(crate) async fn serve<D>(proxy: &XProxy, io: D) -> Result<(), CodecError>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let mut tx = Some(tx);
+    let permits = Arc::new(Semaphore::new(MAX_PENDING));
+    let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
+    let max_frame = proxy.inner.config.max_frame_bytes as usize;
+    loop {
+        if rbuf.capacity() - rbuf.len() < 1024 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let reading = tx.is_some() && permits.available_permits() > 0;
+        tokio::select! {
+            r = rd.read_buf(&mut rbuf), if reading => match r {
+                // The client is done sending: answer what it sent, then close.
+                Ok(0) | Err(_) => tx = None,
+                Ok(_) => {
+                    let Some(sender) = &tx else { continue };
+                    loop {
+                        match proxy.inner.codec.decode(&mut rbuf, max_frame) {
+                            Ok(Some(frame)) => proxy.handle(frame, sender, &permits),
+                            Ok(None) => break,
+                            Err(e) => {
+                                let reason = match e {
+                                    CodecError::TooLarge { .. } => "too_large",
+                                    CodecError::Malformed { .. } => "malformed",
+                                };
+                                proxy.inner.rpc_metrics.protocol_error(reason);
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+            },
+            b = rx.recv(), if wbuf.len() < HIGH_WATER => match b {
+                Some(b) => {
+                    wbuf.extend_from_slice(&b);
+                    while wbuf.len() < HIGH_WATER {
+                        match rx.try_recv() {
+                            Ok(b) => wbuf.extend_from_slice(&b),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // Every sender is gone: nothing more will be written.
+                None if wbuf.is_empty() => return Ok(()),
+                None => {}
+            },
+            r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if tx.is_none() && wbuf.is_empty() && rx.is_closed() && rx.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+impl XProxy {
+    /// Handles one frame from a downstream client.
+    fn handle(&self, frame: Frame, tx: &mpsc::UnboundedSender<Bytes>, permits: &Arc<Semaphore>) {
+        match frame.kind {
+            FrameKind::HeartbeatRequest => {
+                let _ = tx.send(self.inner.codec.heartbeat_response(&frame));
+            }
+            FrameKind::Request { oneway } => self.request(frame, oneway, tx, permits),
+            // A client does not answer us: nothing to match, dropped.
+            FrameKind::Response | FrameKind::HeartbeatResponse => {}
+        }
+    }
+
+    fn request(
+        &self,
+        frame: Frame,
+        oneway: bool,
+        tx: &mpsc::UnboundedSender<Bytes>,
+        permits: &Arc<Semaphore>,
+    ) {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let mut labels = RequestLabels {
+            listener: Arc::clone(&inner.listener),
+            route: String::new(),
+            cluster: String::new(),
+            status_class: "5xx",
+        };
+        let local = |e: MeshError, labels: RequestLabels| {
+            inner.metrics.record_mesh_error(&inner.listener, e.code());
+            inner.metrics.record_request(labels, started.elapsed());
+            if !oneway {
+                let _ = tx.send(inner.codec.error_response(&frame, xerror(&e)));
+            }
+        };
+        if let Some((rule, bucket)) = &inner.limit {
+            if let Err(retry_after) = bucket.try_acquire() {
+                let rule = rule.clone();
+                return local(MeshError::RateLimited { rule, retry_after }, labels);
+            }
+        }
+        let decision = match route::decide(&inner.table, &frame.header) {
+            Ok(d) => d,
+            Err(e) => return local(e, labels),
+        };
+        labels.route = decision.matched().route.name.clone();
+        labels.cluster = decision.cluster.0.to_string();
+        let Some(cluster) = inner.clusters.get(&decision.cluster.0) else {
+            let cluster = labels.cluster.clone();
+            return local(MeshError::ClusterNotFound { cluster }, labels);
+        };
+        if let Err(limit) = cluster.circuit_breaker().try_admit(false) {
+            let cluster = labels.cluster.clone();
+            return local(MeshError::CircuitOpen { cluster, limit }, labels);
+        }
+        let admitted = Admitted(Arc::clone(&cluster));
+        let Some(endpoint) = cluster.pick(decision.hash.map(|h| h.0)) else {
+            let cluster = labels.cluster.clone();
+            return local(MeshError::NoHealthyEndpoint { cluster }, labels);
+        };
+        let reply = if oneway {
+            None
+        } else {
+            let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+                let cluster = labels.cluster.clone();
+                let limit = "max_pending_requests";
+                return local(MeshError::CircuitOpen { cluster, limit }, labels);
+            };
+            Some(Reply {
+                tx: tx.clone(),
+                permit: Some(permit),
+                admitted: Some(admitted),
+                started,
+                labels,
+                metrics: inner.metrics.clone(),
+            })
+        };
+        let deadline = tokio::time::Instant::now().into_std() + inner.config.request_timeout;
+        let conn = self.upstream(endpoint.address(), cluster.config().connect_timeout);
+        if let Err(d) = conn.send(Dispatch {
+            frame,
+            reply,
+            deadline,
+        }) {
+            fail(
+                &*inner.codec,
+                *d,
+                mesh_xprotocol::XError::UpstreamFailure,
+                "upstream_failure",
+            );
+        }
+    }
+}
