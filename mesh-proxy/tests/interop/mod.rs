@@ -5,7 +5,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,8 +16,13 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
+use mesh_testkit::IssuedCert;
 use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
 use mesh_xds::source::FileSource;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -201,4 +209,140 @@ pub async fn metrics(s: &Sidecar) -> String {
     tokio::task::spawn_blocking(move || mesh_testkit::http_get(admin, "/metrics").unwrap().1)
         .await
         .unwrap()
+}
+
+/// Accepts the server's chain as presented: the test reads the certificate, the sidecars check
+/// identities themselves.
+#[derive(Debug)]
+pub struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// An mTLS HTTP/1.1 connection to `port` with `cert`: the sender and the certificate the server
+/// presented in this handshake.
+pub async fn connect(port: u16, cert: &IssuedCert) -> (Sender, CertificateDer<'static>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(
+            CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("web.mesh").unwrap(), tcp)
+        .await
+        .unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (send, served)
+}
+
+/// GET / with `Host: host` on an established connection: the status.
+pub async fn get_on(send: &mut Sender, host: &str) -> u16 {
+    let req = Request::get("/")
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("timed out")
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Loops of HTTP/1.1 requests (`Host: host`) to `port` on threads, each bounded to 30 s.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16, host: &'static str, loops: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let threads = (0..loops)
+            .map(|_| {
+                let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(30)
+                    {
+                        match mesh_testkit::http_request(addr, "GET", "/", &[("Host", host)], b"") {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                eprintln!("failed request to {host}: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the loops: (succeeded, failed).
+    pub fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }
