@@ -234,3 +234,73 @@ async fn our_sidecar_and_envoy_speak_mtls_and_enforce_identity_authz_both_ways()
     }
     drop(envoys);
 }
+
+/// Permissive inbounds and `protocol: use_downstream` across Envoy and our sidecar: callers'
+/// HTTP/1.1 and h2 go through over mTLS in the protocol they came in, and a plaintext caller is
+/// served by the permissive chain (and, having no identity, denied by `from: [frontend]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permissive_use_downstream_services_interoperate() {
+    let _bin = mesh_testkit::envoy_or_skip!();
+    let (perm_e, perm_o) = (start_app("perm-e").await, start_app("perm-o").await);
+    let p = mesh_testkit::free_ports(8);
+    let node = |id: &str, service: &str, i: usize, app: &str| {
+        format!(
+            "  - id: {id}\n    service: {service}\n    listeners: {{ outbound: 127.0.0.1:{}, inbound: 127.0.0.1:{}, local_app: \"{app}\" }}\n",
+            p[2 * i],
+            p[2 * i + 1]
+        )
+    };
+    let service = |name: &str, inbound: u16| {
+        format!(
+            "  - name: {name}\n    protocol: use_downstream\n    endpoints: [{{ address: \"127.0.0.1:{inbound}\" }}]\n    authz: {{ allow: [{{ from: [frontend] }}] }}\n"
+        )
+    };
+    let yaml = format!(
+        "security:\n  trust_domain: mesh.test\n  ca: {{ generate: true }}\n  modes: {{ perm-e: permissive, perm-o: permissive }}\n\
+         services:\n  - name: frontend\n{}{}nodes:\n{}{}{}{}",
+        service("perm-e", p[5]),
+        service("perm-o", p[7]),
+        node("front-ours", "frontend", 0, "127.0.0.1:1"),
+        node("front-envoy", "frontend", 1, "127.0.0.1:1"),
+        node("perm-e-node", "perm-e", 2, &perm_e.to_string()),
+        node("perm-o-node", "perm-o", 3, &perm_o.to_string()),
+    );
+    let cp = ControlPlane::start(&yaml).await;
+    let envoys = [cp.envoy("front-envoy"), cp.envoy("perm-e-node")];
+    let front = cp.sidecar("front-ours").await;
+    let target = cp.sidecar("perm-o-node").await;
+    let mut wrong = Vec::new();
+    for (caller, out) in [("front-ours", p[0]), ("front-envoy", p[2])] {
+        for t in ["perm-e", "perm-o"] {
+            let what = format!("{caller} → {t}");
+            let r = settled(&what, || get_h1(out, t)).await;
+            if r != (200, format!("{t} HTTP/1.1")) {
+                wrong.push(format!("{what} over HTTP/1.1: {r:?}"));
+            }
+            let r = settled(&what, || get_h2(out, t)).await;
+            if r != (200, format!("{t} HTTP/2.0")) {
+                wrong.push(format!("{what} over h2: {r:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Plaintext straight to the permissive inbounds: served, but no identity, so denied.
+    for (t, inbound) in [("perm-e", p[5]), ("perm-o", p[7])] {
+        let r = get_h1(inbound, t).await;
+        assert_eq!(
+            r,
+            Ok((403, "RBAC: access denied".into())),
+            "plaintext → {t}"
+        );
+    }
+    assert_eq!(
+        target
+            .secrets()
+            .handshake_errors("inbound", "inbound", "plaintext"),
+        0,
+        "permissive does not refuse plaintext"
+    );
+    front.shutdown().await;
+    target.shutdown().await;
+    drop(envoys);
+}

@@ -239,7 +239,10 @@ fn upstream_tls(spec: &MeshSpec, s: &ServiceSpec) -> Option<UpstreamTls> {
         alpn: match s.protocol {
             ServiceProtocol::Http1 => vec!["http/1.1".into()],
             ServiceProtocol::Http2 => vec!["h2".into()],
-            ServiceProtocol::UseDownstream => vec!["h2".into(), "http/1.1".into()],
+            // No list: each connection offers the protocol its caller spoke (Envoy's ALPN
+            // fallback per connection pool; our `ClusterTls::for_protocol`). Offering both
+            // lets the server pick h2 under an HTTP/1.1 codec: Envoy resets the request.
+            ServiceProtocol::UseDownstream => Vec::new(),
             ServiceProtocol::Tcp => Vec::new(),
         },
     })
