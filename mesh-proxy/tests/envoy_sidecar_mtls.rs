@@ -304,3 +304,85 @@ async fn permissive_use_downstream_services_interoperate() {
     target.shutdown().await;
     drop(envoys);
 }
+
+/// SAN matching across Envoy and our sidecar: a service whose endpoint is a sidecar of another
+/// service (`evil`, one Envoy, one ours) is refused by the caller's handshake (wrong identity),
+/// by our sidecar (counted) and by Envoy alike; the impostor's app never sees a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_of_another_service_fails_the_callers_handshake() {
+    let _bin = mesh_testkit::envoy_or_skip!();
+    let evil_app = mesh_testkit::HttpStub::start(200, "evil").unwrap();
+    let p = mesh_testkit::free_ports(8);
+    let node = |id: &str, service: &str, i: usize, app: &str| {
+        format!(
+            "  - id: {id}\n    service: {service}\n    listeners: {{ outbound: 127.0.0.1:{}, inbound: 127.0.0.1:{}, local_app: \"{app}\" }}\n",
+            p[2 * i],
+            p[2 * i + 1]
+        )
+    };
+    // `web-e` and `web-o` are run by nodes (so their clusters expect their identities), but
+    // their endpoints are the inbounds of `evil`'s Envoy and sidecar.
+    let yaml = format!(
+        "security:\n  trust_domain: mesh.test\n  ca: {{ generate: true }}\n\
+         services:\n  - name: frontend\n  - name: evil\n  - name: web-e\n    endpoints: [{{ address: \"127.0.0.1:{}\" }}]\n\
+         \x20 - name: web-o\n    endpoints: [{{ address: \"127.0.0.1:{}\" }}]\n\
+         nodes:\n{}{}{}{}  - id: web-e-node\n    service: web-e\n  - id: web-o-node\n    service: web-o\n",
+        p[5],
+        p[7],
+        node("front-ours", "frontend", 0, "127.0.0.1:1"),
+        node("front-envoy", "frontend", 1, "127.0.0.1:1"),
+        node("evil-e", "evil", 2, &evil_app.addr().to_string()),
+        node("evil-o", "evil", 3, &evil_app.addr().to_string()),
+    );
+    let cp = ControlPlane::start(&yaml).await;
+    let envoys = [cp.envoy("front-envoy"), cp.envoy("evil-e")];
+    let front = cp.sidecar("front-ours").await;
+    let evil = cp.sidecar("evil-o").await;
+    // Both impostors listen before anyone calls (a refused connection is no handshake).
+    for inbound in [p[5], p[7]] {
+        let up = until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", inbound))
+                .await
+                .ok()
+        })
+        .await;
+        assert!(up.is_some(), "{inbound} never listened");
+    }
+    for (caller, out) in [("front-ours", p[0]), ("front-envoy", p[2])] {
+        for t in ["web-e", "web-o"] {
+            let what = format!("{caller} → {t}");
+            // Retried while the caller's routes and endpoints arrive; then a refusal.
+            let r = until(Duration::from_secs(20), || async {
+                get_h1(out, t)
+                    .await
+                    .ok()
+                    .filter(|r| r.0 != 404 && !r.1.contains("no healthy upstream"))
+            })
+            .await;
+            let r = r.unwrap_or_else(|| panic!("{what}: no answer"));
+            assert!(matches!(r.0, 502 | 503), "{what}: {r:?}");
+        }
+    }
+    let wrong = |c: &str| {
+        front
+            .secrets()
+            .handshake_errors("outbound", c, "wrong_identity")
+    };
+    assert!(wrong("web-e") >= 1 && wrong("web-o") >= 1, "counted");
+    let stats = envoys[0]
+        .admin_get("/stats?filter=ssl.fail_verify_san")
+        .unwrap();
+    for t in ["web-e", "web-o"] {
+        let n: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cluster.{t}.ssl.fail_verify_san: ")))
+            .unwrap_or_else(|| panic!("{t} in {stats}"))
+            .parse()
+            .unwrap();
+        assert!(n >= 1, "Envoy refused {t}'s server for its SAN: {stats}");
+    }
+    assert_eq!(evil_app.requests(), 0, "the impostor's app saw nothing");
+    front.shutdown().await;
+    evil.shutdown().await;
+    drop(envoys);
+}
