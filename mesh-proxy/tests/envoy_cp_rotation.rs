@@ -1,9 +1,10 @@
 //! Certificate rotation under load across our sidecar and real Envoy, driven by our control
 //! plane (3 s workload certificates, renewed every 2 s, over SDS): an Envoy of service `front`
 //! calls our sidecar serving `web`, and our sidecar of service `front` calls an Envoy serving
-//! `webe`, both over mTLS with `authz: { allow: [{ from: [front] }] }`. Two bounded load loops
-//! run across at least two renewals of both servers' certificates (seen in fresh handshakes)
-//! with zero failed requests; mTLS connections established before the renewals still serve.
+//! `webe` (`protocol: http2`: one pooled h2 connection), both over mTLS with
+//! `authz: { allow: [{ from: [front] }] }`. Two bounded load loops run across at least two
+//! renewals of both servers' certificates (seen in fresh handshakes) with zero failed requests;
+//! mTLS connections established before the renewals still serve.
 //!
 //! Under `CI=true` a missing Envoy fails the test (mesh-testkit's skip-or-fail policy).
 #![allow(clippy::unwrap_used)]
@@ -48,6 +49,7 @@ services:
     endpoints: [{{ address: "127.0.0.1:{web_in}" }}]
     authz: {{ allow: [{{ from: [front] }}] }}
   - name: webe
+    protocol: http2
     endpoints: [{{ address: "127.0.0.1:{webe_in}" }}]
     authz: {{ allow: [{{ from: [front] }}] }}
 nodes:
@@ -72,7 +74,12 @@ nodes:
             get_h1(out, host).await.ok().filter(|r| r.0 == 200)
         })
         .await;
-        assert_eq!(first, Some((200, format!("{host} HTTP/1.1"))), "{host}");
+        let version = if host == "webe" {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        assert_eq!(first, Some((200, format!("{host} {version}"))), "{host}");
     }
 
     // mTLS connections to both servers established before any renewal.

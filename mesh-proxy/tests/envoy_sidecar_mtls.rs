@@ -7,7 +7,9 @@
 //! 403 `RBAC: access denied` and gRPC PERMISSION_DENIED from both inbounds, identities coming
 //! from the certificates the control plane issued; our denials are counted by reason. Our
 //! SDS-fed inbound refuses a client without a certificate and one from another CA at the
-//! handshake, counted in `mesh_tls_handshake_errors_total`.
+//! handshake, counted in `mesh_tls_handshake_errors_total`. Also: permissive inbounds and
+//! `use_downstream` services across both, and a sidecar of another service behind a service's
+//! endpoint refused by both callers' SAN checks.
 //!
 //! Under `CI=true` a missing Envoy or curl fails the test (mesh-testkit's skip-or-fail policy).
 #![allow(clippy::unwrap_used)]
