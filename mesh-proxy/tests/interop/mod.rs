@@ -80,7 +80,7 @@ impl ControlPlane {
         s
     }
 
-    /// A real Envoy for node `node` (None: skipped, no Envoy binary and CI unset).
+    /// A real Envoy for node `node` (callers check `envoy_or_skip!` first).
     pub fn envoy(&self, node: &str) -> mesh_testkit::EnvoyProcess {
         mesh_testkit::EnvoyProcess::start(&mesh_testkit::ads_bootstrap(node, self.addr, "GRPC"))
             .unwrap()
