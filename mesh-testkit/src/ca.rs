@@ -10,6 +10,7 @@ use rcgen::{
 /// A self-signed CA that signs leaf certificates.
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: String,
 }
 
 impl std::fmt::Debug for TestCa {
@@ -41,13 +42,19 @@ impl TestCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
         let issuer = CertifiedIssuer::self_signed(params, key).context("self-signing the CA")?;
-        Ok(Self { issuer })
+        Ok(Self { issuer, key_pem })
     }
 
     /// The CA's certificate, PEM (what a trust bundle holds).
     pub fn cert_pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// The CA's private key, PEM (PKCS#8): for a control plane that is given this CA.
+    pub fn key_pem(&self) -> String {
+        self.key_pem.clone()
     }
 
     /// A leaf for `spiffe_id` (its only SAN, a URI), usable as client and server certificate.

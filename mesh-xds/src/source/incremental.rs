@@ -255,12 +255,14 @@ fn upstream_tls(
         match_uri_sans: vec![security.identity(&s.name).to_string()],
         sni: None,
         // ALPN follows the cluster's protocol, which is HTTP/2 between sidecars (`hop`) even
-        // for an HTTP/1.1 service.
+        // for an HTTP/1.1 service. `use_downstream` gets no list: each connection offers the
+        // protocol its caller spoke (Envoy's ALPN fallback per connection pool; our
+        // `ClusterTls::for_protocol`); offering both lets the server pick h2 under an HTTP/1.1
+        // codec, and Envoy resets the request.
         alpn: match (s.protocol, protocol) {
-            (ServiceProtocol::Tcp, _) => Vec::new(),
+            (ServiceProtocol::Tcp, _) | (_, UpstreamProtocol::UseDownstream) => Vec::new(),
             (_, UpstreamProtocol::Http1) => vec!["http/1.1".into()],
             (_, UpstreamProtocol::Http2) => vec!["h2".into()],
-            (_, UpstreamProtocol::UseDownstream) => vec!["h2".into(), "http/1.1".into()],
         },
     })
 }

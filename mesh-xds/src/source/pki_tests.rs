@@ -113,6 +113,7 @@ services:
     protocol: http2
     endpoints: [{ address: "127.0.0.1:9001" }]
   - name: web
+    protocol: use_downstream
     endpoints: [{ address: "127.0.0.1:9002" }]
   - name: external
     endpoints: [{ address: "127.0.0.1:9003" }]
@@ -172,6 +173,13 @@ fn under_security_nodes_get_secrets_mtls_listeners_and_verifying_clusters() {
         vec!["spiffe://mesh.test/ns/default/sa/orders"]
     );
     assert_eq!(tls.alpn, vec!["h2"]);
+    let web: Cluster = decode(clusters.get("web").unwrap().any()).unwrap();
+    assert_eq!(
+        web.tls.unwrap().alpn,
+        Vec::<String>::new(),
+        "use_downstream: each connection offers its caller's protocol (a fixed h2 + http/1.1 \
+         list lets the server pick h2 under an HTTP/1.1 codec)"
+    );
     let ext: Cluster = decode(clusters.get("external").unwrap().any()).unwrap();
     assert!(ext.tls.is_none(), "no sidecar runs it: plaintext");
     let app: Cluster = decode(clusters.get("local_app").unwrap().any()).unwrap();
