@@ -80,10 +80,15 @@ impl SidecarInbounds {
 
 /// The protocol of `s`'s cluster: HTTP/2 when all its endpoints (at least one) are sidecars and
 /// it has not opted out; otherwise the protocol its endpoints speak. An opaque TCP service is
-/// never spoken HTTP to.
+/// never spoken HTTP to, and a `use_downstream` service keeps the caller's protocol on every
+/// hop: its app speaks whatever its clients speak, which an HTTP/2 hop would hide from the
+/// inbound sidecar (the app would get h2 from an HTTP/1.1 client).
 pub(super) fn cluster_protocol(s: &ServiceSpec, sidecars: &SidecarInbounds) -> UpstreamProtocol {
     let via_sidecars = s.mesh_protocol == MeshProtocol::Http2
-        && s.protocol != ServiceProtocol::Tcp
+        && !matches!(
+            s.protocol,
+            ServiceProtocol::Tcp | ServiceProtocol::UseDownstream
+        )
         && !s.endpoints.is_empty()
         && s.endpoints.iter().all(|e| sidecars.contains(e));
     if via_sidecars {
@@ -124,6 +129,7 @@ services:
   - { name: h }
   - { name: i, protocol: tcp, port: 5432, endpoints: [ { address: "127.0.0.1:7001" } ] }
   - { name: j, protocol: http2, endpoints: [ { address: "127.0.0.1:9000" } ] }
+  - { name: k, endpoints: [ { address: "127.0.0.1:8083" } ] }
 nodes:
   - { id: n1, service: a, listeners: { inbound: "127.0.0.1:7001" } }
   - { id: n2, listeners: { inbound: "0.0.0.0:7002" } }
@@ -132,7 +138,7 @@ nodes:
         );
         let want = [
             ("a", Http2),         // a listed node's inbound listener
-            ("b", Http2),         // and the default listeners' (unlisted nodes')
+            ("b", UseDownstream), // sidecars, but the app speaks whatever its callers speak
             ("c", Http1),         // not a sidecar (a proxyless node has no inbound listener)
             ("d", Http1),         // opted out
             ("e", UseDownstream), // one endpoint is not a sidecar: the service's own protocol
@@ -141,6 +147,7 @@ nodes:
             ("h", Http1),         // no endpoints
             ("i", Http1),         // opaque TCP is never spoken HTTP to
             ("j", Http2),         // its own protocol anyway
+            ("k", Http2),         // the default listeners' inbound (unlisted nodes')
         ];
         let want: Vec<_> = want.iter().map(|(n, p)| (n.to_string(), *p)).collect();
         assert_eq!(got, want);
