@@ -58,6 +58,7 @@ pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
 pub use listener::{FAULT_FILTER, HCM_FILTER, LOCAL_RATELIMIT_FILTER, ROUTER_FILTER};
 pub use rbac::RBAC_FILTER;
 pub use tcp_proxy::{HTTP_INSPECTOR, TCP_PROXY_FILTER};
+#[cfg(feature = "control-plane")]
 pub(crate) use tls::check_certificates;
 pub use tls::{TLS_INSPECTOR, TLS_TRANSPORT_SOCKET};
 
