@@ -268,14 +268,19 @@ async fn partial_h2_prefaces_are_closed_at_the_handshake_timeout() {
 /// 10,050 client sockets and the server's 10,000 fit the per-process file limit.
 const CHILD_ENV: &str = "MESH_FLOOD_SERVER";
 
+/// The flood test server's handshake timeout: long enough that all 10,050 connections are open
+/// before the first is timed out, even when earlier tests left ~20,000 loopback sockets in
+/// TIME_WAIT and each connect() searches long for a free port (8 s was not always enough).
+const FLOOD_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The flood: 10,050 connections that send nothing against the default limit. The server
-/// (in a child process) uses an 8 s handshake timeout, so the limit is reached even on a slow
+/// (in a child process) uses a 15 s handshake timeout, so the limit is reached even on a slow
 /// machine; a legitimate request then gets its 200 within a second (an idle silent connection
 /// is shed for it), and every silent connection is closed by the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_silent_connections_do_not_lock_out_a_client() {
     const SILENT: usize = DEFAULT_LIMIT + 50;
-    const TIMEOUT: Duration = Duration::from_secs(8);
+    const TIMEOUT: Duration = FLOOD_TIMEOUT;
     let exe = std::env::current_exe().unwrap();
     let mut child = tokio::process::Command::new(exe)
         .args([
@@ -378,7 +383,7 @@ async fn flood_server_child_process() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    let l = start(DEFAULT_LIMIT, Some(Duration::from_secs(8))).await;
+    let l = start(DEFAULT_LIMIT, Some(FLOOD_TIMEOUT)).await;
     println!("FLOOD_ADDR {}", l.addr);
     // Serve until the parent closes stdin.
     let mut stdin = tokio::io::stdin();
