@@ -4,6 +4,8 @@
 //! permissive mode; rotation of both sides' certificates and the bundle under load.
 #![allow(clippy::unwrap_used)]
 
+mod interop;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,15 +18,14 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use interop::AnyServer;
 use mesh_core::extensions::PeerIdentity;
 use mesh_core::{Reload, Secret, SecretKind, TlsCertificate, ValidationContext};
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::Sidecar;
 use mesh_testkit::{IssuedCert, TestCa};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
 const ID_A: &str = "spiffe://mesh.local/ns/default/sa/a";
@@ -279,42 +280,6 @@ async fn http1_h2_and_grpc_cross_mtls_between_our_sidecars() {
     );
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// Accepts any server certificate: these tests exercise B's checks of the client.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// An HTTP/1.1 connection to B over TLS with `cert` (or none): the request sender once the

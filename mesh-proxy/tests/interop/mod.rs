@@ -214,7 +214,7 @@ pub async fn metrics(s: &Sidecar) -> String {
 /// Accepts the server's chain as presented: the test reads the certificate, the sidecars check
 /// identities themselves.
 #[derive(Debug)]
-pub struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyServer(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(
