@@ -82,7 +82,7 @@ impl RpcMetrics {
         );
         reg.register(
             "rpc_protocol_errors",
-            "Downstream connections closed for a frame that could not be decoded or was over the limit",
+            "Downstream frames that could not be decoded or were over the limit: each closes its connection but a request with a bad body (reason bad_request), which is answered",
             m.protocol_errors.clone(),
         );
         m

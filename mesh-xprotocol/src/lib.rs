@@ -52,6 +52,14 @@ pub enum FrameKind {
     HeartbeatRequest,
     /// A heartbeat response.
     HeartbeatResponse,
+    /// A one-way notice about the connection, never answered: dubbo's event frames other than
+    /// heartbeats (Apache Dubbo's `HeaderExchangeHandler.handlerEvent`). A provider about to
+    /// shut down sends the read-only event `R` on each channel, after which a consumer sends no
+    /// new requests on that channel; `W` makes it writable again.
+    Event {
+        /// `Some(true)` read-only, `Some(false)` writable again, `None` another event.
+        read_only: Option<bool>,
+    },
 }
 
 /// The routing fields of a request: what the router matches on.
@@ -116,6 +124,20 @@ pub enum CodecError {
         len: usize,
         /// The limit.
         limit: usize,
+    },
+    /// A request whose framing is intact (its length was known and its bytes are consumed) but
+    /// whose routing fields do not decode. Answered with the protocol's bad-request response,
+    /// and the connection goes on, as Dubbo's and SOFA bolt's own servers do (the frame
+    /// boundary is not in doubt, so the next frame is not either).
+    #[error("bad {protocol} request {}: {reason}", frame.request_id)]
+    BadRequest {
+        /// Which protocol.
+        protocol: &'static str,
+        /// What was wrong.
+        reason: String,
+        /// The request as far as the header went (kind, id, raw bytes; no routing fields):
+        /// what [`XCodec::error_response`] answers.
+        frame: Box<Frame>,
     },
 }
 

@@ -6,7 +6,9 @@
 //! a response are bounded per connection ([`MAX_PENDING`]): at the bound the loop stops
 //! reading, so neither the response queue nor the upstream queues grow without limit. A frame
 //! that cannot be decoded (or is over the limit) closes this connection only, counted in
-//! `mesh_rpc_protocol_errors`.
+//! `mesh_rpc_protocol_errors`; but a request whose framing is intact and whose body does not
+//! decode is answered with the protocol's bad-request response and the connection goes on, as
+//! Dubbo's and SOFA bolt's own servers do.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,10 +103,15 @@ where
                         match proxy.inner.codec.decode(&mut rbuf, max_frame) {
                             Ok(Some(frame)) => proxy.handle(frame, sender, &permits),
                             Ok(None) => break,
+                            // Framing intact: answered, and the connection goes on.
+                            Err(CodecError::BadRequest { frame, reason, .. }) => {
+                                proxy.inner.rpc_metrics.protocol_error("bad_request");
+                                proxy.bad_request(&frame, reason, sender);
+                            }
                             Err(e) => {
                                 let reason = match e {
                                     CodecError::TooLarge { .. } => "too_large",
-                                    CodecError::Malformed { .. } => "malformed",
+                                    _ => "malformed",
                                 };
                                 proxy.inner.rpc_metrics.protocol_error(reason);
                                 return Err(e);
@@ -147,8 +154,30 @@ impl XProxy {
                 let _ = tx.send(self.inner.codec.heartbeat_response(&frame));
             }
             FrameKind::Request { oneway } => self.request(frame, oneway, tx, permits),
-            // A client does not answer us: nothing to match, dropped.
-            FrameKind::Response | FrameKind::HeartbeatResponse => {}
+            // A client does not answer us: nothing to match, dropped. A consumer's read-only
+            // notice concerns only requests to it, and the mesh sends it none.
+            FrameKind::Response | FrameKind::HeartbeatResponse | FrameKind::Event { .. } => {}
+        }
+    }
+
+    /// Answers a request whose body did not decode with the protocol's bad-request response
+    /// (dubbo's BAD_REQUEST, bolt's CODEC_EXCEPTION), counted as a local reply.
+    fn bad_request(&self, frame: &Frame, reason: String, tx: &mpsc::UnboundedSender<Bytes>) {
+        let inner = &*self.inner;
+        let e = MeshError::BadRequest { reason };
+        tracing::debug!(listener = %inner.listener, error = %e, "rpc request refused");
+        inner.metrics.record_mesh_error(&inner.listener, e.code());
+        let labels = RequestLabels {
+            listener: Arc::clone(&inner.listener),
+            route: String::new(),
+            cluster: String::new(),
+            status_class: "4xx",
+        };
+        inner
+            .metrics
+            .record_request(labels, std::time::Duration::ZERO);
+        if frame.kind == (FrameKind::Request { oneway: false }) {
+            let _ = tx.send(inner.codec.error_response(frame, xerror(&e)));
         }
     }
 

@@ -8,6 +8,7 @@
 //! the downstream bounds by its own in-flight permits.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub(crate) struct Dispatch {
 #[derive(Clone)]
 pub(crate) struct UpstreamConn {
     tx: mpsc::UnboundedSender<Dispatch>,
+    /// Set when the upstream said it takes no new requests (dubbo's read-only event, sent by a
+    /// provider about to shut down): the pool then replaces the connection, whose requests in
+    /// flight still complete.
+    read_only: Arc<AtomicBool>,
 }
 
 /// What an upstream connection's task needs.
@@ -58,13 +63,14 @@ impl UpstreamConn {
     /// Starts connecting to `settings.addr`; requests sent meanwhile wait for the connection.
     pub(crate) fn spawn(settings: Settings) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(settings, rx));
-        Self { tx }
+        let read_only = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(settings, rx, Arc::clone(&read_only)));
+        Self { tx, read_only }
     }
 
-    /// Whether the connection has ended (the pool replaces it).
+    /// Whether the connection has ended or takes no new requests (the pool replaces it).
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.read_only.load(Ordering::Relaxed)
     }
 
     /// Queues a request; gives it back when the connection has ended.
@@ -80,7 +86,7 @@ pub(crate) fn fail(codec: &dyn XCodec, d: Dispatch, error: XError, code: &'stati
     }
 }
 
-async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
+async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>, read_only: Arc<AtomicBool>) {
     let codec = &*s.codec;
     let connected = tokio::time::timeout(s.connect_timeout, TcpStream::connect(s.addr)).await;
     let stream = match connected {
@@ -112,7 +118,7 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
                 Ok(0) => break Some("closed by the upstream".to_owned()),
                 Err(e) => break Some(format!("read: {e}")),
                 Ok(_) => {
-                    if let Err(e) = responses(&s, &mut rbuf, &mut in_flight, &mut wbuf) {
+                    if let Err(e) = responses(&s, &mut rbuf, &mut in_flight, &mut wbuf, &read_only) {
                         break Some(e);
                     }
                 }
@@ -194,12 +200,13 @@ fn dispatch(
 }
 
 /// Decodes what the upstream sent: responses go back to their downstream with the original
-/// id; heartbeats from the upstream are answered.
+/// id; heartbeats from the upstream are answered; a read-only event sets `read_only`.
 fn responses(
     s: &Settings,
     rbuf: &mut BytesMut,
     in_flight: &mut InFlight<Reply>,
     wbuf: &mut BytesMut,
+    read_only: &AtomicBool,
 ) -> Result<(), String> {
     let codec = &*s.codec;
     loop {
@@ -221,7 +228,13 @@ fn responses(
             FrameKind::HeartbeatRequest => {
                 wbuf.extend_from_slice(&codec.heartbeat_response(&frame));
             }
-            FrameKind::HeartbeatResponse | FrameKind::Request { .. } => {}
+            // As a Dubbo consumer marks the channel: read-only, or writable again.
+            FrameKind::Event {
+                read_only: Some(flag),
+            } => read_only.store(flag, Ordering::Relaxed),
+            FrameKind::HeartbeatResponse
+            | FrameKind::Request { .. }
+            | FrameKind::Event { read_only: None } => {}
         }
     }
 }

@@ -168,13 +168,33 @@ impl XCodec for BoltCodec {
         let (header, status) = match kind {
             FrameKind::Request { .. } => {
                 let start = fixed + class_len;
-                let pairs = headers::decode(&raw[start..start + header_len])?;
-                (rpc_header(pairs), None)
+                match headers::decode(&raw[start..start + header_len]) {
+                    Ok(pairs) => (rpc_header(pairs), None),
+                    // The frame's length is known: answered and the connection goes on, as
+                    // SOFA bolt's server answers a request it cannot deserialize.
+                    Err(e) => {
+                        let reason = match e {
+                            CodecError::Malformed { reason, .. } => reason,
+                            other => other.to_string(),
+                        };
+                        return Err(CodecError::BadRequest {
+                            protocol: "bolt",
+                            reason,
+                            frame: Box::new(Frame {
+                                kind,
+                                request_id,
+                                header: RpcHeader::default(),
+                                status: None,
+                                raw,
+                            }),
+                        });
+                    }
+                }
             }
             FrameKind::Response | FrameKind::HeartbeatResponse => {
                 (RpcHeader::default(), Some(u16_at(&raw, 10)))
             }
-            FrameKind::HeartbeatRequest => (RpcHeader::default(), None),
+            FrameKind::HeartbeatRequest | FrameKind::Event { .. } => (RpcHeader::default(), None),
         };
         Ok(Some(Frame {
             kind,

@@ -107,14 +107,27 @@ fn garbage_is_malformed() {
             "{bad:?}"
         );
     }
-    // A header map whose lengths overrun it.
+    // A header map whose lengths overrun it, in an intact frame: a bad request, cut out and
+    // answered with CODEC_EXCEPTION under its own id; the next frame decodes.
+    let good = sample(4, false, b"");
     let mut wire = BytesMut::from(&sample(3, false, b"")[..]);
     let at = REQUEST_HEADER_LEN + "com.alipay.sofa.rpc.core.request.SofaRequest".len();
     wire[at..at + 4].copy_from_slice(&1000i32.to_be_bytes());
-    assert!(matches!(
-        BoltCodec.decode(&mut wire, MAX),
-        Err(CodecError::Malformed { .. })
-    ));
+    wire.extend_from_slice(&good);
+    let Err(CodecError::BadRequest { frame, reason, .. }) = BoltCodec.decode(&mut wire, MAX) else {
+        panic!("not a bad request");
+    };
+    assert!(reason.contains("header key"), "{reason}");
+    assert_eq!(frame.request_id, 3);
+    let answer = BoltCodec.error_response(&frame, XError::Malformed);
+    let r = BoltCodec
+        .decode(&mut BytesMut::from(&answer[..]), MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.request_id, r.status), (3, Some(status::CODEC_EXCEPTION)));
+    assert_eq!(&wire[..], &good[..]);
+    let next = BoltCodec.decode(&mut wire, MAX).unwrap().unwrap();
+    assert_eq!(next.request_id, 4);
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! A frame is a 16-byte [`header`] and a body. Requests are decoded only as far as routing needs
 //! ([`request`]): the service path, method and attachments (`version`, `group`, `interface`, ...);
 //! the arguments in between are skipped by the [`hessian2`] reader without being built. Responses
-//! and heartbeats are cut by their header alone. The frame's bytes pass through untouched but for
-//! the request id.
+//! are cut by their header alone; an event request is a heartbeat when its body is hessian2 null,
+//! else a read-only (`R`) or writable (`W`) notice ([`FrameKind::Event`]). A request whose body
+//! does not decode is cut out all the same and reported as [`CodecError::BadRequest`], to be
+//! answered with BAD_REQUEST. The frame's bytes pass through untouched but for the request id.
 //!
 //! The responses the mesh writes itself follow Apache Dubbo's `ExchangeCodec.encodeResponse`: the
 //! request's serialization id in the flag byte (plus the event bit for a heartbeat), a status byte
@@ -99,6 +101,23 @@ fn serialization_of(frame: &Frame) -> u8 {
         .map_or(HESSIAN2, |flag| flag & header::SERIALIZATION_MASK)
 }
 
+/// What an event request is, by its body (Apache Dubbo's `ExchangeCodec.decodeBody` and
+/// `CodecSupport.isHeartBeat`): a heartbeat when the body is the serialized null (hessian2 `N`;
+/// also an empty body, which the null of a serializer that cannot write one is), else an event
+/// whose string data `R` makes the connection read-only and `W` writable again. A body of another
+/// serialization than hessian2 is not read: a heartbeat, as before this distinction.
+fn event_kind(serialization: u8, body: &[u8]) -> FrameKind {
+    if body.is_empty() || body == b"N" || serialization != HESSIAN2 {
+        return FrameKind::HeartbeatRequest;
+    }
+    let read_only = match hessian2::Reader::new(body).read_string() {
+        Ok(Some(s)) if s == "R" => Some(true),
+        Ok(Some(s)) if s == "W" => Some(false),
+        _ => None,
+    };
+    FrameKind::Event { read_only }
+}
+
 fn malformed(reason: impl Into<String>) -> CodecError {
     CodecError::Malformed {
         protocol: PROTOCOL,
@@ -128,7 +147,7 @@ impl XCodec for DubboCodec {
             return Ok(None);
         }
         let kind = match (h.is_request(), h.is_event()) {
-            (true, true) => FrameKind::HeartbeatRequest,
+            (true, true) => event_kind(h.serialization(), &buf[HEADER_LEN..len]),
             (true, false) => FrameKind::Request {
                 oneway: !h.is_two_way(),
             },
@@ -136,15 +155,32 @@ impl XCodec for DubboCodec {
             (false, false) => FrameKind::Response,
         };
         let header = if let FrameKind::Request { .. } = kind {
-            if h.serialization() != HESSIAN2 {
-                return Err(malformed(format!(
-                    "request {} uses serialization id {}; only hessian2 (2) is decoded",
-                    h.request_id,
+            let decoded = if h.serialization() == HESSIAN2 {
+                request::decode(&buf[HEADER_LEN..len]).map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "serialization id {}: only hessian2 (2) is decoded",
                     h.serialization()
-                )));
+                ))
+            };
+            match decoded {
+                Ok(header) => header,
+                // The length is known, so the frame is cut out and answered, as Dubbo's
+                // `ExchangeCodec` marks such a request broken and answers BAD_REQUEST.
+                Err(reason) => {
+                    return Err(CodecError::BadRequest {
+                        protocol: PROTOCOL,
+                        reason,
+                        frame: Box::new(Frame {
+                            kind,
+                            request_id: h.request_id,
+                            header: RpcHeader::default(),
+                            status: None,
+                            raw: buf.split_to(len),
+                        }),
+                    })
+                }
             }
-            request::decode(&buf[HEADER_LEN..len])
-                .map_err(|e| malformed(format!("request {}: {e}", h.request_id)))?
         } else {
             RpcHeader::default()
         };

@@ -145,27 +145,106 @@ fn garbage_is_refused_at_the_first_byte() {
     assert!(DubboCodec
         .decode(&mut BytesMut::from(&bytes[..]), MAX)
         .is_err());
+}
+
+/// The request a bad body is reported with, asserting it is one.
+fn bad_request(bytes: &[u8]) -> (String, Box<Frame>) {
+    match DubboCodec.decode(&mut BytesMut::from(bytes), MAX) {
+        Err(CodecError::BadRequest {
+            protocol: "dubbo",
+            reason,
+            frame,
+        }) => (reason, frame),
+        other => panic!("not a bad request: {other:?}"),
+    }
+}
+
+#[test]
+fn bad_bodies_are_bad_requests_answered_under_their_id() {
     // a body that is not a dubbo invocation names the field
-    let bytes = frame(TWO_WAY_REQ, 0, 9, b"\x052.0.2\x91");
-    let err = DubboCodec
-        .decode(&mut BytesMut::from(&bytes[..]), MAX)
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("request 9: request body: service path"),
-        "{err}"
+    let (reason, f) = bad_request(&frame(TWO_WAY_REQ, 0, 9, b"\x052.0.2\x91"));
+    assert!(reason.contains("request body: service path"), "{reason}");
+    assert_eq!(
+        (f.kind, f.request_id),
+        (FrameKind::Request { oneway: false }, 9)
     );
     // a descriptor promising more arguments than the body holds
-    let bytes = request(3, TWO_WAY_REQ, "III", b"\x91", &[]);
-    let err = DubboCodec
-        .decode(&mut BytesMut::from(&bytes[..]), MAX)
-        .unwrap_err();
-    assert!(err.to_string().contains("argument 2"), "{err}");
+    let (reason, _) = bad_request(&request(3, TWO_WAY_REQ, "III", b"\x91", &[]));
+    assert!(reason.contains("argument 2"), "{reason}");
     // a non-hessian2 request body is refused, not misread
-    let bytes = frame(0x80 | 0x40 | 6, 0, 4, b"{}");
-    assert!(DubboCodec
+    let (reason, f) = bad_request(&frame(0x80 | 0x40 | 6, 0, 4, b"{}"));
+    assert!(reason.contains("serialization id 6"), "{reason}");
+    // the answer: BAD_REQUEST (40) under the request's id, in the request's serialization,
+    // with a message the client raises
+    let resp = DubboCodec.error_response(&f, XError::Malformed);
+    let r = DubboCodec
+        .decode(&mut BytesMut::from(&resp[..]), MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.kind, r.request_id, r.status),
+        (FrameKind::Response, 4, Some(u16::from(status::BAD_REQUEST)))
+    );
+    assert_eq!(resp[2], 6);
+    // a oneway one is reported as oneway (the proxy does not answer it)
+    let (_, f) = bad_request(&frame(0x80 | HESSIAN2, 0, 5, b"\x91"));
+    assert_eq!(f.kind, FrameKind::Request { oneway: true });
+}
+
+#[test]
+fn a_bad_body_is_cut_out_and_the_next_frame_decodes() {
+    let mut buf = BytesMut::from(&frame(TWO_WAY_REQ, 0, 1, b"\x91\x92")[..]);
+    buf.extend_from_slice(&request(2, TWO_WAY_REQ, "", &[], &[]));
+    let Err(CodecError::BadRequest { frame: bad, .. }) = DubboCodec.decode(&mut buf, MAX) else {
+        panic!("not a bad request");
+    };
+    assert_eq!((bad.request_id, bad.raw.len()), (1, HEADER_LEN + 2));
+    let next = DubboCodec.decode(&mut buf, MAX).unwrap().unwrap();
+    assert_eq!(
+        (next.request_id, next.header.method.as_str()),
+        (2, "sayHello")
+    );
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn events_other_than_heartbeats_are_read_only_notices() {
+    let event = |body: &[u8], flag: u8| {
+        let bytes = frame(0x80 | flag | header::FLAG_EVENT | HESSIAN2, 0, 8, body);
+        DubboCodec
+            .decode(&mut BytesMut::from(&bytes[..]), MAX)
+            .unwrap()
+            .unwrap()
+            .kind
+    };
+    // Apache Dubbo's HeaderExchangeServer sends `R` one-way before it shuts down
+    assert_eq!(
+        event(b"\x01R", 0),
+        FrameKind::Event {
+            read_only: Some(true)
+        }
+    );
+    assert_eq!(
+        event(b"\x01W", 0),
+        FrameKind::Event {
+            read_only: Some(false)
+        }
+    );
+    assert_eq!(
+        event(b"\x03zzz", 0x40),
+        FrameKind::Event { read_only: None }
+    );
+    assert_eq!(event(b"\x91", 0x40), FrameKind::Event { read_only: None });
+    // the serialized null (and an empty body) is a heartbeat, two-way or not
+    assert_eq!(event(b"N", 0x40), FrameKind::HeartbeatRequest);
+    assert_eq!(event(b"", 0x40), FrameKind::HeartbeatRequest);
+    // an event response stays a heartbeat response
+    let bytes = frame(header::FLAG_EVENT | HESSIAN2, status::OK, 8, b"\x01R");
+    let f = DubboCodec
         .decode(&mut BytesMut::from(&bytes[..]), MAX)
-        .is_err());
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.kind, FrameKind::HeartbeatResponse);
 }
 
 #[test]
