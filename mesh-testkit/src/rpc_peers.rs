@@ -1,7 +1,17 @@
 //! The real RPC peers: Node.js with the npm packages (`./scripts/test` installs them with
-//! `npm install --prefix ./.node`) and a Python with PyPI's dubbo-ssl-python (in `./.venv`).
+//! `npm install --prefix ./.node`) and a Python with PyPI's dubbo-ssl-python (in `./.venv`);
+//! the peer-script server process, a silent upstream, and the sidecar config and metric helpers
+//! the RPC tests share.
 
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use crate::bins::{imports, skip_or_fail, workspace_root};
 
@@ -67,4 +77,149 @@ pub fn dubbo_python() -> Option<PathBuf> {
 /// instead.
 pub fn require_dubbo_python() -> Option<PathBuf> {
     dubbo_python().or_else(|| skip_or_fail("python with dubbo-ssl-python", "MESH_DUBBO_PYTHON"))
+}
+
+/// A real RPC server run by a peer script, killed and reaped when dropped. The script prints
+/// `ready` as its first line once it listens, then `connections N` (N: connections accepted so
+/// far) each time it accepts one; [`PeerServer::accepted`] follows those lines.
+#[derive(Debug)]
+pub struct PeerServer {
+    child: Child,
+    accepted: Arc<AtomicU64>,
+}
+
+impl PeerServer {
+    /// Starts `cmd` (stdout piped, stdin closed) and waits for its `ready` line.
+    pub fn start(mut cmd: Command) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        let stdout = child.stdout.take().context("the peer's stdout")?;
+        // Dropped (killed) on an early return below.
+        let server = Self {
+            child,
+            accepted: Arc::new(AtomicU64::new(0)),
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().transpose()?.unwrap_or_default();
+        anyhow::ensure!(first == "ready", "the peer printed {first:?}, not ready");
+        let accepted = Arc::clone(&server.accepted);
+        // Ends when the child's stdout closes, that is when the child is killed.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(n) = line.strip_prefix("connections ") {
+                    accepted.store(n.trim().parse().unwrap_or(u64::MAX), Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(server)
+    }
+
+    /// Connections the server has accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An upstream that accepts connections and reads what they send but never answers: a silent
+/// provider. Stops accepting, and closes what it accepted, when dropped.
+#[derive(Debug)]
+pub struct SilentServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentServer {
+    /// Listens on a free loopback port.
+    pub fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let mut sink = [0u8; 4096];
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok((s, _)) = listener.accept() {
+                    let _ = s.set_nonblocking(true);
+                    held.push(s);
+                }
+                // Drain what arrived, so senders never block on a full window.
+                held.retain_mut(|s| !matches!(s.read(&mut sink), Ok(0)));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The sum of the samples of metric `name` whose line holds every one of `labels` (substrings
+/// such as `listener="rpc_out"`), in a Prometheus text exposition.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lb| l.contains(lb)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// A sidecar bootstrap's (YAML) listener with an RPC proxy for `protocol` on `port`: the given
+/// request timeout (`1s`), `max_upstream_connections` and `max_frame_bytes`, and `routes` (YAML
+/// route entries, each line indented by 14 spaces) in a `*` virtual host.
+pub fn rpc_listener_yaml(
+    name: &str,
+    port: u16,
+    protocol: &str,
+    timeout: &str,
+    max_connections: u64,
+    max_frame_bytes: u64,
+    routes: &str,
+) -> String {
+    format!(
+        r#"
+  - name: {name}
+    address: 127.0.0.1:{port}
+    direction: outbound
+    xprotocol:
+      protocol: {protocol}
+      max_frame_bytes: {max_frame_bytes}
+      request_timeout: {timeout}
+      max_upstream_connections: {max_connections}
+      route_config:
+        name: {name}
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+{routes}"#
+    )
+}
+
+/// A sidecar bootstrap's (YAML) static cluster `name` of one loopback endpoint on `port`.
+pub fn cluster_yaml(name: &str, port: u16) -> String {
+    format!(
+        "  - name: {name}\n    load_assignment: {{ endpoints: [ {{ endpoints: [ {{ address: \"127.0.0.1:{port}\" }} ] }} ] }}\n"
+    )
 }

@@ -155,6 +155,10 @@ pub trait XCodec: Send + Sync + 'static {
     /// over an upstream connection.
     fn set_request_id(&self, frame: &mut Frame, id: u64);
 
+    /// Whether a response's status is the protocol's success (bolt `SUCCESS` 0, dubbo `OK` 20):
+    /// what the mesh counts as a successful RPC.
+    fn is_success(&self, response: &Frame) -> bool;
+
     /// The protocol's error response to `request`, carrying `error` (and its request id).
     fn error_response(&self, request: &Frame, error: XError) -> Bytes;
 

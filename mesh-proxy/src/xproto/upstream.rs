@@ -221,7 +221,7 @@ fn responses(
                 if let Some(p) = in_flight.complete(frame.request_id) {
                     s.metrics.in_flight.dec();
                     codec.set_request_id(&mut frame, p.original_id);
-                    let ok = frame.status == Some(0);
+                    let ok = codec.is_success(&frame);
                     p.downstream.respond(frame.raw.freeze(), ok);
                 }
             }

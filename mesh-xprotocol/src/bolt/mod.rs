@@ -214,6 +214,10 @@ impl XCodec for BoltCodec {
         frame.request_id = u64::from(id);
     }
 
+    fn is_success(&self, response: &Frame) -> bool {
+        response.status == Some(status::SUCCESS)
+    }
+
     fn error_response(&self, request: &Frame, error: XError) -> Bytes {
         let status = match error {
             XError::NoProvider => status::NO_PROCESSOR,

@@ -67,6 +67,13 @@ fn decodes_a_response_with_its_status() {
     assert_eq!(f.request_id, 42);
     assert_eq!(f.status, Some(status::SERVER_EXCEPTION));
     assert_eq!(f.raw.len(), RESPONSE_HEADER_LEN + 3);
+    assert!(!BoltCodec.is_success(&f));
+    let ok = response(CODEC_HESSIAN2, 43, status::SUCCESS, CMD_RESPONSE, b"");
+    let f = BoltCodec
+        .decode(&mut BytesMut::from(&ok[..]), MAX)
+        .unwrap()
+        .unwrap();
+    assert!(BoltCodec.is_success(&f));
 }
 
 #[test]
@@ -173,6 +180,7 @@ fn error_responses_carry_the_mapped_status_and_the_id() {
         let r = BoltCodec.decode(&mut wire, MAX).unwrap().unwrap();
         assert_eq!(r.kind, FrameKind::Response);
         assert_eq!(r.request_id, 77);
+        assert!(!BoltCodec.is_success(&r));
         assert_eq!(r.status, Some(want), "{error:?}");
     }
 }

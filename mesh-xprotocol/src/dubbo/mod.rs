@@ -200,6 +200,10 @@ impl XCodec for DubboCodec {
         }
     }
 
+    fn is_success(&self, response: &Frame) -> bool {
+        response.status == Some(u16::from(status::OK))
+    }
+
     fn error_response(&self, request: &Frame, error: XError) -> Bytes {
         let (status, message) = Self::error_status(error);
         Self::response_with_message(request, status, message)

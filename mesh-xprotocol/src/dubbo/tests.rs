@@ -283,6 +283,10 @@ fn responses_and_heartbeats_are_cut_by_header() {
         (f.kind, f.request_id, f.status),
         (FrameKind::Response, 42, Some(20))
     );
+    assert!(
+        DubboCodec.is_success(&f),
+        "OK (20) is success, not bolt's 0"
+    );
     // a heartbeat request gets dubbo's heartbeat response: OK, event bit, null body
     let hb = frame(TWO_WAY_REQ | header::FLAG_EVENT, 0, 5, b"N");
     let f = DubboCodec
@@ -354,6 +358,7 @@ fn error_responses_in_dubbo_form() {
             (f.kind, f.request_id, f.status),
             (FrameKind::Response, 77, Some(u16::from(want)))
         );
+        assert!(!DubboCodec.is_success(&f));
         assert_eq!(resp[2], HESSIAN2, "response flag: serialization id only");
         let message = Reader::new(&resp[16..])
             .read_string()
