@@ -8,58 +8,35 @@
 //! its own connection, counted.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::Sidecar;
+use mesh_testkit::{
+    cluster_yaml as cluster, metric_sum as metric, rpc_listener_yaml, until_closed, PeerServer,
+    RawUpstream,
+};
 use mesh_xprotocol::bolt::{self, BoltRequest};
 use mesh_xprotocol::{BoltCodec, FrameKind, XCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Upstream connections per endpoint on both sidecars.
 const M: u64 = 2;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn script() -> String {
     format!("{}/tests/bolt_peer.js", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The real server; the returned counter follows its accepted connections.
-fn start_server(node: &Path, modules: &Path, port: u16) -> (Killed, Arc<Mutex<u64>>) {
-    let mut child = Command::new(node)
-        .args([script().as_str(), "server", &port.to_string()])
-        .env("NODE_PATH", modules)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert_eq!(first, "ready");
-    let accepted = Arc::new(Mutex::new(0));
-    let count = Arc::clone(&accepted);
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if let Some(n) = line.strip_prefix("connections ") {
-                *count.lock().unwrap() = n.parse().unwrap();
-            }
-        }
-    });
-    (Killed(child), accepted)
+/// The real server (it counts its accepted connections).
+fn start_server(node: &Path, modules: &Path, port: u16) -> PeerServer {
+    let mut cmd = Command::new(node);
+    cmd.args([script().as_str(), "server", &port.to_string()])
+        .env("NODE_PATH", modules);
+    PeerServer::start(cmd).unwrap()
 }
 
 /// Runs the peer script to completion (bounded) and parses its JSON line.
@@ -76,54 +53,8 @@ async fn peer(node: &Path, modules: &Path, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-/// A TCP server that accepts and reads but never answers.
-async fn silent() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut sink = vec![0; 4096];
-                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    port
-}
-
 fn rpc_listener(name: &str, port: u16, timeout: &str, routes: &str) -> String {
-    format!(
-        r#"
-  - name: {name}
-    address: 127.0.0.1:{port}
-    direction: outbound
-    xprotocol:
-      protocol: bolt
-      max_frame_bytes: 4096
-      request_timeout: {timeout}
-      max_upstream_connections: {M}
-      route_config:
-        name: {name}
-        virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-{routes}"#
-    )
-}
-
-fn cluster(name: &str, port: u16) -> String {
-    format!(
-        "  - name: {name}\n    load_assignment: {{ endpoints: [ {{ endpoints: [ {{ address: \"127.0.0.1:{port}\" }} ] }} ] }}\n"
-    )
-}
-
-fn metric(text: &str, name: &str, labels: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lb| l.contains(lb)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    rpc_listener_yaml(name, port, "bolt", timeout, M, 4096, routes)
 }
 
 async fn stats(admin: std::net::SocketAddr) -> String {
@@ -132,18 +63,6 @@ async fn stats(admin: std::net::SocketAddr) -> String {
         .unwrap()
         .unwrap()
         .1
-}
-
-/// Reads until the peer closes (bounded: 10 s fails the test); a reset counts as closed.
-async fn closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-        .await
-        .expect("the connection was never closed");
-    if let Err(e) = read {
-        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
-    }
-    got
 }
 
 fn hello(id: u32, content: &[u8]) -> bytes::Bytes {
@@ -168,8 +87,8 @@ async fn real_sofa_rpc_through_two_sidecars() {
     };
     let p = mesh_testkit::free_ports(6);
     let (app, out, inb, admin_a, admin_b, limited) = (p[0], p[1], p[2], p[3], p[4], p[5]);
-    let (_server, accepted) = start_server(&node, &modules, app);
-    let quiet = silent().await;
+    let server = start_server(&node, &modules, app);
+    let quiet = RawUpstream::silent().unwrap();
 
     let hello_route = "              - { match: { prefix: \"/com.example.Hello:1.0/\" }, route: { cluster: CLUSTER } }\n";
     let b_yaml = format!(
@@ -201,7 +120,7 @@ async fn real_sofa_rpc_through_two_sidecars() {
         rpc_listener("rpc_out", out, "1s", &a_routes),
         limited_listener,
         cluster("b_inbound", inb),
-        cluster("silent", quiet),
+        cluster("silent", quiet.addr().port()),
     );
     let b = Sidecar::start_static(Bootstrap::from_yaml(&b_yaml, Path::new("b.yaml")).unwrap())
         .await
@@ -227,7 +146,7 @@ async fn real_sofa_rpc_through_two_sidecars() {
         (Some(200), Some(0)),
         "{r}"
     );
-    let server_side = *accepted.lock().unwrap();
+    let server_side = server.accepted();
     assert!(
         (1..=M).contains(&server_side),
         "the server accepted {server_side} connections"
@@ -304,11 +223,11 @@ async fn real_sofa_rpc_through_two_sidecars() {
     bad.write_all(&[0x01, 0x07, 0x00, 0x01, 0xff, 0xff])
         .await
         .unwrap();
-    closed(&mut bad).await;
+    until_closed(&mut bad).await;
     let mut big = TcpStream::connect(&addr).await.unwrap();
     let started = Instant::now();
     big.write_all(&hello(1, &[0u8; 8192])[..64]).await.unwrap();
-    closed(&mut big).await;
+    until_closed(&mut big).await;
     assert!(started.elapsed() < Duration::from_secs(5));
     hb.write_all(&bolt::heartbeat_request(78)).await.unwrap();
     let n = tokio::time::timeout(Duration::from_secs(5), hb.read_buf(&mut buf))
@@ -359,25 +278,6 @@ async fn real_sofa_rpc_through_two_sidecars() {
     let _: PathBuf = modules;
 }
 
-/// An upstream that reads one request and closes the connection.
-async fn closing() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = BytesMut::new();
-                while BoltCodec.decode(&mut buf, 1 << 20).unwrap().is_none() {
-                    if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Sends `frame` and returns the first frame that comes back (bounded: 10 s).
 async fn exchange(s: &mut TcpStream, frame: &[u8]) -> mesh_xprotocol::Frame {
     s.write_all(frame).await.unwrap();
@@ -400,13 +300,16 @@ async fn exchange(s: &mut TcpStream, frame: &[u8]) -> mesh_xprotocol::Frame {
 async fn mesh_answers_with_bolt_statuses() {
     let p = mesh_testkit::free_ports(2);
     let (out, admin) = (p[0], p[1]);
-    let (quiet, closer) = (silent().await, closing().await);
+    let (quiet, closer) = (
+        RawUpstream::silent().unwrap(),
+        RawUpstream::closing().unwrap(),
+    );
     let routes = "              - { match: { prefix: \"/com.example.Silent:1.0/\" }, route: { cluster: silent } }\n              - { match: { prefix: \"/com.example.Hello:1.0/\" }, route: { cluster: closing } }\n";
     let yaml = format!(
         "admin: 127.0.0.1:{admin}\ndrain_timeout: 1s\nlisteners:{}\nclusters:\n{}{}",
         rpc_listener("rpc_out", out, "300ms", routes),
-        cluster("silent", quiet),
-        cluster("closing", closer),
+        cluster("silent", quiet.addr().port()),
+        cluster("closing", closer.addr().port()),
     );
     let a = Sidecar::start_static(Bootstrap::from_yaml(&yaml, Path::new("a.yaml")).unwrap())
         .await

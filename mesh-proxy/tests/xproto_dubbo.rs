@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::Sidecar;
-use mesh_testkit::{cluster_yaml, metric_sum, rpc_listener_yaml, NodePackages, PeerServer};
+use mesh_testkit::{
+    cluster_yaml, metric_sum, rpc_listener_yaml, until_closed, NodePackages, PeerServer,
+    RawUpstream,
+};
 use mesh_xprotocol::dubbo::header::{Header, FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, HESSIAN2};
 use mesh_xprotocol::dubbo::hessian2::{write_string, Reader};
 use mesh_xprotocol::dubbo::status;
@@ -261,15 +264,7 @@ async fn real_dubbo_consumers_and_providers_through_two_sidecars() {
 const TWO_WAY: u8 = FLAG_REQUEST | FLAG_TWO_WAY | HESSIAN2;
 
 fn frame(flag: u8, status: u8, id: u64, body: &[u8]) -> Vec<u8> {
-    let header = Header {
-        flag,
-        status,
-        request_id: id,
-        body_len: body.len(),
-    };
-    let mut out = header.encode().to_vec();
-    out.extend_from_slice(body);
-    out
+    Header::frame(flag, status, id, body).to_vec()
 }
 
 /// A request as a dubbo 2 consumer writes it: no arguments, a `group` attachment.
@@ -310,35 +305,6 @@ fn answer(f: &Frame) -> (u64, Option<u16>, String) {
     (f.request_id, f.status, message)
 }
 
-/// Reads until the peer closes (bounded: 10 s fails the test); a reset counts as closed.
-async fn until_closed(s: &mut TcpStream) {
-    let mut sink = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink));
-    match read.await.expect("the connection was never closed") {
-        Ok(_) => {}
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
-    }
-}
-
-/// An upstream that reads one whole frame on each connection and closes it.
-async fn closing_upstream() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = BytesMut::new();
-                while DubboCodec.decode(&mut buf, 1 << 20).unwrap().is_none() {
-                    if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// The mesh's own dubbo responses on the wire, from a raw client (no peers needed): the exact
 /// statuses under the client's own ids, a bad body answered on a connection that goes on,
 /// heartbeats answered and read-only notices not, bad framing closing only its connection.
@@ -346,14 +312,14 @@ async fn closing_upstream() -> u16 {
 async fn mesh_answers_with_dubbo_statuses() {
     let p = mesh_testkit::free_ports(2);
     let (out, admin) = (p[0], p[1]);
-    let quiet = mesh_testkit::SilentServer::start().unwrap();
-    let closer = closing_upstream().await;
+    let quiet = RawUpstream::silent().unwrap();
+    let closer = RawUpstream::closing().unwrap();
     let routes = "              - { match: { prefix: \"/org.example.Silent/\" }, route: { cluster: silent } }\n              - { match: { prefix: \"/org.example.Closing/\" }, route: { cluster: closing } }\n";
     let yaml = format!(
         "admin: 127.0.0.1:{admin}\ndrain_timeout: 1s\nlisteners:{}\nclusters:\n{}{}",
         rpc_listener_yaml("rpc_out", out, "dubbo", "300ms", M, 4096, routes),
         cluster_yaml("silent", quiet.addr().port()),
-        cluster_yaml("closing", closer),
+        cluster_yaml("closing", closer.addr().port()),
     );
     let a = Sidecar::start_static(start_yaml(&yaml)).await.unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", out)).await.unwrap();

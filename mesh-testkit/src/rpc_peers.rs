@@ -130,22 +130,34 @@ impl Drop for PeerServer {
     }
 }
 
-/// An upstream that accepts connections and reads what they send but never answers: a silent
-/// provider. Stops accepting, and closes what it accepted, when dropped.
+/// A raw upstream on loopback that never answers: [`RawUpstream::silent`] reads what arrives
+/// (a provider that never responds), [`RawUpstream::closing`] closes each connection once its
+/// first bytes arrive (a provider that fails mid-request). Protocol-agnostic; it stops accepting,
+/// and closes what it accepted, when dropped.
 #[derive(Debug)]
-pub struct SilentServer {
+pub struct RawUpstream {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
 }
 
-impl SilentServer {
-    /// Listens on a free loopback port.
-    pub fn start() -> std::io::Result<Self> {
+impl RawUpstream {
+    /// An upstream that reads and never answers.
+    pub fn silent() -> std::io::Result<Self> {
+        Self::start(false)
+    }
+
+    /// An upstream that closes each connection when its first bytes arrive.
+    pub fn closing() -> std::io::Result<Self> {
+        Self::start(true)
+    }
+
+    fn start(close_on_data: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        // Polls (every 10 ms) rather than blocks, so dropping the handle ends it.
         std::thread::spawn(move || {
             let mut held = Vec::new();
             let mut sink = [0u8; 4096];
@@ -154,8 +166,11 @@ impl SilentServer {
                     let _ = s.set_nonblocking(true);
                     held.push(s);
                 }
-                // Drain what arrived, so senders never block on a full window.
-                held.retain_mut(|s| !matches!(s.read(&mut sink), Ok(0)));
+                held.retain_mut(|s| match s.read(&mut sink) {
+                    Ok(0) => false,
+                    Ok(_) => !close_on_data,
+                    Err(_) => true,
+                });
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
@@ -168,9 +183,22 @@ impl SilentServer {
     }
 }
 
-impl Drop for SilentServer {
+impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads from `s` until the peer closes it, bounded: panics when it is still open after 10 s. A
+/// reset counts as closed.
+pub async fn until_closed(s: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink));
+    match read.await {
+        Err(_) => panic!("the connection was not closed in 10 s"),
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(Ok(_)) => {}
     }
 }
 

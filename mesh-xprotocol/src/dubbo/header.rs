@@ -6,6 +6,8 @@
 //! flag: 0x80 request, 0x40 two-way, 0x20 event (heartbeat), low 5 bits serialization id
 //! ```
 
+use bytes::{BufMut, BytesMut};
+
 /// The magic number every frame starts with.
 pub const MAGIC: [u8; 2] = [0xda, 0xbb];
 /// Header length in bytes.
@@ -80,6 +82,20 @@ impl Header {
             request_id: u64::from_be_bytes(id),
             body_len,
         }))
+    }
+
+    /// A whole frame: this header's flag, status and request id, `body` and its length.
+    pub fn frame(flag: u8, status: u8, request_id: u64, body: &[u8]) -> BytesMut {
+        let header = Self {
+            flag,
+            status,
+            request_id,
+            body_len: body.len(),
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+        out.put_slice(&header.encode());
+        out.put_slice(body);
+        out
     }
 
     /// The header's 16 bytes.

@@ -19,7 +19,7 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::{CodecError, Frame, FrameKind, Protocol, RpcHeader, XCodec, XError};
 use header::{Header, FLAG_EVENT, HEADER_LEN, HESSIAN2, REQUEST_ID};
@@ -80,16 +80,7 @@ impl DubboCodec {
     pub fn response_with_message(request: &Frame, status: u8, message: &str) -> Bytes {
         let mut body = BytesMut::with_capacity(message.len() + 3);
         hessian2::write_string(&mut body, message);
-        let header = Header {
-            flag: serialization_of(request),
-            status,
-            request_id: request.request_id,
-            body_len: body.len(),
-        };
-        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-        out.put_slice(&header.encode());
-        out.put_slice(&body);
-        out.freeze()
+        Header::frame(serialization_of(request), status, request.request_id, &body).freeze()
     }
 }
 
@@ -211,15 +202,7 @@ impl XCodec for DubboCodec {
 
     fn heartbeat_response(&self, request: &Frame) -> Bytes {
         // Dubbo answers a heartbeat with an OK event response whose body is hessian2 null.
-        let header = Header {
-            flag: serialization_of(request) | FLAG_EVENT,
-            status: status::OK,
-            request_id: request.request_id,
-            body_len: 1,
-        };
-        let mut out = BytesMut::with_capacity(HEADER_LEN + 1);
-        out.put_slice(&header.encode());
-        out.put_u8(b'N');
-        out.freeze()
+        let flag = serialization_of(request) | FLAG_EVENT;
+        Header::frame(flag, status::OK, request.request_id, b"N").freeze()
     }
 }

@@ -1,5 +1,7 @@
 //! The codec without sockets: requests, responses, heartbeats, split reads, garbage, oversize.
 
+use bytes::BufMut;
+
 use super::hessian2::{write_string, Reader};
 use super::*;
 use crate::XCodec;
@@ -23,15 +25,7 @@ fn request(id: u64, flag: u8, desc: &str, args: &[u8], attachments: &[(&str, &st
 }
 
 fn frame(flag: u8, status: u8, id: u64, body: &[u8]) -> Vec<u8> {
-    let h = Header {
-        flag,
-        status,
-        request_id: id,
-        body_len: body.len(),
-    };
-    let mut out = h.encode().to_vec();
-    out.extend_from_slice(body);
-    out
+    Header::frame(flag, status, id, body).to_vec()
 }
 
 const TWO_WAY_REQ: u8 = 0x80 | 0x40 | HESSIAN2;
