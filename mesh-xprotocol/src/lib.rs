@@ -53,7 +53,7 @@ pub enum FrameKind {
     /// A heartbeat response.
     HeartbeatResponse,
     /// A one-way notice about the connection, never answered: dubbo's event frames other than
-    /// heartbeats (Apache Dubbo's `HeaderExchangeHandler.handlerEvent`). A provider about to
+    /// two-way heartbeats (Apache Dubbo's `HeaderExchangeHandler.handlerEvent`). A provider about to
     /// shut down sends the read-only event `R` on each channel, after which a consumer sends no
     /// new requests on that channel; `W` makes it writable again.
     Event {

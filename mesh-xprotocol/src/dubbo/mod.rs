@@ -96,10 +96,15 @@ fn serialization_of(frame: &Frame) -> u8 {
 /// `CodecSupport.isHeartBeat`): a heartbeat when the body is the serialized null (hessian2 `N`;
 /// also an empty body, which the null of a serializer that cannot write one is), else an event
 /// whose string data `R` makes the connection read-only and `W` writable again. A body of another
-/// serialization than hessian2 is not read: a heartbeat, as before this distinction.
-fn event_kind(serialization: u8, body: &[u8]) -> FrameKind {
-    if body.is_empty() || body == b"N" || serialization != HESSIAN2 {
-        return FrameKind::HeartbeatRequest;
+/// serialization than hessian2 is not read: a heartbeat, as before this distinction. A heartbeat
+/// without the two-way bit is an event too: Dubbo's `HeartbeatHandler` answers only two-way ones.
+fn event_kind(h: Header, body: &[u8]) -> FrameKind {
+    if body.is_empty() || body == b"N" || h.serialization() != HESSIAN2 {
+        return if h.is_two_way() {
+            FrameKind::HeartbeatRequest
+        } else {
+            FrameKind::Event { read_only: None }
+        };
     }
     let read_only = match hessian2::Reader::new(body).read_string() {
         Ok(Some(s)) if s == "R" => Some(true),
@@ -138,7 +143,7 @@ impl XCodec for DubboCodec {
             return Ok(None);
         }
         let kind = match (h.is_request(), h.is_event()) {
-            (true, true) => event_kind(h.serialization(), &buf[HEADER_LEN..len]),
+            (true, true) => event_kind(h, &buf[HEADER_LEN..len]),
             (true, false) => FrameKind::Request {
                 oneway: !h.is_two_way(),
             },

@@ -229,9 +229,11 @@ fn events_other_than_heartbeats_are_read_only_notices() {
         FrameKind::Event { read_only: None }
     );
     assert_eq!(event(b"\x91", 0x40), FrameKind::Event { read_only: None });
-    // the serialized null (and an empty body) is a heartbeat, two-way or not
+    // the serialized null (and an empty body) is a heartbeat; one without the two-way bit is
+    // not answered by Dubbo, so it is an event
     assert_eq!(event(b"N", 0x40), FrameKind::HeartbeatRequest);
     assert_eq!(event(b"", 0x40), FrameKind::HeartbeatRequest);
+    assert_eq!(event(b"N", 0), FrameKind::Event { read_only: None });
     // an event response stays a heartbeat response
     let bytes = frame(header::FLAG_EVENT | HESSIAN2, status::OK, 8, b"\x01R");
     let f = DubboCodec
