@@ -16,8 +16,8 @@ use bytes::BytesMut;
 use mesh_proxy::bootstrap::Bootstrap;
 use mesh_proxy::sidecar::Sidecar;
 use mesh_testkit::{
-    cluster_yaml as cluster, metric_sum as metric, rpc_listener_yaml, until_closed, PeerServer,
-    RawUpstream,
+    admin_stats as stats, cluster_yaml as cluster, metric_sum as metric, rpc_listener_yaml,
+    until_closed, PeerServer, RawUpstream,
 };
 use mesh_xprotocol::bolt::{self, BoltRequest};
 use mesh_xprotocol::{BoltCodec, FrameKind, XCodec};
@@ -55,14 +55,6 @@ async fn peer(node: &Path, modules: &Path, args: &[&str]) -> serde_json::Value {
 
 fn rpc_listener(name: &str, port: u16, timeout: &str, routes: &str) -> String {
     rpc_listener_yaml(name, port, "bolt", timeout, M, 4096, routes)
-}
-
-async fn stats(admin: std::net::SocketAddr) -> String {
-    tokio::task::spawn_blocking(move || mesh_testkit::http_get(admin, "/stats/prometheus"))
-        .await
-        .unwrap()
-        .unwrap()
-        .1
 }
 
 fn hello(id: u32, content: &[u8]) -> bytes::Bytes {

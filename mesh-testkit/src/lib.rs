@@ -41,7 +41,7 @@ pub use etcd_cluster::EtcdCluster;
 pub use http::{http_get, http_request, HttpResponse, HttpStub};
 pub use net::{free_port, free_ports, wait_for};
 pub use rpc_peers::{
-    cluster_yaml, dubbo_python, metric_sum, node_packages, require_dubbo_python,
+    admin_stats, cluster_yaml, dubbo_python, metric_sum, node_packages, require_dubbo_python,
     require_node_packages, rpc_listener_yaml, until_closed, NodePackages, PeerServer, RawUpstream,
 };
 

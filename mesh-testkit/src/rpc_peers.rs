@@ -202,6 +202,17 @@ pub async fn until_closed(s: &mut tokio::net::TcpStream) {
     }
 }
 
+/// The Prometheus text of a sidecar's admin `/stats/prometheus` (the blocking GET off the async
+/// threads); panics when it cannot be read.
+pub async fn admin_stats(admin: SocketAddr) -> String {
+    let get = tokio::task::spawn_blocking(move || crate::http_get(admin, "/stats/prometheus"));
+    match get.await {
+        Ok(Ok((_, body))) => body,
+        Ok(Err(e)) => panic!("GET {admin}/stats/prometheus: {e}"),
+        Err(e) => panic!("GET {admin}/stats/prometheus: {e}"),
+    }
+}
+
 /// The sum of the samples of metric `name` whose line holds every one of `labels` (substrings
 /// such as `listener="rpc_out"`), in a Prometheus text exposition.
 pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> u64 {
