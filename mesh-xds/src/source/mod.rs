@@ -10,6 +10,7 @@ mod incremental;
 mod opaque;
 mod pki;
 mod proxyless;
+mod rpc;
 mod spec;
 mod translate;
 
@@ -21,6 +22,7 @@ pub use hop::{MeshProtocol, SIDECAR_METADATA};
 pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
 pub use opaque::OUTBOUND_TCP;
+pub use rpc::{OUTBOUND_BOLT, OUTBOUND_DUBBO};
 pub use pki::{CaError, MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
 pub use spec::{
     CaSpec, EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, SecuritySpec,
