@@ -3,11 +3,11 @@
 //! `http_inspector` (`application_protocols`) with the TCP chain as the fallback.
 
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3::GenericProxy;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
-use mesh_core::{TcpDestination, TcpProxy, WeightedCluster};
-use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3::GenericProxy;
 use envoy_types::pb::google::protobuf::Any;
+use mesh_core::{TcpDestination, TcpProxy, WeightedCluster};
 use prost::Name;
 
 use super::xprotocol::{chain_protocol, is_generic_proxy, GENERIC_PROXY_FILTER};
@@ -312,7 +312,10 @@ pub(super) fn chains_to(
                 chains[0].filter_chain_match = Some(http_match());
                 filters.push(http_inspector());
             }
-            let protocol = l.xprotocol.as_ref().map_or("bolt", |x| chain_protocol(x.protocol));
+            let protocol = l
+                .xprotocol
+                .as_ref()
+                .map_or("bolt", |x| chain_protocol(x.protocol));
             c.filter_chain_match = Some(lpb::FilterChainMatch {
                 application_protocols: vec![protocol.to_owned()],
                 ..Default::default()

@@ -219,4 +219,3 @@ fn router_only(filters: &[core::TypedExtensionConfig], at: &str) -> Result<(), C
 pub(super) fn is_generic_proxy(any: &Any) -> bool {
     any.type_url == gp::GenericProxy::type_url()
 }
-

@@ -1,8 +1,8 @@
 //! One RPC route's predicate (generic proxy inputs + string matchers) ↔ its [`RouteMatch`]
 //! (see `xprotocol_routes` for the semantics).
 
-use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gm;
+use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3 as xm;
 use mesh_core::{HeaderMatcher, PathMatch, RouteMatch, StringMatch};
 use prost::Name;
@@ -63,15 +63,19 @@ fn native(m: &RouteMatch) -> Option<Vec<SinglePredicate>> {
         PathMatch::Prefix(p) => {
             let rest = p.strip_prefix('/')?;
             match rest.split_once('/') {
-                None if plain(rest) => {
-                    out.push(input_pred("service", string(MatchPattern::Prefix(rest.into()))))
-                }
+                None if plain(rest) => out.push(input_pred(
+                    "service",
+                    string(MatchPattern::Prefix(rest.into())),
+                )),
                 Some((s, "")) if plain(s) => {
                     out.push(input_pred("service", string(MatchPattern::Exact(s.into()))))
                 }
                 Some((s, mp)) if plain(s) && plain(mp) => {
                     out.push(input_pred("service", string(MatchPattern::Exact(s.into()))));
-                    out.push(input_pred("method", string(MatchPattern::Prefix(mp.into()))));
+                    out.push(input_pred(
+                        "method",
+                        string(MatchPattern::Prefix(mp.into())),
+                    ));
                 }
                 _ => return None,
             }
@@ -82,7 +86,10 @@ fn native(m: &RouteMatch) -> Option<Vec<SinglePredicate>> {
                 return None;
             }
             out.push(input_pred("service", string(MatchPattern::Exact(s.into()))));
-            out.push(input_pred("method", string(MatchPattern::Exact(method.into()))));
+            out.push(input_pred(
+                "method",
+                string(MatchPattern::Exact(method.into())),
+            ));
         }
         _ => return None,
     }
@@ -131,40 +138,39 @@ type Cond = (MatchPattern, bool);
 
 /// Converts a route's predicate at `at`.
 pub(super) fn predicate_from(p: &Predicate, at: &str) -> Result<RouteMatch, ConvertError> {
-    let singles: Vec<(String, &SinglePredicate)> = match &p.match_type {
-        Some(MatchType::SinglePredicate(s)) => vec![(format!("{at}.single_predicate"), s)],
-        Some(MatchType::AndMatcher(list)) => {
-            let mut out = Vec::new();
-            for (i, p) in list.predicate.iter().enumerate() {
-                let pat = format!("{at}.and_matcher.predicate[{i}]");
-                match &p.match_type {
-                    Some(MatchType::SinglePredicate(s)) => {
-                        out.push((format!("{pat}.single_predicate"), s))
-                    }
-                    _ => {
-                        return Err(ConvertError::unsupported(
+    let singles: Vec<(String, &SinglePredicate)> =
+        match &p.match_type {
+            Some(MatchType::SinglePredicate(s)) => vec![(format!("{at}.single_predicate"), s)],
+            Some(MatchType::AndMatcher(list)) => {
+                let mut out = Vec::new();
+                for (i, p) in list.predicate.iter().enumerate() {
+                    let pat = format!("{at}.and_matcher.predicate[{i}]");
+                    match &p.match_type {
+                        Some(MatchType::SinglePredicate(s)) => {
+                            out.push((format!("{pat}.single_predicate"), s))
+                        }
+                        _ => return Err(ConvertError::unsupported(
                             pat,
                             "nested or/and/not matchers (an and_matcher of single predicates only)",
-                        ))
+                        )),
                     }
                 }
+                out
             }
-            out
-        }
-        Some(MatchType::OrMatcher(_)) => {
-            return Err(ConvertError::unsupported(
-                format!("{at}.or_matcher"),
-                "or_matcher (use one route per alternative)",
-            ))
-        }
-        Some(MatchType::NotMatcher(_)) => {
-            return Err(ConvertError::unsupported(
-                format!("{at}.not_matcher"),
-                "not_matcher",
-            ))
-        }
-        None => return Err(ConvertError::new(format!("{at}.match_type"), "missing")),
-    };
+            Some(MatchType::OrMatcher(_)) => {
+                return Err(ConvertError::unsupported(
+                    format!("{at}.or_matcher"),
+                    "or_matcher (use one route per alternative)",
+                ))
+            }
+            Some(MatchType::NotMatcher(_)) => {
+                return Err(ConvertError::unsupported(
+                    format!("{at}.not_matcher"),
+                    "not_matcher",
+                ))
+            }
+            None => return Err(ConvertError::new(format!("{at}.match_type"), "missing")),
+        };
     let mut service: Option<Cond> = None;
     let mut method: Option<Cond> = None;
     let mut headers = Vec::new();
@@ -254,7 +260,11 @@ fn string_from(m: &xm::StringMatcher, at: &str) -> Result<Cond, ConvertError> {
     }
 }
 
-fn header_from(name: String, (p, ignore_case): Cond, at: &str) -> Result<HeaderMatcher, ConvertError> {
+fn header_from(
+    name: String,
+    (p, ignore_case): Cond,
+    at: &str,
+) -> Result<HeaderMatcher, ConvertError> {
     if name.is_empty() {
         return Err(ConvertError::new(
             format!("{at}.input.typed_config.property_name"),

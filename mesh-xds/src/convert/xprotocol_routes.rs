@@ -24,12 +24,12 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::route::v3 as rpb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as action;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gm;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3 as gp;
 use envoy_types::pb::google::protobuf as pbw;
+use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3 as xm;
 use mesh_core::{
     ClusterSpecifier, PathMatch, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
@@ -239,7 +239,10 @@ fn route_from(
     if any.type_url != action::RouteAction::type_url() {
         return Err(ConvertError::unsupported(
             at,
-            format!("action {} (only the generic proxy route action)", any.type_url),
+            format!(
+                "action {} (only the generic proxy route action)",
+                any.type_url
+            ),
         ));
     }
     let a: action::RouteAction = unpack(any, &at)?;
@@ -255,8 +258,8 @@ fn route_from(
             "per-route filter configs (the router is the only filter)",
         ));
     }
-    if let Some((action, filters)) = mesh_meta_get(a.metadata.as_ref(), "route")
-        .map_err(|e| e.within(&at))?
+    if let Some((action, filters)) =
+        mesh_meta_get(a.metadata.as_ref(), "route").map_err(|e| e.within(&at))?
     {
         return Ok(Route {
             name: a.name,
@@ -327,15 +330,17 @@ pub(super) fn custom_predicate_to(m: &RouteMatch) -> xm::matcher::matcher_list::
                 name: "mesh.matching.rpc.input.request".to_owned(),
                 typed_config: Some(typed_struct_to(RPC_REQUEST_INPUT, Default::default())),
             }),
-            matcher: Some(single_predicate::Matcher::CustomMatch(TypedExtensionConfig {
-                name: "mesh.matching.rpc.route_match".to_owned(),
-                typed_config: Some(typed_struct_to(
-                    RPC_ROUTE_MATCH,
-                    pbw::Struct {
-                        fields: fields.into_iter().collect(),
-                    },
-                )),
-            })),
+            matcher: Some(single_predicate::Matcher::CustomMatch(
+                TypedExtensionConfig {
+                    name: "mesh.matching.rpc.route_match".to_owned(),
+                    typed_config: Some(typed_struct_to(
+                        RPC_ROUTE_MATCH,
+                        pbw::Struct {
+                            fields: fields.into_iter().collect(),
+                        },
+                    )),
+                },
+            )),
         })),
     }
 }
@@ -362,7 +367,11 @@ pub(super) fn custom_predicate_from(
             format!("custom matcher {url:?} (only {RPC_ROUTE_MATCH})"),
         ));
     }
-    let json = match value.fields.get("route_match").and_then(|v| v.kind.as_ref()) {
+    let json = match value
+        .fields
+        .get("route_match")
+        .and_then(|v| v.kind.as_ref())
+    {
         Some(pbw::value::Kind::StringValue(s)) => s,
         _ => {
             return Err(ConvertError::new(

@@ -22,8 +22,8 @@ pub use hop::{MeshProtocol, SIDECAR_METADATA};
 pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
 pub use opaque::OUTBOUND_TCP;
-pub use rpc::{OUTBOUND_BOLT, OUTBOUND_DUBBO};
 pub use pki::{CaError, MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
+pub use rpc::{OUTBOUND_BOLT, OUTBOUND_DUBBO};
 pub use spec::{
     CaSpec, EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, SecuritySpec,
     ServiceProtocol, ServiceSpec,

@@ -72,7 +72,11 @@ fn service_routes(s: &ServiceSpec) -> Vec<Route> {
 
 /// The protocols the mesh's services use, in a fixed order.
 fn protocols(spec: &MeshSpec) -> Vec<RpcProtocol> {
-    let used: HashSet<RpcProtocol> = spec.services.iter().filter_map(|s| s.protocol.rpc()).collect();
+    let used: HashSet<RpcProtocol> = spec
+        .services
+        .iter()
+        .filter_map(|s| s.protocol.rpc())
+        .collect();
     [RpcProtocol::Bolt, RpcProtocol::Dubbo]
         .into_iter()
         .filter(|p| used.contains(p))
@@ -297,8 +301,14 @@ nodes:
         // Every sidecar: one outbound listener per protocol, at its address.
         let bolt = find("hello-1", OUTBOUND_BOLT);
         assert_eq!(bolt.address.to_string(), "127.0.0.1:12330");
-        assert_eq!(find("web-1", OUTBOUND_BOLT).address.to_string(), "127.0.0.1:12220");
-        assert_eq!(find("web-1", OUTBOUND_DUBBO).address.to_string(), "127.0.0.1:20990");
+        assert_eq!(
+            find("web-1", OUTBOUND_BOLT).address.to_string(),
+            "127.0.0.1:12220"
+        );
+        assert_eq!(
+            find("web-1", OUTBOUND_DUBBO).address.to_string(),
+            "127.0.0.1:20990"
+        );
         let x = bolt.xprotocol.as_ref().unwrap();
         assert_eq!(x.protocol, RpcProtocol::Bolt);
         assert!(!bolt.serves_http());
@@ -318,7 +328,10 @@ nodes:
         let dubbo = find("web-1", OUTBOUND_DUBBO);
         let routes = &routes_of(&dubbo).virtual_hosts[0].routes;
         assert_eq!(routes.len(), 3);
-        assert_eq!(routes[0].matcher.path, PathMatch::Prefix("/greeter-v2/".into()));
+        assert_eq!(
+            routes[0].matcher.path,
+            PathMatch::Prefix("/greeter-v2/".into())
+        );
         assert_eq!(routes[1].matcher.headers[0].name, "version");
         assert_eq!(
             routes[1].action.destination,
@@ -329,18 +342,28 @@ nodes:
         assert!(!inbound.serves_http());
         assert_eq!(inbound.address.to_string(), "127.0.0.1:12201");
         let r = &routes_of(&inbound).virtual_hosts[0].routes[0];
-        assert_eq!(r.action.destination, ClusterSpecifier::Cluster(LOCAL_APP.into()));
+        assert_eq!(
+            r.action.destination,
+            ClusterSpecifier::Cluster(LOCAL_APP.into())
+        );
         // The HTTP service's inbound stays HTTP; the HTTP table has no RPC service in it.
         assert!(find("web-1", crate::source::INBOUND).serves_http());
         let tables = all::<RouteConfiguration>(&snaps.nodes["web-1"], ResourceType::Route);
         let outbound = tables.iter().find(|t| t.name == "outbound").unwrap();
-        let hosts: Vec<_> = outbound.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        let hosts: Vec<_> = outbound
+            .virtual_hosts
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
         assert_eq!(hosts, ["web"]);
         // Clusters as usual: EDS with the service's policies; an RPC cluster is never h2.
         let clusters = all::<Cluster>(&snaps.nodes["web-1"], ResourceType::Cluster);
         let hello = clusters.iter().find(|c| c.name == "hello").unwrap();
         assert_eq!(hello.discovery, Discovery::Eds);
-        assert_eq!(hello.lb_policy, mesh_core::LbPolicy::LeastRequest { choice_count: 2 });
+        assert_eq!(
+            hello.lb_policy,
+            mesh_core::LbPolicy::LeastRequest { choice_count: 2 }
+        );
         assert!(hello.outlier_detection.is_some());
         assert_eq!(hello.protocol, mesh_core::UpstreamProtocol::Http1);
     }
