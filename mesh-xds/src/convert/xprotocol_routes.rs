@@ -93,7 +93,7 @@ fn matcher_to(routes: &[Route]) -> Option<xm::Matcher> {
     Some(xm::Matcher {
         on_no_match,
         matcher_type: (!matchers.is_empty())
-            .then(|| MatcherType::MatcherList(MatcherList { matchers })),
+            .then_some(MatcherType::MatcherList(MatcherList { matchers })),
     })
 }
 
