@@ -272,3 +272,33 @@ fn unsupported_generic_proxy_fields_are_nacked_by_path() {
         format!("{routes}.matcher_list.matchers[0].on_match.action.typed_config.retry_policy")
     );
 }
+
+#[test]
+fn rpc_chain_shapes_we_cannot_serve_are_nacked_by_path() {
+    // An RPC chain matched on a protocol nothing detects.
+    let mut p = dubbo_beside_http().to_proto();
+    p.filter_chains[1]
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .application_protocols = vec!["thrift".into()];
+    let e = Listener::from_proto(p).unwrap_err();
+    assert_eq!(e.path, "filter_chains[1].filter_chain_match");
+    // Two RPC chains.
+    let mut p = bolt().to_proto();
+    let chain = p.filter_chains[0].clone();
+    p.filter_chains.push(chain);
+    let e = Listener::from_proto(p).unwrap_err();
+    assert_eq!(e.path, "filter_chains[1]");
+    // A TypedStruct codec that is not ours.
+    let e = nack(|g| {
+        g.codec_config.as_mut().unwrap().typed_config = Some(super::custom::typed_struct_to(
+            "type.googleapis.com/acme.ThriftCodec",
+            Default::default(),
+        ))
+    });
+    assert_eq!(
+        e.path,
+        "filter_chains[0].filters[0].typed_config.codec_config.typed_config.type_url"
+    );
+}
