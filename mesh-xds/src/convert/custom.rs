@@ -93,6 +93,33 @@ pub(crate) fn custom_to(config: &BTreeMap<String, String>) -> Any {
     super::pack(&pbw::Struct { fields })
 }
 
+/// An `xds.type.v3.TypedStruct` naming the extension type `inner_type_url` with `value`: how
+/// the mesh's own extension configs (the bolt codec, RPC route matches) travel.
+pub(crate) fn typed_struct_to(inner_type_url: &str, value: pbw::Struct) -> Any {
+    Any {
+        type_url: XDS_TYPED_STRUCT.to_owned(),
+        value: TypedStruct {
+            type_url: inner_type_url.to_owned(),
+            value: Some(value),
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// The inner type URL and value of `any` when it is a `TypedStruct` (either package); `None`
+/// when it is something else.
+pub(crate) fn typed_struct_from(
+    any: &Any,
+    at: &str,
+) -> Result<Option<(String, pbw::Struct)>, ConvertError> {
+    if any.type_url != XDS_TYPED_STRUCT && any.type_url != UDPA_TYPED_STRUCT {
+        return Ok(None);
+    }
+    let ts = TypedStruct::decode(any.value.as_slice())
+        .map_err(|e| ConvertError::new(at, format!("bad protobuf: {e}")))?;
+    Ok(Some((ts.type_url, ts.value.unwrap_or_default())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use super::filters::{fault_from, fault_to, rate_limit_from, rate_limit_to, RateL
 use super::hcm_matching::HcmMatching;
 use super::rbac::{rbac_from, rbac_to, RBAC_FILTER};
 use super::tcp_proxy::{chains_from, chains_to, tcp_proxy_from};
+use super::xprotocol::{xprotocol_from, xprotocol_to, XProtocolExtras};
 use super::{
     ads_config_source, check_ads_source, duration_to, mesh_meta_get, mesh_meta_set, opt_duration,
     pack, u32_from, u32_to, unpack, ConvertError, XdsResource,
@@ -90,6 +91,10 @@ impl XdsResource for Listener {
         if let Some((at, proxy)) = &chains.tcp {
             l.tcp_proxy = Some(tcp_proxy_from(proxy, at)?);
         }
+        if let Some((at, proxy)) = &chains.rpc {
+            let extras: Option<XProtocolExtras> = mesh_meta_get(p.metadata.as_ref(), "xprotocol")?;
+            l.xprotocol = Some(xprotocol_from(proxy, at, extras.as_ref())?);
+        }
         if let Some(t) = opt_duration(
             p.listener_filters_timeout.as_ref(),
             "listener_filters_timeout",
@@ -122,8 +127,14 @@ impl XdsResource for Listener {
                 &self.http.max_request_bytes,
             );
         }
-        let (mut filter_chains, mut default_filter_chain, mut listener_filters) =
-            chains_to(self, self.serves_http().then(|| hcm_to(self)));
+        if let Some(x) = &self.xprotocol {
+            mesh_meta_set(&mut metadata, "xprotocol", &XProtocolExtras::of(x));
+        }
+        let (mut filter_chains, mut default_filter_chain, mut listener_filters) = chains_to(
+            self,
+            self.serves_http().then(|| hcm_to(self)),
+            self.xprotocol.as_ref().map(|x| xprotocol_to(x, &self.name)),
+        );
         if let Some(tls) = &self.tls {
             super::tls::join_tls(
                 tls,

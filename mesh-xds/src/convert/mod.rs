@@ -52,6 +52,9 @@ mod route_action;
 mod route_policy;
 mod tcp_proxy;
 mod tls;
+mod xprotocol;
+mod xprotocol_match;
+mod xprotocol_routes;
 
 pub use access_log::FILE_ACCESS_LOG;
 pub use custom::{UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
@@ -61,6 +64,10 @@ pub use tcp_proxy::{HTTP_INSPECTOR, TCP_PROXY_FILTER};
 #[cfg(feature = "control-plane")]
 pub(crate) use tls::check_certificates;
 pub use tls::{TLS_INSPECTOR, TLS_TRANSPORT_SOCKET};
+pub use xprotocol::{
+    BOLT_CODEC, BOLT_CODEC_TYPE, DUBBO_CODEC, GENERIC_PROXY_FILTER, GENERIC_ROUTER_FILTER,
+};
+pub use xprotocol_routes::{ROUTE_ACTION, RPC_REQUEST_INPUT, RPC_ROUTE_MATCH};
 
 /// The filter-metadata key under which settings Envoy has no field for travel.
 pub const MESH_METADATA_KEY: &str = "io.mesh";
@@ -308,3 +315,5 @@ mod tests_connect;
 mod tests_custom;
 #[cfg(test)]
 mod tests_l4;
+#[cfg(test)]
+mod tests_xprotocol;

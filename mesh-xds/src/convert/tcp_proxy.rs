@@ -3,11 +3,14 @@
 //! `http_inspector` (`application_protocols`) with the TCP chain as the fallback.
 
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3::GenericProxy;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::Any;
 use mesh_core::{TcpDestination, TcpProxy, WeightedCluster};
 use prost::Name;
 
+use super::xprotocol::{chain_protocol, is_generic_proxy, GENERIC_PROXY_FILTER};
 use super::{duration_to, opt_duration, pack, u32_from, u32_to, unpack, ConvertError};
 
 /// Network filter name of the TCP proxy.
@@ -126,6 +129,8 @@ pub(super) struct Chains {
     pub(super) http: Option<(String, hcm::HttpConnectionManager)>,
     /// The TCP chain's proxy and its path.
     pub(super) tcp: Option<(String, tcp::TcpProxy)>,
+    /// The RPC chain's generic proxy and its path.
+    pub(super) rpc: Option<(String, GenericProxy)>,
 }
 
 /// Sorts a listener's chains into one HTTP and one TCP chain; refuses shapes the mesh cannot
@@ -166,6 +171,17 @@ pub(super) fn chains_from(p: &lpb::Listener) -> Result<Chains, ConvertError> {
             }
         };
         let cfg_at = format!("{at}.filters[0].typed_config");
+        if is_generic_proxy(any) {
+            if chains.rpc.is_some() {
+                return Err(ConvertError::unsupported(
+                    at,
+                    "more than one RPC (generic_proxy) filter chain",
+                ));
+            }
+            rpc_match_of(chain, &at)?;
+            chains.rpc = Some((cfg_at.clone(), unpack(any, &cfg_at)?));
+            continue;
+        }
         let matched = match_of(chain, &at)?;
         if any.type_url == hcm::HttpConnectionManager::type_url() {
             if chains.http.is_some() {
@@ -198,7 +214,7 @@ pub(super) fn chains_from(p: &lpb::Listener) -> Result<Chains, ConvertError> {
         }
     }
     match (&chains.http, &chains.tcp) {
-        (None, None) => Err(ConvertError::new("filter_chains", "missing")),
+        (None, None) if chains.rpc.is_none() => Err(ConvertError::new("filter_chains", "missing")),
         // Both unmatched: Envoy itself refuses two chains with the same match.
         (Some(_), Some(_)) if !http_matched && p.default_filter_chain.is_none() => {
             Err(ConvertError::unsupported(
@@ -240,17 +256,42 @@ fn match_of(chain: &lpb::FilterChain, at: &str) -> Result<bool, ConvertError> {
     Ok(!m.application_protocols.is_empty())
 }
 
+/// An RPC chain may match only on `application_protocols: [<its protocol>]` (the form for a
+/// listener that also serves HTTP, see `xprotocol`).
+fn rpc_match_of(chain: &lpb::FilterChain, at: &str) -> Result<(), ConvertError> {
+    let Some(m) = &chain.filter_chain_match else {
+        return Ok(());
+    };
+    let ok = match m.application_protocols.as_slice() {
+        [p] => ["bolt", "dubbo"].contains(&p.as_str()),
+        _ => false,
+    };
+    let protocols_only = lpb::FilterChainMatch {
+        application_protocols: m.application_protocols.clone(),
+        ..Default::default()
+    };
+    if !ok || m != &protocols_only {
+        return Err(ConvertError::unsupported(
+            format!("{at}.filter_chain_match"),
+            "RPC chain matching other than application_protocols: [\"bolt\"] or [\"dubbo\"]",
+        ));
+    }
+    Ok(())
+}
+
 /// The chains for a listener: `http` is the packed connection manager when the listener serves
-/// HTTP. Returns (filter_chains, default_filter_chain, listener_filters).
+/// HTTP, `rpc` its generic proxy when it serves an RPC protocol. Returns (filter_chains,
+/// default_filter_chain, listener_filters).
 pub(super) fn chains_to(
     l: &mesh_core::Listener,
     http: Option<hcm::HttpConnectionManager>,
+    rpc: Option<GenericProxy>,
 ) -> (
     Vec<lpb::FilterChain>,
     Option<lpb::FilterChain>,
     Vec<lpb::ListenerFilter>,
 ) {
-    let chain = |name: &str, any| lpb::FilterChain {
+    let chain = |name: &str, any: Any| lpb::FilterChain {
         filters: vec![lpb::Filter {
             name: name.to_owned(),
             config_type: Some(lpb::filter::ConfigType::TypedConfig(any)),
@@ -261,23 +302,68 @@ pub(super) fn chains_to(
         .tcp_proxy
         .as_ref()
         .map(|t| chain(TCP_PROXY_FILTER, pack(&tcp_proxy_to(t, &l.name))));
+    let serves_http = http.is_some();
+    let (mut chains, mut default, mut filters) = http_tcp_chains(http, tcp, &chain);
+    if let Some(g) = rpc {
+        let mut c = chain(GENERIC_PROXY_FILTER, pack(&g));
+        if serves_http {
+            // HTTP on the same port: each chain is told apart by its application protocol.
+            if chains[0].filter_chain_match.is_none() {
+                chains[0].filter_chain_match = Some(http_match());
+                filters.push(http_inspector());
+            }
+            let protocol = l
+                .xprotocol
+                .as_ref()
+                .map_or("bolt", |x| chain_protocol(x.protocol));
+            c.filter_chain_match = Some(lpb::FilterChainMatch {
+                application_protocols: vec![protocol.to_owned()],
+                ..Default::default()
+            });
+            chains.push(c);
+        } else {
+            // Without HTTP every connection is decoded as RPCs; a TCP proxy never runs.
+            chains = vec![c];
+            default = None;
+        }
+    }
+    (chains, default, filters)
+}
+
+fn http_match() -> lpb::FilterChainMatch {
+    lpb::FilterChainMatch {
+        application_protocols: HTTP_PROTOCOLS.iter().map(|p| (*p).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+fn http_inspector() -> lpb::ListenerFilter {
+    lpb::ListenerFilter {
+        name: HTTP_INSPECTOR.to_owned(),
+        config_type: Some(lpb::listener_filter::ConfigType::TypedConfig(pack(
+            &envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The HTTP and TCP chains (see [`chains_to`]).
+fn http_tcp_chains(
+    http: Option<hcm::HttpConnectionManager>,
+    tcp: Option<lpb::FilterChain>,
+    chain: &dyn Fn(&str, Any) -> lpb::FilterChain,
+) -> (
+    Vec<lpb::FilterChain>,
+    Option<lpb::FilterChain>,
+    Vec<lpb::ListenerFilter>,
+) {
     match (http, tcp) {
         (Some(m), None) => (vec![chain(super::HCM_FILTER, pack(&m))], None, Vec::new()),
         (None, Some(t)) => (vec![t], None, Vec::new()),
         (Some(m), Some(t)) => {
             let mut http = chain(super::HCM_FILTER, pack(&m));
-            http.filter_chain_match = Some(lpb::FilterChainMatch {
-                application_protocols: HTTP_PROTOCOLS.iter().map(|p| (*p).to_owned()).collect(),
-                ..Default::default()
-            });
-            let inspector = lpb::ListenerFilter {
-                name: HTTP_INSPECTOR.to_owned(),
-                config_type: Some(lpb::listener_filter::ConfigType::TypedConfig(pack(
-                    &envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::default(),
-                ))),
-                ..Default::default()
-            };
-            (vec![http], Some(t), vec![inspector])
+            http.filter_chain_match = Some(http_match());
+            (vec![http], Some(t), vec![http_inspector()])
         }
         // Validation refuses a listener with neither.
         (None, None) => (Vec::new(), None, Vec::new()),

@@ -85,10 +85,7 @@ impl SidecarInbounds {
 /// inbound sidecar (the app would get h2 from an HTTP/1.1 client).
 pub(super) fn cluster_protocol(s: &ServiceSpec, sidecars: &SidecarInbounds) -> UpstreamProtocol {
     let via_sidecars = s.mesh_protocol == MeshProtocol::Http2
-        && !matches!(
-            s.protocol,
-            ServiceProtocol::Tcp | ServiceProtocol::UseDownstream
-        )
+        && matches!(s.protocol, ServiceProtocol::Http1 | ServiceProtocol::Http2)
         && !s.endpoints.is_empty()
         && s.endpoints.iter().all(|e| sidecars.contains(e));
     if via_sidecars {

@@ -18,7 +18,7 @@ use mesh_core::{
 use super::hop::{cluster_protocol, SidecarInbounds};
 use super::pki::{MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
 use super::proxyless::grpc_lb_policy;
-use super::spec::{MeshSpec, NodeKind, SecuritySpec, ServiceProtocol, ServiceSpec};
+use super::spec::{MeshSpec, NodeKind, SecuritySpec, ServiceSpec};
 use super::translate::{service_config, TranslateError, LOCAL_APP, OUTBOUND};
 use crate::server::Resource;
 
@@ -110,6 +110,12 @@ impl ServiceTranslation {
         &self.spec.name
     }
 
+    /// Whether the service has a virtual host in the outbound HTTP table (an RPC service's
+    /// routes are its RPC listener's instead).
+    fn in_http_table(&self) -> bool {
+        self.spec.protocol.rpc().is_none()
+    }
+
     /// The cluster resource for a proxyless gRPC client.
     pub(super) fn grpc_cluster(&self) -> &Resource {
         self.grpc_cluster.as_ref().unwrap_or(&self.cluster)
@@ -173,6 +179,7 @@ impl TranslationCache {
         }
         let hosts: Vec<Arc<VirtualHost>> = services
             .iter()
+            .filter(|t| t.in_http_table())
             .map(|t| Arc::clone(&t.virtual_host))
             .collect();
         let outbound = match &self.outbound {
@@ -260,7 +267,8 @@ fn upstream_tls(
         // `ClusterTls::for_protocol`); offering both lets the server pick h2 under an HTTP/1.1
         // codec, and Envoy resets the request.
         alpn: match (s.protocol, protocol) {
-            (ServiceProtocol::Tcp, _) | (_, UpstreamProtocol::UseDownstream) => Vec::new(),
+            (p, _) if !p.is_http() => Vec::new(),
+            (_, UpstreamProtocol::UseDownstream) => Vec::new(),
             (_, UpstreamProtocol::Http1) => vec!["http/1.1".into()],
             (_, UpstreamProtocol::Http2) => vec!["h2".into()],
         },
@@ -276,7 +284,7 @@ fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, Tran
         .map(|t| t.name())
         .chain([LOCAL_APP])
         .collect();
-    for t in services {
+    for t in services.iter().filter(|t| t.in_http_table()) {
         for (r, route) in t.virtual_host.routes.iter().enumerate() {
             for name in route.action.destination.cluster_names() {
                 if !known.contains(name) {
@@ -293,6 +301,7 @@ fn outbound_table(services: &[Arc<ServiceTranslation>]) -> Result<Resource, Tran
         name: OUTBOUND.into(),
         virtual_hosts: services
             .iter()
+            .filter(|t| t.in_http_table())
             .map(|t| VirtualHost::clone(&t.virtual_host))
             .collect(),
         ignore_port_in_host_matching: false,

@@ -10,6 +10,7 @@ mod incremental;
 mod opaque;
 mod pki;
 mod proxyless;
+mod rpc;
 mod spec;
 mod translate;
 
@@ -22,6 +23,7 @@ pub use incremental::TranslationCache;
 pub use mesh_core::Registration;
 pub use opaque::OUTBOUND_TCP;
 pub use pki::{CaError, MeshCa, ROOT_SECRET, WORKLOAD_SECRET};
+pub use rpc::{OUTBOUND_BOLT, OUTBOUND_DUBBO};
 pub use spec::{
     CaSpec, EndpointSpec, ListenerAddrs, MeshSpec, NodeSpec, PartialAddrs, SecuritySpec,
     ServiceProtocol, ServiceSpec,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh_core::{
     AccessLog, CircuitBreakers, FilterConfig, HealthCheck, LbPolicy, LocalRateLimit, MtlsMode,
-    OutlierDetection, RetryPolicy, Route, SpiffeId, UpstreamProtocol,
+    OutlierDetection, RetryPolicy, Route, RpcProtocol, SpiffeId, UpstreamProtocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,12 @@ pub struct ListenerAddrs {
     pub inbound: SocketAddr,
     /// The local app (default 127.0.0.1:6060).
     pub local_app: SocketAddr,
+    /// The outbound RPC listener of `protocol: bolt` services (default 127.0.0.1:12220; only
+    /// when the mesh has such a service).
+    pub outbound_bolt: SocketAddr,
+    /// The outbound RPC listener of `protocol: dubbo` services (default 127.0.0.1:20882; only
+    /// when the mesh has such a service).
+    pub outbound_dubbo: SocketAddr,
 }
 
 impl Default for ListenerAddrs {
@@ -147,6 +153,9 @@ impl Default for ListenerAddrs {
             outbound: SocketAddr::from(([127, 0, 0, 1], 8082)),
             inbound: SocketAddr::from(([127, 0, 0, 1], 8083)),
             local_app: SocketAddr::from(([127, 0, 0, 1], 6060)),
+            // SOFARPC serves on 12200 and dubbo on 20880: the sidecar's ports sit near them.
+            outbound_bolt: SocketAddr::from(([127, 0, 0, 1], 12220)),
+            outbound_dubbo: SocketAddr::from(([127, 0, 0, 1], 20882)),
         }
     }
 }
@@ -164,10 +173,17 @@ pub struct ServiceSpec {
     /// More domains served by this service's virtual host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
-    /// The protocol its endpoints speak (`http1`, `http2` for gRPC, `use_downstream`, or
-    /// `tcp`: opaque bytes, proxied at layer 4 on a port of its own, see [`ServiceProtocol`]).
+    /// The protocol its endpoints speak (`http1`, `http2` for gRPC, `use_downstream`,
+    /// `tcp`: opaque bytes, proxied at layer 4 on a port of its own, or the RPC protocols
+    /// `bolt` and `dubbo`, see [`ServiceProtocol`]).
     #[serde(default)]
     pub protocol: ServiceProtocol,
+    /// The RPC interfaces (service names in the RPC header: bolt's `service`, such as
+    /// `com.example.Hello:1.0`, dubbo's interface path) a `bolt`/`dubbo` service provides;
+    /// default: its name. Each is routed to this service by the outbound RPC listener unless
+    /// `routes` says otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
     /// What other sidecars speak to this service's endpoints when they are sidecars' inbound
     /// listeners: HTTP/2 by default (one multiplexed connection per pair of sidecars), or
     /// `http1` to keep `protocol` on that hop too; see [`MeshProtocol`]. The hop from the
@@ -235,6 +251,11 @@ pub enum ServiceProtocol {
     /// service's endpoints; the inbound listener of the service's own nodes is opaque too (no
     /// protocol detection, so server-first protocols work).
     Tcp,
+    /// SOFA bolt RPC: every sidecar gets the outbound bolt listener routing the service's
+    /// `interfaces`; the inbound listener of the service's own nodes is a bolt proxy to its app.
+    Bolt,
+    /// Dubbo RPC, as `bolt`.
+    Dubbo,
 }
 
 impl ServiceProtocol {
@@ -242,10 +263,24 @@ impl ServiceProtocol {
     /// by the mesh; HTTP/1.1 is the model's default).
     pub fn upstream(self) -> UpstreamProtocol {
         match self {
-            Self::Http1 | Self::Tcp => UpstreamProtocol::Http1,
+            Self::Http1 | Self::Tcp | Self::Bolt | Self::Dubbo => UpstreamProtocol::Http1,
             Self::Http2 => UpstreamProtocol::Http2,
             Self::UseDownstream => UpstreamProtocol::UseDownstream,
         }
+    }
+
+    /// The RPC protocol, for `bolt` and `dubbo`.
+    pub fn rpc(self) -> Option<RpcProtocol> {
+        match self {
+            Self::Bolt => Some(RpcProtocol::Bolt),
+            Self::Dubbo => Some(RpcProtocol::Dubbo),
+            Self::Http1 | Self::Http2 | Self::UseDownstream | Self::Tcp => None,
+        }
+    }
+
+    /// Whether the service is spoken to as opaque bytes or RPCs, never as HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http1 | Self::Http2 | Self::UseDownstream)
     }
 }
 
@@ -336,6 +371,12 @@ pub struct PartialAddrs {
     /// Local app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_app: Option<SocketAddr>,
+    /// Outbound RPC listener of bolt services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_bolt: Option<SocketAddr>,
+    /// Outbound RPC listener of dubbo services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_dubbo: Option<SocketAddr>,
 }
 
 impl PartialAddrs {
@@ -345,6 +386,8 @@ impl PartialAddrs {
             outbound: self.outbound.unwrap_or(defaults.outbound),
             inbound: self.inbound.unwrap_or(defaults.inbound),
             local_app: self.local_app.unwrap_or(defaults.local_app),
+            outbound_bolt: self.outbound_bolt.unwrap_or(defaults.outbound_bolt),
+            outbound_dubbo: self.outbound_dubbo.unwrap_or(defaults.outbound_dubbo),
         }
     }
 }
@@ -361,6 +404,7 @@ impl ServiceSpec {
             port: None,
             aliases: Vec::new(),
             protocol: ServiceProtocol::default(),
+            interfaces: Vec::new(),
             mesh_protocol: MeshProtocol::default(),
             endpoints: Vec::new(),
             lb_policy: LbPolicy::default(),

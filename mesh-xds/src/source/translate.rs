@@ -13,6 +13,7 @@ use super::incremental::{SharedResources, TranslationCache};
 use super::opaque::{make_opaque, tcp_listeners};
 use super::pki::{ROOT_SECRET, WORKLOAD_SECRET};
 use super::proxyless::{api_listener, api_manager};
+use super::rpc::{check_rpc, make_rpc, node_rpc, rpc_listeners};
 use super::spec::{
     ListenerAddrs, ListenerFilters, MeshSpec, NodeKind, NodeSpec, ServiceProtocol, ServiceSpec,
 };
@@ -91,6 +92,8 @@ impl MeshSpec {
                 addrs.outbound,
                 addrs.inbound,
                 addrs.local_app,
+                addrs.outbound_bolt,
+                addrs.outbound_dubbo,
                 n.kind(),
             );
             let snap = match built.get(&key) {
@@ -137,6 +140,7 @@ impl MeshSpec {
                     "a `protocol: tcp` service needs a port (its opaque listener's)",
                 ));
             }
+            check_rpc(self, s)?;
             if let Some(a) = &s.authz {
                 if s.protocol == ServiceProtocol::Tcp {
                     return Err(TranslateError::new(
@@ -268,6 +272,9 @@ impl MeshSpec {
         if service.is_some_and(|s| s.protocol == ServiceProtocol::Tcp) {
             make_opaque(&mut inbound_listener, LOCAL_APP);
         }
+        if let Some((s, protocol)) = node_rpc(self, node) {
+            make_rpc(&mut inbound_listener, s, protocol);
+        }
         // Under `security:`, a sidecar running a service serves its inbound side over mTLS
         // with the service's certificate; the local app's side stays plaintext.
         if let (Some(security), Some(s), NodeKind::Sidecar) = (&self.security, service, kind) {
@@ -282,7 +289,11 @@ impl MeshSpec {
             });
         }
         let tcp_listeners = match kind {
-            NodeKind::Sidecar => tcp_listeners(self, node, addrs),
+            NodeKind::Sidecar => {
+                let mut l = tcp_listeners(self, node, addrs);
+                l.extend(rpc_listeners(self, addrs));
+                l
+            }
             NodeKind::Sdk | NodeKind::Proxyless => Vec::new(),
         };
         NodePart {
@@ -400,7 +411,8 @@ impl MeshSpec {
 /// See [`MeshSpec::node_part`].
 struct NodePart {
     listeners: Vec<Listener>,
-    /// Opaque listeners of `protocol: tcp` services (sidecars only).
+    /// Opaque listeners of `protocol: tcp` services and the outbound RPC listeners (sidecars
+    /// only).
     tcp_listeners: Vec<Listener>,
     inbound: RouteConfiguration,
     local_app: Cluster,
