@@ -125,6 +125,22 @@ impl EndpointState {
     pub fn is_closed(&self) -> bool {
         self.closer.is_closed()
     }
+
+    /// Resolves once the endpoint has left its cluster and drained ([`is_closed`](Self::is_closed)):
+    /// how a connection held outside this crate (the RPC proxy's) learns to close. Create it
+    /// once per connection and poll it pinned (each creation registers a waker slot; polling
+    /// is one waker registration and one atomic load).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let slot = self.closer.watch();
+        std::future::poll_fn(move |cx| {
+            slot.register(cx.waker());
+            if self.closer.is_closed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 /// Closes an endpoint's pooled connections once it has left its cluster and drained.
@@ -239,6 +255,26 @@ mod tests {
         assert!(closer.is_closed() && closer.lock().is_empty());
         drop(late);
         closer.close();
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_when_the_endpoint_closes() {
+        let ep = Arc::new(EndpointState::new("127.0.0.1:1".parse().unwrap()));
+        let waiter = tokio::spawn({
+            let ep = ep.clone();
+            async move { ep.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "open: still waiting");
+        ep.closer.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the close")
+            .unwrap();
+        // Created after the close: ready at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), ep.closed())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -44,5 +44,6 @@ pub use connector::EndpointMap;
 pub use endpoint::EndpointState;
 pub use layer::{LoadBalance, LoadBalanceLayer, ResponseFuture};
 pub use manager::{ClusterManager, RemoveLoadAssignment};
+pub use outlier::Outcome;
 pub use set::EndpointSet;
 pub use upstream::{Upstream, UpstreamFuture};

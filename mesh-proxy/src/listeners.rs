@@ -1,6 +1,8 @@
 //! The set of live listeners, reconciled against config as Envoy does for LDS: a new listener is
 //! bound, a removed one stops accepting and drains, one whose address changed is rebound, and
-//! one that only changed its routes keeps its socket and swaps its table.
+//! one that only changed its routes keeps its socket and swaps its table (an RPC listener's
+//! too: its proxy swaps its route table, time-out and limits in place, so its downstream
+//! connections and upstream pools stay).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +30,8 @@ use crate::xproto::XProxy;
 struct Live {
     config: Listener,
     stack: ListenerStack,
+    /// The RPC proxy, for a listener with `xprotocol` (updated in place).
+    rpc: Option<XProxy>,
     local_addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -210,7 +214,7 @@ impl ListenerManager {
                         && old.http == l.http
                         && old.tcp_proxy == l.tcp_proxy
                         && old.detection == l.detection
-                        && old.xprotocol == l.xprotocol
+                        && crate::xproto::same_protocol(old, l)
                         && old.tls == l.tls =>
                 {
                     prepared.push((l.clone(), table, None));
@@ -258,7 +262,18 @@ impl ListenerManager {
                     // Built first: an unknown filter refuses the update before the routes change.
                     let filters = s.build_filters(&l)?;
                     let rbac = ListenerStack::build_rbac(&l)?;
+                    let rpc = match &live.rpc {
+                        Some(p) if live.config.xprotocol != l.xprotocol
+                            || live.config.rate_limit != l.rate_limit =>
+                        {
+                            Some(p.prepare_update(&l).map_err(|e| refuse(&l, e))?)
+                        }
+                        _ => None,
+                    };
                     s.reload_routes(&l, rc)?;
+                    if let Some(rpc) = rpc {
+                        rpc.install();
+                    }
                     s.set_filters(filters);
                     s.set_rbac(rbac);
                     s.set_access_log(sinks);
@@ -358,6 +373,7 @@ impl ListenerManager {
     ) -> Live {
         let local_addr = socket.local_addr().unwrap_or(config.address);
         let stop = CancellationToken::new();
+        let rpc = XProxy::of_listener(&config, &self.clusters, &self.metrics);
         let settings = ListenerSettings {
             name: Arc::from(config.name.as_str()),
             http: config.http.clone(),
@@ -375,7 +391,7 @@ impl ListenerManager {
                     )
                 }),
                 tls,
-                rpc: XProxy::of_listener(&config, &self.clusters, &self.metrics),
+                rpc: rpc.clone(),
             },
         };
         tracing::info!(listener = %config.name, %local_addr, "listening");
@@ -390,6 +406,7 @@ impl ListenerManager {
         Live {
             config,
             stack,
+            rpc,
             local_addr,
             stop,
             task,

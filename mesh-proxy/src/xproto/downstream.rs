@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use mesh_core::MeshError;
-use mesh_lb::ClusterState;
+use mesh_lb::{ClusterState, EndpointState, Outcome};
 use mesh_xprotocol::{CodecError, Frame, FrameKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -35,12 +35,22 @@ pub(crate) struct Reply {
     tx: mpsc::UnboundedSender<Bytes>,
     permit: Option<OwnedSemaphorePermit>,
     admitted: Option<Admitted>,
+    /// The endpoint, when its cluster detects outliers (the outcome is recorded against it).
+    endpoint: Option<Arc<EndpointState>>,
     started: Instant,
     labels: RequestLabels,
     metrics: Metrics,
 }
 
 impl Reply {
+    /// Records what this request's answer (or failure) says about its endpoint, for outlier
+    /// detection (nothing when the cluster does not detect outliers).
+    pub(crate) fn record(&self, outcome: Outcome) {
+        if let (Some(Admitted(cluster)), Some(endpoint)) = (&self.admitted, &self.endpoint) {
+            cluster.record(endpoint, outcome);
+        }
+    }
+
     /// Sends the upstream's response; `ok` when its status is success.
     pub(crate) fn respond(mut self, bytes: Bytes, ok: bool) {
         self.labels.status_class = if ok { "2xx" } else { "5xx" };
@@ -85,7 +95,6 @@ where
     let mut tx = Some(tx);
     let permits = Arc::new(Semaphore::new(MAX_PENDING));
     let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
-    let max_frame = proxy.inner.config.max_frame_bytes as usize;
     loop {
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(READ_CHUNK);
@@ -97,6 +106,7 @@ where
                 Ok(0) | Err(_) => tx = None,
                 Ok(_) => {
                     let Some(sender) = &tx else { continue };
+                    let max_frame = proxy.max_frame();
                     loop {
                         match proxy.inner.codec.decode(&mut rbuf, max_frame) {
                             Ok(Some(frame)) => proxy.handle(frame, sender, &permits),
@@ -160,6 +170,7 @@ impl XProxy {
         permits: &Arc<Semaphore>,
     ) {
         let inner = &*self.inner;
+        let routing = inner.routing.load();
         let started = Instant::now();
         let mut labels = RequestLabels {
             listener: Arc::clone(&inner.listener),
@@ -174,13 +185,13 @@ impl XProxy {
                 let _ = tx.send(inner.codec.error_response(&frame, xerror(&e)));
             }
         };
-        if let Some((rule, bucket)) = &inner.limit {
+        if let Some((rule, bucket)) = &routing.limit {
             if let Err(retry_after) = bucket.try_acquire() {
                 let rule = rule.clone();
                 return local(MeshError::RateLimited { rule, retry_after }, labels);
             }
         }
-        let decision = match route::decide(&inner.table, &frame.header) {
+        let decision = match route::decide(&routing.table, &frame.header) {
             Ok(d) => d,
             Err(e) => return local(e, labels),
         };
@@ -211,18 +222,19 @@ impl XProxy {
                 tx: tx.clone(),
                 permit: Some(permit),
                 admitted: Some(admitted),
+                endpoint: cluster.detects_outliers().then(|| Arc::clone(&endpoint)),
                 started,
                 labels,
                 metrics: inner.metrics.clone(),
             })
         };
-        let deadline = tokio::time::Instant::now().into_std() + inner.config.request_timeout;
-        let conn = self.upstream(endpoint.address(), cluster.config().connect_timeout);
-        if let Err(d) = conn.send(Dispatch {
+        let deadline = tokio::time::Instant::now().into_std() + routing.config.request_timeout;
+        let d = Dispatch {
             frame,
             reply,
             deadline,
-        }) {
+        };
+        if let Err(d) = self.send_upstream(&routing, &cluster, &endpoint, d) {
             fail(
                 &*inner.codec,
                 *d,

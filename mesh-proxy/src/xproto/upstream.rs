@@ -1,17 +1,23 @@
 //! One shared upstream connection: requests from any downstream connection are written with
 //! ids of this connection ([`InFlight`]), responses are matched back in any order, requests
 //! past their deadline are answered with the protocol's timeout error, and when the
-//! connection ends every waiting request gets the upstream-failure error.
+//! connection ends every waiting request gets the upstream-failure error. Each answer, and
+//! each of those failures, is recorded for outlier detection against the endpoint (see
+//! module `outcome`).
+//!
+//! When the endpoint leaves its cluster and has drained ([`EndpointState::closed`]), the
+//! connection takes no new request, finishes those it carries and ends.
 //!
 //! One task per connection reads, writes and expires in one `select!` loop, so a slow
 //! downstream never stalls it: responses go to each downstream's unbounded queue, whose length
 //! the downstream bounds by its own in-flight permits.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use mesh_core::RpcProtocol;
+use mesh_lb::{EndpointState, Outcome};
 use mesh_xprotocol::{Frame, FrameKind, InFlight, XCodec, XError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::downstream::Reply;
+use super::outcome;
 use crate::metrics_rpc::ListenerRpcMetrics;
 
 /// Bytes queued for writing above which the connection takes no new requests until the
@@ -41,12 +48,13 @@ pub(crate) struct Dispatch {
 /// last response is in).
 #[derive(Clone)]
 pub(crate) struct UpstreamConn {
-    tx: mpsc::UnboundedSender<Dispatch>,
+    pub(super) tx: mpsc::UnboundedSender<Dispatch>,
 }
 
 /// What an upstream connection's task needs.
 pub(crate) struct Settings {
-    pub(crate) addr: SocketAddr,
+    pub(crate) endpoint: Arc<EndpointState>,
+    pub(crate) protocol: RpcProtocol,
     pub(crate) connect_timeout: Duration,
     pub(crate) codec: Arc<dyn XCodec>,
     pub(crate) max_frame: usize,
@@ -55,7 +63,7 @@ pub(crate) struct Settings {
 }
 
 impl UpstreamConn {
-    /// Starts connecting to `settings.addr`; requests sent meanwhile wait for the connection.
+    /// Starts connecting to `settings.endpoint`; requests sent meanwhile wait for the connection.
     pub(crate) fn spawn(settings: Settings) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(settings, rx));
@@ -82,11 +90,12 @@ pub(crate) fn fail(codec: &dyn XCodec, d: Dispatch, error: XError, code: &'stati
 
 async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
     let codec = &*s.codec;
-    let connected = tokio::time::timeout(s.connect_timeout, TcpStream::connect(s.addr)).await;
+    let addr = s.endpoint.address();
+    let connected = tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return refuse_all(codec, &mut rx, &format!("connect {}: {e}", s.addr)),
-        Err(_) => return refuse_all(codec, &mut rx, &format!("connect {}: timed out", s.addr)),
+        Ok(Err(e)) => return refuse_all(codec, &mut rx, &format!("connect {addr}: {e}")),
+        Err(_) => return refuse_all(codec, &mut rx, &format!("connect {addr}: timed out")),
     };
     let _ = stream.set_nodelay(true);
     s.metrics.upstream_opened.inc();
@@ -95,6 +104,9 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
     let mut in_flight: InFlight<Reply> = InFlight::new(s.capacity);
     let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
     let mut open = true;
+    let endpoint_closed = s.endpoint.closed();
+    tokio::pin!(endpoint_closed);
+    let mut closing = false;
     let reason = loop {
         if !open && in_flight.is_empty() && wbuf.is_empty() {
             break None;
@@ -122,9 +134,16 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
                     break Some(format!("write: {e}"));
                 }
             }
+            // The endpoint left its cluster: no new requests (the pool sees the queue closed
+            // and lets go); those queued and in flight are still carried.
+            () = &mut endpoint_closed, if !closing => {
+                closing = true;
+                rx.close();
+            }
             () = sleep_until(deadline), if deadline.is_some() => {
                 for p in in_flight.expire(Instant::now().into_std()) {
                     s.metrics.in_flight.dec();
+                    p.downstream.record(Outcome::LOCAL_ORIGIN_FAILURE);
                     let bytes = p.error_response(codec, XError::Timeout);
                     p.downstream.fail(bytes, "upstream_timeout");
                 }
@@ -134,10 +153,11 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
     s.metrics.upstream_open.dec();
     let reason = reason.unwrap_or_default();
     if !reason.is_empty() {
-        tracing::debug!(upstream = %s.addr, %reason, "rpc upstream connection ended");
+        tracing::debug!(upstream = %addr, %reason, "rpc upstream connection ended");
     }
     for p in in_flight.fail_all() {
         s.metrics.in_flight.dec();
+        p.downstream.record(Outcome::LOCAL_ORIGIN_FAILURE);
         let bytes = p.error_response(codec, XError::UpstreamFailure);
         p.downstream.fail(bytes, "upstream_failure");
     }
@@ -158,6 +178,9 @@ fn refuse_all(codec: &dyn XCodec, rx: &mut mpsc::UnboundedReceiver<Dispatch>, re
     }
     rx.close();
     while let Ok(d) = rx.try_recv() {
+        if let Some(reply) = &d.reply {
+            reply.record(Outcome::LOCAL_ORIGIN_FAILURE);
+        }
         fail(
             codec,
             d,
@@ -214,8 +237,11 @@ fn responses(
                 if let Some(p) = in_flight.complete(frame.request_id) {
                     s.metrics.in_flight.dec();
                     codec.set_request_id(&mut frame, p.original_id);
-                    let ok = frame.status == Some(0);
-                    p.downstream.respond(frame.raw.freeze(), ok);
+                    // Read once as the HTTP status it stands for: success for the request
+                    // metrics (dubbo's OK is 20, not 0), the outcome for outlier detection.
+                    let status = outcome::http_status(s.protocol, frame.status);
+                    p.downstream.record(mesh_lb::Outcome::of_status(status));
+                    p.downstream.respond(frame.raw.freeze(), status.is_success());
                 }
             }
             FrameKind::HeartbeatRequest => {
