@@ -263,14 +263,19 @@ impl ListenerManager {
                     let filters = s.build_filters(&l)?;
                     let rbac = ListenerStack::build_rbac(&l)?;
                     let rpc = match &live.rpc {
-                        Some(p) if live.config.xprotocol != l.xprotocol
-                            || live.config.rate_limit != l.rate_limit =>
+                        Some(p)
+                            if live.config.xprotocol != l.xprotocol
+                                || live.config.rate_limit != l.rate_limit =>
                         {
                             Some(p.prepare_update(&l).map_err(|e| refuse(&l, e))?)
                         }
                         _ => None,
                     };
-                    s.reload_routes(&l, rc)?;
+                    // A listener serving no HTTP (RPC, TCP) has no route table here (its
+                    // limits are the RPC proxy's or none).
+                    if l.serves_http() {
+                        s.reload_routes(&l, rc)?;
+                    }
                     if let Some(rpc) = rpc {
                         rpc.install();
                     }

@@ -176,9 +176,15 @@ impl XProxy {
         metrics: &Metrics,
     ) -> Option<Self> {
         let x = l.xprotocol.clone()?;
-        Self::build(&l.name, x, l.rate_limit.clone(), clusters.clone(), metrics.clone())
-            .map_err(|e| tracing::error!(listener = %l.name, error = %e, "rpc proxy"))
-            .ok()
+        Self::build(
+            &l.name,
+            x,
+            l.rate_limit.clone(),
+            clusters.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| tracing::error!(listener = %l.name, error = %e, "rpc proxy"))
+        .ok()
     }
 
     /// The RPC proxy of `listener`; an error when the routes do not compile or the protocol

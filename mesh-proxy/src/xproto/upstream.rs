@@ -241,7 +241,8 @@ fn responses(
                     // metrics (dubbo's OK is 20, not 0), the outcome for outlier detection.
                     let status = outcome::http_status(s.protocol, frame.status);
                     p.downstream.record(mesh_lb::Outcome::of_status(status));
-                    p.downstream.respond(frame.raw.freeze(), status.is_success());
+                    p.downstream
+                        .respond(frame.raw.freeze(), status.is_success());
                 }
             }
             FrameKind::HeartbeatRequest => {
