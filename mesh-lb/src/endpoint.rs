@@ -126,10 +126,10 @@ impl EndpointState {
         self.closer.is_closed()
     }
 
-    /// Resolves once the endpoint has left its cluster and drained ([`is_closed`](Self::is_closed)):
-    /// how a connection held outside this crate (the RPC proxy's) learns to close. Create it
-    /// once per connection and poll it pinned (each creation registers a waker slot; polling
-    /// is one waker registration and one atomic load).
+    /// Resolves once the endpoint has left its cluster and drained
+    /// ([`is_closed`](Self::is_closed)): how a connection held outside this crate (the RPC
+    /// proxy's) learns to close. Create it once per connection and poll it pinned (each
+    /// creation registers a waker slot; polling is one waker registration and one atomic load).
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + '_ {
         let slot = self.closer.watch();
         std::future::poll_fn(move |cx| {

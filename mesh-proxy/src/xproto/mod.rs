@@ -6,20 +6,22 @@
 //! ([`mesh_xprotocol::InFlight`]) and restored on the response.
 //!
 //! Tasks: one per downstream connection (the accept path's, reading and writing in one
-//! `select!` loop, module `downstream`) and one per upstream connection (module `upstream`), owned by
-//! the proxy's pool: it ends when the pool lets go of it (the listener is gone) and its last
-//! response is in, or when the connection fails (its waiting requests are answered with the
-//! protocol's upstream-failure error).
+//! `select!` loop, module `downstream`) and one per upstream connection (module `upstream`),
+//! owned by the proxy's pool: it ends when the pool lets go of it (the listener is gone, or
+//! its connection settings changed) or its endpoint left the cluster, once its last response
+//! is in; or when the connection fails (its waiting requests are answered with the protocol's
+//! upstream-failure error).
 //!
 //! Shared with HTTP through mesh-lb's public API: outlier detection
 //! ([`mesh_lb::ClusterState::record`]; module `outcome` says which protocol statuses count as
 //! what). Connections are our own (module `pool`: found without a lock), mesh-lb's pool being
 //! an HTTP client.
 //!
-//! A listener update that keeps the protocol swaps the proxy's [`Routing`] (route table,
-//! time-out, limits) in place with one store (`RoutingUpdate::install`): downstream connections and
-//! upstream pools stay; only a change of the connection settings (frame limit, connections per
-//! endpoint, requests per connection) lets the pools go, so new connections use them.
+//! A listener update that keeps the protocol swaps the proxy's routing (route table,
+//! time-out, limits) in place with one store (`RoutingUpdate::install`): downstream
+//! connections and upstream pools stay; only a change of the connection settings (frame
+//! limit, connections per endpoint, requests per connection) lets the pools go, so new
+//! connections use them.
 
 mod downstream;
 mod outcome;

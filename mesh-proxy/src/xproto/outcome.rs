@@ -1,7 +1,7 @@
 //! What an RPC response tells outlier detection about its endpoint: the protocol's status
 //! read as the HTTP status it stands for, then classified by mesh-lb's
-//! [`Outcome::of_status`](mesh_lb::Outcome::of_status), the same rule HTTP responses go through (so `consecutive_5xx` and
-//! `consecutive_gateway_failure` mean the same for both).
+//! [`Outcome::of_status`](mesh_lb::Outcome::of_status), the same rule HTTP responses go
+//! through (so `consecutive_5xx` and `consecutive_gateway_failure` mean the same for both).
 //!
 //! The reading follows MOSN's status mappings of bolt and dubbo (every non-success status is a
 //! 500 unless it names overload, a time-out or a lost connection), with two differences, both
@@ -18,13 +18,13 @@
 //! | bolt CONNECTION_CLOSED / ERROR_COMM | 502 | 5xx and gateway |
 //! | bolt NO_PROCESSOR, dubbo SERVICE_NOT_FOUND | 404 | success (not the endpoint's fault) |
 //! | dubbo BAD_REQUEST / CLIENT_ERROR | 400 | success (not the endpoint's fault) |
-//! | any other (bolt ERROR, SERVER_EXCEPTION, UNKNOWN, CODEC_EXCEPTION...; dubbo SERVICE_ERROR, SERVER_ERROR, BAD_RESPONSE...) | 500 | 5xx |
+//! | any other: bolt ERROR, SERVER_EXCEPTION, UNKNOWN...; dubbo SERVICE_ERROR, SERVER_ERROR... | 500 | 5xx |
 //!
 //! Failures the proxy sees itself (connect failure, the request's time-out, the connection
 //! reset before the answer) are
-//! [`Outcome::LOCAL_ORIGIN_FAILURE`](mesh_lb::Outcome::LOCAL_ORIGIN_FAILURE), recorded where they happen.
-//! A business exception is not among these: bolt and dubbo carry it in a successful
-//! response's body.
+//! [`Outcome::LOCAL_ORIGIN_FAILURE`](mesh_lb::Outcome::LOCAL_ORIGIN_FAILURE), recorded where
+//! they happen. A business exception is not among these: bolt and dubbo carry it in a
+//! successful response's body.
 
 use http::StatusCode;
 use mesh_core::RpcProtocol;
