@@ -189,15 +189,25 @@ impl Closer {
     }
 }
 
-/// Counts one request against an endpoint until dropped (the response body's end).
+/// Counts one request against an endpoint until dropped (the response body's end): what the
+/// least-request policy balances on and what a removed endpoint's drain waits for. The HTTP
+/// load balancer holds one per request; other data paths (the RPC proxy) hold one the same way.
 #[derive(Debug)]
-pub(crate) struct InFlightGuard(pub(crate) Arc<EndpointState>);
+pub struct InFlightGuard(pub(crate) Arc<EndpointState>);
 
 impl InFlightGuard {
-    pub(crate) fn new(ep: Arc<EndpointState>) -> Self {
+    /// Counts a request sent to `ep` (in flight, and in its total).
+    pub fn new(ep: Arc<EndpointState>) -> Self {
         ep.in_flight.fetch_add(1, Ordering::Relaxed);
         ep.requests.fetch_add(1, Ordering::Relaxed);
         Self(ep)
+    }
+}
+
+impl InFlightGuard {
+    /// The endpoint counted.
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.0
     }
 }
 

@@ -41,7 +41,7 @@ mod upstream;
 pub use circuit_breaker::{BreakerStats, CircuitBreaker};
 pub use cluster::ClusterState;
 pub use connector::EndpointMap;
-pub use endpoint::EndpointState;
+pub use endpoint::{EndpointState, InFlightGuard};
 pub use layer::{LoadBalance, LoadBalanceLayer, ResponseFuture};
 pub use manager::{ClusterManager, RemoveLoadAssignment};
 pub use outlier::Outcome;

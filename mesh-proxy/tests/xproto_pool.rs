@@ -6,7 +6,8 @@
 //! refusing connections and one never answering are ejected, and then every call goes to the
 //! healthy one); the pool of an endpoint removed by EDS lets its connection go (the server sees
 //! it close); a route-only listener update is swapped in place (the open client connection
-//! sees the new route on its next call, and no upstream connection is dialled again).
+//! sees the new route on its next call, and no upstream connection is dialled again); a call
+//! counts in flight against its endpoint until answered (as HTTP requests do).
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -396,5 +397,26 @@ async fn a_route_change_is_swapped_in_place_keeping_connections_both_sides() {
         one.open.load(Ordering::SeqCst) == 1
     })
     .await;
+    mesh.listeners.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_call_counts_in_flight_against_its_endpoint_until_answered() {
+    let silent = BoltServer::start(Behaviour::Silent).await;
+    let mesh = Mesh::new(vec![cluster("c", &[silent.addr], "")]);
+    let port = mesh_testkit::free_ports(1)[0];
+    mesh.listeners
+        .apply(vec![rpc_listener(port, "c", "1s")])
+        .unwrap();
+    let endpoint = mesh.clusters.get("c").unwrap().endpoints()[&silent.addr].clone();
+    let mut client = Client::connect(port).await;
+    let call = tokio::spawn(async move { client.call().await });
+    // Counted while it waits (what least_request balances on and a drain waits for)...
+    eventually("the call is in flight", || endpoint.in_flight() == 1).await;
+    // ...and no longer once the mesh has answered it with bolt's TIMEOUT.
+    let answer = call.await.unwrap();
+    assert_eq!(answered_by(&answer), Err(bolt::status::TIMEOUT));
+    eventually("the call is done", || endpoint.in_flight() == 0).await;
+    assert_eq!(endpoint.requests(), 1);
     mesh.listeners.shutdown().await;
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use mesh_core::MeshError;
-use mesh_lb::{ClusterState, EndpointState, Outcome};
+use mesh_lb::{ClusterState, InFlightGuard, Outcome};
 use mesh_xprotocol::{CodecError, Frame, FrameKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -35,8 +35,9 @@ pub(crate) struct Reply {
     tx: mpsc::UnboundedSender<Bytes>,
     permit: Option<OwnedSemaphorePermit>,
     admitted: Option<Admitted>,
-    /// The endpoint, when its cluster detects outliers (the outcome is recorded against it).
-    endpoint: Option<Arc<EndpointState>>,
+    /// The endpoint, counted in flight until the answer (least request, drains) and the
+    /// outcome recorded against.
+    endpoint: InFlightGuard,
     started: Instant,
     labels: RequestLabels,
     metrics: Metrics,
@@ -46,8 +47,8 @@ impl Reply {
     /// Records what this request's answer (or failure) says about its endpoint, for outlier
     /// detection (nothing when the cluster does not detect outliers).
     pub(crate) fn record(&self, outcome: Outcome) {
-        if let (Some(Admitted(cluster)), Some(endpoint)) = (&self.admitted, &self.endpoint) {
-            cluster.record(endpoint, outcome);
+        if let Some(Admitted(cluster)) = &self.admitted {
+            cluster.record(self.endpoint.endpoint(), outcome);
         }
     }
 
@@ -222,7 +223,7 @@ impl XProxy {
                 tx: tx.clone(),
                 permit: Some(permit),
                 admitted: Some(admitted),
-                endpoint: cluster.detects_outliers().then(|| Arc::clone(&endpoint)),
+                endpoint: InFlightGuard::new(Arc::clone(&endpoint)),
                 started,
                 labels,
                 metrics: inner.metrics.clone(),

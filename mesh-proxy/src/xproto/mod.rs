@@ -14,7 +14,8 @@
 //!
 //! Shared with HTTP through mesh-lb's public API: outlier detection
 //! ([`mesh_lb::ClusterState::record`]; module `outcome` says which protocol statuses count as
-//! what). Connections are our own (module `pool`: found without a lock), mesh-lb's pool being
+//! what) and the in-flight count of an endpoint ([`mesh_lb::InFlightGuard`]: least request,
+//! drains). Connections are our own (module `pool`: found without a lock), mesh-lb's pool being
 //! an HTTP client.
 //!
 //! A listener update that keeps the protocol swaps the proxy's routing (route table,
