@@ -267,13 +267,14 @@ impl XProxy {
         let inner = &*self.inner;
         let dial = || {
             UpstreamConn::spawn(upstream::Settings {
-                endpoint: Arc::clone(endpoint),
-                protocol: inner.protocol,
+                addr: endpoint.address(),
                 connect_timeout: cluster.config().connect_timeout,
                 codec: Arc::clone(&inner.codec),
                 max_frame: routing.config.max_frame_bytes as usize,
                 capacity: routing.config.max_requests_per_connection as usize,
                 metrics: inner.rpc_metrics.clone(),
+                endpoint: Arc::clone(endpoint),
+                protocol: inner.protocol,
             })
         };
         let max_conns = routing.config.max_upstream_connections as usize;

@@ -1,12 +1,13 @@
 //! What an RPC response tells outlier detection about its endpoint: the protocol's status
 //! read as the HTTP status it stands for, then classified by mesh-lb's
-//! [`Outcome::of_status`](mesh_lb::Outcome::of_status), the same rule HTTP responses go
-//! through (so `consecutive_5xx` and `consecutive_gateway_failure` mean the same for both).
+//! [`Outcome::of_status`], the same rule HTTP responses go through (so `consecutive_5xx` and
+//! `consecutive_gateway_failure` mean the same for both).
 //!
 //! The reading follows MOSN's status mappings of bolt and dubbo (every non-success status is a
 //! 500 unless it names overload, a time-out or a lost connection), with two differences, both
 //! so that a client sending bad calls cannot eject healthy endpoints: the statuses that blame
-//! the request (dubbo's BAD_REQUEST and CLIENT_ERROR) read as 400, and "no provider for this
+//! the request (bolt's CODEC_EXCEPTION, which the mesh answers a request whose body does not
+//! decode with; dubbo's BAD_REQUEST and CLIENT_ERROR) read as 400, and "no provider for this
 //! service" (bolt NO_PROCESSOR, dubbo SERVICE_NOT_FOUND) reads as 404, as an HTTP route miss
 //! does (a sidecar upstream answers an unknown service with these).
 //!
@@ -17,17 +18,17 @@
 //! | bolt TIMEOUT, dubbo CLIENT_TIMEOUT / SERVER_TIMEOUT | 504 | 5xx and gateway |
 //! | bolt CONNECTION_CLOSED / ERROR_COMM | 502 | 5xx and gateway |
 //! | bolt NO_PROCESSOR, dubbo SERVICE_NOT_FOUND | 404 | success (not the endpoint's fault) |
-//! | dubbo BAD_REQUEST / CLIENT_ERROR | 400 | success (not the endpoint's fault) |
+//! | bolt CODEC_EXCEPTION, dubbo BAD_REQUEST / CLIENT_ERROR | 400 | success (not the endpoint's fault) |
 //! | any other: bolt ERROR, SERVER_EXCEPTION, UNKNOWN...; dubbo SERVICE_ERROR, SERVER_ERROR... | 500 | 5xx |
 //!
 //! Failures the proxy sees itself (connect failure, the request's time-out, the connection
-//! reset before the answer) are
-//! [`Outcome::LOCAL_ORIGIN_FAILURE`](mesh_lb::Outcome::LOCAL_ORIGIN_FAILURE), recorded where
-//! they happen. A business exception is not among these: bolt and dubbo carry it in a
-//! successful response's body.
+//! reset before the answer) are [`Outcome::LOCAL_ORIGIN_FAILURE`], recorded where they happen.
+//! A business exception is not among these: bolt and dubbo carry it in a successful response's
+//! body.
 
 use http::StatusCode;
 use mesh_core::RpcProtocol;
+use mesh_lb::Outcome;
 use mesh_xprotocol::{bolt, dubbo};
 
 /// The HTTP status a response with protocol status `status` stands for.
@@ -41,6 +42,7 @@ pub(crate) fn http_status(protocol: RpcProtocol, status: Option<u16>) -> StatusC
             bolt::status::SUCCESS => StatusCode::OK,
             bolt::status::SERVER_THREADPOOL_BUSY => StatusCode::SERVICE_UNAVAILABLE,
             bolt::status::NO_PROCESSOR => StatusCode::NOT_FOUND,
+            bolt::status::CODEC_EXCEPTION => StatusCode::BAD_REQUEST,
             bolt::status::TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
             bolt::status::CONNECTION_CLOSED | bolt::status::ERROR_COMM => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -58,16 +60,14 @@ pub(crate) fn http_status(protocol: RpcProtocol, status: Option<u16>) -> StatusC
     }
 }
 
+/// The outcome of an upstream's response, for outlier detection.
+pub(crate) fn of_response(protocol: RpcProtocol, status: Option<u16>) -> Outcome {
+    Outcome::of_status(http_status(protocol, status))
+}
+
 #[cfg(test)]
 mod tests {
-    use mesh_lb::Outcome;
-
     use super::*;
-
-    /// The outcome of an upstream's response, as upstream.rs records it.
-    fn of_response(protocol: RpcProtocol, status: Option<u16>) -> Outcome {
-        Outcome::of_status(http_status(protocol, status))
-    }
 
     const SERVER: Outcome = Outcome::Failure { gateway: false };
     const GATEWAY: Outcome = Outcome::Failure { gateway: true };
@@ -79,7 +79,7 @@ mod tests {
             (bolt::status::SERVER_EXCEPTION, SERVER),
             (bolt::status::ERROR, SERVER),
             (bolt::status::UNKNOWN, SERVER),
-            (bolt::status::CODEC_EXCEPTION, SERVER),
+            (bolt::status::CODEC_EXCEPTION, Outcome::Success),
             (bolt::status::SERVER_THREADPOOL_BUSY, GATEWAY),
             (bolt::status::NO_PROCESSOR, Outcome::Success),
             (bolt::status::TIMEOUT, GATEWAY),

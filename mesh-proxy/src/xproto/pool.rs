@@ -23,30 +23,65 @@ use mesh_lb::EndpointState;
 
 use super::upstream::{Dispatch, UpstreamConn};
 
-type PoolMap = HashMap<SocketAddr, Arc<Pool>, foldhash::fast::RandomState>;
+/// What a pool holds: a handle on one upstream connection (generic so that the pool's logic is
+/// tested without sockets).
+pub(crate) trait Connection {
+    /// Whether it takes no more requests (ended, or told to stop): the pool replaces it.
+    fn is_closed(&self) -> bool;
+    /// Queues a request; gives it back when the connection has ended.
+    fn send(&self, d: Dispatch) -> Result<(), Box<Dispatch>>;
+}
+
+impl Connection for UpstreamConn {
+    fn is_closed(&self) -> bool {
+        UpstreamConn::is_closed(self)
+    }
+
+    fn send(&self, d: Dispatch) -> Result<(), Box<Dispatch>> {
+        UpstreamConn::send(self, d)
+    }
+}
+
+type PoolMap<C> = HashMap<SocketAddr, Arc<Pool<C>>, foldhash::fast::RandomState>;
 
 /// Every endpoint's pool of one proxy.
-#[derive(Default)]
-pub(crate) struct Pools {
-    map: ArcSwap<PoolMap>,
+pub(crate) struct Pools<C = UpstreamConn> {
+    map: ArcSwap<PoolMap<C>>,
     /// Serialises writers of `map` (copy, insert, swap); readers never take it.
     write: Mutex<()>,
 }
 
+impl<C> Default for Pools<C> {
+    fn default() -> Self {
+        Self {
+            map: ArcSwap::default(),
+            write: Mutex::default(),
+        }
+    }
+}
+
 /// The shared connections to one endpoint, used round robin.
-pub(crate) struct Pool {
+pub(crate) struct Pool<C> {
     /// The endpoint the pool serves: a pool is only used for this very state, so an endpoint
     /// removed and later re-added (a new state at the same address) gets a fresh pool.
     endpoint: Arc<EndpointState>,
-    slots: Box<[Slot]>,
+    slots: Box<[Slot<C>]>,
     next: AtomicUsize,
 }
 
-#[derive(Default)]
-struct Slot {
-    conn: ArcSwapOption<UpstreamConn>,
+struct Slot<C> {
+    conn: ArcSwapOption<C>,
     /// Held while a new connection is put in the slot (cold path only).
     dial: Mutex<()>,
+}
+
+impl<C> Default for Slot<C> {
+    fn default() -> Self {
+        Self {
+            conn: ArcSwapOption::empty(),
+            dial: Mutex::default(),
+        }
+    }
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -54,7 +89,7 @@ fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Pools {
+impl<C: Connection> Pools<C> {
     /// Sends `d` on one of `endpoint`'s connections: the next slot's live connection, or a new
     /// one made by `dial` when that slot is empty or its connection has ended. A new endpoint
     /// gets a pool of `max_conns` slots. Gives the request back when the connection ended
@@ -63,7 +98,7 @@ impl Pools {
         &self,
         endpoint: &Arc<EndpointState>,
         max_conns: usize,
-        dial: &dyn Fn() -> UpstreamConn,
+        dial: &dyn Fn() -> C,
         d: Dispatch,
     ) -> Result<(), Box<Dispatch>> {
         {
@@ -78,7 +113,7 @@ impl Pools {
     }
 
     /// The pool of `endpoint`, added if it has none (copy-on-write of the map).
-    fn add(&self, endpoint: &Arc<EndpointState>, max_conns: usize) -> Arc<Pool> {
+    fn add(&self, endpoint: &Arc<EndpointState>, max_conns: usize) -> Arc<Pool<C>> {
         let _writer = lock(&self.write);
         let current = self.map.load_full();
         let addr = endpoint.address();
@@ -87,7 +122,7 @@ impl Pools {
                 return Arc::clone(pool);
             }
         }
-        let mut next: PoolMap = current
+        let mut next: PoolMap<C> = current
             .iter()
             .filter(|(a, p)| **a != addr && !p.endpoint.is_closed())
             .map(|(a, p)| (*a, Arc::clone(p)))
@@ -116,8 +151,8 @@ impl Pools {
     }
 }
 
-impl Pool {
-    fn send(&self, dial: &dyn Fn() -> UpstreamConn, d: Dispatch) -> Result<(), Box<Dispatch>> {
+impl<C: Connection> Pool<C> {
+    fn send(&self, dial: &dyn Fn() -> C, d: Dispatch) -> Result<(), Box<Dispatch>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[i];
         let d = match &*slot.conn.load() {
@@ -149,10 +184,22 @@ mod tests {
     use mesh_xprotocol::bolt::{self, BoltRequest};
     use mesh_xprotocol::{BoltCodec, XCodec};
 
-    /// A connection handle with no task: closed when its receiver is dropped.
-    fn conn() -> (UpstreamConn, tokio::sync::mpsc::UnboundedReceiver<Dispatch>) {
+    /// A connection with no task or socket: closed when its receiver is dropped.
+    struct TestConn(tokio::sync::mpsc::UnboundedSender<Dispatch>);
+
+    impl Connection for TestConn {
+        fn is_closed(&self) -> bool {
+            self.0.is_closed()
+        }
+
+        fn send(&self, d: Dispatch) -> Result<(), Box<Dispatch>> {
+            self.0.send(d).map_err(|e| Box::new(e.0))
+        }
+    }
+
+    fn conn() -> (TestConn, tokio::sync::mpsc::UnboundedReceiver<Dispatch>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (UpstreamConn { tx }, rx)
+        (TestConn(tx), rx)
     }
 
     fn dispatch() -> Dispatch {
@@ -188,7 +235,7 @@ mod tests {
 
     #[test]
     fn slots_fill_up_to_the_maximum_then_round_robin() {
-        let pools = Pools::default();
+        let pools = Pools::<TestConn>::default();
         let ep = endpoint(1);
         let receivers = Mutex::new(Vec::new());
         let dial = || {
@@ -211,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_dead_connection_is_replaced_and_a_new_endpoint_state_gets_a_new_pool() {
-        let pools = Pools::default();
+        let pools = Pools::<TestConn>::default();
         let ep = endpoint(1);
         let dialled = AtomicUsize::new(0);
         let kept = Mutex::new(Vec::new());

@@ -12,6 +12,7 @@
 //! downstream never stalls it: responses go to each downstream's unbounded queue, whose length
 //! the downstream bounds by its own in-flight permits.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,22 +49,26 @@ pub(crate) struct Dispatch {
 /// last response is in).
 #[derive(Clone)]
 pub(crate) struct UpstreamConn {
-    pub(super) tx: mpsc::UnboundedSender<Dispatch>,
+    tx: mpsc::UnboundedSender<Dispatch>,
 }
 
 /// What an upstream connection's task needs.
 pub(crate) struct Settings {
-    pub(crate) endpoint: Arc<EndpointState>,
-    pub(crate) protocol: RpcProtocol,
+    pub(crate) addr: SocketAddr,
     pub(crate) connect_timeout: Duration,
     pub(crate) codec: Arc<dyn XCodec>,
     pub(crate) max_frame: usize,
     pub(crate) capacity: usize,
     pub(crate) metrics: ListenerRpcMetrics,
+    /// The endpoint at `addr`: outcomes are recorded against it, and the connection ends
+    /// when it leaves its cluster.
+    pub(crate) endpoint: Arc<EndpointState>,
+    /// How response statuses read for outlier detection.
+    pub(crate) protocol: RpcProtocol,
 }
 
 impl UpstreamConn {
-    /// Starts connecting to `settings.endpoint`; requests sent meanwhile wait for the connection.
+    /// Starts connecting to `settings.addr`; requests sent meanwhile wait for the connection.
     pub(crate) fn spawn(settings: Settings) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(settings, rx));
@@ -90,12 +95,11 @@ pub(crate) fn fail(codec: &dyn XCodec, d: Dispatch, error: XError, code: &'stati
 
 async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
     let codec = &*s.codec;
-    let addr = s.endpoint.address();
-    let connected = tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await;
+    let connected = tokio::time::timeout(s.connect_timeout, TcpStream::connect(s.addr)).await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return refuse_all(codec, &mut rx, &format!("connect {addr}: {e}")),
-        Err(_) => return refuse_all(codec, &mut rx, &format!("connect {addr}: timed out")),
+        Ok(Err(e)) => return refuse_all(codec, &mut rx, &format!("connect {}: {e}", s.addr)),
+        Err(_) => return refuse_all(codec, &mut rx, &format!("connect {}: timed out", s.addr)),
     };
     let _ = stream.set_nodelay(true);
     s.metrics.upstream_opened.inc();
@@ -153,7 +157,7 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>) {
     s.metrics.upstream_open.dec();
     let reason = reason.unwrap_or_default();
     if !reason.is_empty() {
-        tracing::debug!(upstream = %addr, %reason, "rpc upstream connection ended");
+        tracing::debug!(upstream = %s.addr, %reason, "rpc upstream connection ended");
     }
     for p in in_flight.fail_all() {
         s.metrics.in_flight.dec();
@@ -236,13 +240,11 @@ fn responses(
                 // An unknown id is a late response to a request already answered: dropped.
                 if let Some(p) = in_flight.complete(frame.request_id) {
                     s.metrics.in_flight.dec();
-                    codec.set_request_id(&mut frame, p.original_id);
-                    // Read once as the HTTP status it stands for: success for the request
-                    // metrics (dubbo's OK is 20, not 0), the outcome for outlier detection.
-                    let status = outcome::http_status(s.protocol, frame.status);
-                    p.downstream.record(mesh_lb::Outcome::of_status(status));
                     p.downstream
-                        .respond(frame.raw.freeze(), status.is_success());
+                        .record(outcome::of_response(s.protocol, frame.status));
+                    codec.set_request_id(&mut frame, p.original_id);
+                    let ok = frame.status == Some(0);
+                    p.downstream.respond(frame.raw.freeze(), ok);
                 }
             }
             FrameKind::HeartbeatRequest => {
