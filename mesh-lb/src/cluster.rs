@@ -188,12 +188,16 @@ impl ClusterState {
 
     /// Whether outlier detection is on (so outcomes are worth recording).
     #[inline]
-    pub(crate) fn detects_outliers(&self) -> bool {
+    pub fn detects_outliers(&self) -> bool {
         self.detects_outliers
     }
 
-    /// Records a request's outcome against its endpoint, for outlier detection.
-    pub(crate) fn record(&self, ep: &Arc<EndpointState>, outcome: Outcome) {
+    /// Records a request's outcome against its endpoint (one picked from this cluster), for
+    /// outlier detection: past the configured streak of failures the endpoint is ejected. A
+    /// no-op when the cluster does not detect outliers. The HTTP load balancer records every
+    /// response here; other data paths (the RPC proxy) call it the same way.
+    #[inline]
+    pub fn record(&self, ep: &Arc<EndpointState>, outcome: Outcome) {
         if self.detects_outliers {
             self.outliers.record(self, ep, outcome);
         }

@@ -125,6 +125,22 @@ impl EndpointState {
     pub fn is_closed(&self) -> bool {
         self.closer.is_closed()
     }
+
+    /// Resolves once the endpoint has left its cluster and drained
+    /// ([`is_closed`](Self::is_closed)): how a connection held outside this crate (the RPC
+    /// proxy's) learns to close. Create it once per connection and poll it pinned (each
+    /// creation registers a waker slot; polling is one waker registration and one atomic load).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let slot = self.closer.watch();
+        std::future::poll_fn(move |cx| {
+            slot.register(cx.waker());
+            if self.closer.is_closed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 /// Closes an endpoint's pooled connections once it has left its cluster and drained.
@@ -173,15 +189,25 @@ impl Closer {
     }
 }
 
-/// Counts one request against an endpoint until dropped (the response body's end).
+/// Counts one request against an endpoint until dropped (the response body's end): what the
+/// least-request policy balances on and what a removed endpoint's drain waits for. The HTTP
+/// load balancer holds one per request; other data paths (the RPC proxy) hold one the same way.
 #[derive(Debug)]
-pub(crate) struct InFlightGuard(pub(crate) Arc<EndpointState>);
+pub struct InFlightGuard(pub(crate) Arc<EndpointState>);
 
 impl InFlightGuard {
-    pub(crate) fn new(ep: Arc<EndpointState>) -> Self {
+    /// Counts a request sent to `ep` (in flight, and in its total).
+    pub fn new(ep: Arc<EndpointState>) -> Self {
         ep.in_flight.fetch_add(1, Ordering::Relaxed);
         ep.requests.fetch_add(1, Ordering::Relaxed);
         Self(ep)
+    }
+}
+
+impl InFlightGuard {
+    /// The endpoint counted.
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.0
     }
 }
 
@@ -239,6 +265,26 @@ mod tests {
         assert!(closer.is_closed() && closer.lock().is_empty());
         drop(late);
         closer.close();
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_when_the_endpoint_closes() {
+        let ep = Arc::new(EndpointState::new("127.0.0.1:1".parse().unwrap()));
+        let waiter = tokio::spawn({
+            let ep = ep.clone();
+            async move { ep.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "open: still waiting");
+        ep.closer.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the close")
+            .unwrap();
+        // Created after the close: ready at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), ep.closed())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -15,9 +15,16 @@ use crate::connector::EndpointMap;
 use crate::endpoint::EndpointState;
 use crate::health::HealthTarget;
 
-/// What one request told us about its endpoint.
+/// What one request told us about its endpoint, for outlier detection: recorded with
+/// [`ClusterState::record`](crate::ClusterState::record), the one entry both the HTTP load
+/// balancer and other data paths (the RPC proxy) use.
+///
+/// As Envoy's `consecutive_5xx` and `consecutive_gateway_failure` (with
+/// `split_external_local_origin_errors` off): every failure counts towards the first, gateway
+/// failures (502/503/504, and locally seen ones: connect failure, timeout, reset) towards
+/// both; a success resets both streaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// A non-5xx answer.
     Success,
     /// A 5xx answer, or a failure to reach it; `gateway` for 502/503/504 and connect failures.
@@ -30,7 +37,14 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn of_status(s: StatusCode) -> Self {
+    /// A failure seen locally rather than answered by the endpoint: connect failure or
+    /// timeout, time-out waiting for the answer, connection reset. Counts as a gateway
+    /// failure, as Envoy counts locally originated errors when they are not split out.
+    pub const LOCAL_ORIGIN_FAILURE: Self = Self::Failure { gateway: true };
+
+    /// The outcome of an answer with HTTP status `s`: a failure for 5xx (a gateway failure for
+    /// 502, 503 and 504), a success otherwise (a 4xx is the client's fault, not the endpoint's).
+    pub fn of_status(s: StatusCode) -> Self {
         if s.is_server_error() {
             Self::Failure {
                 gateway: matches!(s.as_u16(), 502..=504),

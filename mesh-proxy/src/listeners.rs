@@ -1,6 +1,8 @@
 //! The set of live listeners, reconciled against config as Envoy does for LDS: a new listener is
 //! bound, a removed one stops accepting and drains, one whose address changed is rebound, and
-//! one that only changed its routes keeps its socket and swaps its table.
+//! one that only changed its routes keeps its socket and swaps its table (an RPC listener's
+//! too: its proxy swaps its route table, time-out and limits in place, so its downstream
+//! connections and upstream pools stay).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,27 +13,17 @@ use mesh_core::{AccessLog, Direction, Listener, ReloadError, RouteConfiguration,
 use mesh_lb::ClusterManager;
 use mesh_router::LayerRegistry;
 use mesh_telemetry::{OtlpTracing, SpanKind};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpSocket;
 
-use crate::accept::L4Settings;
 use crate::access_log::{AccessLogLayer, AccessLogWriters};
 use crate::metrics::Metrics;
-use crate::server::{serve, ListenerSettings};
 use crate::stack::ListenerStack;
-use crate::tcp::TcpRelay;
 use crate::tls::{InboundTls, SecretStore};
-use crate::xproto::XProxy;
 
-/// One bound listener.
-struct Live {
-    config: Listener,
-    stack: ListenerStack,
-    local_addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
+#[path = "listeners_live.rs"]
+mod live;
+
+use live::{bind, Live, BACKLOG};
 
 /// Owns every listener's socket task; dropping it does not stop them, [`ListenerManager::shutdown`]
 /// does (and waits for the drain).
@@ -210,7 +202,7 @@ impl ListenerManager {
                         && old.http == l.http
                         && old.tcp_proxy == l.tcp_proxy
                         && old.detection == l.detection
-                        && old.xprotocol == l.xprotocol
+                        && crate::xproto::same_protocol(old, l)
                         && old.tls == l.tls =>
                 {
                     prepared.push((l.clone(), table, None));
@@ -258,7 +250,23 @@ impl ListenerManager {
                     // Built first: an unknown filter refuses the update before the routes change.
                     let filters = s.build_filters(&l)?;
                     let rbac = ListenerStack::build_rbac(&l)?;
-                    s.reload_routes(&l, rc)?;
+                    let rpc = match &live.rpc {
+                        Some(p)
+                            if live.config.xprotocol != l.xprotocol
+                                || live.config.rate_limit != l.rate_limit =>
+                        {
+                            Some(p.prepare_update(&l).map_err(|e| refuse(&l, e))?)
+                        }
+                        _ => None,
+                    };
+                    // A listener serving no HTTP (RPC, TCP) has no route table here (its
+                    // limits are the RPC proxy's or none).
+                    if l.serves_http() {
+                        s.reload_routes(&l, rc)?;
+                    }
+                    if let Some(rpc) = rpc {
+                        rpc.install();
+                    }
                     s.set_filters(filters);
                     s.set_rbac(rbac);
                     s.set_access_log(sinks);
@@ -349,53 +357,6 @@ impl ListenerManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn spawn(
-        &self,
-        config: Listener,
-        stack: ListenerStack,
-        socket: TcpListener,
-        tls: Option<InboundTls>,
-    ) -> Live {
-        let local_addr = socket.local_addr().unwrap_or(config.address);
-        let stop = CancellationToken::new();
-        let settings = ListenerSettings {
-            name: Arc::from(config.name.as_str()),
-            http: config.http.clone(),
-            connections: Arc::clone(&self.connections),
-            traced: stack.is_traced(),
-            l4: L4Settings {
-                serves_http: config.serves_http(),
-                detection: config.detection.clone(),
-                tcp: config.tcp_proxy.clone().map(|t| {
-                    TcpRelay::new(
-                        Arc::from(config.name.as_str()),
-                        t,
-                        self.clusters.clone(),
-                        self.metrics.l4().clone(),
-                    )
-                }),
-                tls,
-                rpc: XProxy::of_listener(&config, &self.clusters, &self.metrics),
-            },
-        };
-        tracing::info!(listener = %config.name, %local_addr, "listening");
-        let task = tokio::spawn(serve(
-            socket,
-            settings,
-            stack.service(),
-            self.metrics.clone(),
-            stop.clone(),
-            self.drain,
-        ));
-        Live {
-            config,
-            stack,
-            local_addr,
-            stop,
-            task,
-        }
-    }
-
     /// Stops accepting on every listener and waits until each has drained (or hit the drain
     /// deadline).
     pub async fn shutdown(&self) {
@@ -407,19 +368,4 @@ impl ListenerManager {
             let _ = l.task.await;
         }
     }
-}
-
-/// The listen backlog of every listener.
-const BACKLOG: u32 = 1024;
-
-/// Binds like Envoy: `SO_REUSEADDR`, so a listener can come back on its port at once. Not
-/// listening yet: a warming listener holds its address but accepts nothing.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpSocket> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use mesh_core::MeshError;
-use mesh_lb::ClusterState;
+use mesh_lb::{ClusterState, InFlightGuard, Outcome};
 use mesh_xprotocol::{CodecError, Frame, FrameKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -37,12 +37,23 @@ pub(crate) struct Reply {
     tx: mpsc::UnboundedSender<Bytes>,
     permit: Option<OwnedSemaphorePermit>,
     admitted: Option<Admitted>,
+    /// The endpoint, counted in flight until the answer (least request, drains) and the
+    /// outcome recorded against.
+    endpoint: InFlightGuard,
     started: Instant,
     labels: RequestLabels,
     metrics: Metrics,
 }
 
 impl Reply {
+    /// Records what this request's answer (or failure) says about its endpoint, for outlier
+    /// detection (nothing when the cluster does not detect outliers).
+    pub(crate) fn record(&self, outcome: Outcome) {
+        if let Some(Admitted(cluster)) = &self.admitted {
+            cluster.record(self.endpoint.endpoint(), outcome);
+        }
+    }
+
     /// Sends the upstream's response; `ok` when its status is success.
     pub(crate) fn respond(mut self, bytes: Bytes, ok: bool) {
         self.labels.status_class = if ok { "2xx" } else { "5xx" };
@@ -87,7 +98,6 @@ where
     let mut tx = Some(tx);
     let permits = Arc::new(Semaphore::new(MAX_PENDING));
     let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
-    let max_frame = proxy.inner.config.max_frame_bytes as usize;
     loop {
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(READ_CHUNK);
@@ -99,6 +109,7 @@ where
                 Ok(0) | Err(_) => tx = None,
                 Ok(_) => {
                     let Some(sender) = &tx else { continue };
+                    let max_frame = proxy.max_frame();
                     loop {
                         match proxy.inner.codec.decode(&mut rbuf, max_frame) {
                             Ok(Some(frame)) => proxy.handle(frame, sender, &permits),
@@ -189,6 +200,7 @@ impl XProxy {
         permits: &Arc<Semaphore>,
     ) {
         let inner = &*self.inner;
+        let routing = inner.routing.load();
         let started = Instant::now();
         let mut labels = RequestLabels {
             listener: Arc::clone(&inner.listener),
@@ -203,13 +215,13 @@ impl XProxy {
                 let _ = tx.send(inner.codec.error_response(&frame, xerror(&e)));
             }
         };
-        if let Some((rule, bucket)) = &inner.limit {
+        if let Some((rule, bucket)) = &routing.limit {
             if let Err(retry_after) = bucket.try_acquire() {
                 let rule = rule.clone();
                 return local(MeshError::RateLimited { rule, retry_after }, labels);
             }
         }
-        let decision = match route::decide(&inner.table, &frame.header) {
+        let decision = match route::decide(&routing.table, &frame.header) {
             Ok(d) => d,
             Err(e) => return local(e, labels),
         };
@@ -240,18 +252,19 @@ impl XProxy {
                 tx: tx.clone(),
                 permit: Some(permit),
                 admitted: Some(admitted),
+                endpoint: InFlightGuard::new(Arc::clone(&endpoint)),
                 started,
                 labels,
                 metrics: inner.metrics.clone(),
             })
         };
-        let deadline = tokio::time::Instant::now().into_std() + inner.config.request_timeout;
-        let conn = self.upstream(endpoint.address(), cluster.config().connect_timeout);
-        if let Err(d) = conn.send(Dispatch {
+        let deadline = tokio::time::Instant::now().into_std() + routing.config.request_timeout;
+        let d = Dispatch {
             frame,
             reply,
             deadline,
-        }) {
+        };
+        if let Err(d) = self.send_upstream(&routing, &cluster, &endpoint, d) {
             fail(
                 &*inner.codec,
                 *d,

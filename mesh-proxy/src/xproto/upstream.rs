@@ -1,7 +1,12 @@
 //! One shared upstream connection: requests from any downstream connection are written with
 //! ids of this connection ([`InFlight`]), responses are matched back in any order, requests
 //! past their deadline are answered with the protocol's timeout error, and when the
-//! connection ends every waiting request gets the upstream-failure error.
+//! connection ends every waiting request gets the upstream-failure error. Each answer, and
+//! each of those failures, is recorded for outlier detection against the endpoint (see
+//! module `outcome`).
+//!
+//! When the endpoint leaves its cluster and has drained ([`EndpointState::closed`]), the
+//! connection takes no new request, finishes those it carries and ends.
 //!
 //! One task per connection reads, writes and expires in one `select!` loop, so a slow
 //! downstream never stalls it: responses go to each downstream's unbounded queue, whose length
@@ -13,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use mesh_core::RpcProtocol;
+use mesh_lb::{EndpointState, Outcome};
 use mesh_xprotocol::{Frame, FrameKind, InFlight, XCodec, XError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::downstream::Reply;
+use super::outcome;
 use crate::metrics_rpc::ListenerRpcMetrics;
 
 /// Bytes queued for writing above which the connection takes no new requests until the
@@ -57,6 +65,11 @@ pub(crate) struct Settings {
     pub(crate) max_frame: usize,
     pub(crate) capacity: usize,
     pub(crate) metrics: ListenerRpcMetrics,
+    /// The endpoint at `addr`: outcomes are recorded against it, and the connection ends
+    /// when it leaves its cluster.
+    pub(crate) endpoint: Arc<EndpointState>,
+    /// How response statuses read for outlier detection.
+    pub(crate) protocol: RpcProtocol,
 }
 
 impl UpstreamConn {
@@ -101,6 +114,9 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>, read_only: 
     let mut in_flight: InFlight<Reply> = InFlight::new(s.capacity);
     let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
     let mut open = true;
+    let endpoint_closed = s.endpoint.closed();
+    tokio::pin!(endpoint_closed);
+    let mut closing = false;
     let reason = loop {
         if !open && in_flight.is_empty() && wbuf.is_empty() {
             break None;
@@ -128,9 +144,16 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>, read_only: 
                     break Some(format!("write: {e}"));
                 }
             }
+            // The endpoint left its cluster: no new requests (the pool sees the queue closed
+            // and lets go); those queued and in flight are still carried.
+            () = &mut endpoint_closed, if !closing => {
+                closing = true;
+                rx.close();
+            }
             () = sleep_until(deadline), if deadline.is_some() => {
                 for p in in_flight.expire(Instant::now().into_std()) {
                     s.metrics.in_flight.dec();
+                    p.downstream.record(Outcome::LOCAL_ORIGIN_FAILURE);
                     let bytes = p.error_response(codec, XError::Timeout);
                     p.downstream.fail(bytes, "upstream_timeout");
                 }
@@ -144,6 +167,7 @@ async fn run(s: Settings, mut rx: mpsc::UnboundedReceiver<Dispatch>, read_only: 
     }
     for p in in_flight.fail_all() {
         s.metrics.in_flight.dec();
+        p.downstream.record(Outcome::LOCAL_ORIGIN_FAILURE);
         let bytes = p.error_response(codec, XError::UpstreamFailure);
         p.downstream.fail(bytes, "upstream_failure");
     }
@@ -164,6 +188,9 @@ fn refuse_all(codec: &dyn XCodec, rx: &mut mpsc::UnboundedReceiver<Dispatch>, re
     }
     rx.close();
     while let Ok(d) = rx.try_recv() {
+        if let Some(reply) = &d.reply {
+            reply.record(Outcome::LOCAL_ORIGIN_FAILURE);
+        }
         fail(
             codec,
             d,
@@ -220,6 +247,8 @@ fn responses(
                 // An unknown id is a late response to a request already answered: dropped.
                 if let Some(p) = in_flight.complete(frame.request_id) {
                     s.metrics.in_flight.dec();
+                    p.downstream
+                        .record(outcome::of_response(s.protocol, frame.status));
                     codec.set_request_id(&mut frame, p.original_id);
                     let ok = codec.is_success(&frame);
                     p.downstream.respond(frame.raw.freeze(), ok);
