@@ -144,11 +144,10 @@ async fn mesh_yaml_bolt_services_through_two_dynamic_sidecars() {
     through_dynamic_sidecars(false).await;
 }
 
-/// Needs the RPC proxy to swap a listener's routes in place: without that, a route change
-/// rebinds the listener's address, which the sidecar refuses (`Address already in use`, a
-/// NACK). Branch `rpclb` (9007120) brings the swap; un-ignore once both are merged.
+/// Relies on the RPC proxy swapping a listener's routes in place: a route change that rebuilt
+/// the listener would rebind its address, which the sidecar refuses (`Address already in
+/// use`, a NACK).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the in-place RPC route swap of branch rpclb"]
 async fn a_mesh_yaml_route_edit_moves_bolt_calls_to_another_server() {
     through_dynamic_sidecars(true).await;
 }
