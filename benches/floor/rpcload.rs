@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! bench-rpcload bolt|dubbo ADDR [--connections C] [--in-flight P] [--duration SECS]
-//!               [--requests N] [--hold SECS]
+//!               [--requests N] [--hold SECS] [--body-bytes N]
 //! ```
 //!
 //! With `--duration` (default 10 s) the connections are opened first, then load runs for that
@@ -14,7 +14,8 @@
 //! connection sends N/C requests and the run ends when all are answered (the callgrind count;
 //! `--requests 0` sends none). With `--hold SECS` every connection then stays open, idle, for
 //! that long: once all are done it prints `holding` (the cue for chain.py to read the proxy's
-//! RSS per idle connection).
+//! RSS per idle connection). `--body-bytes N` makes the argument N characters long instead of
+//! ~180 (a large request, to see what buffers a proxy keeps after one).
 //! Prints one line: `requests=… errors=… seconds=… rps=… p50_ms=… p99_ms=…`, and the first
 //! error seen, if any, on stderr. Worker threads: `TOKIO_WORKER_THREADS` (default 2, as chain.py
 //! gives wrk two threads).
@@ -56,6 +57,7 @@ struct Opts {
     duration: Duration,
     requests: Option<u64>,
     hold: Option<Duration>,
+    body_bytes: Option<usize>,
 }
 
 /// What one connection saw.
@@ -77,7 +79,8 @@ impl Tally {
 }
 
 /// A request frame with id 0, and where its id sits (patched per request).
-fn template(protocol: Protocol) -> Bytes {
+fn template(protocol: Protocol, body_bytes: Option<usize>) -> Bytes {
+    let argument = body_bytes.map_or_else(|| ARGUMENT.to_owned(), |n| "x".repeat(n));
     match protocol {
         Protocol::Bolt => {
             // A hessian2 body shaped like SOFA's: the SofaRequest class definition, then the
@@ -92,7 +95,7 @@ fn template(protocol: Protocol) -> Bytes {
             content.put_u8(0x60);
             write_string(&mut content, SERVICE);
             write_string(&mut content, "echo");
-            write_string(&mut content, ARGUMENT);
+            write_string(&mut content, &argument);
             bolt::request(&BoltRequest {
                 id: 0,
                 codec: bolt::CODEC_HESSIAN2,
@@ -116,7 +119,7 @@ fn template(protocol: Protocol) -> Bytes {
                 "1.0.0",
                 "echo",
                 "Ljava/lang/String;",
-                ARGUMENT,
+                &argument,
             ] {
                 write_string(&mut body, s);
             }
@@ -289,7 +292,7 @@ async fn load(
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: bench-rpcload bolt|dubbo ADDR [--connections C] [--in-flight P] \
-                 [--duration SECS] [--requests N] [--hold SECS]";
+                 [--duration SECS] [--requests N] [--hold SECS] [--body-bytes N]";
     let protocol = match args.next().as_deref() {
         Some("bolt") => Protocol::Bolt,
         Some("dubbo") => Protocol::Dubbo,
@@ -308,6 +311,7 @@ fn parse() -> Result<Opts, String> {
         duration: Duration::from_secs(10),
         requests: None,
         hold: None,
+        body_bytes: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(usage)?;
@@ -320,6 +324,7 @@ fn parse() -> Result<Opts, String> {
                 o.duration = Duration::try_from_secs_f64(secs).map_err(|e| bad(&e))?;
             }
             "--requests" => o.requests = Some(value.parse().map_err(|e| bad(&e))?),
+            "--body-bytes" => o.body_bytes = Some(value.parse().map_err(|e| bad(&e))?),
             "--hold" => {
                 let secs: f64 = value.parse().map_err(|e| bad(&e))?;
                 o.hold = Some(Duration::try_from_secs_f64(secs).map_err(|e| bad(&e))?);
@@ -362,7 +367,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let (tallies, seconds) = rt.block_on(async {
-        let template = template(opts.protocol);
+        let template = template(opts.protocol, opts.body_bytes);
         let start = Arc::new(Barrier::new(opts.connections + 1));
         let done = Arc::new(Barrier::new(opts.connections + 1));
         let tasks: Vec<_> = (0..opts.connections)
