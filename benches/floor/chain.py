@@ -630,34 +630,42 @@ def measure_handshakes(contender, inbound_pid, secs):
 
 def rpc_connections():
     """RSS per bolt connection into the outbound sidecar: rpc.CONNS connections idle (connected,
-    no request), idle after one request each, and active (one request in flight each for
-    BENCH_DURATION), each phase on a fresh chain so no phase inherits what another left in the
-    allocator."""
-    phases = [("idle: connected, no request", 0, None),
-              ("idle after one request each", rpc.CONNS, None),
-              (f"active: 1 request in flight each, {DURATION} s", None, DURATION)]
+    no request), idle after one request each, active (one request in flight each for
+    BENCH_DURATION), and a fifth as many idle after one large (256 KiB) request each: what
+    buffers a connection keeps after a big frame. Each phase on fresh chains (ours, and the
+    baseline binary beside it when BENCH_BASELINE_BIN is set), so no phase inherits what another
+    left in the allocator."""
+    big = max(1, rpc.CONNS // 5)
+    phases = [("idle: connected, no request", rpc.CONNS, 0, None, None),
+              ("idle after one request each", rpc.CONNS, rpc.CONNS, None, None),
+              (f"active: 1 request in flight each, {DURATION} s", rpc.CONNS, None, DURATION,
+               None),
+              ("idle after one 256 KiB request each", big, big, None, 256 * 1024)]
+    contenders = ["ours"] + (["base"] if BASELINE else [])
     res = {}
-    for i, (name, requests, secs) in enumerate(phases):
-        chain = start_rpc_chains(f"conns-{i}", "bolt", ["ours"])["ours"]
-        wait_ready(["ours"], "bolt")
-        port = port_of("ours", "bolt")
-        rpc.run(BIN, "bolt", port, 1, requests=100)  # the upstream connections exist
-        rss = lambda: [status_kb(p.pid, "VmRSS") for p in chain]
-        before = rss()
-        if secs is None:
-            during, r = rpc.hold(BIN, "bolt", port, rpc.CONNS, requests, 3, rss)
-            load = f"{r['requests']} requests, {r['errors']} errors"
-        else:
-            for p in chain:
-                reset_hwm(p.pid)
-            r = rpc.run(BIN, "bolt", port, rpc.CONNS, secs)
-            during = [hwm_kb(p.pid) for p in chain]
-            load = (f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, {r['errors']} errors "
-                    f"(peak RSS)")
-        res[name] = {"out": (before[0], during[0]), "in": (before[1], during[1]), "load": load}
-        log(f"{rpc.CONNS} bolt connections, {name}: outbound RSS {before[0]} → {during[0]} KB, "
-            f"inbound {before[1]} → {during[1]} KB ({load})")
-        stop(chain)
+    for i, (name, conns, requests, secs, body) in enumerate(phases):
+        for contender in contenders:
+            chain = start_rpc_chains(f"conns-{i}-{contender}", "bolt", [contender])[contender]
+            wait_ready([contender], "bolt")
+            port = port_of(contender, "bolt")
+            rpc.run(BIN, "bolt", port, 1, requests=100)  # the upstream connections exist
+            rss = lambda: [status_kb(p.pid, "VmRSS") for p in chain]
+            before = rss()
+            if secs is None:
+                during, r = rpc.hold(BIN, "bolt", port, conns, requests, 3, rss, body)
+                load = f"{r['requests']} requests, {r['errors']} errors"
+            else:
+                for p in chain:
+                    reset_hwm(p.pid)
+                r = rpc.run(BIN, "bolt", port, conns, secs)
+                during = [hwm_kb(p.pid) for p in chain]
+                load = (f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, {r['errors']} errors "
+                        f"(peak RSS)")
+            res[(name, contender)] = {"conns": conns, "out": (before[0], during[0]),
+                                      "in": (before[1], during[1]), "load": load}
+            log(f"{conns} bolt connections, {name}, {contender}: outbound RSS {before[0]} → "
+                f"{during[0]} KB, inbound {before[1]} → {during[1]} KB ({load})")
+            stop(chain)
     return res
 
 

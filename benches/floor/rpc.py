@@ -100,7 +100,7 @@ static_resources:
 
 
 def load_argv(bin_dir, protocol, port, conns, secs=None, requests=None, in_flight=IN_FLIGHT,
-              hold=None):
+              hold=None, body=None):
     argv = [f"{bin_dir}/bench-rpcload", protocol, f"127.0.0.1:{port}", "--connections",
             str(conns), "--in-flight", str(in_flight)]
     if secs is not None:
@@ -109,6 +109,8 @@ def load_argv(bin_dir, protocol, port, conns, secs=None, requests=None, in_fligh
         argv += ["--requests", str(requests)]
     if hold is not None:
         argv += ["--hold", str(hold)]
+    if body is not None:
+        argv += ["--body-bytes", str(body)]
     return argv
 
 
@@ -140,11 +142,12 @@ def answers(bin_dir, protocol, port):
     return r["requests"] == 1 and r["errors"] == 0
 
 
-def hold(bin_dir, protocol, port, conns, requests, secs, on_hold):
+def hold(bin_dir, protocol, port, conns, requests, secs, on_hold, body=None):
     """Opens `conns` connections, sends `requests` requests spread over them (0: none), then
     keeps them open, idle, for `secs` seconds; calls `on_hold()` while they are held and returns
     what it returned (and the load result)."""
-    p = subprocess.Popen(load_argv(bin_dir, protocol, port, conns, requests=requests, hold=secs),
+    p = subprocess.Popen(load_argv(bin_dir, protocol, port, conns, requests=requests, hold=secs,
+                                   body=body),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     got = None
     try:
@@ -210,20 +213,21 @@ def connections_section(conn):
     """The RSS-per-connection table from chain.py's rpc_connections()."""
     if not conn:
         return []
-    L = ["", f"## RSS per RPC connection (bolt, {CONNS} connections into the outbound sidecar)",
-         "",
-         "A fresh bolt chain (our two sidecars → bench-rpcapp) per phase, warmed by one request; "
-         "VmRSS of each sidecar read before and while the connections are held (idle phases), or "
-         "its peak (VmHWM, reset first) under load (active). The inbound sidecar sees only the "
-         "outbound one's few multiplexed upstream connections, so the per-connection cost is "
-         "the outbound's.", "",
-         "| phase | outbound RSS before → during, MB | KB per connection (outbound) "
-         "| inbound RSS before → during, MB | load |", "|---|---|---:|---|---|"]
-    for name, x in conn.items():
-        (ob, od), (ib, idur) = x["out"], x["in"]
-        L.append(f"| {name} | {ob / 1024:.1f} → {od / 1024:.1f} | "
-                 f"{(od - ob) / CONNS:.1f} | {ib / 1024:.1f} → {idur / 1024:.1f} | "
-                 f"{x['load']} |")
+    L = ["", "## RSS per RPC connection (bolt, into the outbound sidecar)", "",
+         "A fresh bolt chain (our two sidecars → bench-rpcapp) per phase and binary, warmed by "
+         "100 requests on one connection; VmRSS of each sidecar read before and while the "
+         "connections are held open, idle (idle phases), or its peak (VmHWM, reset first) under "
+         "load (active). The inbound sidecar sees only the outbound one's few multiplexed "
+         "upstream connections, so the per-connection cost is the outbound's. The 256 KiB phase "
+         "shows what a connection keeps after one large frame.", "",
+         "| phase | sidecar | connections | outbound RSS before → during, MB "
+         "| KB per connection (outbound) | inbound RSS before → during, MB | load |",
+         "|---|---|---:|---|---:|---|---|"]
+    for (name, contender), x in conn.items():
+        (ob, od), (ib, idur), n = x["out"], x["in"], x["conns"]
+        label = "this build" if contender == "ours" else "baseline"
+        L.append(f"| {name} | {label} | {n} | {ob / 1024:.1f} → {od / 1024:.1f} | "
+                 f"{(od - ob) / n:.1f} | {ib / 1024:.1f} → {idur / 1024:.1f} | {x['load']} |")
     return L
 
 

@@ -28,6 +28,10 @@ pub(crate) const MAX_PENDING: usize = 4096;
 const HIGH_WATER: usize = 256 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// Capacity above which an emptied read or write buffer is freed rather than kept: one large
+/// frame (up to `max_frame_bytes`) or one burst of responses (up to [`HIGH_WATER`]) must not pin
+/// its size for the rest of a long-lived connection's life.
+const RETAIN: usize = 64 * 1024;
 
 /// Where a request's response goes, and what it holds while it waits: the downstream
 /// connection's pending permit and the cluster's circuit-breaker admission.
@@ -100,6 +104,10 @@ where
                     loop {
                         match proxy.inner.codec.decode(&mut rbuf, max_frame) {
                             Ok(Some(frame)) => proxy.handle(frame, sender, &permits),
+                            Ok(None) if rbuf.is_empty() && rbuf.capacity() > RETAIN => {
+                                rbuf = BytesMut::new();
+                                break;
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 let reason = match e {
@@ -130,6 +138,9 @@ where
             r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
                 if r.is_err() {
                     return Ok(());
+                }
+                if wbuf.is_empty() && wbuf.capacity() > RETAIN {
+                    wbuf = BytesMut::new();
                 }
             }
         }
