@@ -330,8 +330,10 @@ def write(name, text):
 
 
 def start_app():
-    spawn("app", [f"{BIN}/bench-app", f"127.0.0.1:{APP}"],
-          {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
+    # The HTTP app serves the HTTP scenarios and the callgrind hops.
+    if CALLGRIND or not all(rpc.is_rpc(p) for p, _ in SCENARIOS):
+        spawn("app", [f"{BIN}/bench-app", f"127.0.0.1:{APP}"],
+              {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
     if any(rpc.is_rpc(p) for p, _ in SCENARIOS):
         spawn("rpcapp", [f"{BIN}/bench-rpcapp", f"127.0.0.1:{RPC_APP}"],
               {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
