@@ -708,8 +708,10 @@ def instructions_per_request(name, argv, port, n=3000, h2=False, rpc_proto=None)
                          env={**os.environ, "TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"})
     try:
         if rpc_proto:
-            rpc_instructions(name, p, port, n, rpc_proto)
-            return callgrind_total(name) / n
+            answered = rpc_instructions(name, p, port, n, rpc_proto)
+            p.terminate()
+            p.wait(timeout=60)
+            return callgrind_total(name) / answered
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
         while True:
@@ -736,20 +738,23 @@ def instructions_per_request(name, argv, port, n=3000, h2=False, rpc_proto=None)
     return callgrind_total(name) / n
 
 
-def rpc_instructions(name, p, port, n, proto):
-    """The RPC half of instructions_per_request: ready, warm-up, zero, `n` requests, dump."""
+def rpc_instructions(name, p, port, n, proto, conns=8):
+    """The RPC half of instructions_per_request: ready, warm-up, zero, `n` requests, dump;
+    returns how many requests were counted (each connection sends n/conns, rounded up)."""
     deadline = time.monotonic() + 60
     while not rpc.answers(BIN, proto, port):
         if time.monotonic() > deadline or p.poll() is not None:
             sys.exit(f"{name} under callgrind does not answer {proto} on port {port}")
         time.sleep(0.5)
     for count, zero in ((500, True), (n, False)):
-        r = rpc.run(BIN, proto, port, 8, requests=count)
-        if r["requests"] != count or r["errors"]:
-            sys.exit(f"{name} under callgrind: {r['requests']} of {count} {proto} requests "
+        sent = conns * -(-count // conns)
+        r = rpc.run(BIN, proto, port, conns, requests=count)
+        if r["requests"] != sent or r["errors"]:
+            sys.exit(f"{name} under callgrind: {r['requests']} of {sent} {proto} requests "
                      f"answered, {r['errors']} errors")
         ctl = ["callgrind_control", "-z" if zero else "-d", str(p.pid)]
         subprocess.run(ctl, capture_output=True, check=True)
+    return sent
 
 
 def callgrind_total(name):

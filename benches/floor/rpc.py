@@ -124,11 +124,12 @@ def parse(out):
             "p50": float(m.group(5)), "p99": float(m.group(6))}
 
 
-def run(bin_dir, protocol, port, conns, secs=None, requests=None, in_flight=IN_FLIGHT):
+def run(bin_dir, protocol, port, conns, secs=None, requests=None, in_flight=IN_FLIGHT,
+        quiet=False):
     p = subprocess.run(load_argv(bin_dir, protocol, port, conns, secs, requests, in_flight),
                        capture_output=True, text=True, timeout=(secs or 0) + 180)
     res = parse(p.stdout)
-    if res["errors"]:
+    if res["errors"] and not quiet:
         print(f"    bench-rpcload: {p.stderr.strip()}", flush=True)
     return res
 
@@ -136,7 +137,7 @@ def run(bin_dir, protocol, port, conns, secs=None, requests=None, in_flight=IN_F
 def answers(bin_dir, protocol, port):
     """Whether one request through `port` gets a success response."""
     try:
-        r = run(bin_dir, protocol, port, 1, requests=1)
+        r = run(bin_dir, protocol, port, 1, requests=1, quiet=True)
     except (RuntimeError, subprocess.TimeoutExpired):
         return False
     return r["requests"] == 1 and r["errors"] == 0
