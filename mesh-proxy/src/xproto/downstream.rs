@@ -91,6 +91,8 @@ where
     let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
     let max_frame = proxy.inner.config.max_frame_bytes as usize;
     loop {
+        release_if_large(&mut rbuf);
+        release_if_large(&mut wbuf);
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(READ_CHUNK);
         }
@@ -104,10 +106,6 @@ where
                     loop {
                         match proxy.inner.codec.decode(&mut rbuf, max_frame) {
                             Ok(Some(frame)) => proxy.handle(frame, sender, &permits),
-                            Ok(None) if rbuf.is_empty() && rbuf.capacity() > RETAIN => {
-                                rbuf = BytesMut::new();
-                                break;
-                            }
                             Ok(None) => break,
                             Err(e) => {
                                 let reason = match e {
@@ -139,14 +137,20 @@ where
                 if r.is_err() {
                     return Ok(());
                 }
-                if wbuf.is_empty() && wbuf.capacity() > RETAIN {
-                    wbuf = BytesMut::new();
-                }
             }
         }
         if tx.is_none() && wbuf.is_empty() && rx.is_closed() && rx.is_empty() {
             return Ok(());
         }
+    }
+}
+
+/// Frees `buf` when it is empty and above [`RETAIN`]: after a large frame is split off, the
+/// tail left in the read buffer would otherwise keep the frame's whole allocation alive (and a
+/// drained write buffer its largest burst) for the rest of the connection's life.
+fn release_if_large(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > RETAIN {
+        *buf = BytesMut::new();
     }
 }
 
@@ -241,5 +245,36 @@ impl XProxy {
                 "upstream_failure",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_large_buffer_is_freed_and_others_are_kept() {
+        // The tail of a read buffer after a large frame was split off: empty, large, shared.
+        let mut rbuf = BytesMut::with_capacity(4 * RETAIN);
+        rbuf.resize(RETAIN, 0);
+        let frame = rbuf.split_to(RETAIN);
+        assert!(rbuf.is_empty() && rbuf.capacity() > RETAIN);
+        release_if_large(&mut rbuf);
+        assert_eq!(rbuf.capacity(), 0);
+        assert_eq!(frame.len(), RETAIN, "the frame split off is untouched");
+
+        let mut small = BytesMut::with_capacity(READ_CHUNK);
+        release_if_large(&mut small);
+        assert_eq!(small.capacity(), READ_CHUNK, "a small buffer is reused");
+
+        let mut holding = BytesMut::with_capacity(2 * RETAIN);
+        holding.extend_from_slice(b"a partial frame");
+        release_if_large(&mut holding);
+        assert_eq!(
+            &holding[..],
+            b"a partial frame",
+            "a buffer holding bytes is kept"
+        );
+        assert!(holding.capacity() >= 2 * RETAIN);
     }
 }
