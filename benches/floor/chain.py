@@ -19,6 +19,8 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 
+import rpc  # the bolt and dubbo rows (benches/floor/rpc.py)
+
 ROOT = os.environ["BENCH_ROOT"]
 BIN = os.environ["BENCH_BIN_DIR"]
 ENVOY = os.environ["MESH_ENVOY_BIN"]
@@ -37,7 +39,11 @@ BASE = int(os.environ.get("BENCH_PORT_BASE", "18600"))
 HOP = os.environ.get("BENCH_HOP", "h1")
 if HOP not in ("h1", "h2"):
     sys.exit(f"BENCH_HOP must be h1 or h2, not {HOP}")
-OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "benches", "RESULTS.md"))
+# An RPC run: HTTP/1.1 c=32 beside bolt and dubbo at 32 connections, the RSS per RPC connection
+# and the callgrind count of a bolt hop; writes benches/RESULTS-rpc.md (see rpc.py).
+RPC_MODE = os.environ.get("BENCH_RPC") == "1"
+OUT = os.environ.get("BENCH_OUT", os.path.join(
+    ROOT, "benches", "RESULTS-rpc.md" if RPC_MODE else "RESULTS.md"))
 PROFILE = os.environ.get("BENCH_PROFILE") == "1"
 # Instructions per request of one hop under callgrind: immune to the shared machine's load.
 CALLGRIND = os.environ.get("BENCH_CALLGRIND") == "1"
@@ -59,6 +65,7 @@ TRUST_DOMAIN = "bench.local"
 SPIFFE = {name: f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}" for name in ("outbound", "inbound")}
 
 APP = BASE
+RPC_APP = BASE + 2  # bench-rpcapp: bolt and dubbo on one port
 PORTS = {  # contender: (client-facing port, second hop port, admin ports)
     "ours": (BASE + 11, BASE + 12, (BASE + 13, BASE + 14)),
     "envoy": (BASE + 21, BASE + 22, (BASE + 23, BASE + 24)),
@@ -79,7 +86,12 @@ ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE e
 # "tcp": HTTP/1.1 keep-alive (wrk) through opaque L4 hops: each proxy's listener is a TCP proxy
 # (ours: `tcp_proxy` with no route table; Envoy: its `tcp_proxy` network filter). The floor has no
 # L4 mode and sits it out.
+# "bolt" and "dubbo": bench-rpcload through RPC listeners (rpc.py); only in BENCH_SCENARIOS or
+# an RPC run (BENCH_RPC=1), whose default scenarios and contenders are these:
 ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32), ("tcp", 32)]
+if RPC_MODE:
+    ALL_SCENARIOS = [("h1", 32), ("bolt", 32), ("dubbo", 32)]
+    ALL_CONTENDERS = ["direct", "ours", "envoy"] + (["base"] if BASELINE else [])
 # Subsets for a quick A/B: BENCH_CONTENDERS=ours,floor BENCH_SCENARIOS=h1:32,h2c:32
 CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL_CONTENDERS)).split(",")
               if c]
@@ -318,13 +330,48 @@ def write(name, text):
 
 
 def start_app():
-    spawn("app", [f"{BIN}/bench-app", f"127.0.0.1:{APP}"],
-          {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
+    # The HTTP app serves the HTTP scenarios and the callgrind hops.
+    if CALLGRIND or not all(rpc.is_rpc(p) for p, _ in SCENARIOS):
+        spawn("app", [f"{BIN}/bench-app", f"127.0.0.1:{APP}"],
+              {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
+    if any(rpc.is_rpc(p) for p, _ in SCENARIOS):
+        spawn("rpcapp", [f"{BIN}/bench-rpcapp", f"127.0.0.1:{RPC_APP}"],
+              {"TOKIO_WORKER_THREADS": str(APP_WORKERS)})
+
+
+def start_rpc_chains(tag, proto, contenders=None):
+    """Starts fresh RPC proxies (ours, the baseline, Envoy's generic proxy for dubbo) for the
+    contenders that can carry `proto`; returns {contender: [outbound, inbound]}."""
+    contenders = [c for c in (contenders or CONTENDERS) if c in rpc.CARRIERS[proto]]
+    chains = {"direct": []}
+    worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
+    sidecars = [("ours", f"{BIN}/mesh-sidecar")] + ([("base", BASELINE)] if BASELINE else [])
+    for contender, binary in sidecars:
+        if contender not in contenders:
+            continue
+        front, back, (a1, a2) = PORTS[contender]
+        chains[contender] = [
+            spawn(f"{contender}-{name}-{tag}", [binary, "--config", write(
+                f"{contender}-{name}-{proto}.yaml",
+                rpc.sidecar_yaml(name, listen, upstream, admin, proto))], worker_env)
+            for name, listen, upstream, admin in (("outbound", front, back, a1),
+                                                  ("inbound", back, RPC_APP, a2))]
+    if "envoy" in contenders:
+        front, back, (a1, a2) = PORTS["envoy"]
+        chains["envoy"] = [
+            spawn(f"envoy-{name}-{tag}", [ENVOY, "-c", write(
+                f"envoy-{name}-{proto}.yaml", rpc.envoy_yaml(listen, upstream, admin)),
+                "--concurrency", str(WORKERS), "--disable-hot-restart", "-l", "error"])
+            for name, listen, upstream, admin in (("outbound", front, back, a1),
+                                                  ("inbound", back, RPC_APP, a2))]
+    return chains
 
 
 def start_chains(tag, proto):
     """Starts fresh proxies for every contender the scenario applies to; returns
     {contender: [outbound, inbound]}."""
+    if rpc.is_rpc(proto):
+        return start_rpc_chains(tag, proto)
     tcp = proto == "tcp"
     chains = {"direct": []}
     worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
@@ -415,18 +462,33 @@ def stop(ps):
     procs[:] = [(n, p) for n, p in procs if p not in ps]
 
 
-def port_of(contender):
-    return APP if contender == "direct" else PORTS[contender][0]
+def port_of(contender, proto="h1"):
+    if contender == "direct":
+        return RPC_APP if rpc.is_rpc(proto) else APP
+    return PORTS[contender][0]
 
 
-def wait_ready(contenders, deadline=30.0):
+def exit_if_any_died():
+    for name, p in procs:
+        if p.poll() is not None:
+            sys.exit(f"{name} exited with {p.returncode}; log in {tmp}/{name}.log")
+
+
+def wait_ready(contenders, proto="h1", deadline=30.0):
     start = time.monotonic()
     for c in ["direct"] + [c for c in contenders if c != "direct"]:
+        if rpc.is_rpc(proto):
+            port = port_of(c, proto)
+            while not rpc.answers(BIN, proto, port):
+                exit_if_any_died()
+                if time.monotonic() - start > deadline:
+                    sys.exit(f"{c} not answering {proto} on port {port} after {deadline} s; "
+                             f"logs in {tmp}")
+                time.sleep(0.2)
+            continue
         url = f"http://127.0.0.1:{port_of(c)}/"
         while True:
-            for name, p in procs:
-                if p.poll() is not None:
-                    sys.exit(f"{name} exited with {p.returncode}; log in {tmp}/{name}.log")
+            exit_if_any_died()
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
                     if r.status == 200 and r.read() == b"Hello, mesh!\n":
@@ -527,8 +589,10 @@ def run_h2load(port, conns, secs):
 
 
 def measure(contender, pids, proto, conns, secs):
-    port = port_of(contender)
+    port = port_of(contender, proto)
     run = run_h2load if proto == "h2c" else run_wrk
+    if rpc.is_rpc(proto):
+        run = lambda port, conns, secs: rpc.run(BIN, proto, port, conns, secs)
     conns = H2_CONNS if proto == "h2c" else conns
     run(port, conns, 1)  # warm-up: connections and pools
     for pid in pids:
@@ -566,6 +630,47 @@ def measure_handshakes(contender, inbound_pid, secs):
     return {"rate": n / real, "cpu_ms": 1000.0 * cpu / max(n, 1)}
 
 
+def rpc_connections():
+    """RSS per bolt connection into the outbound sidecar: rpc.CONNS connections idle (connected,
+    no request), idle after one request each, active (one request in flight each for
+    BENCH_DURATION), and a fifth as many idle after one large (256 KiB) request each: what
+    buffers a connection keeps after a big frame. Each phase on fresh chains (ours, and the
+    baseline binary beside it when BENCH_BASELINE_BIN is set), so no phase inherits what another
+    left in the allocator."""
+    big = max(1, rpc.CONNS // 5)
+    phases = [("idle: connected, no request", rpc.CONNS, 0, None, None),
+              ("idle after one request each", rpc.CONNS, rpc.CONNS, None, None),
+              (f"active: 1 request in flight each, {DURATION} s", rpc.CONNS, None, DURATION,
+               None),
+              ("idle after one 256 KiB request each", big, big, None, 256 * 1024)]
+    contenders = ["ours"] + (["base"] if BASELINE else [])
+    res = {}
+    for i, (name, conns, requests, secs, body) in enumerate(phases):
+        for contender in contenders:
+            chain = start_rpc_chains(f"conns-{i}-{contender}", "bolt", [contender])[contender]
+            wait_ready([contender], "bolt")
+            port = port_of(contender, "bolt")
+            rpc.run(BIN, "bolt", port, 1, requests=100)  # the upstream connections exist
+            rss = lambda: [status_kb(p.pid, "VmRSS") for p in chain]
+            before = rss()
+            if secs is None:
+                during, r = rpc.hold(BIN, "bolt", port, conns, requests, 3, rss, body)
+                load = f"{r['requests']} requests, {r['errors']} errors"
+            else:
+                for p in chain:
+                    reset_hwm(p.pid)
+                r = rpc.run(BIN, "bolt", port, conns, secs)
+                during = [hwm_kb(p.pid) for p in chain]
+                load = (f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, {r['errors']} errors "
+                        f"(peak RSS)")
+            res[(name, contender)] = {"conns": conns, "out": (before[0], during[0]),
+                                      "in": (before[1], during[1]), "load": load}
+            log(f"{conns} bolt connections, {name}, {contender}: outbound RSS {before[0]} → "
+                f"{during[0]} KB, inbound {before[1]} → {during[1]} KB ({load})")
+            stop(chain)
+    return res
+
+
 def profile(pids):
     """perf-records the inbound sidecar under 32 connections; prints and saves the top costs."""
     data = os.path.join(tmp, "perf.data")
@@ -592,15 +697,21 @@ def profile(pids):
     log(f"wrote {path}")
 
 
-def instructions_per_request(name, argv, port, n=3000, h2=False):
+def instructions_per_request(name, argv, port, n=3000, h2=False, rpc_proto=None):
     """User-space instructions per request of one proxy hop (client → proxy → app), counted by
     callgrind between a warm-up and the end of `n` keep-alive requests (8 connections), or with
-    `h2`, of `n` h2c requests on one connection, 32 streams at a time."""
+    `h2`, of `n` h2c requests on one connection, 32 streams at a time, or with `rpc_proto`, of
+    `n` bolt or dubbo requests (bench-rpcload, 8 connections, one in flight each)."""
     out = os.path.join(tmp, f"callgrind-{name}.out")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"})
     try:
+        if rpc_proto:
+            answered = rpc_instructions(name, p, port, n, rpc_proto)
+            p.terminate()
+            p.wait(timeout=60)
+            return callgrind_total(name) / answered
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
         while True:
@@ -624,6 +735,29 @@ def instructions_per_request(name, argv, port, n=3000, h2=False):
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
+    return callgrind_total(name) / n
+
+
+def rpc_instructions(name, p, port, n, proto, conns=8):
+    """The RPC half of instructions_per_request: ready, warm-up, zero, `n` requests, dump;
+    returns how many requests were counted (each connection sends n/conns, rounded up)."""
+    deadline = time.monotonic() + 60
+    while not rpc.answers(BIN, proto, port):
+        if time.monotonic() > deadline or p.poll() is not None:
+            sys.exit(f"{name} under callgrind does not answer {proto} on port {port}")
+        time.sleep(0.5)
+    for count, zero in ((500, True), (n, False)):
+        sent = conns * -(-count // conns)
+        r = rpc.run(BIN, proto, port, conns, requests=count)
+        if r["requests"] != sent or r["errors"]:
+            sys.exit(f"{name} under callgrind: {r['requests']} of {sent} {proto} requests "
+                     f"answered, {r['errors']} errors")
+        ctl = ["callgrind_control", "-z" if zero else "-d", str(p.pid)]
+        subprocess.run(ctl, capture_output=True, check=True)
+    return sent
+
+
+def callgrind_total(name):
     dumps = [f for f in os.listdir(tmp) if f.startswith(f"callgrind-{name}.out.")]
     total = 0
     with open(os.path.join(tmp, max(dumps))) as f:
@@ -631,7 +765,7 @@ def instructions_per_request(name, argv, port, n=3000, h2=False):
             if line.startswith(("summary:", "totals:")):
                 total = int(line.split()[1])
                 break
-    return total / n
+    return total
 
 
 def instructions():
@@ -654,6 +788,15 @@ def instructions():
     res = {}
     for name, argv in hops:
         res[name] = instructions_per_request(name, argv, port)
+        log(f"callgrind {name}: {res[name]:.0f} instructions per request")
+    # The same hop for each RPC protocol that ran: client → RPC listener → bench-rpcapp.
+    for proto in [p for p in rpc.PROTOCOLS if any(p == q for q, _ in SCENARIOS)]:
+        name = f"ours {proto}"
+        cfg = write(f"callgrind-{proto}.yaml",
+                    rpc.sidecar_yaml("inbound", port, RPC_APP, BASE + 52, proto))
+        res[name] = instructions_per_request(name.replace(" ", "-"),
+                                             [f"{BIN}/mesh-sidecar", "--config", cfg], port,
+                                             rpc_proto=proto)
         log(f"callgrind {name}: {res[name]:.0f} instructions per request")
     if HOP == "h2":
         # The hop between sidecars as BENCH_HOP=h2 runs it: h2c in (32 streams on one
@@ -689,7 +832,7 @@ def main():
         for proto, conns in SCENARIOS:
             tag = f"{proto}-{conns}"
             chains = start_chains(tag, proto)
-            wait_ready(list(chains))
+            wait_ready(list(chains), proto)
             log(f"{tag}: fresh chains answer; logs and configs in {tmp}")
             pids = {c: [p.pid for p in ps] for c, ps in chains.items()}
             for rnd in range(ROUNDS):
@@ -716,6 +859,7 @@ def main():
             if PROFILE and (proto, conns) == ("h1", 32) and "ours" in chains:
                 profile(chains["ours"])
             stop([p for ps in chains.values() for p in ps])
+        conn_rss = rpc_connections() if RPC_MODE and rpc.CONNS > 0 else {}
         load_end = open("/proc/loadavg").read().split()[:3]
         steal = steal_pct(stolen, steal_ticks())
         instr = instructions() if CALLGRIND else {}
@@ -724,7 +868,7 @@ def main():
         spans = {c: sink_spans(c) for c in TRACE_RATIOS if c in CONTENDERS}
     finally:
         stop([p for _, p in procs])
-    write_markdown(results, load_start, load_end, steal, instr, spans, handshakes)
+    write_markdown(results, load_start, load_end, steal, instr, spans, handshakes, conn_rss)
     shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
 
@@ -760,6 +904,8 @@ def envoy_version():
 
 
 def scenario_name(proto, conns):
+    if rpc.is_rpc(proto):
+        return rpc.scenario_name(proto, conns)
     return {"h1": f"HTTP/1.1 c={conns}", "h2c": f"h2c c={H2_CONNS} m=32",
             "tcp": f"TCP (L4 hops, HTTP/1.1 inside) c={conns}"}[proto]
 
@@ -839,11 +985,12 @@ def goals_20(s, instr):
             "| figure | goal | measured | |", "|---|---|---|---|"] + rows
 
 
-def write_markdown(results, load_start, load_end, steal, instr, spans=None, handshakes=None):
+def write_markdown(results, load_start, load_end, steal, instr, spans=None, handshakes=None,
+                   conn_rss=None):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L = [
-        "# Sidecar chain benchmark",
+        "# RPC chain benchmark (bolt, dubbo)" if RPC_MODE else "# Sidecar chain benchmark",
         "",
         f"Generated by `./scripts/bench` on {now}. Machine: {NPROC} CPUs ({cpu_model()}), "
         f"kernel {os.uname().release}; load average {' '.join(load_start)} at the start, "
@@ -861,7 +1008,15 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
         f"HTTP/1.1: wrk keep-alive; h2c: h2load, {H2_CONNS} connection(s) × 32 streams; "
         f"TCP: wrk keep-alive through opaque L4 hops (our `tcp_proxy` listeners, Envoy's "
         f"`tcp_proxy` filter; the floor has no L4 mode). "
-        f"The proxy-to-proxy hop is {HOP_TEXT[HOP]} for every contender (`BENCH_HOP={HOP}`); "
+        + (f"bolt and dubbo: bench-rpcload (benches/floor/rpcload.rs), C connections each "
+           f"keeping {rpc.IN_FLIGHT} request(s) in flight, every response's kind, id and status "
+           f"checked, against bench-rpcapp (an echo app for both protocols, a ~200-byte success "
+           f"response per ~300-byte request); ours: RPC (`xprotocol`) listeners on both "
+           f"sidecars, requests multiplexed over 2 upstream connections per endpoint (the "
+           f"default `max_upstream_connections`); Envoy (dubbo only: it has no bolt codec): "
+           f"its `generic_proxy` network filter with the dubbo codec and the generic router. "
+           if any(rpc.is_rpc(p) for p, _ in SCENARIOS) else "")
+        + f"The proxy-to-proxy hop is {HOP_TEXT[HOP]} for every contender (`BENCH_HOP={HOP}`); "
         f"the hop to the app is HTTP/1.1. CPU: utime+stime of each proxy process per "
         f"10,000 requests (outbound / inbound); RSS: peak (VmHWM, reset before each "
         f"measurement) of each proxy, and what the resident set was made of right after the "
@@ -983,7 +1138,11 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
             "",
         ]
     L += tracing_section(s, results, spans or {})
-    if instr:
+    if RPC_MODE or any(rpc.is_rpc(p) for p, _ in SCENARIOS):
+        L += rpc.comparison(s, SCENARIOS)
+        L += rpc.connections_section(conn_rss or {})
+        L += rpc.instructions_section(instr)
+    if instr and not RPC_MODE:
         f = instr.get("floor")
         L += ["", "## Instructions per request (callgrind, one hop)", "",
               "User-space instructions of one proxy (client → proxy → app, HTTP/1.1 keep-alive, "
@@ -995,11 +1154,14 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
               "| proxy | instructions / request | vs floor |", "|---|---:|---:|"]
         for name, v in instr.items():
             base, _, h2 = name.partition(" ")
+            if rpc.is_rpc(h2):
+                continue  # in the RPC section
             label = NAMES[base].replace(" ×2", "") + (", h2c → h2 (1 connection × 32 streams)"
                                                       if h2 else "")
             floor = instr.get("floor h2") if h2 else f
             L.append(f"| {label} | {v:,.0f} | {fmt_ratio(v, floor)} |")
-    L += goals_20(s, instr)
+    if not RPC_MODE:
+        L += goals_20(s, instr)
     L.append("")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:

@@ -30,6 +30,10 @@ pub(crate) const MAX_PENDING: usize = 4096;
 const HIGH_WATER: usize = 256 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// Capacity above which an emptied read or write buffer is freed rather than kept: one large
+/// frame (up to `max_frame_bytes`) or one burst of responses (up to [`HIGH_WATER`]) must not pin
+/// its size for the rest of a long-lived connection's life.
+const RETAIN: usize = 64 * 1024;
 
 /// Where a request's response goes, and what it holds while it waits: the downstream
 /// connection's pending permit and the cluster's circuit-breaker admission.
@@ -99,6 +103,8 @@ where
     let permits = Arc::new(Semaphore::new(MAX_PENDING));
     let (mut rbuf, mut wbuf) = (BytesMut::new(), BytesMut::new());
     loop {
+        release_if_large(&mut rbuf);
+        release_if_large(&mut wbuf);
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(READ_CHUNK);
         }
@@ -154,6 +160,15 @@ where
         if tx.is_none() && wbuf.is_empty() && rx.is_closed() && rx.is_empty() {
             return Ok(());
         }
+    }
+}
+
+/// Frees `buf` when it is empty and above [`RETAIN`]: after a large frame is split off, the
+/// tail left in the read buffer would otherwise keep the frame's whole allocation alive (and a
+/// drained write buffer its largest burst) for the rest of the connection's life.
+fn release_if_large(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > RETAIN {
+        *buf = BytesMut::new();
     }
 }
 
@@ -272,5 +287,36 @@ impl XProxy {
                 "upstream_failure",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_large_buffer_is_freed_and_others_are_kept() {
+        // The tail of a read buffer after a large frame was split off: empty, large, shared.
+        let mut rbuf = BytesMut::with_capacity(4 * RETAIN);
+        rbuf.resize(RETAIN, 0);
+        let frame = rbuf.split_to(RETAIN);
+        assert!(rbuf.is_empty() && rbuf.capacity() > RETAIN);
+        release_if_large(&mut rbuf);
+        assert_eq!(rbuf.capacity(), 0);
+        assert_eq!(frame.len(), RETAIN, "the frame split off is untouched");
+
+        let mut small = BytesMut::with_capacity(READ_CHUNK);
+        release_if_large(&mut small);
+        assert_eq!(small.capacity(), READ_CHUNK, "a small buffer is reused");
+
+        let mut holding = BytesMut::with_capacity(2 * RETAIN);
+        holding.extend_from_slice(b"a partial frame");
+        release_if_large(&mut holding);
+        assert_eq!(
+            &holding[..],
+            b"a partial frame",
+            "a buffer holding bytes is kept"
+        );
+        assert!(holding.capacity() >= 2 * RETAIN);
     }
 }
