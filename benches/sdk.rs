@@ -6,10 +6,17 @@
 //!
 //! Both calls go over one pooled keep-alive HTTP/1.1 connection to the same server; the
 //! difference between the two medians is the SDK's cost per call.
+//!
+//! Two groups: `sdk_call` times each call by the wall clock (what the caller waits), and
+//! `sdk_call_cpu` by the CPU time of the whole process (client, server and the kernel's work
+//! for both, summed over its threads from `/proc/self/task/*/schedstat`), which is what the
+//! issue's "≤ 5 % of the call's CPU" is about and which the other load on a shared machine
+//! disturbs far less than the wall clock.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -79,6 +86,20 @@ virtual_hosts:
     MeshLayer::new(router, limits, clusters)
 }
 
+/// CPU time used so far by every thread of this process (on-CPU nanoseconds, the first field
+/// of each thread's `schedstat`; user and system time alike).
+fn process_cpu() -> Duration {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("schedstat");
+        // A thread that ended between the listing and the read no longer counts.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            ns += text.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
 fn bench(c: &mut Criterion) {
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -95,30 +116,50 @@ fn bench(c: &mut Criterion) {
     let mesh = mesh_layer(addr).layer(client.clone());
 
     let bare_uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let bare_call = || async {
+        let req = Request::get(bare_uri.clone()).body(body::empty()).unwrap();
+        let resp = client.request(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    };
+    let mesh_call = || async {
+        let req = Request::get("http://app/").body(body::empty()).unwrap();
+        let mut svc = mesh.clone();
+        let resp = ServiceExt::<Request<Body>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    };
     let mut g = c.benchmark_group("sdk_call");
+    g.bench_function("bare_hyper_client", |b| b.iter(|| rt.block_on(bare_call())));
+    g.bench_function("mesh_layer_over_hyper_client", |b| {
+        b.iter(|| rt.block_on(mesh_call()))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("sdk_call_cpu");
     g.bench_function("bare_hyper_client", |b| {
-        b.iter(|| {
+        b.iter_custom(|n| {
+            let start = process_cpu();
             rt.block_on(async {
-                let req = Request::get(bare_uri.clone()).body(body::empty()).unwrap();
-                let resp = client.request(req).await.unwrap();
-                resp.into_body().collect().await.unwrap();
-            })
+                for _ in 0..n {
+                    bare_call().await;
+                }
+            });
+            process_cpu() - start
         })
     });
     g.bench_function("mesh_layer_over_hyper_client", |b| {
-        b.iter(|| {
+        b.iter_custom(|n| {
+            let start = process_cpu();
             rt.block_on(async {
-                let req = Request::get("http://app/").body(body::empty()).unwrap();
-                let mut svc = mesh.clone();
-                let resp = ServiceExt::<Request<Body>>::ready(&mut svc)
-                    .await
-                    .unwrap()
-                    .call(req)
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), 200);
-                resp.into_body().collect().await.unwrap();
-            })
+                for _ in 0..n {
+                    mesh_call().await;
+                }
+            });
+            process_cpu() - start
         })
     });
     g.finish();
