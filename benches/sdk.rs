@@ -94,7 +94,12 @@ fn process_cpu() -> Duration {
         let path = task.unwrap().path().join("schedstat");
         // A thread that ended between the listing and the read no longer counts.
         if let Ok(text) = std::fs::read_to_string(path) {
-            ns += text.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+            ns += text
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
         }
     }
     Duration::from_nanos(ns)
