@@ -91,11 +91,20 @@ pub fn strip_host_port(parts: &mut http::request::Parts, mode: StripHostPort, li
 
 /// Appends the client's address to `x-forwarded-for`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    if let Some(ip) = forwarded_for_value(client) {
+        append_forwarded_for_value(headers, &ip);
+    }
+}
+
+/// The client's address as an `x-forwarded-for` value, made once per connection: every request
+/// on it appends the same one (a clone of the value shares its bytes; formatting and copying
+/// the address per request cost an allocation and a free each time).
+pub fn forwarded_for_value(client: IpAddr) -> Option<HeaderValue> {
     // The address is formatted on the stack: the header value is the only allocation.
     let mut ip = [0u8; 64];
     let len = match client {
         // Dotted decimal by hand: `Display` for an address ran the formatting machinery per
-        // octet, on every request.
+        // octet.
         IpAddr::V4(v4) => {
             let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -110,18 +119,21 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         IpAddr::V6(_) => {
             use std::io::Write as _;
             let mut w = &mut ip[..];
-            if write!(w, "{client}").is_err() {
-                return;
-            }
+            write!(w, "{client}").ok()?;
             64 - w.len()
         }
     };
-    let ip = &ip[..len];
+    // Shared bytes, so that each request's clone is a reference count, not a copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&ip[..len])).ok()
+}
+
+/// Appends `ip` (from [`forwarded_for_value`]) to `x-forwarded-for`.
+pub fn append_forwarded_for_value(headers: &mut HeaderMap, ip: &HeaderValue) {
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => HeaderValue::from_maybe_shared(
-            bytes::Bytes::from([prev.as_bytes(), b", ", ip].concat()),
+            bytes::Bytes::from([prev.as_bytes(), b", ", ip.as_bytes()].concat()),
         ),
-        _ => HeaderValue::from_bytes(ip),
+        _ => Ok(ip.clone()),
     };
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
@@ -282,6 +294,23 @@ mod tests {
         h.insert(X_FORWARDED_FOR, " ".parse().unwrap());
         append_forwarded_for(&mut h, long);
         assert_eq!(h[X_FORWARDED_FOR], long.to_string().as_str());
+    }
+
+    #[test]
+    fn a_connections_forwarded_for_value_serves_each_of_its_requests() {
+        let ip = forwarded_for_value("192.168.10.200".parse().unwrap()).unwrap();
+        for prev in [None, Some("203.0.113.7")] {
+            let mut h = HeaderMap::new();
+            if let Some(p) = prev {
+                h.insert(X_FORWARDED_FOR, p.parse().unwrap());
+            }
+            append_forwarded_for_value(&mut h, &ip);
+            let want = prev.map_or("192.168.10.200".to_owned(), |p| {
+                format!("{p}, 192.168.10.200")
+            });
+            assert_eq!(h[X_FORWARDED_FOR], want.as_str());
+        }
+        assert_eq!(ip, "192.168.10.200", "the cached value is left as it was");
     }
 
     #[test]
