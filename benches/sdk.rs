@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -170,5 +170,55 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// `SDK_CALLS=bare:N` or `SDK_CALLS=mesh:N`: instead of criterion, makes N calls of that kind
+/// (after the same setup and 200 warm-up calls) and exits, for counting instructions under
+/// callgrind, which no load on the machine moves. Two counts with different N give the
+/// instructions of one call, client and server together, with the setup cancelled out:
+/// `(I(N2) - I(N1)) / (N2 - N1)`; see benches/RESULTS.md.
+fn counted_calls(kind: &str, n: u32) {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server(&server_rt);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let mesh = mesh_layer(addr).layer(client.clone());
+    let bare_uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    rt.block_on(async {
+        for _ in 0..200 + n {
+            let resp = if kind == "mesh" {
+                let req = Request::get("http://app/").body(body::empty()).unwrap();
+                let mut svc = mesh.clone();
+                ServiceExt::<Request<Body>>::ready(&mut svc)
+                    .await
+                    .unwrap()
+                    .call(req)
+                    .await
+                    .unwrap()
+            } else {
+                let req = Request::get(bare_uri.clone()).body(body::empty()).unwrap();
+                client.request(req).await.unwrap().map(body::boxed)
+            };
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+    });
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("SDK_CALLS") {
+        let (kind, n) = spec.split_once(':').expect("SDK_CALLS=bare:N or mesh:N");
+        counted_calls(kind, n.parse().expect("SDK_CALLS: N is a number"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
