@@ -105,30 +105,59 @@ fn process_cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
-fn bench(c: &mut Criterion) {
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let addr = server(&server_rt);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let mesh = mesh_layer(addr).layer(client.clone());
+/// The server, the client runtime and both ways of calling: what every measurement shares.
+struct Fixture {
+    /// Keeps the server's runtime (and so the server) alive.
+    _server_rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    mesh: MeshService,
+    bare_uri: http::Uri,
+}
 
-    let bare_uri: http::Uri = format!("http://{addr}/").parse().unwrap();
-    let bare_call = || async {
-        let req = Request::get(bare_uri.clone()).body(body::empty()).unwrap();
-        let resp = client.request(req).await.unwrap();
+type MeshService =
+    <MeshLayer as Layer<Client<hyper_util::client::legacy::connect::HttpConnector, Body>>>::Service;
+
+impl Fixture {
+    fn new() -> Self {
+        let server_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = server(&server_rt);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = {
+            let _guard = rt.enter();
+            Client::builder(TokioExecutor::new()).build_http::<Body>()
+        };
+        let mesh = mesh_layer(addr).layer(client.clone());
+        Self {
+            _server_rt: server_rt,
+            rt,
+            client,
+            mesh,
+            bare_uri: format!("http://{addr}/").parse().unwrap(),
+        }
+    }
+
+    /// One call with the bare hyper client, body read to the end.
+    async fn bare_call(&self) {
+        let req = Request::get(self.bare_uri.clone())
+            .body(body::empty())
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
-    };
-    let mesh_call = || async {
+    }
+
+    /// One call through the mesh's layers over the same client, body read to the end.
+    async fn mesh_call(&self) {
         let req = Request::get("http://app/").body(body::empty()).unwrap();
-        let mut svc = mesh.clone();
+        let mut svc = self.mesh.clone();
         let resp = ServiceExt::<Request<Body>>::ready(&mut svc)
             .await
             .unwrap()
@@ -137,36 +166,48 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
-    };
+    }
+
+    /// `n` calls of one kind, in one `block_on`.
+    fn calls(&self, mesh: bool, n: u64) {
+        // One loop per kind: a branch inside one loop would make every call's future the
+        // larger of the two.
+        self.rt.block_on(async {
+            if mesh {
+                for _ in 0..n {
+                    self.mesh_call().await;
+                }
+            } else {
+                for _ in 0..n {
+                    self.bare_call().await;
+                }
+            }
+        });
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
     let mut g = c.benchmark_group("sdk_call");
-    g.bench_function("bare_hyper_client", |b| b.iter(|| rt.block_on(bare_call())));
+    g.bench_function("bare_hyper_client", |b| b.iter(|| f.calls(false, 1)));
     g.bench_function("mesh_layer_over_hyper_client", |b| {
-        b.iter(|| rt.block_on(mesh_call()))
+        b.iter(|| f.calls(true, 1))
     });
     g.finish();
     let mut g = c.benchmark_group("sdk_call_cpu");
-    g.bench_function("bare_hyper_client", |b| {
-        b.iter_custom(|n| {
-            let start = process_cpu();
-            rt.block_on(async {
-                for _ in 0..n {
-                    bare_call().await;
-                }
-            });
-            process_cpu() - start
-        })
-    });
-    g.bench_function("mesh_layer_over_hyper_client", |b| {
-        b.iter_custom(|n| {
-            let start = process_cpu();
-            rt.block_on(async {
-                for _ in 0..n {
-                    mesh_call().await;
-                }
-            });
-            process_cpu() - start
-        })
-    });
+    for (name, mesh) in [
+        ("bare_hyper_client", false),
+        ("mesh_layer_over_hyper_client", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                let start = process_cpu();
+                f.calls(mesh, n);
+                process_cpu() - start
+            })
+        });
+    }
     g.finish();
 }
 
@@ -175,40 +216,10 @@ fn bench(c: &mut Criterion) {
 /// callgrind, which no load on the machine moves. Two counts with different N give the
 /// instructions of one call, client and server together, with the setup cancelled out:
 /// `(I(N2) - I(N1)) / (N2 - N1)`; see benches/RESULTS.md.
-fn counted_calls(kind: &str, n: u32) {
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let addr = server(&server_rt);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let mesh = mesh_layer(addr).layer(client.clone());
-    let bare_uri: http::Uri = format!("http://{addr}/").parse().unwrap();
-    rt.block_on(async {
-        for _ in 0..200 + n {
-            let resp = if kind == "mesh" {
-                let req = Request::get("http://app/").body(body::empty()).unwrap();
-                let mut svc = mesh.clone();
-                ServiceExt::<Request<Body>>::ready(&mut svc)
-                    .await
-                    .unwrap()
-                    .call(req)
-                    .await
-                    .unwrap()
-            } else {
-                let req = Request::get(bare_uri.clone()).body(body::empty()).unwrap();
-                client.request(req).await.unwrap().map(body::boxed)
-            };
-            assert_eq!(resp.status(), 200);
-            resp.into_body().collect().await.unwrap();
-        }
-    });
+fn counted_calls(kind: &str, n: u64) {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
+    f.calls(kind == "mesh", 200 + n);
 }
 
 criterion_group!(benches, bench);
