@@ -12,14 +12,12 @@
 //! Under `CI=true` a missing Envoy fails the test (mesh-testkit's skip-or-fail policy).
 #![allow(clippy::unwrap_used)]
 
+mod interop;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
-use mesh_testkit::EnvoyProcess;
-use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
-use mesh_xds::source::FileSource;
 use mesh_xprotocol::dubbo::header::{Header, FLAG_REQUEST, FLAG_TWO_WAY, HESSIAN2};
 use mesh_xprotocol::dubbo::hessian2::write_string;
 use mesh_xprotocol::dubbo::status;
@@ -231,30 +229,10 @@ async fn envoy_and_our_sidecar_route_a_dubbo_corpus_alike() {
     let _bin = mesh_testkit::envoy_or_skip!();
     let a = recording_backend("backend-a").await;
     let b = recording_backend("backend-b").await;
-    let p = mesh_testkit::free_ports(7);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mesh.yaml");
-    std::fs::write(&path, mesh_yaml(a, b, &p[0..3], &p[3..6])).unwrap();
-    let cache = SnapshotCache::new();
-    cache.set_validator(mesh_core_validator());
-    let source = FileSource::new(&path, cache.clone());
-    let status = source.status();
-    let source_task = source.spawn(Duration::from_millis(50)).unwrap();
-    assert!(
-        status.borrow().last_error.is_none(),
-        "{:?}",
-        *status.borrow()
-    );
-    let (xds, xds_task) = XdsServer::new(cache.clone())
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut o = DynamicOptions::new(vec![format!("http://{xds}")], "ours-dubbo");
-    o.admin = SocketAddr::from(([127, 0, 0, 1], p[6]));
-    o.drain_timeout = Duration::from_millis(200);
-    let sidecar = Sidecar::start_dynamic(o).await.unwrap();
-    let envoy =
-        EnvoyProcess::start(&mesh_testkit::ads_bootstrap("envoy-dubbo", xds, "GRPC")).unwrap();
+    let p = mesh_testkit::free_ports(6);
+    let cp = interop::ControlPlane::start(&mesh_yaml(a, b, &p[0..3], &p[3..6])).await;
+    let sidecar = cp.sidecar("ours-dubbo").await;
+    let envoy = cp.envoy("envoy-dubbo");
 
     let envoy_addr = SocketAddr::from(([127, 0, 0, 1], p[2]));
     let ours_addr = SocketAddr::from(([127, 0, 0, 1], p[5]));
@@ -279,7 +257,7 @@ async fn envoy_and_our_sidecar_route_a_dubbo_corpus_alike() {
         }
     }
     // Nothing NACKed: Envoy accepted our generic_proxy listener as it is.
-    let dump = cache.dump();
+    let dump = cp.cache.dump();
     for id in ["envoy-dubbo", "ours-dubbo"] {
         let st = &dump.nodes.iter().find(|n| n.node == id).unwrap().status;
         assert!(
@@ -305,6 +283,4 @@ async fn envoy_and_our_sidecar_route_a_dubbo_corpus_alike() {
     );
     drop(envoy);
     sidecar.shutdown().await;
-    source_task.abort();
-    xds_task.abort();
 }

@@ -8,6 +8,7 @@
 //!    path while the RPC listener keeps serving its previous config.
 #![allow(clippy::unwrap_used)]
 
+mod interop;
 mod scripted_ads;
 
 use std::io::{BufRead, BufReader};
@@ -20,10 +21,8 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use envoy_types::pb::envoy::extensions::filters::network::generic_proxy::v3 as gp;
 use mesh_core::{Cluster, ClusterLoadAssignment, Listener};
-use mesh_proxy::sidecar::{DynamicOptions, Sidecar};
 use mesh_xds::convert::{pack, unpack, XdsResource};
-use mesh_xds::server::{mesh_core_validator, SnapshotCache, XdsServer};
-use mesh_xds::source::FileSource;
+use mesh_xds::server::SnapshotCache;
 
 struct Killed(Child);
 
@@ -97,18 +96,6 @@ async fn call_until_ok(node: &Path, modules: &Path, addr: SocketAddr, within: Du
     }
 }
 
-async fn wait_ready(s: &Sidecar) {
-    let admin = s.admin_addr();
-    let ok = tokio::task::spawn_blocking(move || {
-        mesh_testkit::wait_for(Duration::from_secs(15), Duration::from_millis(20), || {
-            matches!(mesh_testkit::http_get(admin, "/ready"), Ok((200, _))).then_some(())
-        })
-    })
-    .await
-    .unwrap();
-    assert!(ok.is_some(), "sidecar never became ready");
-}
-
 fn spec(p: &[u16], app_a: u16, app_b: u16, target: &str) -> String {
     let (a_in, b_in, client_bolt) = (p[0], p[1], p[2]);
     let node = |id: &str, service: &str, inbound: u16, app: u16, bolt: u16, n: usize| {
@@ -160,31 +147,10 @@ async fn through_dynamic_sidecars(update_route: bool) {
     let (_a, accepted_a) = start_server(&node, &modules, apps[0]);
     let (_b, accepted_b) = start_server(&node, &modules, apps[1]);
     let p = mesh_testkit::free_ports(12);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mesh.yaml");
-    std::fs::write(&path, spec(&p, apps[0], apps[1], "hello")).unwrap();
-    let cache = SnapshotCache::new();
-    cache.set_validator(mesh_core_validator());
-    let source_task = FileSource::new(&path, cache.clone())
-        .spawn(Duration::from_millis(50))
-        .unwrap();
-    let (xds_addr, xds_task) = XdsServer::new(cache.clone())
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admins = mesh_testkit::free_ports(3);
-    let start = |id: &str, admin: u16| {
-        let mut o = DynamicOptions::new(vec![format!("http://{xds_addr}")], id);
-        o.admin = SocketAddr::from(([127, 0, 0, 1], admin));
-        o.drain_timeout = Duration::from_secs(1);
-        Sidecar::start_dynamic(o)
-    };
-    let a = start("hello-a-1", admins[0]).await.unwrap();
-    let b = start("hello-b-1", admins[1]).await.unwrap();
-    let client = start("client-1", admins[2]).await.unwrap();
-    for s in [&a, &b, &client] {
-        wait_ready(s).await;
-    }
+    let cp = interop::ControlPlane::start(&spec(&p, apps[0], apps[1], "hello")).await;
+    let a = cp.sidecar("hello-a-1").await;
+    let b = cp.sidecar("hello-b-1").await;
+    let client = cp.sidecar("client-1").await;
     let out = SocketAddr::from(([127, 0, 0, 1], p[2]));
 
     // Client → client-1's outbound_bolt → hello-a-1's RPC inbound → server A.
@@ -195,9 +161,9 @@ async fn through_dynamic_sidecars(update_route: bool) {
     // The route now sends com.example.Hello:1.0 to hello-b: calls reach server B.
     if update_route {
         edit_route(
-            &path,
+            &cp.path,
             &spec(&p, apps[0], apps[1], "hello-b"),
-            &cache,
+            &cp.cache,
             &node,
             &modules,
             out,
@@ -207,7 +173,7 @@ async fn through_dynamic_sidecars(update_route: bool) {
         .await;
     }
     // Nothing NACKed along the way.
-    let dump = cache.dump();
+    let dump = cp.cache.dump();
     for id in ["hello-a-1", "hello-b-1", "client-1"] {
         let status = &dump.nodes.iter().find(|n| n.node == id).unwrap().status;
         assert!(
@@ -218,8 +184,6 @@ async fn through_dynamic_sidecars(update_route: bool) {
     for s in [client, b, a] {
         s.shutdown().await;
     }
-    source_task.abort();
-    xds_task.abort();
 }
 
 /// Writes `yaml` (the route to hello-b) and waits until calls reach server B, then checks
