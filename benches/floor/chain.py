@@ -88,7 +88,10 @@ ALL_CONTENDERS = (["direct", "ours", "envoy", "floor"] + (["base"] if BASELINE e
 # L4 mode and sits it out.
 # "bolt" and "dubbo": bench-rpcload through RPC listeners (rpc.py); only in BENCH_SCENARIOS or
 # an RPC run (BENCH_RPC=1), whose default scenarios and contenders are these:
-ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32), ("tcp", 32)]
+# "h2c-h2": the h2c client with the proxy-to-proxy hop over HTTP/2 whatever BENCH_HOP says, so
+# one run has the h2c row with both hops side by side (issue #20 asks for both).
+ALL_SCENARIOS = [("h1", 1), ("h1", 32), ("h1", 256), ("h2c", 32)] + (
+    [("h2c-h2", 32)] if HOP == "h1" else []) + [("tcp", 32)]
 if RPC_MODE:
     ALL_SCENARIOS = [("h1", 32), ("bolt", 32), ("dubbo", 32)]
     ALL_CONTENDERS = ["direct", "ours", "envoy"] + (["base"] if BASELINE else [])
@@ -98,6 +101,11 @@ CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", ",".join(ALL_CONTEND
 SCENARIOS = [(p, int(n)) for p, n in (x.split(":") for x in
              os.environ.get("BENCH_SCENARIOS", ",".join(f"{p}:{n}" for p, n in ALL_SCENARIOS))
              .split(",") if x)]
+# Whether an HTTP/2 proxy-to-proxy hop runs (then callgrind counts the h2c → h2 hop too).
+H2_HOP = HOP == "h2" or any(p == "h2c-h2" for p, _ in SCENARIOS)
+# The in-process SDK's overhead (benches/sdk.rs, built by scripts/bench): its criterion CPU
+# group and, with callgrind, its instructions per call, bare hyper client against MeshLayer.
+SDK_BIN = os.environ.get("BENCH_SDK_BIN")
 NAMES = {"direct": "direct (no proxy)", "ours": "mesh-sidecar ×2", "envoy": "Envoy ×2",
          "floor": "floor (hyper) ×2", "base": "mesh-sidecar (baseline) ×2",
          "trace1": "mesh-sidecar ×2, tracing 1 %", "trace100": "mesh-sidecar ×2, tracing 100 %",
@@ -367,11 +375,22 @@ def start_rpc_chains(tag, proto, contenders=None):
     return chains
 
 
+def hop_of(proto):
+    """The proxy-to-proxy hop of a scenario: HTTP/2 for "h2c-h2", else BENCH_HOP."""
+    return "h2" if proto == "h2c-h2" else HOP
+
+
+def client_of(proto):
+    """The load generator's protocol of a scenario ("h2c-h2" is h2c with an HTTP/2 hop)."""
+    return "h2c" if proto == "h2c-h2" else proto
+
+
 def start_chains(tag, proto):
     """Starts fresh proxies for every contender the scenario applies to; returns
     {contender: [outbound, inbound]}."""
     if rpc.is_rpc(proto):
         return start_rpc_chains(tag, proto)
+    hop = hop_of(proto)
     tcp = proto == "tcp"
     chains = {"direct": []}
     worker_env = {"TOKIO_WORKER_THREADS": str(WORKERS), "RUST_LOG": "warn"}
@@ -399,14 +418,14 @@ def start_chains(tag, proto):
                 sidecar_yaml(name, listen, upstream, admin, protocol, tcp, pki))]
                 + trace_args(contender, name) + log_args(name), worker_env)
             for name, listen, upstream, admin, protocol in (
-                ("outbound", front, back, a1, "http2" if HOP == "h2" else "http1"),
+                ("outbound", front, back, a1, "http2" if hop == "h2" else "http1"),
                 ("inbound", back, APP, a2, "http1"))]
     for contender in ("envoy", "envoy+log", "envoy+mtls"):
         if contender not in CONTENDERS or (tcp and contender.endswith("+mtls")):
             continue
         front, back, (a1, a2) = PORTS[contender]
         envoys = []
-        for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, HOP == "h2"),
+        for name, listen, upstream, admin, h2 in (("outbound", front, back, a1, hop == "h2"),
                                                   ("inbound", back, APP, a2, False)):
             log_file = access_log_path(contender, name, tag) if contender.endswith("+log") else None
             tls = (name, PKI) if contender.endswith("+mtls") else None
@@ -420,8 +439,8 @@ def start_chains(tag, proto):
         front, back, _ = PORTS["floor"]
         chains["floor"] = [
             spawn(f"floor-{name}-{tag}", [f"{BIN}/bench-floor", f"127.0.0.1:{listen}",
-                                          f"127.0.0.1:{upstream}", hop], worker_env)
-            for name, listen, upstream, hop in (("outbound", front, back, HOP),
+                                          f"127.0.0.1:{upstream}", h], worker_env)
+            for name, listen, upstream, h in (("outbound", front, back, hop),
                                                 ("inbound", back, APP, "h1"))]
     return chains
 
@@ -590,10 +609,10 @@ def run_h2load(port, conns, secs):
 
 def measure(contender, pids, proto, conns, secs):
     port = port_of(contender, proto)
-    run = run_h2load if proto == "h2c" else run_wrk
+    run = run_h2load if client_of(proto) == "h2c" else run_wrk
     if rpc.is_rpc(proto):
         run = lambda port, conns, secs: rpc.run(BIN, proto, port, conns, secs)
-    conns = H2_CONNS if proto == "h2c" else conns
+    conns = H2_CONNS if client_of(proto) == "h2c" else conns
     run(port, conns, 1)  # warm-up: connections and pools
     for pid in pids:
         reset_hwm(pid)
@@ -798,8 +817,8 @@ def instructions():
                                              [f"{BIN}/mesh-sidecar", "--config", cfg], port,
                                              rpc_proto=proto)
         log(f"callgrind {name}: {res[name]:.0f} instructions per request")
-    if HOP == "h2":
-        # The hop between sidecars as BENCH_HOP=h2 runs it: h2c in (32 streams on one
+    if H2_HOP:
+        # The hop between sidecars as BENCH_HOP=h2 (or the h2c-h2 scenario) runs it: h2c in (32 streams on one
         # connection), HTTP/2 with prior knowledge out, for ours and the floor.
         cfg2 = write("callgrind-h2.yaml",
                      sidecar_yaml("inbound", port, APP, BASE + 52, protocol="http2"))
@@ -811,6 +830,40 @@ def instructions():
         for name, argv in h2hops:
             res[name] = instructions_per_request(name.replace(" ", "-"), argv, port, h2=True)
             log(f"callgrind {name}: {res[name]:.0f} instructions per request")
+    return res
+
+
+def sdk_overhead():
+    """The SDK bench's figures: {"cpu": (bare, mesh) µs of process CPU per call (criterion
+    medians, group sdk_call_cpu), "instr": (bare, mesh) instructions per call (callgrind, the
+    difference of 1,000 and 3,000 calls, so the setup cancels out)}."""
+    out = subprocess.run([SDK_BIN, "--bench", "--warm-up-time", "1", "--measurement-time", "5",
+                          "sdk_call_cpu"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CRITERION_HOME": os.path.join(tmp, "criterion")})
+    med = {}
+    for m in re.finditer(r"sdk_call_cpu/(\w+)\s+time:\s+\[\S+ \S+ (\S+) (\S+) ", out.stdout):
+        scale = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}[m.group(3)]
+        med[m.group(1)] = float(m.group(2)) * scale
+    res = {}
+    if len(med) == 2:
+        res["cpu"] = (med["bare_hyper_client"], med["mesh_layer_over_hyper_client"])
+        log(f"sdk cpu per call: bare {res['cpu'][0]:.1f} µs, mesh {res['cpu'][1]:.1f} µs")
+    else:
+        log(f"sdk bench printed no sdk_call_cpu medians:\n{out.stdout[-2000:]}")
+    if CALLGRIND:
+        per_call = []
+        for kind in ("bare", "mesh"):
+            totals = []
+            for n in (1000, 3000):
+                name = f"sdk-{kind}-{n}"
+                out = os.path.join(tmp, f"callgrind-{name}.out.1")
+                subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                SDK_BIN], env={**os.environ, "SDK_CALLS": f"{kind}:{n}"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+                totals.append(callgrind_total(name))
+            per_call.append((totals[1] - totals[0]) / 2000)
+        res["instr"] = tuple(per_call)
+        log(f"sdk instructions per call: bare {per_call[0]:.0f}, mesh {per_call[1]:.0f}")
     return res
 
 
@@ -863,12 +916,14 @@ def main():
         load_end = open("/proc/loadavg").read().split()[:3]
         steal = steal_pct(stolen, steal_ticks())
         instr = instructions() if CALLGRIND else {}
+        sdk = sdk_overhead() if SDK_BIN and not RPC_MODE else {}
         # Every sidecar flushed its spans on SIGTERM; give the sinks a report tick.
         time.sleep(1.5 if TRACING else 0)
         spans = {c: sink_spans(c) for c in TRACE_RATIOS if c in CONTENDERS}
     finally:
         stop([p for _, p in procs])
-    write_markdown(results, load_start, load_end, steal, instr, spans, handshakes, conn_rss)
+    write_markdown(results, load_start, load_end, steal, instr, spans, handshakes, conn_rss,
+                   sdk)
     shutil.rmtree(tmp, ignore_errors=True)  # kept only when something failed
 
 
@@ -907,6 +962,7 @@ def scenario_name(proto, conns):
     if rpc.is_rpc(proto):
         return rpc.scenario_name(proto, conns)
     return {"h1": f"HTTP/1.1 c={conns}", "h2c": f"h2c c={H2_CONNS} m=32",
+            "h2c-h2": f"h2c c={H2_CONNS} m=32, HTTP/2 hop",
             "tcp": f"TCP (L4 hops, HTTP/1.1 inside) c={conns}"}[proto]
 
 
@@ -930,7 +986,7 @@ def tracing_section(s, results, spans):
          "| scenario | contender | req/s vs ours | p99 vs ours | CPU/req vs ours |",
          "|---|---|---:|---:|---:|"]
     for proto, conns in SCENARIOS:
-        scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+        scen = scenario_name(proto, conns)
         o = s[(proto, conns, "ours")]
         for c in rows:
             x = s[(proto, conns, c)]
@@ -949,7 +1005,7 @@ def tracing_section(s, results, spans):
     return L
 
 
-def goals_20(s, instr):
+def goals_20(s, instr, sdk):
     """Issue #20's goals, met or missed, from this run's figures (those whose scenario ran)."""
     check = lambda ok: "met" if ok else "**missed**"
     rows = []
@@ -968,25 +1024,41 @@ def goals_20(s, instr):
         r = instr["ours"] / instr["floor"]
         rows.append(f"| instructions per request, one hop, vs floor (callgrind) | ≤ 1.2x | "
                     f"{instr['ours']:,.0f} / {instr['floor']:,.0f} = {r:.2f}x | {check(r <= 1.2)} |")
-    if have("h2c", 32, "ours", "floor"):
-        r = s[("h2c", 32, "ours")]["rps"] / s[("h2c", 32, "floor")]["rps"]
-        rows.append(f"| req/s vs floor, h2c c={H2_CONNS} m=32, `BENCH_HOP={HOP}` | ≥ 0.95x | "
-                    f"{r:.2f}x | {check(r >= 0.95)} |")
+    if instr.get("ours h2") and instr.get("floor h2"):
+        r = instr["ours h2"] / instr["floor h2"]
+        rows.append(f"| instructions per request, one h2c → HTTP/2 hop, vs floor (callgrind) | "
+                    f"≤ 1.2x | {instr['ours h2']:,.0f} / {instr['floor h2']:,.0f} = {r:.2f}x | "
+                    f"{check(r <= 1.2)} |")
+    for proto in ("h2c", "h2c-h2"):
+        if have(proto, 32, "ours", "floor"):
+            r = s[(proto, 32, "ours")]["rps"] / s[(proto, 32, "floor")]["rps"]
+            rows.append(f"| req/s vs floor, h2c c={H2_CONNS} m=32, `BENCH_HOP={hop_of(proto)}` "
+                        f"| ≥ 0.95x | {r:.2f}x | {check(r >= 0.95)} |")
     if have("h1", 256, "ours", "floor"):
         o, f = max(s[("h1", 256, "ours")]["rss"]), max(s[("h1", 256, "floor")]["rss"])
         r = o / f
         rows.append(f"| peak RSS at HTTP/1.1 c=256 vs floor (the larger proxy of each chain) | "
                     f"≤ 1.1x | {o:.1f} / {f:.1f} MB = {r:.2f}x | {check(r <= 1.1)} |")
+    if sdk and "cpu" in sdk:
+        (b, m) = sdk["cpu"]
+        r = m / b - 1
+        rows.append(f"| in-process SDK stack overhead on a real hyper client call, CPU "
+                    f"(`sdk_call_cpu` medians, bare / MeshLayer) | ≤ 5 % | {b:.1f} / {m:.1f} µs "
+                    f"= +{100 * r:.1f} % | {check(r <= 0.05)} |")
+    if sdk and "instr" in sdk:
+        (b, m) = sdk["instr"]
+        rows.append(f"| the same, user-space instructions per call (callgrind, client and "
+                    f"server) | | {b:,.0f} / {m:,.0f} = +{100 * (m / b - 1):.1f} % | |")
     if not rows:
         return []
     return ["", "## Goals of issue #20 (this run)", "",
-            "The SDK's overhead and the control plane's 10,000 subscribers are measured apart "
-            "(`cargo bench -p mesh-benches --bench sdk`, benches/XDS_SCALE.md).", "",
+            "The control plane's 10,000 subscribers are measured apart (benches/XDS_SCALE.md)."
+            + ("" if sdk else " The SDK row needs `BENCH_SDK_BIN` (scripts/bench sets it)."), "",
             "| figure | goal | measured | |", "|---|---|---|---|"] + rows
 
 
 def write_markdown(results, load_start, load_end, steal, instr, spans=None, handshakes=None,
-                   conn_rss=None):
+                   conn_rss=None, sdk=None):
     s = {k: summary(v) for k, v in results.items()}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L = [
@@ -1016,7 +1088,10 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
            f"default `max_upstream_connections`); Envoy (dubbo only: it has no bolt codec): "
            f"its `generic_proxy` network filter with the dubbo codec and the generic router. "
            if any(rpc.is_rpc(p) for p, _ in SCENARIOS) else "")
-        + f"The proxy-to-proxy hop is {HOP_TEXT[HOP]} for every contender (`BENCH_HOP={HOP}`); "
+        + f"The proxy-to-proxy hop is {HOP_TEXT[HOP]} for every contender (`BENCH_HOP={HOP}`)"
+        + ("; in the rows marked \"HTTP/2 hop\" it is HTTP/2 (prior knowledge, multiplexed on "
+           "one connection) for every contender"
+           if HOP == "h1" and any(p == "h2c-h2" for p, _ in SCENARIOS) else "") + "; "
         f"the hop to the app is HTTP/1.1. CPU: utime+stime of each proxy process per "
         f"10,000 requests (outbound / inbound); RSS: peak (VmHWM, reset before each "
         f"measurement) of each proxy, and what the resident set was made of right after the "
@@ -1073,7 +1148,7 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
               "| scenario | proxy | req/s with/without | p99 with/without "
               "| CPU/req with/without |", "|---|---|---:|---:|---:|"]
         for proto, conns in SCENARIOS:
-            scen = f"HTTP/1.1 c={conns}" if proto == "h1" else f"h2c c={H2_CONNS} m=32"
+            scen = scenario_name(proto, conns)
             for a, b in pairs:
                 x, y = s[(proto, conns, a)], s[(proto, conns, b)]
                 L.append(f"| {scen} | {NAMES[a].replace(' ×2', '')} | "
@@ -1150,7 +1225,7 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
               "depend on the load of the shared machine. Kernel time (the syscalls, the same for "
               "ours and the floor) is not in it." + (" The h2c → h2 rows (`BENCH_HOP=h2`): h2c "
               "in on one connection, 32 streams at a time, HTTP/2 with prior knowledge out to "
-              "the app, each against the floor doing the same." if HOP == "h2" else ""), "",
+              "the app, each against the floor doing the same." if H2_HOP else ""), "",
               "| proxy | instructions / request | vs floor |", "|---|---:|---:|"]
         for name, v in instr.items():
             base, _, h2 = name.partition(" ")
@@ -1161,7 +1236,7 @@ def write_markdown(results, load_start, load_end, steal, instr, spans=None, hand
             floor = instr.get("floor h2") if h2 else f
             L.append(f"| {label} | {v:,.0f} | {fmt_ratio(v, floor)} |")
     if not RPC_MODE:
-        L += goals_20(s, instr)
+        L += goals_20(s, instr, sdk)
     L.append("")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:
