@@ -148,7 +148,7 @@ pub async fn serve(
             activity: Arc::clone(&activity),
             peer,
             forwarded_for: headers::forwarded_for_value(peer.ip()),
-            identity: None,
+            extensions: http::Extensions::new(),
             inner: RefCell::new(service.clone()),
         };
         let gauge = conns.clone();
@@ -169,7 +169,7 @@ pub async fn serve(
             let metrics = edge.shared.metrics.clone();
             let http = |io, identity| {
                 let mut edge = edge;
-                edge.identity = identity;
+                edge.extensions = request_extensions(&edge.shared.listener, peer, identity);
                 let conn = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(io),
@@ -287,8 +287,9 @@ struct Edge {
     peer: SocketAddr,
     /// The peer's address as an `x-forwarded-for` value, made once for all its requests.
     forwarded_for: Option<http::HeaderValue>,
-    /// The client's verified identity on an mTLS connection.
-    identity: Option<PeerIdentity>,
+    /// The extensions the edge gives each request of the connection (client address, listener,
+    /// verified identity), cloned per request: see [`request_extensions`].
+    extensions: http::Extensions,
     /// hyper calls its service through `&self`; the stack's `poll_ready` and `call` want
     /// `&mut`. Both happen synchronously inside [`Edge::call`] (the response future owns what it
     /// needs), so the borrow never spans an await, and the stack is not cloned (a boxed
@@ -405,13 +406,10 @@ impl Edge {
         if !self.shared.traced {
             headers::ensure_traceparent(&mut parts.headers);
         }
-        parts.extensions.insert(ClientAddr(self.peer));
-        if let Some(id) = &self.identity {
-            parts.extensions.insert(id.clone());
-        }
-        parts
-            .extensions
-            .insert(ListenerName(Arc::clone(&self.shared.listener)));
+        // What hyper put there (an upgrade, an HTTP/2 `:protocol`) joins the edge's own.
+        let mut extensions = self.extensions.clone();
+        extensions.extend(std::mem::take(&mut parts.extensions));
+        parts.extensions = extensions;
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         let body = http_body_util::BodyExt::map_err(
             http_body_util::Limited::new(incoming, limit),
@@ -420,6 +418,33 @@ impl Edge {
         let body = body::boxed(body);
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// The extensions every request of a connection starts with, made once per connection.
+///
+/// Cloned per request, the map keeps the room this one was made with: room for the four
+/// entries the router and the load balancer add later (matched route, target cluster,
+/// deadline, picked endpoint). Inserted one by one into a fresh map, the fourth grew (rehashed)
+/// it on every request (callgrind, one sidecar hop: see the commit message).
+fn request_extensions(
+    listener: &Arc<str>,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+) -> http::Extensions {
+    /// Placeholders that grow the map to eight buckets (room for seven entries), then leave.
+    #[derive(Clone, Copy)]
+    struct Room<const N: u8>;
+    let mut ext = http::Extensions::new();
+    ext.insert(ClientAddr(peer));
+    ext.insert(ListenerName(Arc::clone(listener)));
+    if let Some(id) = identity {
+        ext.insert(id);
+    }
+    ext.insert(Room::<0>);
+    ext.insert(Room::<1>);
+    ext.remove::<Room<0>>();
+    ext.remove::<Room<1>>();
+    ext
 }
 
 impl EdgeShared {
