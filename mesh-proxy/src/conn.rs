@@ -32,11 +32,13 @@ const FORCE: u8 = 2;
 /// Activity of one downstream connection, and the listener's signal to it.
 #[derive(Debug)]
 pub(crate) struct Activity {
-    started: Instant,
+    pub(crate) started: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
     signal: AtomicU8,
     waker: AtomicWaker,
+    /// The HTTP/1 header read deadline armed now, if any (see `crate::header_timer`).
+    pub(crate) header_deadline: AtomicU64,
     /// Request targets with a fragment seen in the bytes read (see `crate::fragment`).
     pub(crate) fragments: Fragments,
 }
@@ -49,6 +51,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             signal: AtomicU8::new(RUN),
             waker: AtomicWaker::new(),
+            header_deadline: AtomicU64::new(0),
             fragments: Fragments::default(),
         })
     }
@@ -68,6 +71,11 @@ impl Activity {
     /// Closes the connection now.
     pub(crate) fn close_now(&self) {
         self.raise(FORCE);
+    }
+
+    /// Wakes the connection's task (it re-reads its state: a header deadline passed).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
     }
 
     fn is_signalled(&self) -> bool {
@@ -207,9 +215,11 @@ impl Connections {
         self.lock().live.remove(&id);
     }
 
-    /// Closes, gracefully, every connection idle for `idle` or longer.
+    /// Closes, gracefully, every connection idle for `idle` or longer, and wakes those whose
+    /// HTTP/1 header read deadline passed (hyper then answers 408 and closes).
     pub(crate) fn close_idle(&self, idle: Duration) {
         for a in self.lock().live.values() {
+            crate::header_timer::fire_if_passed(a);
             if !a.is_signalled() && a.idle_for() >= idle {
                 tracing::debug!("idle timeout: closing a connection");
                 a.close_gracefully();

@@ -20,6 +20,7 @@ pub mod detect;
 pub mod dynamic;
 pub mod filters;
 mod fragment;
+mod header_timer;
 pub mod headers;
 mod http_io;
 pub mod limit;

@@ -25,6 +25,7 @@ use tower::{Service, ServiceExt};
 use crate::accept::{self, L4Settings};
 use crate::conn::{Activity, Connections, Ended, GracefulShutdown, InFlight, Supervised};
 use crate::decision::Decision;
+use crate::header_timer::HeaderTimer;
 use crate::headers;
 use crate::limit::{Admission, ConnectionLimit, PerIp, PerIpSlot};
 use crate::metrics::{ListenerMetrics, Metrics};
@@ -83,9 +84,12 @@ pub async fn serve(
         listener_metrics: metrics.listener(&settings.name),
         metrics,
     });
-    // One sweep per listener finds idle connections (no timer per connection).
+    // One sweep per listener finds idle connections and passed HTTP/1 header deadlines (no
+    // timer per connection or per request), often enough that either fires at most a quarter
+    // of its timeout late.
+    let period = idle.min(settings.http.request_headers_timeout) / 4;
     let mut sweep =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
+        tokio::time::interval(period.clamp(Duration::from_millis(10), Duration::from_secs(5)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, peer) = tokio::select! {
@@ -170,6 +174,9 @@ pub async fn serve(
             let http = |io, identity| {
                 let mut edge = edge;
                 edge.extensions = request_extensions(&edge.shared.listener, peer, identity);
+                // The connection's own HTTP/1 timer: its header deadline lives in `activity`.
+                let mut builder = auto::Builder::clone(&builder);
+                builder.http1().timer(HeaderTimer(Arc::clone(&activity)));
                 let conn = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(io),
@@ -240,8 +247,8 @@ where
 fn builder(http: &HttpProtocolOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let header_bytes = usize::try_from(http.max_request_headers_kb).unwrap_or(60) * 1024;
+    // The HTTP/1 timer is set per connection (`HeaderTimer`).
     b.http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(http.request_headers_timeout)
         // hyper answers 431 when the header block outgrows its read buffer.
         .max_buf_size(header_bytes.max(8192));
