@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use mesh_core::StripHostPort;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and so are never
@@ -129,14 +129,35 @@ pub fn forwarded_for_value(client: IpAddr) -> Option<HeaderValue> {
 
 /// Appends `ip` (from [`forwarded_for_value`]) to `x-forwarded-for`.
 pub fn append_forwarded_for_value(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_maybe_shared(
-            bytes::Bytes::from([prev.as_bytes(), b", ", ip.as_bytes()].concat()),
-        ),
-        _ => Ok(ip.clone()),
-    };
-    if let Ok(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
+    // One lookup for the read and the write (the entry), not a `get` and an `insert`: each
+    // hashes the name and probes the map, on every request. The same below.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            let value = match e.get().to_str() {
+                Ok(prev) if !prev.trim().is_empty() => HeaderValue::from_maybe_shared(
+                    bytes::Bytes::from([prev.as_bytes(), b", ", ip.as_bytes()].concat()),
+                ),
+                _ => Ok(ip.clone()),
+            };
+            if let Ok(v) = value {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            e.insert(ip.clone());
+        }
+    }
+}
+
+/// Sets `entry` to `value`, replacing whatever values it had.
+fn set(entry: Entry<'_, HeaderValue>, value: HeaderValue) {
+    match entry {
+        Entry::Occupied(mut e) => {
+            e.insert(value);
+        }
+        Entry::Vacant(e) => {
+            e.insert(value);
+        }
     }
 }
 
@@ -157,7 +178,8 @@ fn decimal_into(out: &mut [u8], v: u8) -> usize {
 
 /// Keeps a present `x-request-id`, or generates a random (version 4) UUID.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if headers.get(&X_REQUEST_ID).is_some_and(|v| !v.is_empty()) {
+    let entry = headers.entry(X_REQUEST_ID);
+    if matches!(&entry, Entry::Occupied(e) if !e.get().is_empty()) {
         return;
     }
     let mut b: [u8; 16] = rand::random();
@@ -171,7 +193,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     hex_into(&mut s[19..23], &b[8..10]);
     hex_into(&mut s[24..36], &b[10..16]);
     if let Ok(v) = HeaderValue::from_bytes(&s) {
-        headers.insert(X_REQUEST_ID, unique(v));
+        set(entry, unique(v));
     }
 }
 
@@ -199,11 +221,8 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 
 /// Passes a valid `traceparent` on, or starts a new sampled trace when it is absent or invalid.
 pub fn ensure_traceparent(headers: &mut HeaderMap) {
-    if headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(valid_traceparent)
-    {
+    let entry = headers.entry(TRACEPARENT);
+    if matches!(&entry, Entry::Occupied(e) if e.get().to_str().is_ok_and(valid_traceparent)) {
         return;
     }
     let trace: u128 = rand::random::<u128>() | 1; // all-zero ids are invalid
@@ -213,7 +232,7 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     hex_into(&mut s[3..35], &trace.to_be_bytes());
     hex_into(&mut s[36..52], &span.to_be_bytes());
     if let Ok(v) = HeaderValue::from_bytes(&s) {
-        headers.insert(TRACEPARENT, unique(v));
+        set(entry, unique(v));
     }
 }
 
