@@ -197,7 +197,10 @@ where
                     }
                 }
                 Some(Err(e)) => {
+                    // A malformed request ends the stream with its status (INTERNAL,
+                    // OUT_OF_RANGE); a client that reset the stream no longer reads it.
                     tracing::debug!(stream = id, error = %e, "xDS stream error");
+                    let _ = p.base().tx.send(Err(Box::new(e))).await;
                     break;
                 }
                 None => break,
