@@ -16,6 +16,7 @@ mod grpc;
 mod held;
 mod identity;
 mod metrics;
+mod names;
 mod request;
 mod resource;
 mod snapshot;
