@@ -19,6 +19,7 @@ mod metrics;
 mod names;
 mod request;
 mod resource;
+mod serve;
 mod snapshot;
 mod sotw;
 mod status;
