@@ -7,14 +7,21 @@
 //! 10,000 subscribers that is 10,000 of each. A control plane only speaks gRPC over HTTP/2,
 //! so the task here holds hyper's HTTP/2 connection and the routes, nothing else.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::codegen::Service;
+
+/// A stream's service future, boxed.
+type RouteFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
 
 /// HTTP/2 PING interval: dead clients (a host gone without a FIN) are found within about
 /// twice this (hyper closes the connection after an unanswered PING's 20 s timeout).
@@ -34,7 +41,17 @@ pub(crate) async fn serve(
     http2
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE);
-    let svc = TowerToHyperService::new(routes.prepare());
+    let routes = routes.prepare();
+    // hyper keeps each stream's service future inline in the stream's task for the stream's
+    // life (an enum of the future and the response body): tower's adapter would make that
+    // slot as large as the request plus the routes plus the router's future. A boxed future
+    // keeps it at a pointer, and the box is freed once the response starts.
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let mut routes = routes.clone();
+        // The router is always ready (axum's `Router::poll_ready` returns at once).
+        let fut: RouteFuture = Box::pin(routes.call(req.map(Body::new)));
+        fut
+    });
     // Dropped receivers tell the drain below that their connection closed.
     let (stop_tx, stop_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
