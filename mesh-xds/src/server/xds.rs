@@ -144,6 +144,11 @@ impl XdsServer {
         self.rebuild(|s| s.max_streams = n)
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared_for_test(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// The cache served.
     pub fn cache(&self) -> &SnapshotCache {
         &self.shared.cache
