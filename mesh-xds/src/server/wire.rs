@@ -33,9 +33,10 @@ const PREFIX: usize = 5;
 /// subscriber. Copying is one memcpy; only huge resources are worth sharing.
 const COPY_BELOW: usize = 32 * 1024;
 
-/// One gRPC message (prefix included), as the chunks that are sent in order.
+/// One gRPC message (prefix included), as the chunks that are sent in order. A boxed slice
+/// rather than a `Vec`: every stream's response channel allocates 32 slots of this up front.
 #[derive(Debug, Clone)]
-pub(crate) struct Encoded(Vec<Bytes>);
+pub(crate) struct Encoded(Box<[Bytes]>);
 
 /// What a stream's task hands the response body: a message, or the status that ends the
 /// stream. Boxed so the channel's slots stay small (tokio allocates them in blocks of 32).
@@ -75,7 +76,7 @@ impl Encoded {
         if !buf.is_empty() {
             chunks.push(buf.freeze());
         }
-        Self(chunks)
+        Self(chunks.into_boxed_slice())
     }
 
     /// A state-of-the-world response: `head` carries version, type URL and nonce.
@@ -157,7 +158,7 @@ impl http_body::Body for ResponseBody {
                 return Poll::Ready(None);
             }
             match ready!(self.rx.poll_recv(cx)) {
-                Some(Ok(msg)) => self.chunks = msg.0.into_iter(),
+                Some(Ok(msg)) => self.chunks = Vec::from(msg.0).into_iter(),
                 Some(Err(status)) => {
                     self.done = true;
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
