@@ -62,7 +62,8 @@ impl Encoded {
         // messages far lower), so saturate rather than fail.
         buf.put_u32(u32::try_from(total).unwrap_or(u32::MAX));
         head.encode_raw(&mut buf);
-        let mut chunks = Vec::new();
+        // Mostly one chunk (every entry copied): sized so the boxed slice needs no realloc.
+        let mut chunks = Vec::with_capacity(1);
         for e in entries {
             if e.len() < COPY_BELOW {
                 buf.extend_from_slice(e);
