@@ -169,3 +169,78 @@ async fn per_type_services_stream_sotw_and_delta() {
     );
     task.abort();
 }
+
+#[tokio::test]
+async fn serve_drains_open_connections_on_shutdown() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot("sidecar-1", snapshot(&["a"])).unwrap();
+    let server = XdsServer::new(cache);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request("", "")).await.unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut responses).await.resources.len(), 1);
+
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !serving.is_finished(),
+        "the open stream is drained, not cut"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections once shutting down"
+    );
+    drop((tx, responses, client));
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve returns once the last connection closed")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_request_ends_the_stream_with_internal() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let server = XdsServer::new(SnapshotCache::new());
+    let (addr, task) = server.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A gRPC message of 3 bytes that are no protobuf.
+    let garbage = bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+    let req = http::Request::post(format!(
+        "http://{addr}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Full::new(garbage))
+    .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let trailers = body.trailers().expect("grpc-status trailers");
+    assert_eq!(trailers["grpc-status"], "13", "{trailers:?}");
+    task.abort();
+}

@@ -1,9 +1,8 @@
 //! A delta discovery stream (ADS or one type's service): only what changed is sent, per
 //! resource, by comparing content hashes with what the client holds.
 
-use std::collections::BTreeSet;
-
 use super::held::Held;
+use super::names::Names;
 use super::resource::Resource;
 use super::snapshot::Snapshot;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use crate::ResourceType;
 #[derive(Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<Arc<str>>,
+    names: Names,
     /// What the client holds.
     held: Held,
     /// The snapshot whose version of this type the client was fully brought to (nothing to
@@ -119,6 +118,12 @@ impl Delta {
                     }
                 }
                 None => {
+                    if st.nonces.len() == 1 {
+                        // The one response of the last push is accepted: nothing of it can
+                        // be refused any more, so its list (100 pointers after a first EDS
+                        // sync) is not kept for the stream's life.
+                        st.last_sent = Vec::new();
+                    }
                     lock(&status).ack(kind, &st.last_version);
                     let since = st.set_at.map(|t| t.elapsed()).unwrap_or_default();
                     self.base
@@ -145,6 +150,9 @@ impl Delta {
                     st.held.remove(n);
                 }
             }
+        }
+        if !req.resource_names_subscribe.is_empty() {
+            st.names.trim();
         }
         self.respond(kind, Part::Both).await
     }
@@ -223,6 +231,7 @@ impl Delta {
         for n in &removed {
             st.held.remove(n);
         }
+        st.held.trim();
         st.last_version = version.clone();
         st.last_sent.clone_from(&updates);
         st.set_at = Some(set_at);

@@ -196,3 +196,17 @@ async fn a_delta_nack_is_parked_and_the_resources_resent_after_a_change() {
     cache.set_snapshot("n", snap(&[("a", 3)])).unwrap();
     assert_eq!(names(&c.next().await), ["a"]);
 }
+
+#[tokio::test]
+async fn an_idle_stream_task_stays_small() {
+    // One such task per subscriber: what lives across its wait (not the handlers' state, not
+    // a whole request) is what 10,000 subscribers hold.
+    let server = XdsServer::new(SnapshotCache::new());
+    let guard = server.open(StreamKind::DeltaAds).unwrap();
+    let (tx, _rx) = mpsc::channel(1);
+    let base = stream::StreamBase::new(server.shared_for_test(), guard, None, tx, None);
+    let requests = request::Requests::<DeltaDiscoveryRequest>::new(tonic::body::Body::empty());
+    let task = stream::drive(delta::Delta::new(base), requests);
+    let size = std::mem::size_of_val(&task);
+    assert!(size < 1024, "the idle stream future is {size} bytes");
+}

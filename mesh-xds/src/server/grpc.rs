@@ -10,22 +10,17 @@ use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Streaming};
 use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::Status;
-use tonic_prost::ProstDecoder;
 
 use super::callbacks::StreamKind;
 use super::delta::Delta;
+use super::request::Requests;
 use super::sotw::Sotw;
 use super::wire::ResponseBody;
 use super::xds::XdsServer;
 use crate::ResourceType;
-
-/// Initial request buffer of a stream: requests are small (an EDS subscription of 100 names
-/// is 2 KB) and the buffer grows for a larger one, so tonic's 8 KB default would mostly idle.
-const REQUEST_BUFFER: usize = 1024;
 
 /// One discovery service: its streaming methods served by `server`, the rest by `inner`.
 #[derive(Clone)]
@@ -56,25 +51,14 @@ impl<S> Discovery<S> {
         }
         let peer = super::identity::peer_uri_sans(req.extensions());
         let body = req.into_body();
-        let settings = BufferSettings::new(REQUEST_BUFFER, REQUEST_BUFFER);
         let started = if delta {
-            let requests = Streaming::<DeltaDiscoveryRequest>::new_request(
-                ProstDecoder::new(settings),
-                body,
-                None,
-                None,
-            );
+            let requests = Requests::<DeltaDiscoveryRequest>::new(body);
             let kind = self
                 .fixed
                 .map_or(StreamKind::DeltaAds, StreamKind::DeltaSingle);
             self.server.start(kind, Delta::new, requests, peer)
         } else {
-            let requests = Streaming::<DiscoveryRequest>::new_request(
-                ProstDecoder::new(settings),
-                body,
-                None,
-                None,
-            );
+            let requests = Requests::<DiscoveryRequest>::new(body);
             let kind = self.fixed.map_or(StreamKind::Ads, StreamKind::Single);
             self.server.start(kind, Sotw::new, requests, peer)
         };

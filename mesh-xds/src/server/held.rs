@@ -56,6 +56,17 @@ impl Held {
         }
     }
 
+    /// Gives back the spare capacity of a batch of inserts when it is a quarter or more (a
+    /// first sync of 100 names leaves room for 128).
+    pub(crate) fn trim(&mut self) {
+        if self.sent.capacity() - self.sent.len() > self.sent.len() / 4 {
+            self.sent.shrink_to_fit();
+        }
+        if self.initial.is_empty() && self.initial.capacity() > 0 {
+            self.initial = HashMap::new();
+        }
+    }
+
     /// Names held (sent or announced) that `exists` says are gone, sorted.
     pub(crate) fn gone(&self, exists: impl Fn(&str) -> bool) -> Vec<String> {
         let mut out: Vec<String> = self

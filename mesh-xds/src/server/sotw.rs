@@ -1,6 +1,5 @@
 //! A state-of-the-world discovery stream (ADS or one type's service).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,6 +7,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 
 use super::cache::lock as lock_status;
+use super::names::Names;
 use super::resource::Resource;
 use super::snapshot::Snapshot;
 use super::stream::{intern, PerType, Protocol, StreamBase};
@@ -18,7 +18,7 @@ use crate::ResourceType;
 #[derive(Default)]
 struct TypeState {
     /// `None`: wildcard (everything of the type).
-    names: Option<BTreeSet<Arc<str>>>,
+    names: Option<Names>,
     /// Version and resources of the last response (sorted by name): what the client holds.
     sent_version: Option<String>,
     sent: Vec<Arc<Resource>>,
@@ -103,7 +103,7 @@ impl Sotw {
         if first || !same_subscription(st.names.as_ref(), &req.resource_names, kind) {
             st.synced = None;
             let snap = current.as_ref().map(|(s, _)| &**s);
-            let names: BTreeSet<Arc<str>> = req
+            let names: Names = req
                 .resource_names
                 .iter()
                 .map(|n| intern(snap, kind, n))
@@ -304,11 +304,7 @@ impl Sotw {
 }
 
 /// Whether a request's `names` subscribe to exactly `held` (`None`: wildcard).
-fn same_subscription(
-    held: Option<&BTreeSet<Arc<str>>>,
-    names: &[String],
-    kind: ResourceType,
-) -> bool {
+fn same_subscription(held: Option<&Names>, names: &[String], kind: ResourceType) -> bool {
     let wildcard = names.iter().any(|n| n == "*") || (names.is_empty() && kind.is_wildcard());
     match held {
         None => wildcard,
@@ -324,14 +320,11 @@ fn same_subscription(
 /// The resources of a type a subscription includes, sorted by name.
 fn included(
     items: &std::collections::BTreeMap<String, Arc<Resource>>,
-    names: Option<&BTreeSet<Arc<str>>>,
+    names: Option<&Names>,
 ) -> Vec<Arc<Resource>> {
     match names {
         None => items.values().cloned().collect(),
-        Some(names) => names
-            .iter()
-            .filter_map(|n| items.get(&**n).cloned())
-            .collect(),
+        Some(names) => names.iter().filter_map(|n| items.get(n).cloned()).collect(),
     }
 }
 

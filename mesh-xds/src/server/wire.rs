@@ -33,9 +33,10 @@ const PREFIX: usize = 5;
 /// subscriber. Copying is one memcpy; only huge resources are worth sharing.
 const COPY_BELOW: usize = 32 * 1024;
 
-/// One gRPC message (prefix included), as the chunks that are sent in order.
+/// One gRPC message (prefix included), as the chunks that are sent in order. A boxed slice
+/// rather than a `Vec`: every stream's response channel allocates 32 slots of this up front.
 #[derive(Debug, Clone)]
-pub(crate) struct Encoded(Vec<Bytes>);
+pub(crate) struct Encoded(Box<[Bytes]>);
 
 /// What a stream's task hands the response body: a message, or the status that ends the
 /// stream. Boxed so the channel's slots stay small (tokio allocates them in blocks of 32).
@@ -61,7 +62,8 @@ impl Encoded {
         // messages far lower), so saturate rather than fail.
         buf.put_u32(u32::try_from(total).unwrap_or(u32::MAX));
         head.encode_raw(&mut buf);
-        let mut chunks = Vec::new();
+        // Mostly one chunk (every entry copied): sized so the boxed slice needs no realloc.
+        let mut chunks = Vec::with_capacity(1);
         for e in entries {
             if e.len() < COPY_BELOW {
                 buf.extend_from_slice(e);
@@ -75,7 +77,7 @@ impl Encoded {
         if !buf.is_empty() {
             chunks.push(buf.freeze());
         }
-        Self(chunks)
+        Self(chunks.into_boxed_slice())
     }
 
     /// A state-of-the-world response: `head` carries version, type URL and nonce.
@@ -157,7 +159,7 @@ impl http_body::Body for ResponseBody {
                 return Poll::Ready(None);
             }
             match ready!(self.rx.poll_recv(cx)) {
-                Some(Ok(msg)) => self.chunks = msg.0.into_iter(),
+                Some(Ok(msg)) => self.chunks = Vec::from(msg.0).into_iter(),
                 Some(Err(status)) => {
                     self.done = true;
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));

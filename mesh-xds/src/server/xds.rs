@@ -144,6 +144,11 @@ impl XdsServer {
         self.rebuild(|s| s.max_streams = n)
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared_for_test(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// The cache served.
     pub fn cache(&self) -> &SnapshotCache {
         &self.shared.cache
@@ -199,19 +204,19 @@ impl XdsServer {
         ))
     }
 
-    /// Serves every discovery service on `listener` until `shutdown` completes.
+    /// Serves every discovery service on `listener` until `shutdown` completes, then drains
+    /// (a GOAWAY to every connection) and returns once all connections have closed.
+    ///
+    /// Plaintext HTTP/2 only, served by hyper directly (see `server/serve.rs`: less memory per
+    /// connection than tonic's transport server). A failed accept is retried, so this returns
+    /// `Ok`; the `Result` is kept for [`serve_tls`](Self::serve_tls)'s signature.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_routes(self.routes())
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
+        super::serve::serve(self.routes(), listener, shutdown).await;
+        Ok(())
     }
 
     /// Binds `addr` and serves, returning the bound address and the serving task.
