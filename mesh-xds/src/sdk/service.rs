@@ -1,5 +1,5 @@
 //! `MeshLayer`, the boxed `MeshService` it builds, and `IntoMeshBody`, the adapter that puts any
-//! HTTP client (hyper's, say) under the mesh layers.
+//! HTTP client (hyper's, say) on the mesh's body type.
 
 use std::fmt;
 use std::future::Future;
@@ -18,8 +18,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 /// The full in-process stack over an inner client `S` (which takes `Request<Body>` and answers
-/// `Response<Body>`): the router outside (it picks the route, whose rate limit and policy the
-/// inner layers apply), then the rate limiter, then the load balancer.
+/// with any body of `Bytes`): the router outside (it picks the route, whose rate limit and
+/// policy the inner layers apply), then the rate limiter, then the load balancer.
 pub type MeshStack<S> = Router<RateLimit<LoadBalance<S>>>;
 
 /// The future of a [`MeshService`] call: `Send + 'static`, failing with a [`MeshError`].
@@ -70,15 +70,16 @@ impl MeshLayer {
         )
     }
 
-    /// The boxed stack over `inner`, a service on the mesh's own body type.
-    pub(crate) fn service<S>(&self, inner: S) -> MeshService
+    /// The boxed stack over `inner`. The load balancer takes any response body and error that
+    /// convert (it boxes the body once, into the guard that keeps the request counted), so
+    /// `inner` sits right under it, with no adapter boxing its body first.
+    pub(crate) fn service<S, B>(&self, inner: S) -> MeshService
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         MeshService {
             inner: BoxCloneSyncService::new(self.stack(inner)),
@@ -97,7 +98,7 @@ where
     type Service = MeshService;
 
     fn layer(&self, inner: S) -> MeshService {
-        self.service(IntoMeshBody::new(inner))
+        self.service(inner)
     }
 }
 
@@ -189,8 +190,10 @@ fn mark_sensitive(headers: &mut HeaderMap) {
 }
 
 /// Puts a client with its own response body and error type (hyper's `Incoming` and
-/// `hyper_util::client::legacy::Error`, say) on the mesh's body and boxed error, so it can sit
-/// under the load balancer. No allocation beyond boxing the response body.
+/// `hyper_util::client::legacy::Error`, say) on the mesh's body and boxed error, for layers
+/// that want `Response<Body>` from the service they wrap. No allocation beyond boxing the
+/// response body. The load balancer takes such a client as it is (and [`MeshLayer`] puts it
+/// there so), so under it this adapter would only box the body twice.
 #[derive(Clone, Debug)]
 pub struct IntoMeshBody<S> {
     inner: S,
