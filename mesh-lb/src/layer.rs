@@ -297,7 +297,7 @@ where
                 let outcome = Outcome::of_status(resp.status());
                 admitted.cluster.record(&admitted.endpoint.0, outcome);
                 Poll::Ready(Ok(resp.map(|b| {
-                    body::boxed(Guarded {
+                    body::boxed_exact(Guarded {
                         inner: b,
                         _admitted: admitted,
                     })
