@@ -113,6 +113,9 @@ struct Fixture {
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
     mesh: MeshService,
     bare_uri: http::Uri,
+    /// The mesh call's URI, parsed once like `bare_uri`: both calls build their request the
+    /// same way, so the difference between them is the layers alone.
+    mesh_uri: http::Uri,
 }
 
 type MeshService =
@@ -141,6 +144,7 @@ impl Fixture {
             client,
             mesh,
             bare_uri: format!("http://{addr}/").parse().unwrap(),
+            mesh_uri: "http://app/".parse().unwrap(),
         }
     }
 
@@ -156,7 +160,9 @@ impl Fixture {
 
     /// One call through the mesh's layers over the same client, body read to the end.
     async fn mesh_call(&self) {
-        let req = Request::get("http://app/").body(body::empty()).unwrap();
+        let req = Request::get(self.mesh_uri.clone())
+            .body(body::empty())
+            .unwrap();
         let mut svc = self.mesh.clone();
         let resp = ServiceExt::<Request<Body>>::ready(&mut svc)
             .await

@@ -90,6 +90,17 @@ pub fn empty() -> Body {
     }
 }
 
+/// Boxes a body whose error already is a [`BoxError`] (a wrapper of another [`Body`], say)
+/// without [`boxed`]'s error-converting layer, which every frame would pass through.
+pub fn boxed_exact<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+{
+    Body {
+        inner: body.boxed_unsync(),
+    }
+}
+
 /// Boxes any body whose error converts into a [`BoxError`] (hyper's `Incoming`, tonic's body).
 pub fn boxed<B>(body: B) -> Body
 where

@@ -75,6 +75,10 @@ impl<S> Layer<S> for LoadBalanceLayer {
 
 /// The load-balancing service; `S` receives the request with its URI pointed at the picked
 /// endpoint (`http://ip:port/path?query`, the original `Host` kept).
+///
+/// `S` may answer with any body (hyper's `Incoming`, say): the load balancer boxes it into a
+/// [`Body`] anyway (it wraps it to hold the request counted until it ends), so a client under
+/// it needs no adapter that boxes it first.
 #[derive(Clone, Debug)]
 pub struct LoadBalance<S> {
     inner: S,
@@ -190,10 +194,12 @@ fn point_at(req: &mut Request<Body>, authority: Option<&Authority>) -> Result<()
     Ok(())
 }
 
-impl<S> Service<Request<Body>> for LoadBalance<S>
+impl<S, B> Service<Request<Body>> for LoadBalance<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -262,10 +268,12 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     type Output = Result<Response<Body>, BoxError>;
 
@@ -282,14 +290,14 @@ where
         };
         let result = std::task::ready!(inner.poll(cx));
         let Some(admitted) = this.admitted.take() else {
-            return Poll::Ready(result.map_err(Into::into));
+            return Poll::Ready(result.map(|r| r.map(body::boxed)).map_err(Into::into));
         };
         match result {
             Ok(resp) => {
                 let outcome = Outcome::of_status(resp.status());
                 admitted.cluster.record(&admitted.endpoint.0, outcome);
                 Poll::Ready(Ok(resp.map(|b| {
-                    body::boxed(Guarded {
+                    body::boxed_exact(Guarded {
                         inner: b,
                         _admitted: admitted,
                     })
@@ -308,14 +316,18 @@ where
 
 pin_project! {
     /// A response body that keeps its request counted until it ends (or is dropped).
-    struct Guarded {
+    struct Guarded<B> {
         #[pin]
-        inner: Body,
+        inner: B,
         _admitted: Admitted,
     }
 }
 
-impl HttpBody for Guarded {
+impl<B> HttpBody for Guarded<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -323,7 +335,10 @@ impl HttpBody for Guarded {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().inner.poll_frame(cx)
+        self.project()
+            .inner
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -4,14 +4,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::{Body, BoxError, Reload, ReloadError, RouteConfiguration, Shared};
+use mesh_core::{Body, BoxError, MeshError, Reload, ReloadError, RouteConfiguration, Shared};
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::filters::{LayerRegistry, RouteLayer};
-use crate::policy::{BoxFuture, Policy};
+use crate::policy::{self, BoxFuture, Policy};
 use crate::table::{CompiledRoute, RouteTable};
 
 /// The routing layer, and the handle its route table is reloaded through.
@@ -146,6 +147,25 @@ where
             let fut = self.inner.call(req);
             return ResponseFuture::new(Kind::Direct { fut }, edits);
         }
+        if let Some(limit) = route.shape.timer {
+            drop(table);
+            // The route timeout alone (the default 15 s): no retry needs the service again, so
+            // the instance polled ready is called in place, as above, and timed here. What the
+            // policy service costs per call (a clone of the inner stack, two boxed futures, a
+            // second clock read) is left out; the timer itself is made at the first poll.
+            let grpc = mesh_core::is_grpc(&req);
+            let at = tokio::time::Instant::now() + limit;
+            policy::set_deadline_at(&mut req, at.into_std());
+            let fut = self.inner.call(req);
+            let kind = Kind::Timed {
+                fut,
+                sleep: None,
+                at,
+                limit,
+                grpc,
+            };
+            return ResponseFuture::new(kind, edits);
+        }
         let route = Arc::clone(route);
         drop(table);
         // The policy owns the service it calls (retries call it again): take the one that was
@@ -186,6 +206,15 @@ pin_project_lite::pin_project! {
         // layer's call) should not carry a response's worth of bytes for them.
         Ready { resp: Option<Box<Response<Body>>> },
         Direct { #[pin] fut: F },
+        // The inner call under the route timeout alone: `sleep` (due `at`) is made when `fut`
+        // first stays pending, so an answer at the first poll (a refusal) never arms a timer.
+        Timed {
+            #[pin] fut: F,
+            #[pin] sleep: Option<tokio::time::Sleep>,
+            at: tokio::time::Instant,
+            limit: Duration,
+            grpc: bool,
+        },
         Boxed { fut: BoxFuture },
     }
 }
@@ -209,13 +238,36 @@ where
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = match this.kind.project() {
+        let mut this = self.project();
+        let mut result = match this.kind.as_mut().project() {
             KindProj::Ready { resp } => resp
                 .take()
                 .map(|r| *r)
                 .ok_or_else(|| "router response polled after completion".into()),
             KindProj::Direct { fut } => ready!(fut.poll(cx)),
+            KindProj::Timed {
+                fut,
+                mut sleep,
+                at,
+                limit,
+                grpc,
+            } => match fut.poll(cx) {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    if sleep.is_none() {
+                        sleep.set(Some(tokio::time::sleep_until(*at)));
+                    }
+                    if let Some(sleep) = sleep.as_pin_mut() {
+                        ready!(sleep.poll(cx));
+                    }
+                    let resp = MeshError::UpstreamTimeout { timeout: *limit }.to_response(*grpc);
+                    // The inner call is dropped now, before the answer (as tokio's `timeout`
+                    // drops it): the load balancer counts a drop at the deadline against its
+                    // endpoint.
+                    this.kind.set(Kind::Ready { resp: None });
+                    Ok(resp)
+                }
+            },
             KindProj::Boxed { fut } => ready!(fut.as_mut().poll(cx)),
         };
         if let (Ok(resp), Some(route)) = (&mut result, this.route.as_ref()) {

@@ -40,6 +40,9 @@ pub(crate) struct CompiledRoute {
 pub(crate) struct Shape {
     /// No filter, timeout or retry: the inner service is called directly.
     pub(crate) direct: bool,
+    /// The route's timeout when it is the only policy (no filter, no retry): the router calls
+    /// the inner service in place under this timer, with no policy service in between.
+    pub(crate) timer: Option<std::time::Duration>,
     /// A rewrite or request header edit applies.
     pub(crate) edits_request: bool,
     /// A response header edit applies.
@@ -297,6 +300,9 @@ fn compile_route(
         .map_err(|(k, why)| ValidationError::new(format!("filters[{k}]"), why))?;
     let shape = Shape {
         direct: filters.is_empty() && !policy.wraps_call(),
+        timer: policy
+            .timeout
+            .filter(|_| filters.is_empty() && policy.retry.is_none()),
         edits_request: !policy.rewrite.is_empty() || !policy.request_headers.is_empty(),
         edits_response: !policy.response_headers.is_empty(),
     };

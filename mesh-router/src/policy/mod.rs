@@ -153,7 +153,11 @@ where
 /// set), so that the load balancer can count a request dropped by it against its endpoint.
 /// Read off tokio's clock, so that paused-time tests agree with the timer.
 pub(crate) fn set_deadline(req: &mut Request<Body>, limit: Duration) {
-    let at = tokio::time::Instant::now().into_std() + limit;
+    set_deadline_at(req, tokio::time::Instant::now().into_std() + limit);
+}
+
+/// [`set_deadline`] for a time-out firing `at`.
+pub(crate) fn set_deadline_at(req: &mut Request<Body>, at: std::time::Instant) {
     let ext = req.extensions_mut();
     let at = match ext.get::<Deadline>() {
         Some(Deadline(earlier)) => at.min(*earlier),

@@ -368,10 +368,10 @@ virtual_hosts:
     let shape = |path: &str| t.decide(&req(path, &[])).unwrap().route.shape;
     let s = shape("/plain");
     assert!(s.direct && !s.edits_request && !s.edits_response);
-    assert!(
-        !shape("/timed").direct,
-        "the default timeout wraps the call"
-    );
+    let s = shape("/timed");
+    assert!(!s.direct, "the default timeout wraps the call");
+    assert_eq!(s.timer, Some(std::time::Duration::from_secs(15)));
+    assert_eq!(shape("/plain").timer, None);
     let s = shape("/edits");
     assert!(s.direct && s.edits_request && s.edits_response);
 }

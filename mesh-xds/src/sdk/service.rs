@@ -1,5 +1,5 @@
 //! `MeshLayer`, the boxed `MeshService` it builds, and `IntoMeshBody`, the adapter that puts any
-//! HTTP client (hyper's, say) under the mesh layers.
+//! HTTP client (hyper's, say) on the mesh's body type.
 
 use std::fmt;
 use std::future::Future;
@@ -8,18 +8,18 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::{FutureExt, Map, MapErr, TryFutureExt};
-use http::{Request, Response};
+use http::header::{Entry, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use http::{HeaderMap, HeaderName, Request, Response};
 use mesh_core::{body, Body, BoxError, MeshError};
 use mesh_lb::{ClusterManager, LoadBalance, LoadBalanceLayer};
 use mesh_ratelimit::{RateLimit, RateLimitLayer};
 use mesh_router::{Router, RouterLayer};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
-use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 /// The full in-process stack over an inner client `S` (which takes `Request<Body>` and answers
-/// `Response<Body>`): the router outside (it picks the route, whose rate limit and policy the
-/// inner layers apply), then the rate limiter, then the load balancer.
+/// with any body of `Bytes`): the router outside (it picks the route, whose rate limit and
+/// policy the inner layers apply), then the rate limiter, then the load balancer.
 pub type MeshStack<S> = Router<RateLimit<LoadBalance<S>>>;
 
 /// The future of a [`MeshService`] call: `Send + 'static`, failing with a [`MeshError`].
@@ -70,18 +70,19 @@ impl MeshLayer {
         )
     }
 
-    /// The boxed stack over `inner`, a service on the mesh's own body type.
-    pub(crate) fn service<S>(&self, inner: S) -> MeshService
+    /// The boxed stack over `inner`. The load balancer takes any response body and error that
+    /// convert (it boxes the body once, into the guard that keeps the request counted), so
+    /// `inner` sits right under it, with no adapter boxing its body first.
+    pub(crate) fn service<S, B>(&self, inner: S) -> MeshService
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         MeshService {
-            inner: BoxCloneSyncService::new(sensitive(self.stack(inner))),
+            inner: BoxCloneSyncService::new(self.stack(inner)),
         }
     }
 }
@@ -97,7 +98,7 @@ where
     type Service = MeshService;
 
     fn layer(&self, inner: S) -> MeshService {
-        self.service(IntoMeshBody::new(inner))
+        self.service(inner)
     }
 }
 
@@ -124,7 +125,8 @@ impl fmt::Debug for MeshService {
 }
 
 impl MeshService {
-    fn call_boxed(&mut self, req: Request<Body>) -> MeshFuture {
+    fn call_boxed(&mut self, mut req: Request<Body>) -> MeshFuture {
+        mark_sensitive(req.headers_mut());
         self.inner
             .call(req)
             .map_err(MeshError::from_boxed as fn(BoxError) -> MeshError)
@@ -160,22 +162,38 @@ impl Service<Request<tonic::body::Body>> for MeshService {
     }
 }
 
-/// Marks credentials sensitive before anything sees them (tower-http): `Debug` output and logs
-/// show them redacted, and HTTP/2 never indexes them in HPACK (no compression oracle on a
-/// shared connection). The sidecar does not pay for this layer; the SDK, where a credential is
-/// the application's own, does.
-fn sensitive<S>(inner: S) -> SetSensitiveRequestHeaders<S> {
-    SetSensitiveRequestHeadersLayer::new([
-        http::header::AUTHORIZATION,
-        http::header::PROXY_AUTHORIZATION,
-        http::header::COOKIE,
-    ])
-    .layer(inner)
+/// The credentials [`mark_sensitive`] marks.
+const CREDENTIALS: [HeaderName; 3] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
+
+/// Marks credentials sensitive before anything sees them (what tower-http's
+/// `SetSensitiveRequestHeaders` does): `Debug` output and logs show them redacted, and HTTP/2
+/// never indexes them in HPACK (no compression oracle on a shared connection). The sidecar does
+/// not pay for this; the SDK, where a credential is the application's own, does.
+///
+/// Done in place rather than as a layer: a request without these headers (most) costs three
+/// lookups that reserve nothing (`entry` grows the map even when nothing is inserted), and the
+/// request is not moved through one more service.
+fn mark_sensitive(headers: &mut HeaderMap) {
+    if headers.is_empty() {
+        return;
+    }
+    for name in CREDENTIALS {
+        if !headers.contains_key(&name) {
+            continue;
+        }
+        if let Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+    }
 }
 
 /// Puts a client with its own response body and error type (hyper's `Incoming` and
-/// `hyper_util::client::legacy::Error`, say) on the mesh's body and boxed error, so it can sit
-/// under the load balancer. No allocation beyond boxing the response body.
+/// `hyper_util::client::legacy::Error`, say) on the mesh's body and boxed error, for layers
+/// that want `Response<Body>` from the service they wrap. No allocation beyond boxing the
+/// response body. The load balancer takes such a client as it is (and [`MeshLayer`] puts it
+/// there so), so under it this adapter would only box the body twice.
 #[derive(Clone, Debug)]
 pub struct IntoMeshBody<S> {
     inner: S,
@@ -245,6 +263,11 @@ mod tests {
             .header("x-other", "1")
             .body(body::empty())
             .unwrap();
-        sensitive(inner).oneshot(req).await.unwrap();
+        MeshService {
+            inner: BoxCloneSyncService::new(inner),
+        }
+        .oneshot(req)
+        .await
+        .unwrap();
     }
 }
