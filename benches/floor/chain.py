@@ -1061,7 +1061,7 @@ def goals_20(s, instr, sdk):
         r = m / b - 1
         rows.append(f"| in-process SDK stack overhead on a real hyper client call, CPU "
                     f"(`sdk_call_cpu` medians pinned to one CPU, bare / MeshLayer) | ≤ 5 % | {b:.1f} / {m:.1f} µs "
-                    f"= +{100 * r:.1f} % | {check(r <= 0.05)} |")
+                    f"= +{100 * r:.2f} % | {check(r <= 0.05)} |")
     if sdk and "instr" in sdk:
         (b, m) = sdk["instr"]
         rows.append(f"| the same, user-space instructions per call (callgrind, client and "
