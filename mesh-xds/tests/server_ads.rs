@@ -45,6 +45,29 @@ async fn next(r: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse 
         .unwrap()
 }
 
+/// An ADS client of the server at `addr` with a stream open and its first request (for
+/// everything) sent: the request sender, the responses and the client, which holds the
+/// connection.
+async fn open_ads(
+    addr: std::net::SocketAddr,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+    AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+) {
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request("", "")).await.unwrap();
+    let responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, responses, client)
+}
+
 #[tokio::test]
 async fn ads_over_grpc_serves_and_pushes() {
     let cache = SnapshotCache::new();
@@ -56,16 +79,7 @@ async fn ads_over_grpc_serves_and_pushes() {
         .await
         .unwrap();
 
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(request("", "")).await.unwrap();
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses, _client) = open_ads(addr).await;
     let first = next(&mut responses).await;
     assert_eq!(first.resources.len(), 1);
     assert_eq!(server.open_streams(), 1);
@@ -182,16 +196,7 @@ async fn serve_drains_open_connections_on_shutdown() {
         let _ = stopped.await;
     }));
 
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(request("", "")).await.unwrap();
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses, client) = open_ads(addr).await;
     assert_eq!(next(&mut responses).await.resources.len(), 1);
 
     stop.send(()).unwrap();
