@@ -22,8 +22,7 @@ use http_body::Body as _;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-/// gRPC's message prefix: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
+use super::wire::PREFIX;
 
 /// The largest request accepted (tonic's default receive limit).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;

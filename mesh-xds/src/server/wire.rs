@@ -23,8 +23,9 @@ use tonic::Status;
 
 use super::resource::Resource;
 
-/// gRPC's message prefix: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
+/// gRPC's message prefix: a compression flag and a big-endian length (encoded here, decoded
+/// by `super::request`).
+pub(super) const PREFIX: usize = 5;
 
 /// Entries below this size are copied into the message's one buffer (freed once sent) rather
 /// than sent as chunks of their own. Every chunk is a frame h2 queues and writes on its own
